@@ -1,0 +1,399 @@
+"""Read one MegaMek game log (the game dataset logger's TSV) into typed tables.
+
+A log is a sequence of blocks, each introduced by its own header line: board, map settings,
+planetary conditions, unit-state snapshots, move rows, attack rows and minefields. Lines are
+classified in one pass; the data rows of each kind are then parsed in bulk by pyarrow.
+"""
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+STATE_COLUMNS = (
+    "ROUND PHASE PLAYER_ID ENTITY_ID CHASSIS MODEL TYPE ROLE X Y FACING MP HEAT PRONE AIRBORNE "
+    "OFF_BOARD CRIPPLED DESTROYED ARMOR_P INTERNAL_P DONE MAX_RANGE TOTAL_DAMAGE TEAM_ID "
+    "ARMOR INTERNAL BV"
+).split()
+MOVE_COLUMNS = (
+    "PLAYER_ID ENTITY_ID CHASSIS MODEL FACING FROM_X FROM_Y TO_X TO_Y HEXES_MOVED DISTANCE "
+    "MP_USED MAX_MP MP_P HEAT_P ARMOR_P INTERNAL_P JUMPING PRONE LEGAL STEPS TEAM_ID "
+    "CHANCE_OF_FAILURE IS_BOT"
+).split()
+ATTACK_COLUMNS = (
+    "ROUND PLAYER_ID ENTITY_ID TYPE ROLE X Y FACING TARGET_PLAYER_ID TARGET_ID TARGET_TYPE "
+    "TARGET_ROLE TARGET_X TARGET_Y TARGET_FACING AIMING_LOC AIMING_MODE WEAPON_ID AMMO_ID ATA ATG "
+    "GTG GTA TO_HIT TURNS_TO_HIT SPOTTER_ID"
+).split()
+MINEFIELD_COLUMNS = "ROUND PHASE OBJECT X Y".split()
+
+TEXT_COLUMNS = {
+    "PHASE", "CHASSIS", "MODEL", "TYPE", "ROLE", "STEPS", "TARGET_TYPE", "TARGET_ROLE",
+    "AIMING_MODE", "OBJECT",
+}
+# Columns a row cannot do without; the rest may be missing from older headers (filled with NaN).
+REQUIRED_COLUMNS = {
+    "state": {"ROUND", "PLAYER_ID", "ENTITY_ID", "TYPE", "ROLE", "X", "Y", "TEAM_ID"},
+    "move": {"PLAYER_ID", "ENTITY_ID", "TO_X", "TO_Y"},
+    "attack": {"ROUND", "PLAYER_ID", "ENTITY_ID"},
+    "minefield": {"ROUND", "X", "Y"},
+}
+ALL_COLUMNS = {
+    "state": STATE_COLUMNS, "move": MOVE_COLUMNS, "attack": ATTACK_COLUMNS,
+    "minefield": MINEFIELD_COLUMNS,
+}
+
+# Header line prefix -> kind. Order matters: the longer prefix first.
+HEADER_KINDS = (
+    ("ROUND\tPHASE\tOBJECT", "minefield"),
+    ("ROUND\tPHASE\tPLAYER_ID", "state"),
+    ("ROUND\tPLAYER_ID", "attack"),
+    ("PLAYER_ID\tENTITY_ID", "move"),
+    ("BOARD_NAME", "board"),
+    ("THEME", "map_settings"),
+    ("TEMPERATURE", "planetary"),
+)
+TEXT_TYPE = pa.string()
+NUMBER_PATTERN = r"^\s*[-+]?(\d+([.,]\d*)?|[.,]\d+)([eE][-+]?\d+)?\s*$|^\s*[-+]?(NaN|nan|Infinity|inf)\s*$"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something in a log that could not be read: the line is skipped, the rest is kept."""
+    file: str
+    line: int  # 1-based; 0 when the problem concerns the whole file
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.reason}"
+
+
+@dataclass
+class Board:
+    line: int
+    name: str
+    width: int
+    height: int
+    rows: list[bytes] = field(repr=False, default_factory=list)  # raw `ROW_x` lines, x = column
+
+    def hexes(self) -> pd.DataFrame:
+        """Per hex: x, y, level and a dict of terrain features (parsed on demand)."""
+        records = []
+        for row in self.rows:
+            cells = row.decode(errors="replace").split("\t")
+            x = int(cells[0][4:])
+            for y, cell in enumerate(cells[1:self.height + 1]):
+                level, terrain = parse_hex(cell)
+                records.append((x, y, level, terrain))
+        return pd.DataFrame(records, columns=["x", "y", "level", "terrain"])
+
+
+def parse_hex(cell: str) -> tuple[int, dict[str, int]]:
+    """`Level: 1  Features: Light Woods; foliage_elev(2, 0); ` -> (1, {'woods': 1, 'foliage_elev': 2})."""
+    level_text, _, features_text = cell.partition("Features:")
+    level = int(level_text.replace("Level:", "").strip() or 0)
+    terrain: dict[str, int] = {}
+    for feature in features_text.split(";"):
+        feature = feature.strip()
+        if not feature:
+            continue
+        if feature.endswith("Woods"):
+            terrain["woods"] = 2 if feature.startswith("Heavy") else 1
+        elif feature.startswith("Water, depth:"):
+            terrain["water"] = int(feature.rsplit(":", 1)[1])
+        else:
+            name, _, args = feature.partition("(")
+            value = args.split(",")[0].strip(") ") if args else "1"
+            terrain[name.strip().lower()] = int(value) if value.lstrip("-").isdigit() else 1
+    return level, terrain
+
+
+@dataclass
+class GameLog:
+    """One log file read into Arrow tables. Row tables carry the 1-based source `line`;
+    text columns are strings, numbers are float64 (NaN where the log says NaN)."""
+    name: str
+    boards: list[Board]
+    map_settings: dict[str, str]
+    planetary: dict[str, str]
+    states: pa.Table  # state rows; `block` = index of the state block, in file order
+    blocks: pa.Table  # one row per state block: header line, board (newest board index or -1)
+    moves: pa.Table  # move rows; `next_block` = the state block that follows the move
+    attacks: pa.Table
+    minefields: pa.Table
+    problems: list[Problem]
+    has_armor_columns: bool  # 27-column state rows (ARMOR, INTERNAL, BV present)
+
+
+DATA_FIRST_BYTES = np.zeros(256, dtype=bool)
+DATA_FIRST_BYTES[list(b"0123456789-")] = True  # data rows start with a number; headers with a name
+
+
+class _Group:
+    """Data rows of one kind under one header layout, kept as byte ranges for bulk parsing."""
+
+    def __init__(self, kind: str, columns: tuple[str, ...]):
+        self.kind, self.columns, self.tabs = kind, columns, len(columns) - 1
+        self.chunks: list[bytes] = []  # runs of consecutive non-empty data lines, each ending in \n
+        self.first_lines: list[int] = []
+        self.line_counts: list[int] = []
+
+    def add(self, chunk: bytes, first_line: int, line_count: int) -> None:
+        self.chunks.append(chunk)
+        self.first_lines.append(first_line)
+        self.line_counts.append(line_count)
+
+    def line_numbers(self) -> np.ndarray:
+        counts = np.asarray(self.line_counts, dtype=np.int64)
+        offsets = np.asarray(self.first_lines, dtype=np.int64) - (np.cumsum(counts) - counts)
+        return np.repeat(offsets, counts) + np.arange(counts.sum())
+
+
+class _LogParser:
+    """Classifies every line by its first byte (vectorised); only header-like lines are visited
+    in Python, and the data rows between them go to pyarrow as byte ranges."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.problems: list[Problem] = []
+        self.groups: dict[tuple, _Group] = {}
+        self.boards: list[Board] = []
+        self.state_header_lines: list[int] = []
+        self.singles: dict[str, dict[str, str]] = {"map_settings": {}, "planetary": {}}
+
+    def feed(self, data: bytes) -> None:
+        if not data.endswith(b"\n"):
+            data += b"\n"
+        buf = np.frombuffer(data, dtype=np.uint8)
+        ends = np.flatnonzero(buf == 10)  # position of each line's \n
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        stops = ends - (buf[np.maximum(ends - 1, 0)] == 13)  # CRLF: the text ends before \r
+        empty = starts >= stops
+        is_data = DATA_FIRST_BYTES[buf[starts]] & ~empty
+        headerish = np.flatnonzero(~is_data & ~empty)
+        blank_before = np.cumsum(empty)  # blank lines up to and including each line
+        known_headers: dict[bytes, _Group] = {}
+        group: _Group | None = None
+        consumed = -1  # index of a value row already taken by a one-row block
+
+        def text(i: int) -> str:
+            return data[starts[i]:stops[i]].decode(errors="replace")
+
+        def data_run(first: int, stop: int) -> None:  # lines first..stop-1 are data rows
+            if first >= stop:
+                return
+            if group is None:
+                for i in range(first, stop):
+                    if not empty[i]:
+                        self.problems.append(Problem(self.name, i + 1, f"data row outside any block: {text(i)[:40]!r}"))
+            elif blank_before[stop - 1] - (blank_before[first - 1] if first else 0):
+                for i in range(first, stop):  # rare: blank lines inside the run
+                    if not empty[i]:
+                        group.add(data[starts[i]:ends[i] + 1], i + 1, 1)
+            else:
+                group.add(data[starts[first]:ends[stop - 1] + 1], first + 1, stop - first)
+
+        previous = -1
+        for i in headerish.tolist():
+            if i == consumed:
+                previous = i
+                continue
+            data_run(max(previous + 1, consumed + 1), i)
+            previous = i
+            raw = data[starts[i]:stops[i]]
+            group = known_headers.get(raw)
+            if group is not None:  # the header of a data block, seen before in this file
+                if group.kind == "state":
+                    self.state_header_lines.append(i + 1)
+                continue
+            if raw.startswith(b"ROW_"):
+                if self.boards:
+                    self.boards[-1].rows.append(raw)
+                continue
+            if raw.startswith((b"COL_", b"#")):
+                continue
+            row = raw.decode(errors="replace")
+            kind = next((k for prefix, k in HEADER_KINDS if row.startswith(prefix)), None)
+            header = tuple(row.rstrip("\t").split("\t"))
+            if kind is None:
+                self.problems.append(Problem(self.name, i + 1, f"unknown header or row starting {row[:30]!r}"))
+            elif kind in ("board", "map_settings", "planetary"):
+                consumed = i + 1
+                if consumed < len(starts):
+                    self.single_value(kind, header, text(consumed), i + 2)
+            elif missing := REQUIRED_COLUMNS[kind] - set(header):
+                self.problems.append(Problem(self.name, i + 1, f"{kind} header lacks {sorted(missing)}"))
+            else:
+                group = known_headers[raw] = self.groups.setdefault((kind, header), _Group(kind, header))
+                if kind == "state":
+                    self.state_header_lines.append(i + 1)
+        data_run(max(previous + 1, consumed + 1), len(starts))
+
+    def single_value(self, kind: str, header: tuple, row: str, line: int) -> None:
+        if kind == "board":
+            board = _board_from_values(header, row, line, self.name, self.problems)
+            if board is not None:
+                self.boards.append(board)
+        else:
+            self.singles[kind] = dict(zip(header, row.split("\t")))
+
+    def tables(self) -> dict[str, pa.Table]:
+        parts = {kind: [] for kind in ALL_COLUMNS}
+        stray = _Group("attack", tuple(ATTACK_COLUMNS))  # attack rows with no attack header of their own
+        for group in list(self.groups.values()):
+            table, invalid = _parse_group(group, self.name, self.problems)
+            parts[group.kind].append(table)
+            repaired = _Group(group.kind, group.columns)
+            for line, row in invalid:
+                tabs = row.count("\t")
+                if tabs == stray.tabs and group.kind != "attack":
+                    stray.add((row + "\n").encode(), line, 1)
+                elif tabs == group.tabs + 1 and row.endswith("\t"):
+                    repaired.add((row[:-1] + "\n").encode(), line, 1)
+                else:
+                    self.row_problem(group, line, row)
+            if repaired.chunks:
+                parts[group.kind].append(self.parse_strict(repaired))
+        if stray.chunks:
+            parts["attack"].append(self.parse_strict(stray))
+        return {kind: _concat(tables, ALL_COLUMNS[kind]) for kind, tables in parts.items()}
+
+    def parse_strict(self, group: _Group) -> pa.Table:
+        table, invalid = _parse_group(group, self.name, self.problems)
+        for line, row in invalid:
+            self.row_problem(group, line, row)
+        return table
+
+    def row_problem(self, group: _Group, line: int, row: str) -> None:
+        self.problems.append(Problem(
+            self.name, line, f"{group.kind} row has {row.count(chr(9)) + 1} fields, header has {group.tabs + 1}"))
+
+
+def read_log(data: bytes, name: str) -> GameLog:
+    """Parse one log. Unreadable lines become `problems`; they never stop the file."""
+    if isinstance(data, str):
+        data = data.encode()
+    parser = _LogParser(name)
+    parser.feed(data)
+    tables = parser.tables()
+    states, moves = tables["state"], tables["move"]
+    has_armor = states.num_rows > 0 and states["BV"].null_count == 0 and not pc.any(pc.is_nan(states["BV"])).as_py()
+
+    header_lines = np.asarray(parser.state_header_lines, dtype=np.int64)
+    board_lines = np.asarray([b.line for b in parser.boards], dtype=np.int64)
+    states = states.add_column(0, "block", pa.array(np.searchsorted(header_lines, _lines(states)) - 1))
+    blocks = pa.table({"line": header_lines, "board": np.searchsorted(board_lines, header_lines) - 1})
+    move_lines = _lines(moves)
+    moves = moves.add_column(0, "next_block", pa.array(np.searchsorted(header_lines, move_lines)))
+    moves = moves.add_column(1, "board", pa.array(np.searchsorted(board_lines, move_lines) - 1))
+    parser.problems.sort(key=lambda p: p.line)
+    return GameLog(
+        name=name, boards=parser.boards, map_settings=parser.singles["map_settings"],
+        planetary=parser.singles["planetary"], states=states, blocks=blocks, moves=moves,
+        attacks=tables["attack"], minefields=tables["minefield"], problems=parser.problems,
+        has_armor_columns=has_armor,
+    )
+
+
+def _lines(table: pa.Table) -> np.ndarray:
+    return table["line"].to_numpy()
+
+
+def _board_from_values(header, line, number, name, problems) -> Board | None:
+    values = dict(zip(header, line.split("\t")))
+    try:
+        width, height = int(values["WIDTH"].strip()), int(values["HEIGHT"].strip())
+    except (KeyError, ValueError):
+        problems.append(Problem(name, number, f"board size unreadable: {line[:60]!r}"))
+        return None
+    if width <= 0 or height <= 0:
+        problems.append(Problem(name, number, f"board size {width}x{height} is not positive"))
+        return None
+    return Board(line=number - 1, name=values.get("BOARD_NAME", ""), width=width, height=height)
+
+
+def _parse_group(group: _Group, name: str, problems: list[Problem]) -> tuple[pa.Table, list]:
+    """Parse a group's rows in bulk. Returns the rows read and the (line, text) of rows whose
+    field count does not fit the header; rows with an unreadable number are reported and dropped."""
+    columns = list(group.columns)
+    known = [c for c in columns if c in ALL_COLUMNS[group.kind]]
+    lines = group.line_numbers()
+    data = b"".join(group.chunks)
+    invalid: list[tuple[int, str]] = []
+
+    def read(types: dict, decimal_point: str) -> pa.Table:
+        invalid.clear()
+
+        def on_invalid(row):
+            invalid.append((int(lines[row.number - 1]), row.text))
+            return "skip"
+
+        return pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=columns, use_threads=False),
+            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, include_columns=known, decimal_point=decimal_point,
+                strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+
+    typed = {c: TEXT_TYPE if c in TEXT_COLUMNS else pa.float64() for c in known}
+    table = None
+    first_row = data[:data.find(b"\n")]
+    decimal_comma = re.search(rb"\d,\d", first_row) is not None  # 17 real logs write `0,88`
+    for decimal_point in (",", ".") if decimal_comma else (".", ","):
+        try:
+            table = read(typed, decimal_point)
+            break
+        except pa.ArrowInvalid:
+            continue
+    if invalid:
+        bad = np.asarray([line for line, _ in invalid])
+        lines = lines[~np.isin(lines, bad)]
+    if table is None:  # some value is not a number in either notation: find it row by row
+        table, lines = _read_numbers_leniently(read({c: pa.string() for c in known}, "."), lines, name, problems)
+    table = table.add_column(0, "line", pa.array(lines))
+    for column in ALL_COLUMNS[group.kind]:
+        if column not in known:
+            table = table.append_column(column, pa.nulls(table.num_rows, TEXT_TYPE if column in TEXT_COLUMNS else pa.float64()))
+    return table.select(["line", *ALL_COLUMNS[group.kind]]), invalid
+
+
+def _read_numbers_leniently(table: pa.Table, lines: np.ndarray, name: str, problems: list[Problem]):
+    keep = np.ones(table.num_rows, dtype=bool)
+    for column in table.column_names:
+        if column in TEXT_COLUMNS:
+            continue
+        readable = pc.match_substring_regex(table[column], NUMBER_PATTERN).to_numpy(zero_copy_only=False)
+        raw = table[column].to_pylist()
+        for i in np.flatnonzero(~readable & keep):
+            problems.append(Problem(name, int(lines[i]), f"{column} is not a number: {raw[i]!r}"))
+        keep &= readable
+    table = table.filter(pa.array(keep))
+    for index, column in enumerate(table.column_names):
+        values = pc.utf8_trim_whitespace(table[column])
+        if column in TEXT_COLUMNS:
+            table = table.set_column(index, column, values.cast(TEXT_TYPE))
+        else:
+            values = pc.replace_substring(values, ",", ".")
+            values = pc.if_else(pc.equal(values, "NaN"), "nan", values)
+            table = table.set_column(index, column, values.cast(pa.float64()))
+    return table, lines[keep]
+
+
+def _concat(tables: list[pa.Table], columns: list[str]) -> pa.Table:
+    if not tables:
+        schema = pa.schema([("line", pa.int64())] + [
+            (c, TEXT_TYPE if c in TEXT_COLUMNS else pa.float64()) for c in columns])
+        return schema.empty_table()
+    if len(tables) == 1:
+        return tables[0]
+    table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
+    return table.take(pc.sort_indices(table["line"]))
