@@ -1,0 +1,68 @@
+"""Feature set v1 (FEATURES.md): which moves become rows, their 354 features and the reward."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Importing the feature modules registers their features; scalar features come first (§3.2).
+from caspar.features import scalar  # noqa: F401  isort: skip
+from caspar.features import blocks  # noqa: F401  isort: skip
+from caspar.features.registry import REGISTRY, compute_all, feature, feature_names, schema
+from caspar.features.reward import reward
+from caspar.features.situation import EXCLUDED_TYPES, Game, Situation
+from caspar.features.units import UnitPoints, load_unit_points
+from caspar.gamelog import GameLog
+
+__all__ = [
+    "REGISTRY", "Rows", "UnitPoints", "feature", "feature_names", "featurize", "load_unit_points",
+    "schema", "select_moves",
+]
+
+
+@dataclass
+class Rows:
+    """The rows of one log: identity columns, features [N, width] and reward [N]."""
+    segment: np.ndarray
+    round: np.ndarray
+    player_id: np.ndarray
+    team_id: np.ndarray
+    entity_id: np.ndarray
+    move_index: np.ndarray
+    is_bot: np.ndarray
+    features: np.ndarray
+    reward: np.ndarray
+    moves_read: int  # all move rows of the file
+    human_moves: int
+
+    def __len__(self) -> int:
+        return len(self.reward)
+
+
+def select_moves(game: Game, include_bots: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Move rows that become dataset rows (§3.1), and the state row of each mover (`me`, §2.2)."""
+    moves = game.log.moves
+    n_blocks = len(game.block_round)
+    is_bot = np.nan_to_num(moves["IS_BOT"].to_numpy(zero_copy_only=False).astype(float)) == 1
+    block = moves["next_block"].to_numpy()
+    entity = np.nan_to_num(moves["ENTITY_ID"].to_numpy(zero_copy_only=False).astype(float), nan=-1).astype(np.int64)
+    has_snapshot = block < n_blocks
+    me = np.where(has_snapshot, game.row_of(np.minimum(block, max(n_blocks - 1, 0)), entity), -1)
+    for m in np.flatnonzero((me < 0) & has_snapshot):  # mover absent from its snapshot (rare)
+        me[m] = game.latest_row_before(int(block[m]), int(entity[m]))
+    found = me >= 0
+    allowed_type = ~np.isin(game.types[np.maximum(me, 0)], list(EXCLUDED_TYPES)) if len(game.types) else found
+    selected = found & allowed_type & (include_bots | ~is_bot)
+    return np.flatnonzero(selected), me[selected]
+
+
+def featurize(log: GameLog, points: UnitPoints, include_bots: bool = False) -> Rows:
+    game = Game(log, points)
+    move_rows, me_rows = select_moves(game, include_bots)
+    s = Situation(game, move_rows, me_rows)
+    is_bot = np.nan_to_num(log.moves["IS_BOT"].to_numpy(zero_copy_only=False).astype(float)) == 1
+    return Rows(
+        segment=s.segment, round=s.round.astype(np.int64), player_id=s.player, team_id=s.team,
+        entity_id=s.entity, move_index=move_rows, is_bot=s.is_bot, features=compute_all(s),
+        reward=reward(s), moves_read=log.moves.num_rows, human_moves=int((~is_bot).sum()),
+    )

@@ -1,0 +1,424 @@
+"""Scalar features F0-F49 (FEATURES.md §4), registered in index order.
+
+Notation: `s` is a Situation; [M] arrays per move, [M, K] arrays per move and snapshot unit;
+`s.enemies`, `s.mates`, `s.own` are the sets E, F, O; `s.d` the hex distance from P.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from caspar.features import hexgrid
+from caspar.features.registry import feature
+from caspar.features.situation import ROLE, Situation, clamp01
+
+
+def _count(mask) -> np.ndarray:
+    return mask.sum(axis=1).astype(np.float64)
+
+
+def _masked_max(values, mask, empty=0.0) -> np.ndarray:
+    """Row-wise max over the masked entries; `empty` where nothing is selected."""
+    if values.shape[1] == 0:
+        return np.full(values.shape[0], empty)
+    return np.where(mask.any(axis=1), np.where(mask, values, -np.inf).max(axis=1), empty)
+
+
+def _valid_fraction(v) -> np.ndarray:
+    return np.isfinite(v) & (v >= 0) & (v <= 1)
+
+
+@feature("mp_percentage")
+def mp_percentage(s: Situation):
+    return clamp01(s.mp_p)
+
+
+@feature("heat_percentage")
+def heat_percentage(s: Situation):
+    return clamp01(s.heat_p)
+
+
+@feature("armor_percentage")
+def armor_percentage(s: Situation):
+    return np.where(_valid_fraction(s.armor_p), s.armor_p, 0.0)
+
+
+@feature("internal_percentage")
+def internal_percentage(s: Situation):
+    return np.where(_valid_fraction(s.internal_p), s.internal_p, 1.0)
+
+
+@feature("jumping")
+def jumping(s: Situation):
+    return s.jumping
+
+
+@feature("distance_traveled")
+def distance_traveled(s: Situation):
+    return np.where(s.max_mp == 0, 0.0, clamp01(s.distance / np.where(s.max_mp == 0, 1, s.max_mp)))
+
+
+@feature("hexes_moved")
+def hexes_moved(s: Situation):
+    return np.where(s.max_mp == 0, 0.0, clamp01(s.hexes_moved / np.where(s.max_mp == 0, 1, s.max_mp)))
+
+
+@feature("is_facing_enemy")
+def is_facing_enemy(s: Situation):
+    threats = s.threatening
+    count = np.maximum(_count(threats), 1)
+    tx, ty = hexgrid.point(s.u_x, s.u_y)
+    mean_x = np.where(threats, tx, 0).sum(axis=1) / count
+    mean_y = np.where(threats, ty, 0).sum(axis=1) / count
+    px, py = hexgrid.point(s.px, s.py)
+    ideal, defined = hexgrid.direction(px, py, mean_x, mean_y)
+    ideal = np.where(threats.any(axis=1) & defined, ideal, s.facing)
+    return 1.0 - hexgrid.facing_difference(s.facing, ideal) / 3.0
+
+
+@feature("enemy_in_range")
+def enemy_in_range(s: Situation):
+    ok = (s.range > 0) & s.enemies.any(axis=1)
+    return np.where(ok, clamp01(1.0 - s.d_c / np.where(s.range > 0, s.range, 1)), 0.0)
+
+
+@feature("cover_value")
+def cover_value(s: Situation):
+    base = np.select([s.d_c > 20, s.d_c > 12], [0.3, 0.6], 0.9)
+    base = base * np.where(s.has_role("SNIPER", "MISSILE_BOAT", "SCOUT", "STRIKER"), 1.2, 1.0)
+    base = base * np.where(s.jumping, 0.7, 1.0) * np.where(s.prone, 1.2, 1.0)
+    return clamp01(base)
+
+
+@feature("allies_nearby")
+def allies_nearby(s: Situation):
+    return np.minimum(_count(s.mates & (s.d <= 8)) / 6.0, 1.0)
+
+
+@feature("enemies_nearby")
+def enemies_nearby(s: Situation):
+    return clamp01(_count(s.enemies & (s.d <= 10)) / 8.0)
+
+
+@feature("team_cohesion")
+def team_cohesion(s: Situation):
+    return np.where(s.mates.any(axis=1), clamp01(1.0 - s.mates_centroid_distance / 20.0), 1.0)
+
+
+@feature("unit_health_average")
+def unit_health_average(s: Situation):
+    return s.h_m
+
+
+# No log of the corpus has per-arc armour (ARMOR_FRONT_P, ...): every arc is the average health.
+@feature("unit_health_front")
+def unit_health_front(s: Situation):
+    return s.h_m
+
+
+@feature("unit_health_right")
+def unit_health_right(s: Situation):
+    return s.h_m
+
+
+@feature("unit_health_left")
+def unit_health_left(s: Situation):
+    return s.h_m
+
+
+@feature("unit_health_back")
+def unit_health_back(s: Situation):
+    return s.h_m
+
+
+@feature("position_crowding")
+def position_crowding(s: Situation):
+    a = _count(s.enemies & (s.d < 8)) / 2.0
+    b = _count(s.mates & (s.d < 4)) / 3.0
+    return clamp01(0.7 * a + 0.3 * b)
+
+
+@feature("damage_ratio")
+def damage_ratio(s: Situation):
+    reachable = s.enemies & (s.d <= s.range[:, None]) & (s.u_hp > 0)
+    ratio = s.damage[:, None] / np.where(s.u_hp > 0, s.u_hp, 1.0)
+    return clamp01(np.maximum(0.0, _masked_max(ratio, reachable)))
+
+
+# HAS_ECM is not in any corpus log: no friendly ECM (0) and no enemy ECM (1 / (0 + 1)).
+@feature("ecm_coverage")
+def ecm_coverage(s: Situation):
+    return np.zeros(s.n)
+
+
+@feature("enemy_ecm_coverage")
+def enemy_ecm_coverage(s: Situation):
+    return np.ones(s.n)
+
+
+@feature("environmental_cover")
+def environmental_cover(s: Situation):
+    return np.select([s.d_c < 7, s.d_c < 12, s.d_c < 24], [0.8, 0.6, 0.4], 0.2)
+
+
+@feature("environmental_hazards")
+def environmental_hazards(s: Situation):
+    z = np.where(s.mp_used > s.hexes_moved, 0.3 * s.mp_p, 0.0)
+    return clamp01(np.where(s.jumping, z / 2.0, z))
+
+
+# w(mover role, enemy role); enemies of roles without a column have no weight.
+FAVORITE_TARGET_ROLES = ["MISSILE_BOAT", "SNIPER", "STRIKER", "SCOUT", "JUGGERNAUT"]
+FAVORITE_TARGET_WEIGHTS = {
+    "SNIPER": [0.9, 0.9, 0.5, 0.5, 0.7],
+    "JUGGERNAUT": [0.9, 0.9, 0.5, 0.3, 1.0],
+    "STRIKER": [0.9, 0.9, 0.6, 0.5, 0.4],
+    "MISSILE_BOAT": [0.9, 0.9, 0.7, 0.6, 0.3],
+    None: [0.9, 0.9, 0.5, 0.3, 0.7],  # any other mover role
+}
+
+
+def _favorite_target_table() -> np.ndarray:
+    """[mover role code + 1, enemy role code + 1] -> weight (NaN = no weight); code -1 = unknown."""
+    table = np.full((len(ROLE) + 1, len(ROLE) + 1), np.nan)
+    for mover in range(-1, len(ROLE)):
+        name = next((n for n, c in ROLE.items() if c == mover), None)
+        weights = FAVORITE_TARGET_WEIGHTS.get(name, FAVORITE_TARGET_WEIGHTS[None])
+        for enemy_role, w in zip(FAVORITE_TARGET_ROLES, weights):
+            table[mover + 1, ROLE[enemy_role] + 1] = w
+    return table
+
+
+FAVORITE_TARGET_TABLE = _favorite_target_table()
+
+
+@feature("favorite_target_in_range")
+def favorite_target_in_range(s: Situation):
+    weight = FAVORITE_TARGET_TABLE[s.role[:, None] + 1, s.u_role + 1]
+    range_ = np.where(s.range > 0, s.range, 1.0)[:, None]
+    candidates = s.enemies & np.isfinite(weight) & (s.d <= s.range[:, None])
+    score = np.maximum(0.0, _masked_max(np.nan_to_num(weight) * (1.0 - s.d / range_), candidates))
+    return np.where(s.range > 0, clamp01(score), 0.0)
+
+
+@feature("flanking_position")
+def flanking_position(s: Situation):
+    near = s.enemies & (s.d > 0) & (s.d <= 12)
+    ux, uy = hexgrid.point(s.u_x, s.u_y)
+    px, py = hexgrid.point(s.px, s.py)
+    toward_mover, _ = hexgrid.direction(ux, uy, px[:, None], py[:, None])
+    delta = hexgrid.facing_difference(toward_mover, s.u_facing)
+    zone = np.select([delta <= 1, delta == 2], [0.2, 0.75], 1.0)
+    score = zone * clamp01(1.0 - s.d / 12.0)
+    return np.maximum(0.0, _masked_max(score, near))
+
+
+def _pattern_score(d: np.ndarray) -> np.ndarray:
+    return np.select([d < 1, d < 3, d <= 4], [0.0, 0.7, 1.0], np.maximum(0.0, 1.0 - (d - 4) / 3.0))
+
+
+@feature("formation_cohesion")
+def formation_cohesion(s: Situation):
+    cohesion = np.where(s.mates.any(axis=1), np.maximum(0.0, 1.0 - s.mates_centroid_distance / 15.0), 1.0)
+    nearest = np.sort(np.where(s.own, s.d, np.iinfo(np.int64).max), axis=1)[:, :4]
+    taken = np.arange(nearest.shape[1]) < np.minimum(_count(s.own), 4)[:, None]
+    d = nearest.astype(np.float64)
+    count = np.maximum(taken.sum(axis=1), 1)
+    mean_q = np.where(taken, _pattern_score(d), 0.0).sum(axis=1) / count
+    good = (taken & (d >= 1) & (d <= 4)).sum(axis=1)
+    pattern = np.where(s.own.any(axis=1), clamp01(mean_q + 0.2 * clamp01(good / 4.0)), 0.5)
+    return 0.6 * cohesion + 0.4 * pattern
+
+
+@feature("formation_separation")
+def formation_separation(s: Situation):
+    nearest = np.where(s.mates, s.d, np.iinfo(np.int64).max).min(axis=1, initial=np.iinfo(np.int64).max)
+    return np.where(s.mates.any(axis=1) & (nearest < 2), nearest / 2.0, 1.0)
+
+
+@feature("formation_alignment")
+def formation_alignment(s: Situation):
+    facings = np.arange(6)
+    matches = s.mates[:, :, None] & (s.u_facing[:, :, None] == facings)  # [M, K, 6]
+    counts = matches.sum(axis=1)
+    first_seen = np.where(matches.any(axis=1), np.argmax(matches, axis=1), np.iinfo(np.int64).max)
+    most = counts == counts.max(axis=1, keepdims=True)
+    leader = np.argmin(np.where(most, first_seen, np.iinfo(np.int64).max), axis=1)
+    aligned = 0.4 * (1.0 - hexgrid.facing_difference(s.facing, leader) / 3.0) + 0.36
+    return np.where(s.mates.any(axis=1), aligned, 0.5)
+
+
+@feature("friendly_artillery_fire")
+def friendly_artillery_fire(s: Situation):
+    artillery = s.mates & (s.u_max_range >= 22) & (s.d <= 17)
+    best = _masked_max(s.u_max_range - 17.0, artillery)
+    return clamp01(best / (np.maximum(s.range, 0.0) + 1.0))
+
+
+@feature("covering_units")
+def covering_units(s: Situation):
+    return clamp01(_count(s.mates & (s.d <= s.u_max_range)) / 5.0)
+
+
+@feature("heat_management")
+def heat_management(s: Situation):
+    is_mek = np.char.find(s.unit_type.astype(str), "Mek") >= 0
+    return clamp01(1.0 - np.where(is_mek, s.heat / 40.0, s.heat / 999.0))
+
+
+@feature("enemy_vip_distance")
+def enemy_vip_distance(s: Situation):
+    vips = s.enemies & (s.u_total_damage > 60)
+    nearest = -_masked_max(-s.d.astype(np.float64), vips)
+    ok = vips.any(axis=1) & (s.range > 0)
+    return np.where(ok, clamp01(1.0 - nearest / np.where(s.range > 0, s.range, 1.0)), 0.0)
+
+
+@feature("is_crippled")
+def is_crippled(s: Situation):
+    return s.crippled
+
+
+@feature("moving_toward_waypoint")
+def moving_toward_waypoint(s: Situation):
+    cx, cy = hexgrid.centroid(s.u_x, s.u_y, s.enemies)
+    closer = hexgrid.distance(s.px, s.py, cx, cy) < hexgrid.distance(s.p0x, s.p0y, cx, cy)
+    return s.enemies.any(axis=1) & closer
+
+
+@feature("unit_role")
+def unit_role(s: Situation):
+    r = s.range
+    r_safe = np.where(r > 0, r, 1.0)
+    d_c = s.d_c
+    no_enemy = ~np.isfinite(d_c)
+    d = np.where(no_enemy, 0.0, d_c)
+    n_t = _count(s.threatening)
+    ambush_x = np.where(r > 0, clamp01(1.0 - d_c / np.minimum(7.0, r_safe)), 0.0)
+    scores = {
+        "SNIPER": np.where(r > 0, 1.0 - np.abs(d - 0.7 * r) / (0.3 * r_safe), 0.0),
+        "STRIKER": 1.0 - d / 10.0,
+        "JUGGERNAUT": 1.0 - d / 7.0,
+        "MISSILE_BOAT": np.where(r > 0, 1.0 - np.abs(d - r) / r_safe, 0.0),
+    }
+    score = np.full(s.n, 0.5)
+    for role, value in scores.items():
+        score = np.where(s.role == ROLE[role], np.where(no_enemy, 0.0, value), score)
+    score = np.where(s.role == ROLE["SCOUT"], s.tau / (n_t + 1), score)
+    score = np.where(s.role == ROLE["BRAWLER"], 3.0 / (n_t + 1), score)
+    score = np.where(s.role == ROLE["SKIRMISHER"], 0.6 * s.tau + 0.4 * damage_ratio(s), score)
+    score = np.where(s.role == ROLE["AMBUSHER"], 0.7 / (n_t + 1) + 0.3 * ambush_x, score)
+    return clamp01(score)
+
+
+def _threat_by(role: str):
+    def threat(s: Situation):
+        sources = s.enemies & (s.u_role == ROLE[role]) & (s.u_max_range > 0) & (s.d <= s.u_max_range)
+        share = clamp01(s.u_total_damage / np.maximum(s.hp, 1.0)[:, None])
+        falloff = 1.0 - s.d / np.where(s.u_max_range > 0, s.u_max_range, 1.0)
+        return clamp01(np.where(sources, share * falloff, 0.0).sum(axis=1))
+    return threat
+
+
+feature("threat_by_sniper")(_threat_by("SNIPER"))
+feature("threat_by_missile_boat")(_threat_by("MISSILE_BOAT"))
+feature("threat_by_juggernaut")(_threat_by("JUGGERNAUT"))
+
+
+@feature("unit_tmm")
+def unit_tmm(s: Situation):
+    return s.tau
+
+
+@feature("piloting_caution")
+def piloting_caution(s: Situation):
+    return clamp01(np.maximum(s.chance_of_failure, environmental_hazards(s)))
+
+
+@feature("retreat")
+def retreat(s: Situation):
+    return clamp01((1.0 - s.h_m) / np.maximum(1.0, s.d_c / 3.0))
+
+
+@feature("scouting")
+def scouting(s: Situation):
+    spread = np.where(s.mates.any(axis=1), s.mates_centroid_distance, 0.0)
+    value = (0.4 * s.has_role("SCOUT") + 0.3 * (s.max_mp >= 8)
+             + 0.2 * np.minimum(s.hexes_moved / np.maximum(1.0, s.max_mp), 1.0)
+             + 0.1 * np.minimum(spread / 15.0, 1.0))
+    return clamp01(value)
+
+
+@feature("standing_still")
+def standing_still(s: Situation):
+    return s.hexes_moved == 0
+
+
+CONTROL_RADIUS = 7
+
+
+@feature("strategic_goal")
+def strategic_goal(s: Situation):
+    """Board control gained and enemy control disputed by moving from P0 to P (7-hex radius)."""
+    result = np.full(s.n, 0.5)
+    for board in set(zip(s.width.tolist(), s.height.tolist())):
+        moves = np.flatnonzero((s.width == board[0]) & (s.height == board[1]))
+        for chunk in np.array_split(moves, max(1, len(moves) // 64)):
+            result[chunk] = _strategic_goal(s, chunk, *board)
+    return result
+
+
+def _strategic_goal(s: Situation, moves: np.ndarray, width: int, height: int) -> np.ndarray:
+    gx, gy = np.meshgrid(np.arange(width), np.arange(height), indexing="ij")
+    gx, gy = gx.ravel(), gy.ravel()  # every hex of the board, [N]
+
+    def control(x, y, mask):  # x, y, mask: [m, k] -> [m, N] hexes within reach of a selected unit
+        on_board = mask & (x >= 0) & (x < width) & (y >= 0) & (y < height)
+        near = hexgrid.distance(gx, gy, x[:, :, None], y[:, :, None]) <= CONTROL_RADIUS
+        return (near & on_board[:, :, None]).any(axis=1)
+
+    mates = control(s.u_x[moves], s.u_y[moves], s.mates[moves])
+    enemy = control(s.u_x[moves], s.u_y[moves], s.enemies[moves])
+    one = np.ones((len(moves), 1), dtype=bool)
+    before = mates | control(s.p0x[moves, None], s.p0y[moves, None], one)
+    after = mates | control(s.px[moves, None], s.py[moves, None], one)
+    n = float(width * height)
+    gained = (after.sum(axis=1) - before.sum(axis=1)) / n
+    disputed = ((before & enemy).sum(axis=1) - (after & enemy).sum(axis=1)) / n
+    return clamp01(0.7 * clamp01(gained + 0.5) + 0.3 * clamp01(disputed + 0.5))
+
+
+@feature("target_health")
+def target_health(s: Situation):
+    return np.where(s.closest_enemy >= 0, s.at(s.u_health, s.closest_enemy), 0.5)
+
+
+@feature("target_within_optimal_range")
+def target_within_optimal_range(s: Situation):
+    r = s.range.astype(np.int64)
+    low = (7 * r) // 10
+    inside = s.enemies & (s.d >= low[:, None]) & (s.d <= r[:, None])
+    n_enemies = _count(s.enemies)
+    ok = (s.range > 0) & (n_enemies > 0)
+    return np.where(ok, _count(inside) / np.maximum(n_enemies, 1), 0.0)
+
+
+@feature("turns_to_encounter")
+def turns_to_encounter(s: Situation):
+    v = s.at(s.u_mp, s.closest_enemy)
+    ok = (s.closest_enemy >= 0) & (v > 0)
+    return np.where(ok, clamp01(1.0 - (s.d_c / np.where(ok, v, 1.0)) / 5.0), 0.0)
+
+
+@feature("chance_of_failure")
+def chance_of_failure(s: Situation):
+    return clamp01(s.chance_of_failure)
+
+
+@feature("self_threat_level")
+def self_threat_level(s: Situation):
+    target = s.closest_target
+    d = s.d_c_star
+    a = np.where(d <= np.maximum(s.range, 1.0), 1.0, 0.6)
+    b = np.where(d <= np.maximum(s.at(s.u_max_range, target), 1.0), 0.8, 1.0)
+    hp = s.at(s.u_hp, target)
+    return np.where(target >= 0, clamp01(s.damage / np.where(hp > 0, hp, 1.0) * a * b), 0.0)
