@@ -354,36 +354,57 @@ def standing_still(s: Situation):
 
 
 CONTROL_RADIUS = 7
+# Cube offsets (dq, dr) of the hexes within CONTROL_RADIUS of a centre: its disk.
+DISK = np.array([(dq, dr) for dq in range(-CONTROL_RADIUS, CONTROL_RADIUS + 1)
+                 for dr in range(-CONTROL_RADIUS, CONTROL_RADIUS + 1)
+                 if max(abs(dq), abs(dr), abs(dq + dr)) <= CONTROL_RADIUS])
+REACH = 2 * CONTROL_RADIUS  # a unit farther than this from the centre covers none of its disk
+
+
+def _disk_cover_table() -> np.ndarray:
+    """[offset index, disk hex] -> whether a unit at that cube offset from the centre controls
+    that hex of the centre's disk; the last row (units out of reach) controls nothing."""
+    offsets = np.array([(q, r) for q in range(-REACH, REACH + 1) for r in range(-REACH, REACH + 1)])
+    dq = offsets[:, None, 0] - DISK[None, :, 0]
+    dr = offsets[:, None, 1] - DISK[None, :, 1]
+    near = np.maximum(np.maximum(np.abs(dq), np.abs(dr)), np.abs(dq + dr)) <= CONTROL_RADIUS
+    return np.vstack([near, np.zeros((1, len(DISK)), dtype=bool)])
+
+
+DISK_COVER = _disk_cover_table()
+
+
+def _controlled_disk(cx, cy, ux, uy, mask) -> np.ndarray:
+    """[M, |DISK|]: which hexes of the disk around (cx, cy) some selected unit controls."""
+    q0, r0, _ = hexgrid.to_cube(cx, cy)
+    q, r, _ = hexgrid.to_cube(ux, uy)
+    dq, dr = q - q0[:, None], r - r0[:, None]
+    near = mask & (np.maximum(np.maximum(np.abs(dq), np.abs(dr)), np.abs(dq + dr)) <= REACH)
+    index = np.where(near, (dq + REACH) * (2 * REACH + 1) + dr + REACH, len(DISK_COVER) - 1)
+    return DISK_COVER[index].any(axis=1)
+
+
+def _disk_on_board(cx, cy, width, height) -> np.ndarray:
+    """[M, |DISK|]: the disk's hexes that lie on the board; none if the centre is off the board."""
+    q0, r0, _ = hexgrid.to_cube(cx, cy)
+    x = q0[:, None] + DISK[:, 0]
+    y = r0[:, None] + DISK[:, 1] + (x - (x % 2)) // 2
+    w, h = width[:, None], height[:, None]
+    centre_on_board = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
+    return (x >= 0) & (x < w) & (y >= 0) & (y < h) & centre_on_board[:, None]
 
 
 @feature("strategic_goal")
 def strategic_goal(s: Situation):
-    """Board control gained and enemy control disputed by moving from P0 to P (7-hex radius)."""
-    result = np.full(s.n, 0.5)
-    for board in set(zip(s.width.tolist(), s.height.tolist())):
-        moves = np.flatnonzero((s.width == board[0]) & (s.height == board[1]))
-        for chunk in np.array_split(moves, max(1, len(moves) // 64)):
-            result[chunk] = _strategic_goal(s, chunk, *board)
-    return result
-
-
-def _strategic_goal(s: Situation, moves: np.ndarray, width: int, height: int) -> np.ndarray:
-    gx, gy = np.meshgrid(np.arange(width), np.arange(height), indexing="ij")
-    gx, gy = gx.ravel(), gy.ravel()  # every hex of the board, [N]
-
-    def control(x, y, mask):  # x, y, mask: [m, k] -> [m, N] hexes within reach of a selected unit
-        on_board = mask & (x >= 0) & (x < width) & (y >= 0) & (y < height)
-        near = hexgrid.distance(gx, gy, x[:, :, None], y[:, :, None]) <= CONTROL_RADIUS
-        return (near & on_board[:, :, None]).any(axis=1)
-
-    mates = control(s.u_x[moves], s.u_y[moves], s.mates[moves])
-    enemy = control(s.u_x[moves], s.u_y[moves], s.enemies[moves])
-    one = np.ones((len(moves), 1), dtype=bool)
-    before = mates | control(s.p0x[moves, None], s.p0y[moves, None], one)
-    after = mates | control(s.px[moves, None], s.py[moves, None], one)
-    n = float(width * height)
-    gained = (after.sum(axis=1) - before.sum(axis=1)) / n
-    disputed = ((before & enemy).sum(axis=1) - (after & enemy).sum(axis=1)) / n
+    """Board control gained, and enemy control disputed, by moving from P0 to P. Only the disks
+    around P and P0 can change: ctrl(after) - ctrl(before) = |D(P) minus A| - |D(P0) minus A|."""
+    new_p = _disk_on_board(s.px, s.py, s.width, s.height) & ~_controlled_disk(s.px, s.py, s.u_x, s.u_y, s.mates)
+    new_p0 = _disk_on_board(s.p0x, s.p0y, s.width, s.height) & ~_controlled_disk(s.p0x, s.p0y, s.u_x, s.u_y, s.mates)
+    enemy_p = _controlled_disk(s.px, s.py, s.u_x, s.u_y, s.enemies)
+    enemy_p0 = _controlled_disk(s.p0x, s.p0y, s.u_x, s.u_y, s.enemies)
+    n = (s.width * s.height).astype(np.float64)
+    gained = (new_p.sum(axis=1) - new_p0.sum(axis=1)) / n
+    disputed = ((new_p0 & enemy_p0).sum(axis=1) - (new_p & enemy_p).sum(axis=1)) / n
     return clamp01(0.7 * clamp01(gained + 0.5) + 0.3 * clamp01(disputed + 0.5))
 
 
