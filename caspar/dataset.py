@@ -1,0 +1,301 @@
+"""The feature dataset: game logs -> Parquet rows, split by game, built in parallel by Ray Data.
+
+Layout of a prepared dataset (local folder or s3:// prefix):
+
+    *.parquet        one row per selected move: identity columns, `split`, `features` (354 floats,
+                     named in schema.json), `reward`
+    schema.json      the feature schema (ordered names, widths, version hash)
+    manifest.json    every input file with its sha256, rows produced and problems found
+
+A dataset is written beside its destination and swapped in when complete, so a re-run replaces
+it and a failed run leaves the previous one untouched.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from caspar import storage
+from caspar.features import featurize, feature_names, load_unit_points, schema
+from caspar.gamelog import read_log
+
+LOG_SUFFIX = ".tsv"
+SPLITS = ("train", "val", "test")
+ID_COLUMNS = [
+    ("file", pa.string()), ("segment", pa.int32()), ("round", pa.int32()), ("player_id", pa.int32()),
+    ("team_id", pa.int32()), ("entity_id", pa.int32()), ("move_index", pa.int32()),
+    ("is_bot", pa.bool_()), ("split", pa.string()),
+]
+
+
+class InputError(Exception):
+    """Input or output that cannot be used; the message is one line for the user."""
+
+
+def row_schema() -> pa.Schema:
+    """Identity columns, the feature vector as one fixed-size list (order and names: schema.json)
+    and the reward."""
+    width = len(feature_names())
+    return pa.schema(ID_COLUMNS + [("features", pa.list_(pa.float32(), width)), ("reward", pa.float32())])
+
+
+# --- Finding the logs -----------------------------------------------------------------------
+
+@dataclass
+class Inputs:
+    filesystem: pafs.FileSystem
+    paths: list[str]
+    root: str
+    cleanup: str | None = None  # a temporary folder to remove when done
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> why it was not read
+
+
+def find_logs(source: str) -> Inputs:
+    """All `*.tsv` logs under a folder (recursively), in a `.zip`, or under an s3:// prefix."""
+    if not storage.is_s3(source) and source.endswith(".zip") and os.path.isfile(source):
+        folder = tempfile.mkdtemp(prefix="caspar-zip-")
+        try:
+            with zipfile.ZipFile(source) as archive:
+                archive.extractall(folder)
+        except (zipfile.BadZipFile, OSError) as error:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise InputError(f"{source}: not a readable zip archive ({error})") from None
+        inputs = find_logs(folder)
+        inputs.cleanup = folder
+        return inputs
+    filesystem, root = storage.resolve(source)
+    kind = storage.info(filesystem, root, source).type
+    if kind == pafs.FileType.NotFound and not storage.is_s3(source):
+        raise InputError(f"input path does not exist: {source}")
+    if kind == pafs.FileType.File:
+        paths = [root]
+        root = os.path.dirname(root)
+    else:
+        paths = [i.path for i in storage.list_files(filesystem, root, source) if i.base_name.endswith(LOG_SUFFIX)]
+    if not paths:
+        raise InputError(f"no game logs (*{LOG_SUFFIX}) found in {storage.describe(source)}")
+    inputs = Inputs(filesystem, [], root)
+    seen: dict[str, str] = {}
+    for path in paths:  # `file` identifies a row, so a file name may appear once
+        name = os.path.basename(path)
+        if name in seen:
+            inputs.skipped[path] = f"same file name as {seen[name]}; skipped"
+        else:
+            seen[name] = path
+            inputs.paths.append(path)
+    return inputs
+
+
+# --- One file -> rows -------------------------------------------------------------------------
+
+def split_of(file: str, segments: np.ndarray, seed: int, test_size: float, validation_size: float) -> np.ndarray:
+    """Deterministic split per game (file, segment): a seeded hash, so a game's split does not
+    depend on which other logs are in the input."""
+    result = np.empty(len(segments), dtype=object)
+    for segment in np.unique(segments):
+        digest = hashlib.sha256(f"{seed}:{file}:{segment}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2.0**64
+        result[segments == segment] = "test" if u < test_size else "val" if u < test_size + validation_size else "train"
+    return result
+
+
+@functools.lru_cache(maxsize=4)
+def _unit_points(mekfile: str | None):
+    return load_unit_points(mekfile=mekfile)
+
+
+def rows_of_file(data: bytes, name: str, settings: dict) -> tuple[pa.Table, dict]:
+    """Featurise one log: its rows as an Arrow table, and its manifest entry."""
+    entry = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+             "rows": 0, "moves": 0, "human_moves": 0, "problems": []}
+    try:
+        log = read_log(data, name)
+        rows = featurize(log, _unit_points(settings["mekfile"]), settings["include_bots"])
+    except Exception as error:  # a file that cannot be read at all is reported, not fatal
+        entry["problems"].append({"line": 0, "reason": f"unreadable: {type(error).__name__}: {error}"})
+        return row_schema().empty_table(), entry
+    entry["problems"] = [{"line": p.line, "reason": p.reason} for p in log.problems]
+    entry.update(rows=len(rows), moves=rows.moves_read, human_moves=rows.human_moves)
+    split = split_of(name, rows.segment, settings["seed"], settings["test_size"], settings["validation_size"])
+    columns = {
+        "file": pa.array([name] * len(rows), pa.string()), "segment": rows.segment,
+        "round": rows.round, "player_id": rows.player_id, "team_id": rows.team_id,
+        "entity_id": rows.entity_id, "move_index": rows.move_index, "is_bot": rows.is_bot,
+        "split": pa.array(split.tolist(), pa.string()),
+    }
+    features = pa.array(rows.features.astype(np.float32).ravel())
+    columns["features"] = pa.FixedSizeListArray.from_arrays(features, rows.features.shape[1])
+    columns["reward"] = rows.reward.astype(np.float32)
+    return pa.Table.from_pydict(columns, schema=row_schema()), entry
+
+
+# --- The Ray Data job ------------------------------------------------------------------------
+
+def _featurize_batch(batch: dict, settings: dict, collector) -> pa.Table:
+    tables = []
+    for data, path in zip(batch["bytes"].to_pylist(), batch["path"].to_pylist()):
+        table, entry = rows_of_file(data, os.path.basename(path), settings)
+        entry["path"] = path
+        collector.add.remote(entry)
+        tables.append(table)
+    return pa.concat_tables(tables) if tables else row_schema().empty_table()
+
+
+def _manifest_collector():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class ManifestCollector:
+        """Gathers each file's manifest entry from the workers (keyed by path: retries overwrite)."""
+
+        def __init__(self):
+            self.entries = {}
+
+        def add(self, entry: dict) -> None:
+            self.entries[entry["path"]] = entry
+
+        def all(self) -> list[dict]:
+            return [self.entries[k] for k in sorted(self.entries)]
+
+    return ManifestCollector.remote()
+
+
+@dataclass
+class Summary:
+    files: int
+    files_with_problems: int
+    unreadable_files: int
+    rows: dict[str, int]
+    human_moves: int
+    seconds: float
+    ray_start_seconds: float
+    output: str
+
+    def lines(self) -> list[str]:
+        splits = ", ".join(f"{k} {v:,}" for k, v in self.rows.items())
+        return [
+            f"read {self.files} files ({self.files_with_problems} with problems, {self.unreadable_files} unreadable), "
+            f"{self.human_moves:,} human moves",
+            f"wrote {sum(self.rows.values()):,} rows ({splits}) to {self.output}",
+            f"took {self.seconds:.1f} s ({self.ray_start_seconds:.1f} s of it starting Ray)",
+        ]
+
+
+def prepare(source: str, output: str, test_size: float = 0.1, validation_size: float = 0.1, seed: int = 42,
+            mekfile: str | None = None, include_bots: bool = False, parallelism: int | None = None) -> Summary:
+    """Read every log under `source`, featurise in parallel and write the dataset to `output`."""
+    import ray
+
+    started = time.perf_counter()
+    if not 0 <= test_size < 1 or not 0 <= validation_size < 1 or test_size + validation_size >= 1:
+        raise InputError("--test-size and --validation-size must be in [0, 1) and sum to less than 1")
+    if mekfile:
+        try:
+            load_unit_points(mekfile=mekfile)
+        except (OSError, ValueError) as error:
+            raise InputError(f"--mekfile: {error}") from None
+    inputs = find_logs(source)
+    out_fs, out_path = storage.resolve(output)
+    _check_replaceable(out_fs, out_path, output)
+    staging = f"{out_path}.staging-{uuid.uuid4().hex[:8]}"
+    settings = {"mekfile": os.path.abspath(mekfile) if mekfile else None, "include_bots": include_bots,
+                "seed": seed, "test_size": test_size, "validation_size": validation_size}
+    ray_ready = started
+    try:
+        if not ray.is_initialized():
+            ray.init(logging_level="WARNING", log_to_driver=False)
+        ray_ready = time.perf_counter()
+        collector = _manifest_collector()
+        workers = parallelism or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        # A few read tasks per worker, each streaming its files through featurising (fused).
+        dataset = ray.data.read_binary_files(
+            inputs.paths, filesystem=inputs.filesystem, include_paths=True,
+            override_num_blocks=min(len(inputs.paths), 2 * workers))
+        dataset = dataset.map_batches(
+            _featurize_batch, batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
+            fn_kwargs={"settings": settings, "collector": collector})
+        dataset.write_parquet(staging, filesystem=out_fs)
+        entries = ray.get(collector.all.remote())
+        entries += [{"file": os.path.basename(p), "path": p, "rows": 0, "problems": [{"line": 0, "reason": why}]}
+                    for p, why in inputs.skipped.items()]
+        manifest = _manifest(entries, source, settings, inputs.root, out_fs, staging)
+        storage.write_bytes(out_fs, storage.join(staging, "schema.json"), json.dumps(schema(), indent=1).encode())
+        storage.write_bytes(out_fs, storage.join(staging, "manifest.json"), json.dumps(manifest, indent=1).encode())
+        _swap_in(out_fs, staging, out_path)
+    except BaseException:
+        _remove(out_fs, staging)
+        raise
+    finally:
+        if inputs.cleanup:
+            shutil.rmtree(inputs.cleanup, ignore_errors=True)
+    return Summary(
+        files=len(entries), files_with_problems=sum(1 for e in entries if e["problems"]),
+        unreadable_files=sum(1 for e in entries if any(p["line"] == 0 for p in e["problems"])),
+        rows=manifest["rows"], human_moves=sum(e.get("human_moves", 0) for e in entries),
+        seconds=time.perf_counter() - started, ray_start_seconds=ray_ready - started, output=output)
+
+
+def _manifest(entries, source, settings, root, filesystem, staging) -> dict:
+    import pyarrow.dataset as pads
+
+    files = []
+    for entry in entries:
+        entry = dict(entry)
+        entry["path"] = os.path.relpath(entry["path"], root) if not storage.is_s3(source) else entry["path"]
+        files.append(entry)
+    table = pads.dataset(staging, filesystem=filesystem, format="parquet").to_table(columns=["split"])
+    counts = dict(zip(*np.unique(table["split"].to_numpy(zero_copy_only=False), return_counts=True))) if table.num_rows else {}
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "input": source, "schema_version": schema()["version"],
+        "settings": {k: v for k, v in settings.items() if k != "mekfile"} | {"mekfile": settings["mekfile"]},
+        "rows": {split: int(counts.get(split, 0)) for split in SPLITS},
+        "files": files,
+    }
+
+
+def _check_replaceable(filesystem, path, uri) -> None:
+    """Refuse to replace a folder that is not an earlier dataset (it may hold anything)."""
+    if storage.info(filesystem, path, uri).type == pafs.FileType.NotFound:
+        return
+    if storage.info(filesystem, storage.join(path, "manifest.json"), uri).type == pafs.FileType.File:
+        return
+    if storage.list_files(filesystem, path, uri):
+        raise InputError(f"output {uri} exists and is not a prepared dataset (no manifest.json); not replacing it")
+
+
+def _swap_in(filesystem, staging: str, path: str) -> None:
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        old = f"{path}.old-{uuid.uuid4().hex[:8]}"
+        if os.path.exists(path):
+            os.rename(path, old)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.rename(staging, path)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    # Object stores have no rename: replace the objects, manifest.json last.
+    _remove(filesystem, path)
+    files = storage.list_files(filesystem, staging, staging)
+    for info in sorted(files, key=lambda i: i.base_name == "manifest.json"):
+        filesystem.copy_file(info.path, storage.join(path, os.path.relpath(info.path, staging)))
+    _remove(filesystem, staging)
+
+
+def _remove(filesystem, path: str) -> None:
+    try:
+        if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+            filesystem.delete_dir(path)
+    except OSError:
+        pass
