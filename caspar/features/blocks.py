@@ -85,7 +85,7 @@ def _round_half_away(v):
     return (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int64)
 
 
-@feature("radar", width=RADAR * RADAR, names=[f"radar_{r}_{c}" for r in range(RADAR) for c in range(RADAR)])
+@feature("radar", width=RADAR * RADAR, bounds=(-1.0, 3.0), names=[f"radar_{r}_{c}" for r in range(RADAR) for c in range(RADAR)])
 def radar(s: Situation):
     dx = s.u_x - s.px[:, None]
     dy = (s.u_y - s.py[:, None]) + ((s.px[:, None] % 2 == 0) & (s.u_x % 2 == 1))

@@ -21,18 +21,19 @@ class Feature:
     width: int
     compute: Callable  # Situation -> array [M] (width 1) or [M, width]
     names: tuple[str, ...]
+    bounds: tuple[float, float]  # every value lies in [low, high] (FEATURES.md's range)
 
 
 REGISTRY: list[Feature] = []
 
 
-def feature(name: str, width: int = 1, names: list[str] | None = None):
+def feature(name: str, width: int = 1, names: list[str] | None = None, bounds: tuple[float, float] = (0.0, 1.0)):
     """Register `compute(situation)` as the next feature (or block of `width` values)."""
     def register(compute):
         column_names = tuple(names or ([name] if width == 1 else [f"{name}_{i}" for i in range(width)]))
         assert len(column_names) == width, name
         assert all(f.name != name for f in REGISTRY), f"feature {name} registered twice"
-        REGISTRY.append(Feature(name, width, compute, column_names))
+        REGISTRY.append(Feature(name, width, compute, column_names, bounds))
         return compute
     return register
 
@@ -41,9 +42,15 @@ def feature_names() -> list[str]:
     return [n for f in REGISTRY for n in f.names]
 
 
+def feature_bounds() -> np.ndarray:
+    """[width, 2]: low and high bound of every feature column."""
+    return np.array([f.bounds for f in REGISTRY for _ in f.names], dtype=np.float64)
+
+
 def schema() -> dict:
     """Ordered names and widths, and a hash that changes whenever either does."""
-    features = [{"name": f.name, "width": f.width, "columns": list(f.names)} for f in REGISTRY]
+    features = [{"name": f.name, "width": f.width, "columns": list(f.names), "bounds": list(f.bounds)}
+                for f in REGISTRY]
     body = {"feature_set": FEATURE_SET, "features": features}
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
     return {**body, "width": sum(f.width for f in REGISTRY), "version": f"{FEATURE_SET}-{digest}"}

@@ -81,7 +81,7 @@ def enemy_in_range(s: Situation):
     return np.where(ok, clamp01(1.0 - s.d_c / np.where(s.range > 0, s.range, 1)), 0.0)
 
 
-@feature("cover_value")
+@feature("cover_value", bounds=(0.21, 1.0))
 def cover_value(s: Situation):
     base = np.select([s.d_c > 20, s.d_c > 12], [0.3, 0.6], 0.9)
     base = base * np.where(s.has_role("SNIPER", "MISSILE_BOAT", "SCOUT", "STRIKER"), 1.2, 1.0)
@@ -150,12 +150,12 @@ def ecm_coverage(s: Situation):
     return np.zeros(s.n)
 
 
-@feature("enemy_ecm_coverage")
+@feature("enemy_ecm_coverage", bounds=(0.0, 1.0))
 def enemy_ecm_coverage(s: Situation):
     return np.ones(s.n)
 
 
-@feature("environmental_cover")
+@feature("environmental_cover", bounds=(0.2, 0.8))
 def environmental_cover(s: Situation):
     return np.select([s.d_c < 7, s.d_c < 12, s.d_c < 24], [0.8, 0.6, 0.4], 0.2)
 
@@ -235,7 +235,7 @@ def formation_separation(s: Situation):
     return np.where(s.mates.any(axis=1) & (nearest < 2), nearest / 2.0, 1.0)
 
 
-@feature("formation_alignment")
+@feature("formation_alignment", bounds=(0.36, 0.76))
 def formation_alignment(s: Situation):
     facings = np.arange(6)
     matches = s.mates[:, :, None] & (s.u_facing[:, :, None] == facings)  # [M, K, 6]

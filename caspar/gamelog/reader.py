@@ -324,7 +324,7 @@ def _parse_group(group: _Group, name: str, problems: list[Problem]) -> tuple[pa.
     field count does not fit the header; rows with an unreadable number are reported and dropped."""
     columns = list(group.columns)
     known = [c for c in columns if c in ALL_COLUMNS[group.kind]]
-    lines = group.line_numbers()
+    all_lines = group.line_numbers()
     data = b"".join(group.chunks)
     invalid: list[tuple[int, str]] = []
 
@@ -332,7 +332,7 @@ def _parse_group(group: _Group, name: str, problems: list[Problem]) -> tuple[pa.
         invalid.clear()
 
         def on_invalid(row):
-            invalid.append((int(lines[row.number - 1]), row.text))
+            invalid.append((int(all_lines[row.number - 1]), row.text))
             return "skip"
 
         return pacsv.read_csv(
@@ -345,20 +345,21 @@ def _parse_group(group: _Group, name: str, problems: list[Problem]) -> tuple[pa.
         )
 
     typed = {c: TEXT_TYPE if c in TEXT_COLUMNS else pa.float64() for c in known}
-    table = None
     first_row = data[:data.find(b"\n")]
     decimal_comma = re.search(rb"\d,\d", first_row) is not None  # 17 real logs write `0,88`
+    table = None
     for decimal_point in (",", ".") if decimal_comma else (".", ","):
         try:
             table = read(typed, decimal_point)
             break
         except pa.ArrowInvalid:
             continue
-    if invalid:
-        bad = np.asarray([line for line, _ in invalid])
-        lines = lines[~np.isin(lines, bad)]
-    if table is None:  # some value is not a number in either notation: find it row by row
-        table, lines = _read_numbers_leniently(read({c: pa.string() for c in known}, "."), lines, name, problems)
+    lenient = table is None  # some value is not a number in either notation: find it row by row
+    if lenient:
+        table = read({c: pa.string() for c in known}, ".")
+    lines = all_lines[~np.isin(all_lines, [line for line, _ in invalid])] if invalid else all_lines
+    if lenient:
+        table, lines = _read_numbers_leniently(table, lines, name, problems)
     table = table.add_column(0, "line", pa.array(lines))
     for column in ALL_COLUMNS[group.kind]:
         if column not in known:
