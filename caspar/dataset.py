@@ -2,7 +2,7 @@
 
 Layout of a prepared dataset (local folder or s3:// prefix):
 
-    *.parquet        one row per selected move: identity columns, `split`, `features` (354 floats,
+    rows/*.parquet   one row per selected move: identity columns, `split`, `features` (354 floats,
                      named in schema.json), `reward`
     schema.json      the feature schema (ordered names, widths, version hash)
     manifest.json    every input file with its sha256, rows produced and problems found
@@ -33,6 +33,7 @@ from caspar.gamelog import read_log
 
 LOG_SUFFIX = ".tsv"
 SPLITS = ("train", "val", "test")
+ROWS_FOLDER = "rows"
 ID_COLUMNS = [
     ("file", pa.string()), ("segment", pa.int32()), ("round", pa.int32()), ("player_id", pa.int32()),
     ("team_id", pa.int32()), ("entity_id", pa.int32()), ("move_index", pa.int32()),
@@ -226,7 +227,7 @@ def prepare(source: str, output: str, test_size: float = 0.1, validation_size: f
         dataset = dataset.map_batches(
             _featurize_batch, batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
             fn_kwargs={"settings": settings, "collector": collector})
-        dataset.write_parquet(staging, filesystem=out_fs)
+        dataset.write_parquet(storage.join(staging, ROWS_FOLDER), filesystem=out_fs)
         entries = ray.get(collector.all.remote())
         entries += [{"file": os.path.basename(p), "path": p, "rows": 0, "problems": [{"line": 0, "reason": why}]}
                     for p, why in inputs.skipped.items()]
@@ -255,8 +256,11 @@ def _manifest(entries, source, settings, root, filesystem, staging) -> dict:
         entry = dict(entry)
         entry["path"] = os.path.relpath(entry["path"], root) if not storage.is_s3(source) else entry["path"]
         files.append(entry)
-    table = pads.dataset(staging, filesystem=filesystem, format="parquet").to_table(columns=["split"])
-    counts = dict(zip(*np.unique(table["split"].to_numpy(zero_copy_only=False), return_counts=True))) if table.num_rows else {}
+    rows = storage.join(staging, ROWS_FOLDER)
+    counts = {}
+    if filesystem.get_file_info(rows).type == pafs.FileType.Directory:  # absent when no log gave a row
+        splits = pads.dataset(rows, filesystem=filesystem, format="parquet").to_table(columns=["split"])["split"]
+        counts = dict(zip(*np.unique(splits.to_numpy(zero_copy_only=False), return_counts=True)))
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "input": source, "schema_version": schema()["version"],

@@ -30,6 +30,10 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
         options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        # Explicit, so that the filesystem carries them to Ray workers started before they were set.
+        options.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+                       session_token=os.environ.get("AWS_SESSION_TOKEN"))
     filesystem = pafs.S3FileSystem(
         region=os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1")),
         connect_timeout=3, request_timeout=10, allow_bucket_creation=True,

@@ -1,0 +1,105 @@
+"""Real servers for tests, on 127.0.0.1 and free ports, stopped by whoever started them."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+S3_KEY, S3_SECRET = "caspar-test", "caspar-test-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def weed_binary() -> str:
+    return shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+
+
+@contextmanager
+def seaweedfs():
+    """A SeaweedFS server with its S3 API; yields the endpoint URL. Credentials: S3_KEY/S3_SECRET."""
+    folder = tempfile.mkdtemp(prefix="caspar-weed-")
+    config = Path(folder, "s3.json")
+    config.write_text(json.dumps({"identities": [{
+        "name": "test", "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    s3_port = free_port()
+    ports = {name: free_port() for name in (
+        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+        "filer.port.grpc", "s3.port.grpc", "metricsPort")}
+    data = Path(folder, "data")
+    data.mkdir()
+    command = [weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
+               f"-s3.port={s3_port}", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+               "-master.volumeSizeLimitMB=64", "-volume.max=20"]
+    command += [f"-{name}={port}" for name, port in ports.items()]
+    log = open(Path(folder, "weed.log"), "wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(s3_port, 60, process)
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        _wait_for_s3(endpoint)
+        yield endpoint
+    finally:
+        stop(process, timeout=15)
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY,
+                        aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+
+
+def _wait_for_s3(endpoint: str, timeout: float = 60) -> None:
+    client = s3_client(endpoint)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.list_buckets()
+            bucket = f"probe-{os.getpid()}"
+            client.create_bucket(Bucket=bucket)
+            client.put_object(Bucket=bucket, Key="probe", Body=b"ok")
+            client.delete_object(Bucket=bucket, Key="probe")
+            client.delete_bucket(Bucket=bucket)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

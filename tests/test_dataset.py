@@ -1,0 +1,156 @@
+"""The prepare job: split by game, Parquet + schema + manifest, replacement, inputs, errors."""
+import json
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from caspar import dataset
+from caspar.features import feature_bounds, featurize, load_unit_points, schema
+from caspar.gamelog import read_log
+from caspar.samples import write_samples
+from conftest import GAMELOGS, ROOT, needs_shared_logs
+
+
+def read_rows(path, filesystem=None):
+    return pads.dataset(f"{path}/rows", format="parquet", filesystem=filesystem).to_table()
+
+
+def test_split_is_by_game_and_deterministic():
+    segments = np.array([0, 0, 1, 1, 1, 2, 3, 3])
+    first = dataset.split_of("a.tsv", segments, 7, 0.3, 0.3)
+    assert first.tolist() == dataset.split_of("a.tsv", segments, 7, 0.3, 0.3).tolist()
+    for segment in np.unique(segments):
+        assert len(set(first[segments == segment])) == 1
+    games = [dataset.split_of(f"g{i}.tsv", np.array([0]), 7, 0.2, 0.2)[0] for i in range(400)]
+    other_seed = [dataset.split_of(f"g{i}.tsv", np.array([0]), 8, 0.2, 0.2)[0] for i in range(400)]
+    assert games != other_seed
+    shares = {split: games.count(split) / 400 for split in ("train", "val", "test")}
+    assert 0.5 < shares["train"] < 0.7 and 0.12 < shares["val"] < 0.28 and 0.12 < shares["test"] < 0.28
+
+
+@pytest.fixture(scope="module")
+def sample_logs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("raw")
+    write_samples(folder / "nested", count=12, seed=3)
+    (folder / "broken.tsv").write_bytes(b"\x00\x01garbage\nROUND\tPHASE\n1\t2\t3\n")
+    (folder / "notes.txt").write_text("not a log")
+    return folder
+
+
+def test_prepare_writes_rows_schema_and_manifest(ray_local, sample_logs, tmp_path):
+    out = tmp_path / "prepared"
+    summary = dataset.prepare(str(sample_logs), str(out), seed=5)
+    table = read_rows(out)
+    points = load_unit_points()
+    expected = sum(len(featurize(read_log(p.read_bytes(), p.name), points))
+                   for p in sorted((sample_logs / "nested").glob("*.tsv")))
+    assert table.num_rows == expected == sum(summary.rows.values())
+    assert json.loads((out / "schema.json").read_text()) == schema()
+    manifest = json.loads((out / "manifest.json").read_text())
+    by_name = {f["file"]: f for f in manifest["files"]}
+    assert len(by_name) == 13 and "notes.txt" not in by_name
+    assert by_name["broken.tsv"]["problems"] and by_name["broken.tsv"]["rows"] == 0
+    import hashlib
+    sample = sorted((sample_logs / "nested").glob("*.tsv"))[0]
+    assert by_name[sample.name]["sha256"] == hashlib.sha256(sample.read_bytes()).hexdigest()
+    assert by_name[sample.name]["path"] == f"nested/{sample.name}"
+    assert manifest["rows"] == summary.rows and summary.files_with_problems == 1
+    # identity columns and game-level split
+    assert set(table.column_names) >= {"file", "segment", "round", "player_id", "team_id", "entity_id",
+                                       "move_index", "split", "features", "reward"}
+    frame = table.select(["file", "segment", "split", "move_index"]).to_pandas()
+    assert frame.groupby(["file", "segment"])["split"].nunique().max() == 1
+    assert not frame.duplicated(["file", "move_index"]).any()
+    features = np.stack(table["features"].to_numpy(zero_copy_only=False))
+    assert features.shape[1] == 354 and np.isfinite(features).all()
+
+
+def test_rerun_replaces_the_dataset(ray_local, sample_logs, tmp_path):
+    out = tmp_path / "prepared"
+    dataset.prepare(str(sample_logs), str(out), seed=5)
+    first = read_rows(out).num_rows
+    dataset.prepare(str(sample_logs), str(out), seed=5)
+    assert read_rows(out).num_rows == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]  # no staging or old copies left
+
+
+def test_zip_input_and_bot_moves(ray_local, sample_logs, tmp_path):
+    archive = tmp_path / "logs.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in (sample_logs / "nested").glob("*.tsv"):
+            z.write(path, f"games/{path.name}")
+    humans = dataset.prepare(str(archive), str(tmp_path / "humans"))
+    everyone = dataset.prepare(str(archive), str(tmp_path / "all"), include_bots=True)
+    table = read_rows(tmp_path / "all")
+    assert sum(everyone.rows.values()) > sum(humans.rows.values())
+    assert table.filter(table["is_bot"]).num_rows == sum(everyone.rows.values()) - sum(humans.rows.values())
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_dataset(ray_local, sample_logs, tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(dataset.InputError, match="not a prepared dataset"):
+        dataset.prepare(str(sample_logs), str(tmp_path))
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def run_prepare(*args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / "prepare.py"), *args], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("make_input, message", [
+    (lambda tmp: tmp / "missing", "input path does not exist"),
+    (lambda tmp: tmp, "no game logs"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, make_input, message):
+    result = run_prepare("--input", str(make_input(tmp_path)), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_unreachable_s3_endpoint_is_one_line_and_exit_2(tmp_path):
+    from services import free_port
+
+    env = {**__import__("os").environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+           "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+    started = time.monotonic()
+    result = run_prepare("--input", "s3://logs/raw", "--output", str(tmp_path / "out"), env=env)
+    assert result.returncode == 2 and "cannot reach s3://logs/raw" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and time.monotonic() - started < 60
+
+
+def test_s3_input_and_output(ray_local, s3_endpoint, sample_logs, tmp_path):
+    from services import s3_client
+
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="games")
+    for path in sorted((sample_logs / "nested").glob("*.tsv"))[:6]:
+        client.upload_file(str(path), "games", f"raw/{path.name}")
+    summary = dataset.prepare("s3://games/raw", "s3://games/prepared")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="games", Prefix="prepared/")["Contents"]]
+    assert "prepared/manifest.json" in keys and "prepared/schema.json" in keys
+    assert not any(".staging-" in k for k in client.list_objects_v2(Bucket="games")["Contents"] for k in [k["Key"]])
+    from caspar import storage
+    filesystem, path = storage.resolve("s3://games/prepared")
+    assert read_rows(path, filesystem).num_rows == sum(summary.rows.values()) > 0
+
+
+@needs_shared_logs()
+def test_real_corpus(ray_local, tmp_path):
+    summary = dataset.prepare(str(GAMELOGS), str(tmp_path / "prepared"))
+    assert summary.files == 143 and summary.unreadable_files == 0
+    assert sum(summary.rows.values()) == 9502 and summary.human_moves == 10285
+    table = read_rows(tmp_path / "prepared")
+    features = np.stack(table["features"].to_numpy(zero_copy_only=False)).astype(np.float64)
+    reward = table["reward"].to_numpy()
+    bounds = feature_bounds()
+    assert np.isfinite(features).all() and np.isfinite(reward).all()
+    assert (features >= bounds[:, 0] - 1e-6).all() and (features <= bounds[:, 1] + 1e-6).all()
+    assert ((reward >= 0) & (reward <= 1)).all()
+    assert abs(reward.mean() - 0.556) < 0.001
