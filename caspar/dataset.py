@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -34,6 +35,7 @@ from caspar.gamelog import read_log
 LOG_SUFFIX = ".tsv"
 SPLITS = ("train", "val", "test")
 ROWS_FOLDER = "rows"
+FILES_PER_BLOCK = 8
 ID_COLUMNS = [
     ("file", pa.string()), ("segment", pa.int32()), ("round", pa.int32()), ("player_id", pa.int32()),
     ("team_id", pa.int32()), ("entity_id", pa.int32()), ("move_index", pa.int32()),
@@ -147,11 +149,28 @@ def rows_of_file(data: bytes, name: str, settings: dict) -> tuple[pa.Table, dict
 def _featurize_batch(batch: dict, settings: dict, collector) -> pa.Table:
     tables = []
     for data, path in zip(batch["bytes"].to_pylist(), batch["path"].to_pylist()):
+        cpu = time.process_time()
         table, entry = rows_of_file(data, os.path.basename(path), settings)
         entry["path"] = path
+        entry["cost"] = {"cpu_ms": round(1000 * (time.process_time() - cpu), 2), "worker_pid": os.getpid(),
+                         "worker_memory_mb": _private_memory_mb()}
         collector.add.remote(entry)
         tables.append(table)
+    pa.default_memory_pool().release_unused()
     return pa.concat_tables(tables) if tables else row_schema().empty_table()
+
+
+def _private_memory_mb() -> float:
+    """The worker's own memory (anonymous pages), without the object store's shared pages that
+    the process has mapped; peak RSS would count those too."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _manifest_collector():
@@ -220,10 +239,10 @@ def prepare(source: str, output: str, test_size: float = 0.1, validation_size: f
         ray_ready = time.perf_counter()
         collector = _manifest_collector()
         workers = parallelism or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        # A few read tasks per worker, each streaming its files through featurising (fused).
+        # Blocks of a few files: a worker holds one block at a time, whatever the corpus size.
         dataset = ray.data.read_binary_files(
             inputs.paths, filesystem=inputs.filesystem, include_paths=True,
-            override_num_blocks=min(len(inputs.paths), 2 * workers))
+            override_num_blocks=max(2 * workers, -(-len(inputs.paths) // FILES_PER_BLOCK)))
         dataset = dataset.map_batches(
             _featurize_batch, batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
             fn_kwargs={"settings": settings, "collector": collector})

@@ -37,6 +37,13 @@ TEXT_COLUMNS = {
     "PHASE", "CHASSIS", "MODEL", "TYPE", "ROLE", "STEPS", "TARGET_TYPE", "TARGET_ROLE",
     "AIMING_MODE", "OBJECT",
 }
+INTEGER_COLUMNS = {
+    "ROUND", "PLAYER_ID", "ENTITY_ID", "X", "Y", "FACING", "PRONE", "AIRBORNE", "OFF_BOARD", "CRIPPLED",
+    "DESTROYED", "DONE", "MAX_RANGE", "TOTAL_DAMAGE", "TEAM_ID", "FROM_X", "FROM_Y", "TO_X", "TO_Y",
+    "HEXES_MOVED", "DISTANCE", "MP_USED", "MAX_MP", "JUMPING", "LEGAL", "IS_BOT", "TARGET_PLAYER_ID",
+    "TARGET_ID", "TARGET_X", "TARGET_Y", "TARGET_FACING", "AIMING_LOC", "WEAPON_ID", "AMMO_ID", "ATA",
+    "ATG", "GTG", "GTA", "TURNS_TO_HIT", "SPOTTER_ID",
+}
 # Columns a row cannot do without; the rest may be missing from older headers (filled with NaN).
 REQUIRED_COLUMNS = {
     "state": {"ROUND", "PLAYER_ID", "ENTITY_ID", "TYPE", "ROLE", "X", "Y", "TEAM_ID"},
@@ -118,7 +125,8 @@ def parse_hex(cell: str) -> tuple[int, dict[str, int]]:
 @dataclass
 class GameLog:
     """One log file read into Arrow tables. Row tables carry the 1-based source `line`;
-    text columns are strings, numbers are float64 (NaN where the log says NaN)."""
+    text columns are strings; numbers are int64 where the log writes integers, else float64
+    (null where the log says NaN)."""
     name: str
     boards: list[Board]
     map_settings: dict[str, str]
@@ -337,20 +345,24 @@ def _parse_group(group: _Group, name: str, problems: list[Problem]) -> tuple[pa.
 
         return pacsv.read_csv(
             io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=columns, use_threads=False),
+            read_options=pacsv.ReadOptions(column_names=columns, use_threads=False, block_size=block_size),
             parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
                 column_types=types, include_columns=known, decimal_point=decimal_point,
                 strings_can_be_null=False, quoted_strings_can_be_null=False),
         )
 
-    typed = {c: TEXT_TYPE if c in TEXT_COLUMNS else pa.float64() for c in known}
+    block_size = min(max(len(data) + 1, 1 << 20), 1 << 26)  # one block: cheaper than many small ones
+    floats = {c: TEXT_TYPE if c in TEXT_COLUMNS else pa.float64() for c in known}
+    # Integer columns parse much faster as integers; a log that writes them as `2.00` falls back.
+    integers = {c: pa.int64() if c in INTEGER_COLUMNS else t for c, t in floats.items()}
     first_row = data[:data.find(b"\n")]
-    decimal_comma = re.search(rb"\d,\d", first_row) is not None  # 17 real logs write `0,88`
+    decimal_point = "," if re.search(rb"\d,\d", first_row) else "."  # 17 real logs write `0,88`
+    other_point = "." if decimal_point == "," else ","
     table = None
-    for decimal_point in (",", ".") if decimal_comma else (".", ","):
+    for types, point in ((integers, decimal_point), (floats, decimal_point), (floats, other_point)):
         try:
-            table = read(typed, decimal_point)
+            table = read(types, point)
             break
         except pa.ArrowInvalid:
             continue
@@ -391,9 +403,8 @@ def _read_numbers_leniently(table: pa.Table, lines: np.ndarray, name: str, probl
 
 def _concat(tables: list[pa.Table], columns: list[str]) -> pa.Table:
     if not tables:
-        schema = pa.schema([("line", pa.int64())] + [
-            (c, TEXT_TYPE if c in TEXT_COLUMNS else pa.float64()) for c in columns])
-        return schema.empty_table()
+        return pa.schema([("line", pa.int64())] + [
+            (c, TEXT_TYPE if c in TEXT_COLUMNS else pa.float64()) for c in columns]).empty_table()
     if len(tables) == 1:
         return tables[0]
     table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()

@@ -1,0 +1,71 @@
+"""Benchmark of the prepare job (printed figures, not a test).
+
+    python bench/prepare.py --logs ../shared/gamelogs [--repeat 10]
+
+Runs the job on the corpus as it is and on the corpus repeated N times (file copies under new
+names), each in a fresh Python process so that Ray's start is part of the wall time. Prints files,
+human moves, wall seconds, CPU ms per human move for reading and featurising (summed over workers,
+Ray start excluded) and peak memory per worker (its own anonymous pages, sampled after
+each file; the object store's shared pages are not the worker's).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def repeated_corpus(logs: Path, times: int, folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for k in range(times):
+        for path in sorted(logs.rglob("*.tsv")):
+            target = folder / f"copy{k:02d}_{path.name}"
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copyfile(path, target)
+    return folder
+
+
+def run(logs: Path, output: Path) -> dict:
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, str(ROOT / "jobs" / "prepare.py"), "--input", str(logs),
+                             "--output", str(output)], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(result.stderr)
+    manifest = json.loads((output / "manifest.json").read_text())
+    files = manifest["files"]
+    workers: dict[int, float] = {}
+    for entry in files:
+        cost = entry["cost"]
+        workers[cost["worker_pid"]] = max(workers.get(cost["worker_pid"], 0), cost["worker_memory_mb"])
+    human = sum(e["human_moves"] for e in files)
+    cpu_ms = sum(e["cost"]["cpu_ms"] for e in files)
+    ray_start = next(float(line.split("(")[1].split(" s")[0]) for line in result.stdout.splitlines() if "starting Ray" in line)
+    return {"files": len(files), "human_moves": human, "rows": sum(manifest["rows"].values()),
+            "wall_s": round(wall, 1), "ray_start_s": ray_start, "cpu_ms_per_human_move": round(cpu_ms / human, 3),
+            "workers": len(workers), "peak_private_mb_per_worker": round(max(workers.values()), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--logs", default=str(ROOT.parent / "shared" / "gamelogs"))
+    parser.add_argument("--repeat", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="caspar-bench-") as tmp:
+        tmp = Path(tmp)
+        for label, logs in [("1x", Path(args.logs)),
+                            (f"{args.repeat}x", repeated_corpus(Path(args.logs), args.repeat, tmp / "repeated"))]:
+            figures = run(logs, tmp / f"prepared-{label}")
+            print(f"{label:>4}: " + ", ".join(f"{k} {v}" for k, v in figures.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
