@@ -33,10 +33,10 @@ def _heatmap(x, y, value, mask, width, height) -> np.ndarray:
     pad = SMOOTHING_RADIUS
     np.maximum.at(raw, (rows[mask], gy[mask] + pad, gx[mask] + pad), value[mask])
     out = raw[:, pad:pad + GRID, pad:pad + GRID].copy()
+    scaled = {scale: raw / scale for scale in {scale for _, _, scale in SMOOTHING_OFFSETS}}
     for dx, dy, scale in SMOOTHING_OFFSETS:
         # out[ny][nx] gets raw[ny - dy][nx - dx] / scale
-        source = raw[:, pad - dy:pad - dy + GRID, pad - dx:pad - dx + GRID]
-        np.maximum(out, source / scale, out=out)
+        np.maximum(out, scaled[scale][:, pad - dy:pad - dy + GRID, pad - dx:pad - dx + GRID], out=out)
     out = out.reshape(n, GRID * GRID)
     norm = np.sqrt((out ** 2).sum(axis=1, keepdims=True))
     return np.where(norm > 0, out / np.where(norm > 0, norm, 1.0), 0.0)
