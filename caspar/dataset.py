@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.dataset as pads
 
 from caspar import storage
 from caspar.features import featurize, feature_names, load_unit_points, schema
@@ -268,8 +269,6 @@ def prepare(source: str, output: str, test_size: float = 0.1, validation_size: f
 
 
 def _manifest(entries, source, settings, root, filesystem, staging) -> dict:
-    import pyarrow.dataset as pads
-
     files = []
     for entry in entries:
         entry = dict(entry)
@@ -322,3 +321,48 @@ def _remove(filesystem, path: str) -> None:
             filesystem.delete_dir(path)
     except OSError:
         pass
+
+
+# --- Reading a prepared dataset ---------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    """A prepared dataset in memory: (features [n, F] float32, reward [n] float32) per split."""
+    uri: str
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    schema: dict
+    manifest: dict
+
+    @property
+    def version(self) -> str:
+        """Changes when the features or the input logs change."""
+        files = sorted(f.get("sha256", "") for f in self.manifest.get("files", []))
+        body = json.dumps([self.schema.get("version"), self.manifest.get("settings"), files], sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [name for f in self.schema["features"] for name in f["columns"]]
+
+
+def load_prepared(uri: str) -> Prepared:
+    """Read a dataset written by `prepare`; a missing one is an InputError saying what to run."""
+    filesystem, path = storage.resolve(uri)
+    manifest_path = storage.join(path, "manifest.json")
+    if storage.info(filesystem, manifest_path, uri).type != pafs.FileType.File:
+        raise InputError(f"no prepared dataset at {storage.describe(uri)}: run jobs/prepare.py first")
+    manifest = json.loads(storage.read_bytes(filesystem, manifest_path))
+    prepared_schema = json.loads(storage.read_bytes(filesystem, storage.join(path, "schema.json")))
+    width = prepared_schema["width"]
+    splits = {}
+    rows = storage.join(path, ROWS_FOLDER)
+    if filesystem.get_file_info(rows).type == pafs.FileType.Directory:
+        table = pads.dataset(rows, filesystem=filesystem, format="parquet").to_table(columns=["split", "features", "reward"])
+        features = table["features"].combine_chunks().flatten().to_numpy().reshape(-1, width)
+        reward = table["reward"].to_numpy()
+        split = table["split"].to_numpy(zero_copy_only=False)
+        splits = {name: (features[split == name], reward[split == name]) for name in SPLITS}
+    if not splits or any(len(splits[name][1]) == 0 for name in SPLITS):
+        sizes = {name: len(splits.get(name, ((), ()))[1]) for name in SPLITS}
+        raise InputError(f"dataset {uri} has an empty split ({sizes}): add logs or change --test-size/--validation-size")
+    return Prepared(uri, splits, prepared_schema, manifest)

@@ -1,0 +1,77 @@
+"""The network: MegaMek's input normalisation and a Keras MLP with one sigmoid output."""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+NORMALIZATION_FILE = "min_max_feature_normalization.csv"
+
+
+@dataclass
+class Normalizer:
+    """Per-feature min-max scaling exactly as the game applies it:
+    value = clamp((x - min) / (max - min), 0, 1), with max = min + 1 for a constant feature."""
+    minimum: np.ndarray
+    maximum: np.ndarray
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> "Normalizer":
+        low = features.min(axis=0).astype(np.float32)
+        high = features.max(axis=0).astype(np.float32)
+        return cls(low, np.where(high > low, high, low + 1).astype(np.float32))
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        """In float64, as the game does, then float32 for the network."""
+        low, high = self.minimum.astype(np.float64), self.maximum.astype(np.float64)
+        scaled = (features.astype(np.float64) - low) / (high - low)
+        return np.clip(scaled, 0.0, 1.0).astype(np.float32)
+
+    def write_csv(self, path: str) -> None:
+        """The file the game reads: header `feature,min,max`, then `index,min,max` per feature."""
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["feature", "min", "max"])
+            for index, (low, high) in enumerate(zip(self.minimum.tolist(), self.maximum.tolist())):
+                writer.writerow([index, repr(low), repr(high)])  # exact: the float32 values as decimals
+
+    @classmethod
+    def read_csv(cls, path: str) -> "Normalizer":
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))[1:]
+        return cls(np.array([float(r[1]) for r in rows], np.float32), np.array([float(r[2]) for r in rows], np.float32))
+
+
+def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, activation: str,
+              batch_norm: bool = True) -> keras.Model:
+    """Dense -> batch norm -> dropout per hidden layer, then one sigmoid unit (rewards lie in [0, 1])."""
+    inputs = keras.Input(shape=(n_features,), name="features")
+    x = inputs
+    for units in hidden_layers:
+        x = keras.layers.Dense(units, activation=activation)(x)
+        if batch_norm:
+            x = keras.layers.BatchNormalization()(x)
+        if dropout_rate > 0:
+            x = keras.layers.Dropout(dropout_rate)(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="reward")(x)
+    return keras.Model(inputs, outputs, name="caspar_mlp")
+
+
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    if name == "sgd":  # the seed's choice
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate)
+    raise ValueError(f"unknown optimizer {name!r} (sgd, adam, adamw)")
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+ACTIVATIONS = ("relu", "gelu", "swish", "elu", "tanh", "sigmoid")

@@ -1,0 +1,161 @@
+"""Train one model on a prepared dataset and record everything about it in MLflow."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from caspar import evaluate, tracking
+from caspar.dataset import Prepared, load_prepared
+from caspar.model import NORMALIZATION_FILE, Normalizer, build_mlp, make_optimizer
+
+# Every default of training, in one place (jobs/train.py and jobs/tune.py read them from here).
+DEFAULTS = {
+    "hidden_layers": [256, 256, 256],
+    "dropout_rate": 0.1,
+    "learning_rate": 1e-3,
+    "batch_size": 128,
+    "epochs": 200,
+    "patience": 20,  # epochs without a better val_loss before stopping
+    "activation": "relu",
+    "optimizer": "adam",
+    "seed": 42,
+    "data": "data/prepared",
+    "experiment_name": "caspar",
+    "run_name": None,
+    "model_name": "CASPAR",
+}
+TRAINING_KEYS = ("hidden_layers", "dropout_rate", "learning_rate", "batch_size", "epochs", "patience",
+                 "activation", "optimizer", "seed")
+
+
+def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
+    """Batches through tf.data with prefetching: no Python loop per batch."""
+    import tensorflow as tf
+
+    train = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
+             .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+             .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(4096).prefetch(tf.data.AUTOTUNE)
+    return train, val
+
+
+def fit(config: dict, x_train, y_train, x_val, y_val, callbacks=(), verbose: int = 0):
+    """Build and train the MLP on normalised inputs; early stopping restores the best weights."""
+    import keras
+
+    keras.utils.set_random_seed(config["seed"])
+    model = build_mlp(x_train.shape[1], config["hidden_layers"], config["dropout_rate"], config["activation"])
+    model.compile(optimizer=make_optimizer(config["optimizer"], config["learning_rate"]), loss="mse", metrics=["mae"])
+    train, val = tf_datasets(x_train, y_train, x_val, y_val, config["batch_size"], config["seed"])
+    stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"], restore_best_weights=True)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, config["patience"] // 3),
+                                                min_lr=config["learning_rate"] / 100)
+    history = model.fit(train, validation_data=val, epochs=config["epochs"], verbose=verbose, shuffle=False,
+                        callbacks=[stopping, plateau, *callbacks])
+    return model, history.history
+
+
+def mlflow_epoch_logger():
+    """Keras callback: per-epoch loss, val_loss, val_mae to the active MLflow run."""
+    import keras
+    import mlflow
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            mlflow.log_metrics({k: float(logs[k]) for k in ("loss", "val_loss", "val_mae") if k in logs}, step=epoch)
+
+    return EpochLogger()
+
+
+@dataclass
+class Result:
+    run_id: str
+    model_uri: str
+    registered_version: str | None
+    metrics: dict[str, float]
+    epochs: int
+    seconds: float
+    tracking_uri: str
+
+    def lines(self) -> list[str]:
+        m = self.metrics
+        return [
+            f"trained {self.epochs} epochs in {self.seconds:.0f} s; run {self.run_id}",
+            f"test R² {m['test_r2']:.4f} (MSE {m['test_mse']:.5f}, MAE {m['test_mae']:.4f}); "
+            f"baselines: GBDT R² {m['baseline_gbdt_test_r2']:.4f}, train mean R² {m['baseline_mean_test_r2']:.4f}",
+            f"model {self.model_uri}" + (f" (registered version {self.registered_version})" if self.registered_version else ""),
+            tracking.ui_hint(self.tracking_uri),
+        ]
+
+
+def log_model_run(model, normalizer: Normalizer, prepared: Prepared, config: dict, history: dict,
+                  model_name: str | None) -> tuple[dict, str, str | None]:
+    """Inside an active run: test metrics and baselines, artefacts, the model (registered as
+    `model_name`). Returns (metrics, model URI, registered version)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    x_train, y_train = prepared.splits["train"]
+    x_val, y_val = prepared.splits["val"]
+    x_test, y_test = prepared.splits["test"]
+    n_train, n_val, n_test = normalizer.transform(x_train), normalizer.transform(x_val), normalizer.transform(x_test)
+    predictions = evaluate.predict(model, n_test)
+    results = {**evaluate.metrics(y_test, predictions, "test"),
+               **evaluate.baselines(n_train, y_train, n_test, y_test, seed=config.get("seed", 0))}
+    mlflow.log_metrics(results)
+    groups = [(f["name"], f["width"]) for f in prepared.schema["features"]]
+    importance = evaluate.group_importance(model, n_val, y_val, groups, seed=config.get("seed", 0))
+    with tempfile.TemporaryDirectory() as folder:
+        def path(name):
+            return os.path.join(folder, name)
+        normalizer.write_csv(path(NORMALIZATION_FILE))
+        with open(path("schema.json"), "w") as handle:
+            json.dump(prepared.schema, handle, indent=1)
+        with open(path("manifest.json"), "w") as handle:
+            json.dump(prepared.manifest, handle, indent=1)
+        with open(path("feature_group_importance.json"), "w") as handle:
+            json.dump(importance, handle, indent=1)
+        evaluate.plot_learning_curve(history, path("learning_curve.png"))
+        evaluate.plot_predictions(y_test, predictions, path("predicted_vs_actual.png"))
+        evaluate.plot_importance(importance, path("feature_group_importance.png"))
+        mlflow.log_artifacts(folder)
+    signature = infer_signature(n_test[:5], predictions[:5].reshape(-1, 1).astype(np.float32))
+    info = mlflow.keras.log_model(model, name="model", signature=signature, registered_model_name=model_name)
+    version = getattr(info, "registered_model_version", None)
+    return results, info.model_uri, str(version) if version is not None else None
+
+
+def run_tags(prepared: Prepared) -> dict[str, str]:
+    tags = {"dataset_version": prepared.version, "schema_version": prepared.schema["version"], "data": prepared.uri}
+    commit = tracking.git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    return tags
+
+
+def train(config: dict) -> Result:
+    """One training run, tracked in MLflow. `config` holds DEFAULTS' keys."""
+    import mlflow
+
+    config = {**DEFAULTS, **config}
+    started = time.perf_counter()
+    uri = tracking.configure()
+    prepared = load_prepared(config["data"])
+    normalizer = Normalizer.fit(prepared.splits["train"][0])
+    x_val, y_val = prepared.splits["val"]
+    x_train, y_train = prepared.splits["train"]
+    experiment = tracking.experiment_id(config["experiment_name"])
+    with mlflow.start_run(experiment_id=experiment, run_name=config["run_name"], tags=run_tags(prepared)) as run:
+        mlflow.log_params({k: config[k] for k in TRAINING_KEYS} | {"data": config["data"], "rows_train": len(y_train),
+                                                                  "n_features": x_train.shape[1]})
+        model, history = fit(config, normalizer.transform(x_train), y_train, normalizer.transform(x_val), y_val,
+                             callbacks=[mlflow_epoch_logger()])
+        results, model_uri, version = log_model_run(model, normalizer, prepared, config, history, config["model_name"])
+    return Result(run.info.run_id, model_uri, version, results, len(history["loss"]),
+                  time.perf_counter() - started, uri)
