@@ -72,6 +72,3 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
         return keras.optimizers.AdamW(learning_rate)
     raise ValueError(f"unknown optimizer {name!r} (sgd, adam, adamw)")
 
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-ACTIVATIONS = ("relu", "gelu", "swish", "elu", "tanh", "sigmoid")

@@ -5,32 +5,16 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from caspar import evaluate, tracking
+from caspar.config import TRAIN_DEFAULTS, TRAINING_KEYS
 from caspar.dataset import Prepared, load_prepared
 from caspar.model import NORMALIZATION_FILE, Normalizer, build_mlp, make_optimizer
 
-# Every default of training, in one place (jobs/train.py and jobs/tune.py read them from here).
-DEFAULTS = {
-    "hidden_layers": [256, 256, 256],
-    "dropout_rate": 0.1,
-    "learning_rate": 1e-3,
-    "batch_size": 128,
-    "epochs": 200,
-    "patience": 20,  # epochs without a better val_loss before stopping
-    "activation": "relu",
-    "optimizer": "adam",
-    "seed": 42,
-    "data": "data/prepared",
-    "experiment_name": "caspar",
-    "run_name": None,
-    "model_name": "CASPAR",
-}
-TRAINING_KEYS = ("hidden_layers", "dropout_rate", "learning_rate", "batch_size", "epochs", "patience",
-                 "activation", "optimizer", "seed")
+DEFAULTS = TRAIN_DEFAULTS
 
 
 def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
@@ -82,6 +66,7 @@ class Result:
     epochs: int
     seconds: float
     tracking_uri: str
+    model: object = field(repr=False, default=None)  # the trained Keras model
 
     def lines(self) -> list[str]:
         m = self.metrics
@@ -139,14 +124,14 @@ def run_tags(prepared: Prepared) -> dict[str, str]:
     return tags
 
 
-def train(config: dict) -> Result:
+def train(config: dict, prepared: Prepared | None = None) -> Result:
     """One training run, tracked in MLflow. `config` holds DEFAULTS' keys."""
     import mlflow
 
     config = {**DEFAULTS, **config}
     started = time.perf_counter()
     uri = tracking.configure()
-    prepared = load_prepared(config["data"])
+    prepared = prepared or load_prepared(config["data"])
     normalizer = Normalizer.fit(prepared.splits["train"][0])
     x_val, y_val = prepared.splits["val"]
     x_train, y_train = prepared.splits["train"]
@@ -158,4 +143,4 @@ def train(config: dict) -> Result:
                              callbacks=[mlflow_epoch_logger()])
         results, model_uri, version = log_model_run(model, normalizer, prepared, config, history, config["model_name"])
     return Result(run.info.run_id, model_uri, version, results, len(history["loss"]),
-                  time.perf_counter() - started, uri)
+                  time.perf_counter() - started, uri, model)

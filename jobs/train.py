@@ -10,8 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
 from caspar import dataset, storage, tracking  # noqa: E402
-from caspar.model import ACTIVATIONS, OPTIMIZERS  # noqa: E402
-from caspar.train import DEFAULTS, train  # noqa: E402
+from caspar.config import ACTIVATIONS, OPTIMIZERS, TRAIN_DEFAULTS as DEFAULTS  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -30,11 +29,15 @@ def main(argv=None) -> int:
     parser.add_argument("--run-name", default=DEFAULTS["run_name"], help="the name jobs/export.py finds the run by")
     parser.add_argument("--model-name", default=DEFAULTS["model_name"], help="registered model name")
     args = parser.parse_args(argv)
-    try:
-        result = train(vars(args))
+    try:  # check the inputs before TensorFlow loads
+        tracking.configure()
+        prepared = dataset.load_prepared(args.data)
     except (dataset.InputError, storage.StorageError, tracking.TrackingError) as error:
         print(f"train: error: {error}", file=sys.stderr)
         return 2
+    from caspar.train import train
+
+    result = train(vars(args), prepared)
     for line in result.lines():
         print(line)
     return 0

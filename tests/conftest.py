@@ -44,3 +44,33 @@ def s3_endpoint():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def mlflow_url():
+    from services import mlflow_server
+
+    with mlflow_server() as url:
+        yield url
+
+
+@pytest.fixture
+def tracking_server(mlflow_url, monkeypatch):
+    """MLFLOW_TRACKING_URI pointing at the session's real MLflow server."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_url)
+    yield mlflow_url
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(ray_local, tmp_path_factory):
+    """A small prepared dataset built from synthetic logs by the real prepare job."""
+    from caspar import dataset
+    from caspar.samples import write_samples
+
+    folder = tmp_path_factory.mktemp("samples")
+    write_samples(folder / "raw", count=30, seed=11)
+    dataset.prepare(str(folder / "raw"), str(folder / "prepared"), test_size=0.2, validation_size=0.2, seed=1)
+    return str(folder / "prepared")

@@ -103,3 +103,51 @@ def _wait_for_s3(endpoint: str, timeout: float = 60) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+@contextmanager
+def mlflow_server(extra_args: list[str] | None = None):
+    """A real `mlflow server` (SQLite backend, proxied artefacts in a temp folder); yields its URL."""
+    folder = tempfile.mkdtemp(prefix="caspar-mlflow-")
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", f"{folder}/artifacts",
+               "--serve-artifacts", "--workers", "1", *(extra_args or [])]
+    log = open(Path(folder, "server.log"), "wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, 90, process)
+        url = f"http://127.0.0.1:{port}"
+        _wait_for_health(url)
+        yield url
+    finally:
+        _stop_group(process)
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_for_health(url: str, timeout: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.read().strip() == b"OK":
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}/health did not answer OK")
+        time.sleep(0.3)
+
+
+def _stop_group(process: subprocess.Popen, timeout: float = 10) -> None:
+    """The server forks workers: signal its whole process group."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)

@@ -1,0 +1,103 @@
+"""The train job against a real MLflow server and a real prepared dataset."""
+import csv
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from caspar.dataset import load_prepared
+from caspar.model import NORMALIZATION_FILE, Normalizer
+from caspar.train import train
+from conftest import GAMELOGS, ROOT, needs_shared_logs
+
+SMALL = {"hidden_layers": [32, 16], "epochs": 3, "batch_size": 64, "patience": 5}
+
+
+def test_normalizer_constant_feature_and_clamping():
+    x = np.array([[0.0, 5.0, 1.0], [2.0, 5.0, 3.0]], np.float32)
+    n = Normalizer.fit(x)
+    assert n.maximum.tolist() == [2.0, 6.0, 3.0]  # the constant feature gets max = min + 1
+    assert n.transform(np.array([[1.0, 5.0, 9.0], [-1.0, 7.0, 2.0]])).tolist() == [[0.5, 0.0, 1.0], [0.0, 1.0, 0.5]]
+
+
+def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    result = train({**SMALL, "data": sample_dataset, "experiment_name": "test-train", "run_name": "tracked",
+                    "model_name": "CASPAR-test"})
+    client = MlflowClient(tracking_server)
+    run = client.get_run(result.run_id)
+    assert run.info.run_name == "tracked"
+    assert run.data.params["hidden_layers"] == "[32, 16]" and run.data.params["batch_size"] == "64"
+    for key in ("loss", "val_loss", "val_mae"):
+        assert len(client.get_metric_history(result.run_id, key)) == result.epochs
+    for key in ("test_mse", "test_mae", "test_r2", "baseline_mean_test_r2", "baseline_gbdt_test_r2",
+                "baseline_gbdt_test_mse", "baseline_mean_test_mae"):
+        assert key in run.data.metrics
+    assert run.data.metrics["test_r2"] == pytest.approx(result.metrics["test_r2"])
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {NORMALIZATION_FILE, "schema.json", "manifest.json", "learning_curve.png", "predicted_vs_actual.png",
+            "feature_group_importance.png"} <= artifacts
+    prepared = load_prepared(sample_dataset)
+    assert run.data.tags["dataset_version"] == prepared.version
+    assert run.data.tags.get("git_commit")
+    # the registered model loads back and predicts what the trained model predicted
+    assert result.registered_version is not None
+    loaded = mlflow.keras.load_model(f"models:/CASPAR-test/{result.registered_version}")
+    normalizer = Normalizer.fit(prepared.splits["train"][0])
+    x = normalizer.transform(prepared.splits["test"][0])
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), result.model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_normalization_csv_is_the_games_transform(tracking_server, sample_dataset, tmp_path):
+    import mlflow
+
+    result = train({**SMALL, "epochs": 1, "data": sample_dataset, "experiment_name": "test-train"})
+    path = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path=NORMALIZATION_FILE, dst_path=str(tmp_path))
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["feature", "min", "max"]
+    index = [int(r[0]) for r in rows[1:]]
+    low = np.array([float(r[1]) for r in rows[1:]])
+    high = np.array([float(r[2]) for r in rows[1:]])
+    prepared = load_prepared(sample_dataset)
+    assert index == list(range(prepared.schema["width"]))
+    raw = prepared.splits["test"][0].astype(np.float64)
+    as_the_game_does = np.clip((raw - low) / (high - low), 0, 1).astype(np.float32)
+    model_input = Normalizer.fit(prepared.splits["train"][0]).transform(prepared.splits["test"][0])
+    assert np.array_equal(as_the_game_does, model_input)
+
+
+def run_train(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / "train.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_missing_dataset_says_to_prepare_first(tmp_path):
+    result = run_train("--data", str(tmp_path / "nothing"), env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+    assert result.returncode == 2 and "run jobs/prepare.py first" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_tracking_server_fails_fast(sample_dataset):
+    from services import free_port
+
+    started = time.monotonic()
+    result = run_train("--data", sample_dataset, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    assert result.returncode == 2 and "does not answer" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - started < 30  # the job itself gives up within seconds; the rest is Python start-up
+
+
+@needs_shared_logs()
+def test_short_run_on_the_real_corpus_beats_the_mean(ray_local, tracking_server, tmp_path):
+    from caspar import dataset
+
+    dataset.prepare(str(GAMELOGS), str(tmp_path / "prepared"))
+    result = train({"hidden_layers": [128, 64], "epochs": 6, "data": str(tmp_path / "prepared"),
+                    "experiment_name": "test-corpus", "model_name": "CASPAR-corpus-test"})
+    assert result.metrics["test_r2"] > result.metrics["baseline_mean_test_r2"] + 0.3
