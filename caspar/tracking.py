@@ -23,6 +23,7 @@ def configure() -> str:
     """Point MLflow at the tracking store and check that it answers. Returns the URI."""
     import mlflow
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         uri = f"sqlite:///{PROJECT / 'mlflow.db'}"

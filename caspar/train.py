@@ -12,9 +12,11 @@ import numpy as np
 from caspar import evaluate, tracking
 from caspar.config import TRAIN_DEFAULTS, TRAINING_KEYS
 from caspar.dataset import Prepared, load_prepared
+from caspar.export import TEST_INPUTS_FILE, write_test_inputs
 from caspar.model import NORMALIZATION_FILE, Normalizer, build_mlp, make_optimizer
 
 DEFAULTS = TRAIN_DEFAULTS
+TEST_ROWS_KEPT = 256  # test rows logged with the model, for checking an export
 
 
 def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
@@ -104,6 +106,7 @@ def log_model_run(model, normalizer: Normalizer, prepared: Prepared, config: dic
             json.dump(prepared.schema, handle, indent=1)
         with open(path("manifest.json"), "w") as handle:
             json.dump(prepared.manifest, handle, indent=1)
+        write_test_inputs(path(TEST_INPUTS_FILE), x_test[:TEST_ROWS_KEPT], predictions[:TEST_ROWS_KEPT])
         with open(path("feature_group_importance.json"), "w") as handle:
             json.dump(importance, handle, indent=1)
         evaluate.plot_learning_curve(history, path("learning_curve.png"))
