@@ -5,11 +5,10 @@ import csv
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 NORMALIZATION_FILE = "min_max_feature_normalization.csv"
 
@@ -49,8 +48,10 @@ class Normalizer:
 
 
 def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, activation: str,
-              batch_norm: bool = True) -> keras.Model:
+              batch_norm: bool = True):
     """Dense -> batch norm -> dropout per hidden layer, then one sigmoid unit (rewards lie in [0, 1])."""
+    import keras
+
     inputs = keras.Input(shape=(n_features,), name="features")
     x = inputs
     for units in hidden_layers:
@@ -63,7 +64,9 @@ def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, ac
     return keras.Model(inputs, outputs, name="caspar_mlp")
 
 
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+def make_optimizer(name: str, learning_rate: float):
+    import keras
+
     if name == "sgd":  # the seed's choice
         return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
     if name == "adam":

@@ -1,0 +1,93 @@
+"""The export job against a real MLflow server: by run name, run id and registry URI."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from caspar import export
+from caspar.train import train
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def trained(mlflow_url, sample_dataset):
+    """A small model trained into the session's MLflow server, registered as CASPAR-export-test."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_url
+    result = train({"hidden_layers": [24, 12], "epochs": 2, "data": sample_dataset, "experiment_name": "test-export",
+                    "run_name": "export-me", "model_name": "CASPAR-export-test"})
+    yield result
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+def check_export(result, output):
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert result.max_difference <= export.TOLERANCE
+    folder = result.folder
+    assert os.path.isfile(result.tflite) and os.path.isfile(os.path.join(folder, "saved_model.pb"))
+    for name in ("min_max_feature_normalization.csv", "test_inputs.csv", "schema.json", "README.md"):
+        assert os.path.isfile(os.path.join(folder, name)), name
+    # the SavedModel replays test_inputs.csv: game normalisation, then its last column
+    raw, expected = export.read_test_inputs(os.path.join(folder, "test_inputs.csv"))
+    normalizer = export.Normalizer.read_csv(os.path.join(folder, "min_max_feature_normalization.csv"))
+    serving = tf.saved_model.load(folder).signatures["serving_default"]
+    (output_tensor,) = serving(tf.constant(normalizer.transform(raw))).values()
+    np.testing.assert_allclose(output_tensor.numpy().reshape(-1), expected, atol=1e-5)
+    interpreter = Interpreter(model_path=result.tflite)
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    assert interpreter.get_input_details()[0]["shape"][-1] == result.width == 354
+
+
+def test_export_by_run_name(trained, tmp_path):
+    result = export.export("export-me", str(tmp_path))
+    assert result.source.run_id == trained.run_id
+    assert result.tflite == str(tmp_path / "export-me.tflite")
+    check_export(result, tmp_path)
+    from mlflow.tracking import MlflowClient
+    logged = {a.path for a in MlflowClient().list_artifacts(trained.run_id, "export")}
+    assert "export/export-me.tflite" in logged and "export/export-me" in logged
+
+
+def test_export_by_run_id_and_registry_uri(trained, tmp_path):
+    by_id = export.export(trained.run_id, str(tmp_path / "id"))
+    check_export(by_id, tmp_path / "id")
+    by_uri = export.export(f"models:/CASPAR-export-test/{trained.registered_version}", str(tmp_path / "uri"))
+    assert by_uri.source.run_id == trained.run_id
+    check_export(by_uri, tmp_path / "uri")
+
+
+def test_saved_model_signature(trained, tmp_path):
+    import tensorflow as tf
+
+    result = export.export("export-me", str(tmp_path))
+    signature = tf.saved_model.load(result.folder).signatures["serving_default"]
+    inputs = signature.structured_input_signature[1]
+    assert len(inputs) == 1
+    (spec,) = inputs.values()
+    assert spec.dtype == tf.float32 and spec.shape.as_list() == [None, 354]
+    (output,) = signature.structured_outputs.values()
+    assert output.shape.as_list() == [None, 1]
+
+
+def test_unknown_run_is_one_line_and_writes_nothing(trained, mlflow_url, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "jobs" / "export.py"), "--run", "export-mee", "--output",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_url})
+    assert result.returncode == 2
+    error = [line for line in result.stderr.strip().splitlines() if line.startswith("export:")]
+    assert len(error) == 1 and "no run named 'export-mee'" in error[0] and "export-me" in error[0].split("closest")[1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_verification_deletes_the_output(trained, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # nothing can pass
+    with pytest.raises(export.ExportError, match="verification failed"):
+        export.export("export-me", str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
