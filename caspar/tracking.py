@@ -1,7 +1,7 @@
 """MLflow set-up shared by the jobs: which tracking store, and failing fast when it is not there.
 
 `MLFLOW_TRACKING_URI` set -> that server (or store). Unset -> an embedded store in the project
-folder: `mlflow.db` (SQLite) with artefacts under `mlartifacts/`; no server needed.
+folder: `mlflow.db` (SQLite) with artefacts under `mlartifacts/` beside it; no server needed.
 """
 from __future__ import annotations
 
@@ -55,8 +55,9 @@ def experiment_id(name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = None
-    if mlflow.get_tracking_uri().startswith("sqlite:"):
-        location = (PROJECT / "mlartifacts").as_uri()
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):  # an embedded store keeps its artefacts beside its database
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
 
 
