@@ -64,11 +64,15 @@ def report_to_tune():
     """Keras callback: every epoch, tune.report the metrics with the model as a checkpoint
     (`model.keras`); Ray keeps only the best few (CheckpointConfig)."""
     import keras
+    import ray
     from ray import tune
+
+    node = ray.get_runtime_context().get_node_id()
 
     class ReportToTune(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             metrics = {k: float(v) for k, v in (logs or {}).items() if k in ("loss", "val_loss", "val_mae")}
+            metrics["node_id"] = node  # which Ray node ran the trial (not an MLflow metric: not a number)
             with tempfile.TemporaryDirectory() as folder:
                 self.model.save(os.path.join(folder, CHECKPOINT_FILE))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

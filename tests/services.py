@@ -151,3 +151,58 @@ def _stop_group(process: subprocess.Popen, timeout: float = 10) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(5)
+
+
+@contextmanager
+def ray_cluster(nodes: int = 2, cpus_per_node: int = 1):
+    """A real Ray cluster on this host: a head and `nodes - 1` more raylets, all on 127.0.0.1 with
+    their own ports and temp dir. Yields the dashboard (job submission) address."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}  # as if the venv were active
+    gcs, dashboard = free_port(), free_port()
+
+    def node_ports():
+        low = free_port()
+        return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+                f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+                f"--min-worker-port={20000 + low % 20000}", f"--max-worker-port={20000 + low % 20000 + 200}"]
+
+    common = ["--block", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", "--disable-usage-stats"]
+    head = [ray, "start", "--head", *common, f"--port={gcs}", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}",
+            "--include-dashboard=true", *node_ports()]
+    log = open(Path(temp_dir, "nodes.log"), "wb")
+    processes = [subprocess.Popen(head, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)]
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        wait_for_port(dashboard, 120, processes[0])
+        for _ in range(nodes - 1):
+            worker = [ray, "start", *common, f"--address=127.0.0.1:{gcs}", *node_ports()]
+            processes.append(subprocess.Popen(worker, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        _wait_for_nodes(address, nodes)
+        yield address
+    finally:
+        for process in reversed(processes):
+            _stop_group(process, timeout=30)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_nodes(address: str, count: int, timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{address}/nodes?view=summary", timeout=5) as response:
+                summary = json.loads(response.read())["data"]["summary"]
+                if sum(1 for node in summary if node["raylet"]["state"] == "ALIVE") >= count:
+                    return
+        except (OSError, KeyError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{count} Ray nodes did not come up at {address}")
+        time.sleep(1)

@@ -1,0 +1,129 @@
+"""The tune job on real Ray: a two-node cluster through `ray job submit`, resume, a killed worker."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from services import ray_cluster
+
+TINY = ["--n-trials", "6", "--epochs", "4", "--grace-period", "1", "--cpus-per-trial", "1"]
+
+
+def trial_results(study_path) -> dict[str, list[dict]]:
+    """Per trial folder: the results it reported (one line per epoch)."""
+    results = {}
+    for path in glob.glob(os.path.join(study_path, "*", "result.json")):
+        with open(path) as handle:
+            results[Path(path).parent.name] = [json.loads(line) for line in handle if line.strip()]
+    return results
+
+
+def test_tune_job_on_a_two_node_cluster(mlflow_url, sample_dataset, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    storage = tmp_path / "ray_results"
+    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": mlflow_url}})
+    with ray_cluster(nodes=2, cpus_per_node=1) as address:
+        job = subprocess.run(
+            # Two raylets on one host share a session dir, where unpacking an uploaded working dir
+            # collides; local:// makes every node use the checkout in place.
+            [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", address,
+             "--working-dir", f"local://{ROOT}",
+             "--runtime-env-json", runtime_env, "--", "python", "jobs/tune.py", "--data", sample_dataset, *TINY,
+             "--n-jobs", "2", "--storage-path", str(storage), "--experiment-name", "cluster-test",
+             "--run-name", "cluster-study", "--model-name", "CASPAR-cluster"],
+            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "stopped early by ASHA" in job.stdout
+    results = trial_results(storage / "cluster-study")
+    assert len(results) == 6
+    assert len({r["node_id"] for rows in results.values() for r in rows}) == 2  # trials ran on both nodes
+    assert any(len(rows) < 4 for rows in results.values())  # ASHA stopped some trials early
+    client = MlflowClient(mlflow_url)
+    experiment = client.get_experiment_by_name("cluster-test")
+    runs = client.search_runs([experiment.experiment_id], "tags.study = 'cluster-study'")
+    trials = [r for r in runs if r.info.run_name.startswith("train_trial")]
+    assert len(trials) == 6
+    for trial in trials:
+        assert len(client.get_metric_history(trial.info.run_id, "val_loss")) >= 1
+    study = [r for r in runs if r.data.tags.get("caspar.kind") == "study"]
+    assert len(study) == 1 and "best_val_loss" in study[0].data.metrics
+    versions = client.search_model_versions("name = 'CASPAR-cluster'")
+    assert len(versions) == 1
+    assert client.get_run(versions[0].run_id).info.run_name == "cluster-study"
+
+
+def run_tune(args, env, **kwargs):
+    return subprocess.Popen([sys.executable, str(ROOT / "jobs" / "tune.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
+    storage = tmp_path / "ray_results"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    args = ["--data", sample_dataset, "--n-trials", "4", "--epochs", "3", "--grace-period", "3", "--n-jobs", "1",
+            "--storage-path", str(storage), "--run-name", "resumable", "--experiment-name", "resume-test"]
+    first = run_tune(args, env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # interrupt once two trials have finished
+        done = [rows for rows in trial_results(storage / "resumable").values() if rows and rows[-1].get("done")]
+        if len(done) >= 2:
+            break
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGINT)
+    first.communicate(timeout=120)
+    before = trial_results(storage / "resumable")
+    finished = {name: rows for name, rows in before.items() if rows and rows[-1].get("done")}
+    assert 2 <= len(finished) < 4
+    second = run_tune(args + ["--resume"], env)
+    output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, output[-3000:]
+    after = trial_results(storage / "resumable")
+    assert len(after) == 4 and all(rows[-1].get("done") for rows in after.values())
+    for name, rows in finished.items():  # finished trials were not run again
+        assert after[name] == rows
+
+
+def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_path, monkeypatch):
+    from ray.util.state import list_actors
+
+    from caspar.dataset import load_prepared
+    from caspar.tune import tune_study
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    storage = tmp_path / "ray_results"
+    killed = []
+
+    def kill_one_trial_worker():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            reported = [rows for rows in trial_results(storage / "killed").values() if rows]
+            if reported:
+                for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+                    if "train_trial" in (actor.class_name or "") or actor.class_name == "ImplicitFunc":
+                        os.kill(actor.pid, signal.SIGKILL)
+                        killed.append(actor.pid)
+                        return
+            time.sleep(0.3)
+
+    killer = threading.Thread(target=kill_one_trial_worker, daemon=True)
+    killer.start()
+    study = tune_study({"data": sample_dataset, "n_trials": 2, "n_jobs": 1, "epochs": 6, "grace_period": 6,
+                        "storage_path": str(storage), "run_name": "killed", "experiment_name": "kill-test",
+                        "model_name": "CASPAR-kill-test"}, load_prepared(sample_dataset))
+    killer.join(timeout=5)
+    assert killed, "no trial worker was found to kill"
+    assert study.trials == 2 and study.errored == 0
+    results = trial_results(storage / "killed")
+    assert all(rows[-1]["training_iteration"] == 6 for rows in results.values())
+    state = "".join(open(p).read() for p in glob.glob(str(storage / "killed" / "experiment_state-*.json")))
+    assert '\\"num_failures\\": 1' in state or '"num_failures": 1' in state
