@@ -94,8 +94,6 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
 
 
 def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_path, monkeypatch):
-    from ray.util.state import list_actors
-
     from caspar.dataset import load_prepared
     from caspar.tune import tune_study
 
@@ -106,14 +104,12 @@ def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_pat
     def kill_one_trial_worker():
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not killed:
-            reported = [rows for rows in trial_results(storage / "killed").values() if rows]
-            if reported:
-                for actor in list_actors(filters=[("state", "=", "ALIVE")]):
-                    if "train_trial" in (actor.class_name or "") or actor.class_name == "ImplicitFunc":
-                        os.kill(actor.pid, signal.SIGKILL)
-                        killed.append(actor.pid)
-                        return
-            time.sleep(0.3)
+            running = [rows for rows in trial_results(storage / "killed").values() if rows and not rows[-1].get("done")]
+            if running:  # the trial's process reports its pid with every result
+                os.kill(running[0][-1]["pid"], signal.SIGKILL)
+                killed.append(running[0][-1]["pid"])
+                return
+            time.sleep(0.2)
 
     killer = threading.Thread(target=kill_one_trial_worker, daemon=True)
     killer.start()
