@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SHARED_LOGS := ../shared/gamelogs
 
-.PHONY: demo test bench-prepare clean
+.PHONY: demo test bench-prepare bench-train clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,17 +12,25 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-# Synthetic logs unless real ones are in data/raw, then the pipeline on embedded defaults.
+# The whole pipeline on embedded defaults (local Ray, local MLflow store): synthetic logs unless
+# real ones are in data/raw, then prepare -> tune (a small budget) -> export.
 demo: $(VENV)/.installed
 	@if ! find data/raw -name '*.tsv' 2>/dev/null | grep -q .; then \
-		$(PY) -m caspar.samples data/raw --count 24; fi
+		$(PY) -m caspar.samples data/raw --count 40; fi
 	$(PY) jobs/prepare.py --input data/raw --output data/prepared
+	$(PY) jobs/tune.py --n-trials 6 --epochs 8 --grace-period 2 --run-name demo-model --experiment-name demo
+	$(PY) jobs/export.py --run demo-model --output exports
+	@echo "exported model: exports/demo-model/ (and exports/demo-model.tflite)"
+	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 bench-prepare: $(VENV)/.installed
 	$(PY) bench/prepare.py --logs $(SHARED_LOGS)
+
+bench-train: $(VENV)/.installed
+	$(PY) bench/train.py --data data/prepared
 
 clean:
 	rm -rf data/prepared .pytest_cache

@@ -132,6 +132,8 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
     with tempfile.TemporaryDirectory() as downloads:
         for artifact in (NORMALIZATION_FILE, TEST_INPUTS_FILE, "schema.json"):
             mlflow.artifacts.download_artifacts(run_id=source.run_id, artifact_path=artifact, dst_path=downloads)
+        import caspar.layers  # noqa: F401  (custom layers must be known before loading)
+
         keras_model = mlflow.keras.load_model(source.model_uri)
         os.makedirs(output, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=f".{source.name}-", dir=output)

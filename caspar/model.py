@@ -48,12 +48,17 @@ class Normalizer:
 
 
 def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, activation: str,
-              batch_norm: bool = True):
-    """Dense -> batch norm -> dropout per hidden layer, then one sigmoid unit (rewards lie in [0, 1])."""
+              encoding_bins: int = 0, train_inputs: np.ndarray | None = None, batch_norm: bool = True):
+    """[Piecewise-linear encoding of each input,] then dense -> batch norm -> dropout per hidden
+    layer, then one sigmoid unit (rewards lie in [0, 1])."""
     import keras
+
+    from caspar.layers import PiecewiseLinearEncoding
 
     inputs = keras.Input(shape=(n_features,), name="features")
     x = inputs
+    if encoding_bins:
+        x = PiecewiseLinearEncoding.from_inputs(train_inputs, encoding_bins)(x)
     for units in hidden_layers:
         x = keras.layers.Dense(units, activation=activation)(x)
         if batch_norm:

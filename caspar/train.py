@@ -35,7 +35,8 @@ def fit(config: dict, x_train, y_train, x_val, y_val, callbacks=(), verbose: int
     import keras
 
     keras.utils.set_random_seed(config["seed"])
-    model = build_mlp(x_train.shape[1], config["hidden_layers"], config["dropout_rate"], config["activation"])
+    model = build_mlp(x_train.shape[1], config["hidden_layers"], config["dropout_rate"], config["activation"],
+                      config["encoding_bins"], x_train)
     model.compile(optimizer=make_optimizer(config["optimizer"], config["learning_rate"]), loss="mse", metrics=["mae"])
     train, val = tf_datasets(x_train, y_train, x_val, y_val, config["batch_size"], config["seed"])
     stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"], restore_best_weights=True)

@@ -24,6 +24,7 @@ SEARCH_SPACE = {
     "learning_rate": ("loguniform", 1e-4, 1e-2),
     "batch_size": ("choice", [32, 64, 128, 256]),
     "activation": ("choice", ["relu", "gelu", "swish", "sigmoid"]),
+    "encoding_bins": ("choice", [0, 8, 16]),  # piecewise-linear input encoding (0: none)
 }
 TUNE_DEFAULTS = {
     "n_trials": 100,
@@ -57,6 +58,7 @@ def trial_config(sampled: dict, settings: dict) -> dict:
     return {**TRAIN_DEFAULTS, "hidden_layers": [sampled["units"]] * sampled["n_layers"],
             "dropout_rate": sampled["dropout_rate"], "learning_rate": sampled["learning_rate"],
             "batch_size": sampled["batch_size"], "activation": sampled["activation"],
+            "encoding_bins": sampled.get("encoding_bins", TRAIN_DEFAULTS["encoding_bins"]),
             "epochs": settings["epochs"], "patience": settings["epochs"], "seed": settings["seed"]}
 
 
@@ -193,6 +195,8 @@ def tune_study(settings: dict, prepared: Prepared) -> Study:
 def _best_model(best):
     import keras
 
+    import caspar.layers  # noqa: F401  (custom layers must be known before loading)
+
     checkpoint = best.get_best_checkpoint(METRIC, MODE) or best.checkpoint
     with checkpoint.as_directory() as folder:
         return keras.models.load_model(os.path.join(folder, CHECKPOINT_FILE))
@@ -207,7 +211,8 @@ def _log_best(model, normalizer, prepared, config, best, settings, experiment, p
     tags = {**run_tags(prepared), "study": settings["run_name"], "mlflow.parentRunId": parent.info.run_id}
     with mlflow.start_run(experiment_id=experiment, run_name=settings["run_name"], tags=tags) as run:
         mlflow.log_params({k: config[k] for k in ("hidden_layers", "dropout_rate", "learning_rate", "batch_size",
-                                                  "activation", "optimizer")} | {"trial_id": best.path.split("/")[-1]})
+                                                  "activation", "optimizer", "encoding_bins")}
+                          | {"trial_id": best.path.split("/")[-1]})
         metrics, _, version = log_model_run(model, normalizer, prepared, config, history, settings["model_name"])
     return metrics, run.info.run_id, version
 

@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     parser.add_argument("--patience", type=int, default=DEFAULTS["patience"], help="epochs without improvement before stopping")
     parser.add_argument("--activation", choices=ACTIVATIONS, default=DEFAULTS["activation"])
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS["optimizer"])
+    parser.add_argument("--encoding-bins", type=int, default=DEFAULTS["encoding_bins"],
+                        help="piecewise-linear encoding bins per input; 0 feeds inputs as they are")
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     parser.add_argument("--experiment-name", default=DEFAULTS["experiment_name"])
     parser.add_argument("--run-name", default=DEFAULTS["run_name"], help="the name jobs/export.py finds the run by")
