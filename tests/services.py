@@ -1,6 +1,7 @@
 """Real servers for tests, on 127.0.0.1 and free ports, stopped by whoever started them."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -206,3 +207,71 @@ def _wait_for_nodes(address: str, count: int, timeout: float = 120) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{count} Ray nodes did not come up at {address}")
         time.sleep(1)
+
+
+def _postgres_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not candidates:
+        raise RuntimeError(f"PostgreSQL's {name} not found (apt-get install postgresql)")
+    return candidates[-1]
+
+
+@contextmanager
+def postgres(user: str, password: str, database: str):
+    """A PostgreSQL server (the Debian package) on 127.0.0.1 and a free port, with one database.
+    Yields the port. As root, the server runs as the `postgres` system user."""
+    folder = tempfile.mkdtemp(prefix="caspar-pg-")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(folder, "postgres", "postgres")
+    data, port = os.path.join(folder, "data"), free_port()
+    subprocess.run([*as_user, _postgres_bin("initdb"), "-D", data, "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True)
+    log = open(os.path.join(folder, "server.log"), "wb")
+    process = subprocess.Popen([*as_user, _postgres_bin("postgres"), "-D", data, "-p", str(port), "-k", folder,
+                                "-c", "listen_addresses=127.0.0.1"], stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        wait_for_port(port, 60, process)
+        psql = [_postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-c"]
+        for _ in range(50):  # the port opens slightly before the server accepts sessions
+            if subprocess.run([*psql, "select 1"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.2)
+        subprocess.run([*psql, f"create user {user} with password '{password}'"], check=True, capture_output=True)
+        subprocess.run([*psql, f"create database {database} owner {user}"], check=True, capture_output=True)
+        yield port
+    finally:
+        _stop_group(process, timeout=20)
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def substitute(text: str, env: dict) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?message} interpolation."""
+    import re
+
+    def value(match):
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        if op == ":-":
+            return arg
+        raise KeyError(f"{name} is not set ({arg})")
+    return re.sub(r"\$\{(\w+)(?:(:[-?])([^}]*))?\}", value, text)
+
+
+def compose_mlflow_command(compose: dict, env: dict, port: int, postgres_port: int) -> list[str]:
+    """The `mlflow` service's command from compose.yaml, pointed at local services: interpolated
+    from `env`, bound to 127.0.0.1:`port`, PostgreSQL at 127.0.0.1:`postgres_port`."""
+    command = [substitute(str(part), env) for part in compose["services"]["mlflow"]["command"]]
+    command = [part.replace("@postgres:5432/", f"@127.0.0.1:{postgres_port}/") for part in command]
+    command[command.index("--host") + 1] = "127.0.0.1"
+    command[command.index("--port") + 1] = str(port)
+    hosts = command.index("--allowed-hosts") + 1
+    command[hosts] += f",127.0.0.1:{port}"
+    command[0] = str(Path(sys.executable).with_name(command[0]))
+    return command

@@ -1,0 +1,188 @@
+"""The shared stack of compose.yaml, checked statically, and its MLflow command run for real
+against local PostgreSQL and an S3 server (no Docker engine runs here); the end-to-end pipeline."""
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import GAMELOGS, ROOT, needs_shared_logs
+from services import S3_KEY, S3_SECRET, compose_mlflow_command, free_port, mlflow_server, postgres, s3_client
+from services import _postgres_bin, _stop_group, _wait_for_health, seaweedfs, wait_for_port
+
+COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+SCHEMA = ROOT / "tests" / ".cache" / "compose-spec.json"
+STACK_ENV = {"MINIO_ROOT_USER": S3_KEY, "MINIO_ROOT_PASSWORD": S3_SECRET, "MLFLOW_BUCKET": "mlflow",
+             "POSTGRES_USER": "mlflow", "POSTGRES_PASSWORD": "stack-test", "POSTGRES_DB": "mlflow"}
+
+
+def test_compose_file_follows_the_compose_specification():
+    import jsonschema
+
+    assert SCHEMA.is_file(), "the Compose schema is fetched by `make test` (tests/.cache)"
+    jsonschema.validate(COMPOSE, json.loads(SCHEMA.read_text()))
+
+
+def test_compose_wiring():
+    services = COMPOSE["services"]
+    assert {"minio", "minio-init", "postgres", "mlflow", "ray-head", "ray-worker"} <= set(services)
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+    for name in ("minio", "postgres", "mlflow", "ray-head"):
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no health check"
+    assert services["mlflow"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert "5000:5000" in services["mlflow"]["ports"] and "8265:8265" in services["ray-head"]["ports"]
+    command = services["mlflow"]["command"]
+    assert "--serve-artifacts" in command and any(p.startswith("postgresql://") for p in command)
+    assert any(p.startswith("s3://") for p in command) and "--allowed-hosts" in command
+    assert "mlflow:5000" in command[command.index("--allowed-hosts") + 1]
+    assert "/health" in " ".join(services["mlflow"]["healthcheck"]["test"])
+    init = " ".join(services["minio-init"]["entrypoint"])
+    assert "mc mb --ignore-existing" in init and "mc anonymous set none" in init and "public" not in init
+    dockerfile = (ROOT / services["mlflow"]["build"]["dockerfile"]).read_text()
+    pinned = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("mlflow=="))
+    assert f'"{pinned}"' in dockerfile and "psycopg" in dockerfile and "boto3" in dockerfile
+
+
+def test_no_credentials_outside_env_files():
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert example["MINIO_ROOT_PASSWORD"] == "" and example["POSTGRES_PASSWORD"] == ""
+    text = (ROOT / "compose.yaml").read_text()
+    for variable in ("MINIO_ROOT_PASSWORD", "POSTGRES_PASSWORD", "MINIO_ROOT_USER"):
+        assert f"${{{variable}" in text  # only ever interpolated from .env
+
+
+@contextmanager
+def compose_mlflow(s3_endpoint: str, postgres_port: int):
+    """compose.yaml's own `mlflow` command, with hosts and ports substituted, on local services."""
+    port = free_port()
+    command = compose_mlflow_command(COMPOSE, STACK_ENV, port, postgres_port)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+           "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    log = open(ROOT / "tests" / ".cache" / "mlflow-stack.log", "wb")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, 90, process)
+        url = f"http://127.0.0.1:{port}"
+        _wait_for_health(url)
+        yield url
+    finally:
+        _stop_group(process)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    (ROOT / "tests" / ".cache").mkdir(exist_ok=True)
+    with seaweedfs() as endpoint, postgres(STACK_ENV["POSTGRES_USER"], STACK_ENV["POSTGRES_PASSWORD"],
+                                           STACK_ENV["POSTGRES_DB"]) as pg_port:
+        client = s3_client(endpoint)
+        client.create_bucket(Bucket=STACK_ENV["MLFLOW_BUCKET"])  # what minio-init does
+        with compose_mlflow(endpoint, pg_port) as url:
+            yield {"s3": endpoint, "postgres_port": pg_port, "mlflow": url}
+
+
+def job(name, *args, env, timeout=900):
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(ROOT / "jobs" / f"{name}.py"), *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    return result, time.monotonic() - started
+
+
+def without_s3_credentials(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_S3"))}
+    env.update(RAY_AUTH_MODE="disabled", **extra)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@needs_shared_logs()
+def test_end_to_end_on_the_stack(stack, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    client = s3_client(stack["s3"])
+    client.create_bucket(Bucket="games")
+    logs = sorted(GAMELOGS.rglob("*.tsv"))[:12]
+    for path in logs:
+        client.upload_file(str(path), "games", f"raw/{path.name}")
+    reader_env = {**without_s3_credentials(), "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+                  "AWS_ENDPOINT_URL": stack["s3"]}  # prepare reads the logs' bucket with its own credentials
+    prepared, _ = job("prepare", "--input", "s3://games/raw", "--output", str(tmp_path / "prepared"),
+                      "--test-size", "0.2", "--validation-size", "0.2", env=reader_env)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    env = without_s3_credentials(MLFLOW_TRACKING_URI=stack["mlflow"])  # artefacts go through the server
+    tuned, _ = job("tune", "--data", str(tmp_path / "prepared"), "--n-trials", "3", "--epochs", "2",
+                   "--grace-period", "1", "--storage-path", str(tmp_path / "ray"), "--run-name", "stack-model",
+                   "--experiment-name", "stack", "--model-name", "CASPAR-stack", env=env)
+    assert tuned.returncode == 0, tuned.stdout[-2000:] + tuned.stderr[-2000:]
+    exported, _ = job("export", "--run", "stack-model", "--output", str(tmp_path / "exports"), env=env)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert "verified" in exported.stdout
+    assert (tmp_path / "exports" / "stack-model.tflite").is_file()
+    assert (tmp_path / "exports" / "stack-model" / "saved_model.pb").is_file()
+    # runs and metrics are in the server's PostgreSQL store
+    tracking = MlflowClient(stack["mlflow"])
+    experiment = tracking.get_experiment_by_name("stack")
+    runs = tracking.search_runs([experiment.experiment_id])
+    assert len([r for r in runs if r.info.run_name.startswith("train_trial")]) == 3
+    best = next(r for r in runs if r.info.run_name == "stack-model")
+    assert "test_r2" in best.data.metrics and tracking.search_model_versions("name = 'CASPAR-stack'")
+    count = subprocess.run([_postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(stack["postgres_port"]), "-U", "postgres", "-d",
+                            "mlflow", "-tAc", "select count(*) from runs"], capture_output=True, text=True)
+    assert int(count.stdout.strip()) == len(runs)
+    # artefacts are objects in the private bucket
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="mlflow")
+            for o in page.get("Contents", [])]
+    assert any(k.endswith("min_max_feature_normalization.csv") for k in keys)
+    assert any(k.endswith("stack-model.tflite") for k in keys)
+
+
+def test_the_artefact_bucket_refuses_anonymous_reads(stack):
+    client = s3_client(stack["s3"])
+    client.put_object(Bucket="mlflow", Key="artifacts/probe.txt", Body=b"secret")
+    for url in (f"{stack['s3']}/mlflow/artifacts/probe.txt", f"{stack['s3']}/mlflow?list-type=2"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code in (401, 403)
+
+
+@pytest.mark.parametrize("name, args", [
+    ("train", ["--epochs", "1"]),
+    ("tune", ["--n-trials", "1"]),
+    ("export", ["--run", "anything"]),
+])
+def test_jobs_fail_fast_when_the_server_is_down(sample_dataset, name, args):
+    env = without_s3_credentials(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
+    data = ["--data", sample_dataset] if name != "export" else []
+    result, seconds = job(name, *data, *args, env=env, timeout=120)
+    assert result.returncode == 2 and "does not answer" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert seconds < 30  # of which the job's own wait is at most 5 s; the rest is Python start-up
+
+
+def test_s3_down_while_logging_leaves_no_good_looking_model(sample_dataset, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    with postgres("mlflow", "stack-test", "mlflow") as pg_port:
+        dead_endpoint = f"http://127.0.0.1:{free_port()}"  # the S3 server is down
+        with compose_mlflow(dead_endpoint, pg_port) as url:
+            env = without_s3_credentials(MLFLOW_TRACKING_URI=url)
+            result, _ = job("train", "--data", sample_dataset, "--epochs", "1", "--run-name", "half",
+                            "--model-name", "CASPAR-half", env=env, timeout=300)
+            assert result.returncode != 0
+            assert "train: error:" in result.stderr and "Traceback" not in result.stderr
+            tracking = MlflowClient(url)
+            assert not tracking.search_model_versions("name = 'CASPAR-half'")
+            runs = tracking.search_runs([e.experiment_id for e in tracking.search_experiments()],
+                                        "attributes.run_name = 'half'")
+            assert runs and all(r.info.status == "FAILED" for r in runs)
