@@ -62,9 +62,10 @@ def trial_config(sampled: dict, settings: dict) -> dict:
             "epochs": settings["epochs"], "patience": settings["epochs"], "seed": settings["seed"]}
 
 
-def report_to_tune():
+def report_to_tune(started: float, cpu_started: float):
     """Keras callback: every epoch, tune.report the metrics with the model as a checkpoint
-    (`model.keras`); Ray keeps only the best few (CheckpointConfig)."""
+    (`model.keras`); Ray keeps only the best few (CheckpointConfig). Also reports the trial's CPU
+    seconds and its start-up time (trial function entered -> first epoch begins)."""
     import keras
     import ray
     from ray import tune
@@ -72,8 +73,15 @@ def report_to_tune():
     node = ray.get_runtime_context().get_node_id()
 
     class ReportToTune(keras.callbacks.Callback):
+        startup = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 0:
+                self.startup = time.perf_counter() - started
+
         def on_epoch_end(self, epoch, logs=None):
             metrics = {k: float(v) for k, v in (logs or {}).items() if k in ("loss", "val_loss", "val_mae")}
+            metrics.update(cpu_seconds=time.process_time() - cpu_started, startup_seconds=self.startup)
             metrics["node_id"] = node  # which Ray node ran the trial (not an MLflow metric: not a number)
             with tempfile.TemporaryDirectory() as folder:
                 self.model.save(os.path.join(folder, CHECKPOINT_FILE))
@@ -84,6 +92,7 @@ def report_to_tune():
 
 def train_trial(sampled: dict, data: dict, settings: dict) -> None:
     """One trial: fit on the shared (already normalised) arrays, reporting every epoch with a checkpoint."""
+    started, cpu_started = time.perf_counter(), time.process_time()
     import tensorflow as tf
 
     from caspar.train import fit
@@ -91,7 +100,7 @@ def train_trial(sampled: dict, data: dict, settings: dict) -> None:
     threads = max(1, int(settings["cpus_per_trial"]))
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
-    report = report_to_tune()
+    report = report_to_tune(started, cpu_started)
     fit(trial_config(sampled, settings), data["x_train"], data["y_train"], data["x_val"], data["y_val"],
         callbacks=[report])
 
@@ -109,12 +118,16 @@ class Study:
     seconds: float
     tracking_uri: str
     path: str
+    core_utilisation: float  # CPU seconds in trials / (wall seconds of the search x cluster CPUs)
+    mean_startup_seconds: float  # trial function entered -> first epoch
 
     def lines(self) -> list[str]:
         m = self.metrics
         config = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.best_config.items())
         return [
             f"{self.trials} trials in {self.seconds:.0f} s: {self.stopped_early} stopped early by ASHA, {self.errored} failed",
+            f"core utilisation {self.core_utilisation:.2f}, trial start-up {self.mean_startup_seconds:.1f} s, "
+            f"{3600 * self.trials / max(self.seconds, 1):.0f} trials per hour",
             f"best: {config}",
             f"best val_loss {self.best_val_loss:.5f}; test R² {m['test_r2']:.4f} "
             f"(GBDT baseline {m['baseline_gbdt_test_r2']:.4f}, mean baseline {m['baseline_mean_test_r2']:.4f})",
@@ -177,10 +190,16 @@ def tune_study(settings: dict, prepared: Prepared) -> Study:
                     scheduler=ASHAScheduler(max_t=settings["epochs"], grace_period=min(settings["grace_period"], settings["epochs"]),
                                             reduction_factor=3),
                     time_budget_s=settings["time_budget"]))
+        search_started = time.perf_counter()
         results = tuner.fit()
+        search_seconds = time.perf_counter() - search_started
         best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
         stopped_early = int(sum(1 for r in results if r.metrics and not r.error
                                 and r.metrics.get("training_iteration", 0) < settings["epochs"]))
+        last = [r.metrics for r in results if r.metrics]
+        utilisation = sum(m.get("cpu_seconds", 0.0) for m in last) / (search_seconds * ray.cluster_resources().get("CPU", 1))
+        startup = sum(m.get("startup_seconds", 0.0) for m in last) / max(len(last), 1)
+        mlflow.log_metrics({"core_utilisation": utilisation, "mean_trial_startup_seconds": startup})
         best_config = trial_config(best.config, settings)
         best_val = float(best.metrics_dataframe[METRIC].min())
         mlflow.log_dict({k: v for k, v in best.config.items()}, "best_config.json")
@@ -189,7 +208,7 @@ def tune_study(settings: dict, prepared: Prepared) -> Study:
     model = _best_model(best)
     metrics, run_id, version = _log_best(model, normalizer, prepared, best_config, best, settings, experiment, parent)
     return Study(best.config, best_val, metrics, len(results), stopped_early, len(results.errors), run_id, version,
-                 time.perf_counter() - started, uri, experiment_path)
+                 time.perf_counter() - started, uri, experiment_path, utilisation, startup)
 
 
 def _best_model(best):

@@ -62,6 +62,7 @@ def tracking_server(mlflow_url, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_url)
     yield mlflow_url
     mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
 
 
 @pytest.fixture(scope="session")

@@ -131,7 +131,7 @@ def test_end_to_end_on_the_stack(stack, tmp_path):
     assert (tmp_path / "exports" / "stack-model.tflite").is_file()
     assert (tmp_path / "exports" / "stack-model" / "saved_model.pb").is_file()
     # runs and metrics are in the server's PostgreSQL store
-    tracking = MlflowClient(stack["mlflow"])
+    tracking = MlflowClient(stack["mlflow"], registry_uri=stack["mlflow"])
     experiment = tracking.get_experiment_by_name("stack")
     runs = tracking.search_runs([experiment.experiment_id])
     assert len([r for r in runs if r.info.run_name.startswith("train_trial")]) == 3
@@ -181,7 +181,7 @@ def test_s3_down_while_logging_leaves_no_good_looking_model(sample_dataset, tmp_
                             "--model-name", "CASPAR-half", env=env, timeout=300)
             assert result.returncode != 0
             assert "train: error:" in result.stderr and "Traceback" not in result.stderr
-            tracking = MlflowClient(url)
+            tracking = MlflowClient(url, registry_uri=url)
             assert not tracking.search_model_versions("name = 'CASPAR-half'")
             runs = tracking.search_runs([e.experiment_id for e in tracking.search_experiments()],
                                         "attributes.run_name = 'half'")

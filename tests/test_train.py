@@ -29,7 +29,7 @@ def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
 
     result = train({**SMALL, "data": sample_dataset, "experiment_name": "test-train", "run_name": "tracked",
                     "model_name": "CASPAR-test"})
-    client = MlflowClient(tracking_server)
+    client = MlflowClient(tracking_server, registry_uri=tracking_server)
     run = client.get_run(result.run_id)
     assert run.info.run_name == "tracked"
     assert run.data.params["hidden_layers"] == "[32, 16]" and run.data.params["batch_size"] == "64"

@@ -47,7 +47,7 @@ def test_tune_job_on_a_two_node_cluster(mlflow_url, sample_dataset, tmp_path):
     assert len(results) == 6
     assert len({r["node_id"] for rows in results.values() for r in rows}) == 2  # trials ran on both nodes
     assert any(len(rows) < 4 for rows in results.values())  # ASHA stopped some trials early
-    client = MlflowClient(mlflow_url)
+    client = MlflowClient(mlflow_url, registry_uri=mlflow_url)
     experiment = client.get_experiment_by_name("cluster-test")
     runs = client.search_runs([experiment.experiment_id], "tags.study = 'cluster-study'")
     trials = [r for r in runs if r.info.run_name.startswith("train_trial")]
