@@ -109,25 +109,9 @@ def unit_health_average(s: Situation):
     return s.h_m
 
 
-# No log of the corpus has per-arc armour (ARMOR_FRONT_P, ...): every arc is the average health.
-@feature("unit_health_front")
-def unit_health_front(s: Situation):
-    return s.h_m
-
-
-@feature("unit_health_right")
-def unit_health_right(s: Situation):
-    return s.h_m
-
-
-@feature("unit_health_left")
-def unit_health_left(s: Situation):
-    return s.h_m
-
-
-@feature("unit_health_back")
-def unit_health_back(s: Situation):
-    return s.h_m
+# Per-arc armour (ARMOR_FRONT_P, ...) is in no log of the corpus: every arc is the average health.
+for arc in ("front", "right", "left", "back"):
+    feature(f"unit_health_{arc}")(unit_health_average)
 
 
 @feature("position_crowding")
