@@ -17,6 +17,7 @@ from caspar.model import NORMALIZATION_FILE, Normalizer, build_mlp, make_optimiz
 
 DEFAULTS = TRAIN_DEFAULTS
 TEST_ROWS_KEPT = 256  # test rows logged with the model, for checking an export
+STEPS_PER_EXECUTION = 32
 
 
 def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
@@ -37,7 +38,9 @@ def fit(config: dict, x_train, y_train, x_val, y_val, callbacks=(), verbose: int
     keras.utils.set_random_seed(config["seed"])
     model = build_mlp(x_train.shape[1], config["hidden_layers"], config["dropout_rate"], config["activation"],
                       config["encoding_bins"], x_train)
-    model.compile(optimizer=make_optimizer(config["optimizer"], config["learning_rate"]), loss="mse", metrics=["mae"])
+    # Several steps per call into TensorFlow: small batches are otherwise bound by per-step overhead.
+    model.compile(optimizer=make_optimizer(config["optimizer"], config["learning_rate"]), loss="mse", metrics=["mae"],
+                  steps_per_execution=STEPS_PER_EXECUTION)
     train, val = tf_datasets(x_train, y_train, x_val, y_val, config["batch_size"], config["seed"])
     stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"], restore_best_weights=True)
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, config["patience"] // 3),
