@@ -11,6 +11,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from caspar import tracking
 from caspar.config import TRAIN_DEFAULTS
 from caspar.dataset import Prepared
@@ -63,9 +65,9 @@ def trial_config(sampled: dict, settings: dict) -> dict:
 
 
 def report_to_tune(started: float, cpu_started: float):
-    """Keras callback: every epoch, tune.report the metrics with the model as a checkpoint
-    (`model.keras`); Ray keeps only the best few (CheckpointConfig). Also reports the trial's CPU
-    seconds and its start-up time (trial function entered -> first epoch begins)."""
+    """Keras callback: every epoch, tune.report the metrics, with the model as a checkpoint
+    (`model.keras`) when val_loss improved; Ray keeps only the best few (CheckpointConfig). Also
+    reports the trial's CPU seconds and its start-up time (trial function entered -> first epoch)."""
     import keras
     import ray
     from ray import tune
@@ -74,6 +76,7 @@ def report_to_tune(started: float, cpu_started: float):
 
     class ReportToTune(keras.callbacks.Callback):
         startup = 0.0
+        best = np.inf
 
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 0:
@@ -83,6 +86,10 @@ def report_to_tune(started: float, cpu_started: float):
             metrics = {k: float(v) for k, v in (logs or {}).items() if k in ("loss", "val_loss", "val_mae")}
             metrics.update(cpu_seconds=time.process_time() - cpu_started, startup_seconds=self.startup)
             metrics["node_id"] = node  # which Ray node ran the trial (not an MLflow metric: not a number)
+            if metrics.get(METRIC, np.inf) >= self.best:  # no better: no checkpoint to write
+                tune.report(metrics)
+                return
+            self.best = metrics[METRIC]
             with tempfile.TemporaryDirectory() as folder:
                 self.model.save(os.path.join(folder, CHECKPOINT_FILE))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -187,6 +194,7 @@ def tune_study(settings: dict, prepared: Prepared) -> Study:
                     metric=METRIC, mode=MODE, num_samples=settings["n_trials"],
                     max_concurrent_trials=concurrency(settings["n_jobs"], settings["cpus_per_trial"]),
                     search_alg=OptunaSearch(seed=settings["seed"]),
+                    reuse_actors=True,  # a new trial reuses a finished one's process: no TensorFlow start-up
                     scheduler=ASHAScheduler(max_t=settings["epochs"], grace_period=min(settings["grace_period"], settings["epochs"]),
                                             reduction_factor=3),
                     time_budget_s=settings["time_budget"]))
