@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.dataset as pads
 
 from caspar import storage
+from caspar.cli import UserError
 from caspar.features import featurize, feature_names, load_unit_points, schema
 from caspar.gamelog import read_log
 
@@ -44,7 +45,7 @@ ID_COLUMNS = [
 ]
 
 
-class InputError(Exception):
+class InputError(UserError):
     """Input or output that cannot be used; the message is one line for the user."""
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from caspar import tracking
+from caspar.cli import UserError
 from caspar.model import NORMALIZATION_FILE, Normalizer
 
 TOLERANCE = 1e-5
@@ -34,7 +35,7 @@ TEST_INPUTS_FILE = "test_inputs.csv"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """The export cannot be done; the message is one line for the user."""
 
 

@@ -11,8 +11,10 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from caspar.cli import UserError
 
-class StorageError(Exception):
+
+class StorageError(UserError):
     """A storage location that cannot be used; the message is one line for the user."""
 
 

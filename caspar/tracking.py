@@ -11,11 +11,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from caspar.cli import UserError
+
 PROJECT = Path(__file__).resolve().parents[1]
 HEALTH_TIMEOUT_S = 5
 
 
-class TrackingError(Exception):
+class TrackingError(UserError):
     """The tracking server cannot be used; the message is one line for the user."""
 
 

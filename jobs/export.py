@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
-from caspar import tracking  # noqa: E402
+from caspar import cli, tracking  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -18,25 +18,14 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="exports", help="folder for NAME.tflite and NAME/")
     parser.add_argument("--experiment-name", default=None, help="look for the run name in this experiment only")
     args = parser.parse_args(argv)
-    try:
-        tracking.configure()
-        from caspar.export import ExportError, export
-    except tracking.TrackingError as error:
-        print(f"export: error: {error}", file=sys.stderr)
-        return 2
-    from mlflow.exceptions import MlflowException
+    return cli.run("export", lambda: export_job(args))
 
-    try:
-        result = export(args.run, args.output, args.experiment_name)
-    except ExportError as error:
-        print(f"export: error: {error}", file=sys.stderr)
-        return 2
-    except MlflowException as error:
-        print(f"export: error: MLflow: {str(error).strip().splitlines()[0]}", file=sys.stderr)
-        return 1
-    for line in result.lines():
-        print(line)
-    return 0
+
+def export_job(args) -> list[str]:
+    tracking.configure()  # the server is checked before TensorFlow loads
+    from caspar.export import export
+
+    return export(args.run, args.output, args.experiment_name).lines()
 
 
 if __name__ == "__main__":

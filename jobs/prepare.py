@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
-from caspar import dataset, storage  # noqa: E402
+from caspar import cli, dataset  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -22,16 +22,9 @@ def main(argv=None) -> int:
     parser.add_argument("--mekfile", default=None, help="MegaMek unit table (TSV) for units' full armour/internal points")
     parser.add_argument("--include-bots", action="store_true", help="also the bot's moves (column is_bot)")
     args = parser.parse_args(argv)
-    try:
-        summary = dataset.prepare(
-            args.input, args.output, test_size=args.test_size, validation_size=args.validation_size,
-            seed=args.seed, mekfile=args.mekfile, include_bots=args.include_bots)
-    except (dataset.InputError, storage.StorageError) as error:
-        print(f"prepare: error: {error}", file=sys.stderr)
-        return 2
-    for line in summary.lines():
-        print(line)
-    return 0
+    return cli.run("prepare", lambda: dataset.prepare(
+        args.input, args.output, test_size=args.test_size, validation_size=args.validation_size,
+        seed=args.seed, mekfile=args.mekfile, include_bots=args.include_bots).lines())
 
 
 if __name__ == "__main__":

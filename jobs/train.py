@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
-from caspar import dataset, storage, tracking  # noqa: E402
+from caspar import cli, dataset, tracking  # noqa: E402
 from caspar.config import ACTIVATIONS, OPTIMIZERS, TRAIN_DEFAULTS as DEFAULTS  # noqa: E402
 
 
@@ -31,24 +31,15 @@ def main(argv=None) -> int:
     parser.add_argument("--run-name", default=DEFAULTS["run_name"], help="the name jobs/export.py finds the run by")
     parser.add_argument("--model-name", default=DEFAULTS["model_name"], help="registered model name")
     args = parser.parse_args(argv)
-    try:  # check the inputs before TensorFlow loads
-        tracking.configure()
-        prepared = dataset.load_prepared(args.data)
-    except (dataset.InputError, storage.StorageError, tracking.TrackingError) as error:
-        print(f"train: error: {error}", file=sys.stderr)
-        return 2
-    from mlflow.exceptions import MlflowException
+    return cli.run("train", lambda: train_job(args))
 
+
+def train_job(args) -> list[str]:
+    tracking.configure()  # the inputs are checked before TensorFlow loads
+    prepared = dataset.load_prepared(args.data)
     from caspar.train import train
 
-    try:
-        result = train(vars(args), prepared)
-    except MlflowException as error:  # e.g. the artefact store failed while the run was logged
-        print(f"train: error: MLflow: {str(error).strip().splitlines()[0]} (the run is marked FAILED)", file=sys.stderr)
-        return 1
-    for line in result.lines():
-        print(line)
-    return 0
+    return train(vars(args), prepared).lines()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
-from caspar import dataset, storage, tracking  # noqa: E402
+from caspar import cli, dataset, tracking  # noqa: E402
 from caspar.tune import TUNE_DEFAULTS as DEFAULTS  # noqa: E402
 
 
@@ -29,24 +29,15 @@ def main(argv=None) -> int:
     parser.add_argument("--run-name", default=DEFAULTS["run_name"], help="the study's name; the best model's run name")
     parser.add_argument("--model-name", default=DEFAULTS["model_name"], help="registered model name")
     args = parser.parse_args(argv)
-    try:  # check the inputs before Ray and TensorFlow start
-        tracking.configure()
-        prepared = dataset.load_prepared(args.data)
-    except (dataset.InputError, storage.StorageError, tracking.TrackingError) as error:
-        print(f"tune: error: {error}", file=sys.stderr)
-        return 2
-    from mlflow.exceptions import MlflowException
+    return cli.run("tune", lambda: tune_job(args))
 
+
+def tune_job(args) -> list[str]:
+    tracking.configure()  # the inputs are checked before Ray and TensorFlow start
+    prepared = dataset.load_prepared(args.data)
     from caspar.tune import tune_study
 
-    try:
-        study = tune_study(vars(args), prepared)
-    except MlflowException as error:
-        print(f"tune: error: MLflow: {str(error).strip().splitlines()[0]}", file=sys.stderr)
-        return 1
-    for line in study.lines():
-        print(line)
-    return 0
+    return tune_study(vars(args), prepared).lines()
 
 
 if __name__ == "__main__":
