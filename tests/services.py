@@ -107,15 +107,11 @@ def _wait_for_s3(endpoint: str, timeout: float = 60) -> None:
 
 
 @contextmanager
-def mlflow_server(extra_args: list[str] | None = None):
-    """A real `mlflow server` (SQLite backend, proxied artefacts in a temp folder); yields its URL."""
-    folder = tempfile.mkdtemp(prefix="caspar-mlflow-")
-    port = free_port()
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", f"{folder}/artifacts",
-               "--serve-artifacts", "--workers", "1", *(extra_args or [])]
-    log = open(Path(folder, "server.log"), "wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def running_mlflow(command: list[str], port: int, log_path, env: dict | None = None):
+    """Run an `mlflow server` command that listens on 127.0.0.1:`port`; yields its URL once
+    /health answers, and stops its whole process group afterwards."""
+    log = open(log_path, "wb")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port(port, 90, process)
         url = f"http://127.0.0.1:{port}"
@@ -124,6 +120,20 @@ def mlflow_server(extra_args: list[str] | None = None):
     finally:
         _stop_group(process)
         log.close()
+
+
+@contextmanager
+def mlflow_server(extra_args: list[str] | None = None):
+    """A real `mlflow server` (SQLite backend, proxied artefacts in a temp folder); yields its URL."""
+    folder = tempfile.mkdtemp(prefix="caspar-mlflow-")
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", f"{folder}/artifacts",
+               "--serve-artifacts", "--workers", "1", *(extra_args or [])]
+    try:
+        with running_mlflow(command, port, Path(folder, "server.log")) as url:
+            yield url
+    finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -15,7 +15,7 @@ import yaml
 
 from conftest import GAMELOGS, ROOT, needs_shared_logs
 from services import S3_KEY, S3_SECRET, compose_mlflow_command, free_port, mlflow_server, postgres, s3_client
-from services import _postgres_bin, _stop_group, _wait_for_health, seaweedfs, wait_for_port
+from services import _postgres_bin, running_mlflow, seaweedfs
 
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SCHEMA = ROOT / "tests" / ".cache" / "compose-spec.json"
@@ -69,16 +69,8 @@ def compose_mlflow(s3_endpoint: str, postgres_port: int):
     command = compose_mlflow_command(COMPOSE, STACK_ENV, port, postgres_port)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
            "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
-    log = open(ROOT / "tests" / ".cache" / "mlflow-stack.log", "wb")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_port(port, 90, process)
-        url = f"http://127.0.0.1:{port}"
-        _wait_for_health(url)
+    with running_mlflow(command, port, ROOT / "tests" / ".cache" / "mlflow-stack.log", env) as url:
         yield url
-    finally:
-        _stop_group(process)
-        log.close()
 
 
 @pytest.fixture(scope="module")
