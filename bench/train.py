@@ -9,17 +9,16 @@
    a throw-away MLflow store: test R² of the network and of the GBDT baseline on the same split.
 """
 import argparse
+import dataclasses
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from caspar.config import Hyperparameters, TrainConfig
+from caspar.dataset import load_prepared
+from caspar.model import Normalizer
 
-from caspar.config import TRAIN_DEFAULTS  # noqa: E402
-from caspar.dataset import load_prepared  # noqa: E402
-from caspar.model import Normalizer  # noqa: E402
+DEFAULTS = Hyperparameters()
 
 SEED_ARCHITECTURE = {"hidden_layers": [354] * 4, "activation": "sigmoid", "optimizer": "sgd",
                      "learning_rate": 0.01, "dropout_rate": 0.06}
@@ -40,14 +39,14 @@ def throughput(config: dict, x, y, epochs: int = 3) -> float:
 
     timer = Timer()
     timer.seconds = []
-    fit({**TRAIN_DEFAULTS, **config, "epochs": epochs + 1, "patience": epochs + 1}, x, y, x[:256], y[:256],
+    fit(dataclasses.replace(DEFAULTS, **config, epochs=epochs + 1, patience=epochs + 1), x, y, x[:256], y[:256],
         callbacks=[timer])
     return len(x) * len(timer.seconds) / sum(timer.seconds)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=TRAIN_DEFAULTS["data"])
+    parser.add_argument("--data", default=TrainConfig.data)
     parser.add_argument("--skip-default-run", action="store_true")
     args = parser.parse_args()
     prepared = load_prepared(args.data)
@@ -56,16 +55,16 @@ def main() -> None:
     seed_rate = throughput({**SEED_ARCHITECTURE, "batch_size": 34}, x, y)
     print(f"seed architecture (4 x 354, sigmoid, SGD), batch 34: {seed_rate:,.0f} samples/s", flush=True)
     default_rate = throughput({}, x, y)
-    print(f"default configuration, batch {TRAIN_DEFAULTS['batch_size']}: {default_rate:,.0f} samples/s", flush=True)
-    seed_default_batch = throughput({**SEED_ARCHITECTURE, "batch_size": TRAIN_DEFAULTS["batch_size"]}, x, y)
-    print(f"seed architecture, batch {TRAIN_DEFAULTS['batch_size']}: {seed_default_batch:,.0f} samples/s", flush=True)
+    print(f"default configuration, batch {DEFAULTS.batch_size}: {default_rate:,.0f} samples/s", flush=True)
+    seed_default_batch = throughput({**SEED_ARCHITECTURE, "batch_size": DEFAULTS.batch_size}, x, y)
+    print(f"seed architecture, batch {DEFAULTS.batch_size}: {seed_default_batch:,.0f} samples/s", flush=True)
     if args.skip_default_run:
         return
     from caspar.train import train
 
     with tempfile.TemporaryDirectory() as store:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
-        result = train({"data": args.data, "experiment_name": "bench"}, prepared)
+        result = train(TrainConfig(data=args.data, experiment_name="bench"), prepared)
     m = result.metrics
     print(f"default run: {result.epochs} epochs, {result.seconds:.0f} s; test R² {m['test_r2']:.4f}, "
           f"GBDT baseline test R² {m['baseline_gbdt_test_r2']:.4f}, mean baseline {m['baseline_mean_test_r2']:.4f}")

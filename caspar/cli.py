@@ -1,30 +1,90 @@
-"""What every job does around its work: one line for a problem the user can fix, the summary
-lines on success."""
+"""What every job does around its work: quiet libraries, one line for a problem the user can fix,
+the summary lines on success."""
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import sys
-from typing import Callable
+import threading
+from collections.abc import Callable
+
+# Lines that TensorFlow (absl, C++), Ray and MLflow write straight to the stderr file descriptor,
+# bypassing Python's logging: on a CPU-only machine they look like errors but are not.
+NATIVE_NOISE = re.compile(
+    rb"^([IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\]"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate"
+    rb"|WARNING: All log messages before absl::InitializeLog"
+    rb"|Successfully registered model '|Created version '\d+' of model "
+    rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\tINFO )")
+QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "WARNING", "RAY_DATA_LOG_LEVEL": "WARNING",
+                     "RAY_DEDUP_LOGS": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning"}
 
 
 class UserError(Exception):
     """A problem the user can fix (bad input, a server that does not answer); one-line message."""
 
 
-def run(job: str, work: Callable[[], list[str]]) -> int:
+def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
     """Run `work`; print its lines (exit 0), or one `job: error: ...` line (exit 2 for a UserError,
-    1 when MLflow failed while logging)."""
-    try:
-        lines = work()
-    except UserError as error:
-        print(f"{job}: error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:
-        mlflow_errors = sys.modules.get("mlflow.exceptions")  # only jobs that track import MLflow
-        if mlflow_errors is None or not isinstance(error, mlflow_errors.MlflowException):
-            raise
-        # e.g. the artefact store failed while a run was logged
-        print(f"{job}: error: MLflow: {str(error).strip().splitlines()[0]}", file=sys.stderr)
-        return 1
+    1 when MLflow failed). Without `verbose`, the libraries' own log lines are hidden."""
+    quiet = contextlib.nullcontext() if verbose else quiet_libraries()
+    with quiet:
+        try:
+            lines = work()
+        except UserError as error:
+            print(f"{job}: error: {error}", file=sys.stderr)
+            return 2
+        except Exception as error:
+            mlflow_errors = sys.modules.get("mlflow.exceptions")  # only jobs that track import MLflow
+            if mlflow_errors is None or not isinstance(error, mlflow_errors.MlflowException):
+                raise
+            print(f"{job}: error: MLflow: {mlflow_message(error)}", file=sys.stderr)
+            return 1
     for line in lines:
-        print(line)
+        print(line, flush=True)
     return 0
+
+
+def mlflow_message(error: Exception) -> str:
+    """The cause of an MLflow error in one line (its first line often only says what failed)."""
+    text = str(getattr(error, "message", error)).strip()
+    cause = re.search(r"\(sqlite3\.\w+\) ([^\n\[]+)", text) or re.search(r"(\w+Error: [^\n]+)", text)
+    first = text.splitlines()[0] if text else type(error).__name__
+    return f"{first.rstrip('. ')} ({cause.group(1).strip()})" if cause and cause.group(1) not in first else first
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Hide the libraries' own log lines: quieter log levels by environment (inherited by Ray's
+    workers), and a filter on file descriptor 2 for what C++ code writes there directly."""
+    saved_environment = {k: os.environ.get(k) for k in QUIET_ENVIRONMENT}
+    for key, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    real_stderr = os.dup(2)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump():
+        with os.fdopen(read_end, "rb") as source, os.fdopen(os.dup(real_stderr), "wb") as target:
+            for line in source:
+                if not NATIVE_NOISE.match(line):
+                    target.write(line)
+                    target.flush()
+
+    pumping = threading.Thread(target=pump, daemon=True)
+    pumping.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real_stderr, 2)  # child processes may still hold the pipe: do not wait for its end
+        os.close(real_stderr)
+        pumping.join(timeout=0.5)
+        for key, value in saved_environment.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,25 +1,196 @@
-"""Defaults of training, in one place (the jobs and the library read them from here).
+"""Every job's settings, declared once: default, type, allowed values and help text.
 
-This module imports nothing heavy, so that a job can check its inputs before TensorFlow loads.
+The jobs' command lines are generated from these dataclasses (`parse`), the library takes them,
+MLflow parameters are logged from them, and the tune search space samples fields of
+`Hyperparameters` by their own names. This module imports nothing heavy, so that a job checks
+its options before TensorFlow or Ray load.
 """
+from __future__ import annotations
 
-TRAIN_DEFAULTS = {
-    "hidden_layers": [128, 128],
-    "dropout_rate": 0.3,
-    "learning_rate": 1e-3,
-    "batch_size": 128,
-    "epochs": 200,
-    "patience": 25,  # epochs without a better val_loss before stopping
-    "activation": "relu",
-    "encoding_bins": 16,  # piecewise-linear encoding of each input (0: feed the inputs as they are)
-    "optimizer": "adam",
-    "seed": 42,
-    "data": "data/prepared",
-    "experiment_name": "caspar",
-    "run_name": None,
-    "model_name": "CASPAR",
-}
-TRAINING_KEYS = ("hidden_layers", "dropout_rate", "learning_rate", "batch_size", "epochs", "patience",
-                 "activation", "optimizer", "encoding_bins", "seed")
+import argparse
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+
+from caspar.cli import UserError
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 ACTIVATIONS = ("relu", "gelu", "swish", "elu", "tanh", "sigmoid")
+
+
+def setting(default, help: str, *, choices=None, minimum=None, maximum=None, above=None, below=None,
+            also=(), required: bool = False):
+    """A field with its command-line help and allowed values: [minimum, maximum], (above, below),
+    `choices`, plus any values in `also` (e.g. -1 meaning "automatic")."""
+    metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "above": above,
+                "below": below, "also": tuple(also), "required": required}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# --- The settings of each job -----------------------------------------------------------------
+
+@dataclass
+class PrepareConfig:
+    input: str = setting("data/raw", "folder (searched recursively), .zip or s3://bucket/prefix of *.tsv logs")
+    output: str = setting("data/prepared", "dataset folder or s3://bucket/prefix (replaced as a whole)")
+    test_size: float = setting(0.1, "share of games in the test split", above=0, below=1)
+    validation_size: float = setting(0.1, "share of games in the validation split", above=0, below=1)
+    seed: int = setting(42, "seed of the split by game")
+    mekfile: str | None = setting(None, "MegaMek unit table (TSV) for units' full armour and internal points")
+    include_bots: bool = setting(False, "also the bot's moves (column is_bot)")
+
+    def check(self) -> None:
+        if self.test_size + self.validation_size >= 1:
+            raise UserError(f"--test-size {self.test_size} and --validation-size {self.validation_size}: "
+                            "must add up to less than 1")
+
+
+@dataclass
+class Hyperparameters:
+    """What a model is trained with: logged as MLflow parameters by train runs, tune trials and
+    tuned best runs alike, and sampled by name by the tune search space."""
+    hidden_layers: list[int] = setting([128, 128], "units per hidden layer", minimum=1)
+    dropout_rate: float = setting(0.3, "dropout after each hidden layer", minimum=0, below=1)
+    learning_rate: float = setting(1e-3, "initial learning rate", above=0, maximum=10)
+    batch_size: int = setting(128, "samples per gradient step", minimum=1)
+    epochs: int = setting(200, "at most; early stopping ends sooner", minimum=1)
+    patience: int = setting(25, "epochs without a better validation loss before stopping", minimum=1)
+    activation: str = setting("relu", "activation of the hidden layers", choices=ACTIVATIONS)
+    optimizer: str = setting("adam", "sgd is SGD with Nesterov momentum 0.9", choices=OPTIMIZERS)
+    encoding_bins: int = setting(16, "piecewise-linear encoding bins per input; 0 feeds the inputs as they are",
+                                 minimum=0, maximum=256)
+    seed: int = setting(42, "seed of weights, shuffling and the GBDT baseline")
+
+
+@dataclass
+class Tracking:
+    """Where a run's data comes from and where it is recorded."""
+    data: str = setting("data/prepared", "prepared dataset (folder or s3://)")
+    experiment_name: str = setting("caspar", "MLflow experiment")
+    run_name: str | None = setting(None, "the name jobs/export.py --run finds the model by")
+    model_name: str = setting("CASPAR", "registered model name")
+    alias: str | None = setting(None, "registry alias to point at the new version (export with models:/NAME@ALIAS)")
+
+
+@dataclass
+class TrainConfig(Tracking, Hyperparameters):
+    pass
+
+
+@dataclass
+class TuneConfig(Tracking):
+    experiment_name: str = setting("caspar-tune", "MLflow experiment")
+    run_name: str = setting("tuned", "the study's name, and the run name of its best model")
+    n_trials: int = setting(100, "trials to run", minimum=1)
+    n_jobs: int = setting(-1, "concurrent trials; -1: as many as the cluster's CPUs allow", minimum=1, also=(-1,))
+    cpus_per_trial: float = setting(1.0, "CPUs reserved for each trial", above=0)
+    epochs: int = setting(30, "at most, per trial", minimum=1)
+    grace_period: int = setting(3, "epochs every trial gets before ASHA may stop it", minimum=1)
+    time_budget: float | None = setting(None, "seconds for the whole study", above=0)
+    storage_path: str | None = setting(None, "study storage (folder or s3://; shared storage with several nodes); "
+                                             "default ./ray_results")
+    resume: bool = setting(False, "continue the interrupted study of this --run-name")
+    seed: int = setting(42, "seed of the search and of every trial's training")
+    max_failures: int = setting(2, "retries of a trial whose worker died", minimum=0)
+    keep_checkpoints: int = setting(2, "checkpoints kept per trial (the best ones)", minimum=1)
+
+    def trial_hyperparameters(self) -> Hyperparameters:
+        """What every trial starts from before the search space overrides its sampled fields:
+        no early stopping of its own (ASHA stops trials), the study's epochs and seed."""
+        return Hyperparameters(epochs=self.epochs, patience=self.epochs, seed=self.seed)
+
+
+@dataclass
+class ExportConfig:
+    run: str = setting(None, required=True, help="run name, run id, or models:/NAME/VERSION or models:/NAME@ALIAS")
+    output: str = setting("exports", "folder for NAME.tflite and NAME/")
+    experiment_name: str | None = setting(None, "look for the run name in this experiment only")
+
+
+def hyperparameters(config) -> dict:
+    """The Hyperparameters fields of a configuration (a dataclass or a dict), by name."""
+    get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)
+    return {f.name: get(f.name) for f in dataclasses.fields(Hyperparameters)}
+
+
+# --- Command lines from the dataclasses ----------------------------------------------------------
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _types(cls) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    resolved = {}
+    for name, hint in hints.items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        resolved[name] = hint if not args or typing.get_origin(hint) is list else args[0]
+    return resolved
+
+
+def parser_for(cls, description: str) -> argparse.ArgumentParser:
+    parser = _Parser(description=description, formatter_class=_Formatter)
+    types = _types(cls)
+    for f in dataclasses.fields(cls):
+        meta, kind = f.metadata, types[f.name]
+        option = f"--{f.name.replace('_', '-')}"
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if kind is bool:
+            parser.add_argument(option, action="store_true", help=meta["help"])
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(option, type=typing.get_args(kind)[0], nargs="+", default=default, help=meta["help"])
+        else:
+            parser.add_argument(option, type=kind, default=default, choices=meta["choices"], help=meta["help"],
+                                required=meta["required"])
+    parser.add_argument("--verbose", action="store_true", help="also TensorFlow's and Ray's own log lines")
+    return parser
+
+
+def parse(cls, description: str, argv=None):
+    """(configuration, verbose) from the command line; every value checked before any work starts."""
+    parser = parser_for(cls, description)
+    args = vars(parser.parse_args(argv))
+    verbose = args.pop("verbose")
+    config = cls(**args)
+    try:
+        check(config)
+    except UserError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    return config, verbose
+
+
+def check(config) -> None:
+    """Every field inside its allowed values; raises a UserError naming the option, value and range."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        for item in value if isinstance(value, list) else [value]:
+            problem = _out_of_range(item, f.metadata)
+            if problem:
+                shown = " ".join(map(str, value)) if isinstance(value, list) else value
+                raise UserError(f"--{f.name.replace('_', '-')} {shown}: {problem}")
+    if hasattr(config, "check"):
+        config.check()
+
+
+def _out_of_range(value, meta) -> str | None:
+    if value is None or isinstance(value, (bool, str)) or value in meta.get("also", ()):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    low, high, above, below = meta.get("minimum"), meta.get("maximum"), meta.get("above"), meta.get("below")
+    if (low is not None and value < low) or (high is not None and value > high) \
+            or (above is not None and value <= above) or (below is not None and value >= below):
+        lower = f"[{low}" if low is not None else f"({above}" if above is not None else "(-inf"
+        upper = f"{high}]" if high is not None else f"{below})" if below is not None else "inf)"
+        extra = "".join(f" or {v}" for v in meta.get("also", ()))
+        return f"must be in {lower}, {upper}{extra}"
+    return None
+

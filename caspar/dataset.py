@@ -12,6 +12,7 @@ it and a failed run leaves the previous one untouched.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -26,18 +27,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 
 from caspar import storage
 from caspar.cli import UserError
-from caspar.features import featurize, feature_names, load_unit_points, schema
+from caspar.config import PrepareConfig, check
+from caspar.features import feature_names, featurize, load_unit_points, schema
 from caspar.gamelog import read_log
 
 LOG_SUFFIX = ".tsv"
 SPLITS = ("train", "val", "test")
 ROWS_FOLDER = "rows"
 FILES_PER_BLOCK = 8
+PROBLEMS_KEPT = 20  # per file in the manifest; the rest are counted
 ID_COLUMNS = [
     ("file", pa.string()), ("segment", pa.int32()), ("round", pa.int32()), ("player_id", pa.int32()),
     ("team_id", pa.int32()), ("entity_id", pa.int32()), ("move_index", pa.int32()),
@@ -131,8 +134,10 @@ def rows_of_file(data: bytes, name: str, settings: dict) -> tuple[pa.Table, dict
     except Exception as error:  # a file that cannot be read at all is reported, not fatal
         entry["problems"].append({"line": 0, "reason": f"unreadable: {type(error).__name__}: {error}"})
         return row_schema().empty_table(), entry
-    entry["problems"] = [{"line": p.line, "reason": p.reason} for p in log.problems]
-    entry.update(rows=len(rows), moves=rows.moves_read, human_moves=rows.human_moves)
+    entry["problems"] = [{"line": p.line, "reason": p.reason} for p in log.problems[:PROBLEMS_KEPT]]
+    if len(log.problems) > PROBLEMS_KEPT:
+        entry["more_problems"] = len(log.problems) - PROBLEMS_KEPT
+    entry.update(rows=len(rows), moves=rows.moves_read, human_moves=rows.human_moves, dropped=rows.dropped)
     split = split_of(name, rows.segment, settings["seed"], settings["test_size"], settings["validation_size"])
     columns = {
         "file": pa.array([name] * len(rows), pa.string()), "segment": rows.segment,
@@ -148,11 +153,17 @@ def rows_of_file(data: bytes, name: str, settings: dict) -> tuple[pa.Table, dict
 
 # --- The Ray Data job ------------------------------------------------------------------------
 
-def _featurize_batch(batch: dict, settings: dict, collector) -> pa.Table:
+def _featurize_batch(batch: dict, filesystem, settings: dict, collector) -> pa.Table:
     tables = []
-    for data, path in zip(batch["bytes"].to_pylist(), batch["path"].to_pylist()):
+    for path in batch["path"].to_pylist():
         cpu = time.process_time()
-        table, entry = rows_of_file(data, os.path.basename(path), settings)
+        try:
+            data = storage.read_bytes(filesystem, path)
+        except OSError as error:  # reported in the manifest; the other files go on
+            table = row_schema().empty_table()
+            entry = {"file": os.path.basename(path), "rows": 0, "problems": [{"line": 0, "reason": f"unreadable: {error}"}]}
+        else:
+            table, entry = rows_of_file(data, os.path.basename(path), settings)
         entry["path"] = path
         entry["cost"] = {"cpu_ms": round(1000 * (time.process_time() - cpu), 2), "worker_pid": os.getpid(),
                          "worker_memory_mb": _private_memory_mb()}
@@ -201,72 +212,132 @@ class Summary:
     unreadable_files: int
     rows: dict[str, int]
     human_moves: int
+    dropped: dict[str, int]  # moves that did not become rows, by reason
     seconds: float
     ray_start_seconds: float
     output: str
 
     def lines(self) -> list[str]:
         splits = ", ".join(f"{k} {v:,}" for k, v in self.rows.items())
-        return [
-            f"read {self.files} files ({self.files_with_problems} with problems, {self.unreadable_files} unreadable), "
-            f"{self.human_moves:,} human moves",
+        dropped = "; ".join(f"{count:,} {reason}" for reason, count in sorted(self.dropped.items(), key=lambda i: -i[1]))
+        lines = [
+            f"read {self.files} files, {self.human_moves:,} human moves",
             f"wrote {sum(self.rows.values()):,} rows ({splits}) to {self.output}",
-            f"took {self.seconds:.1f} s ({self.ray_start_seconds:.1f} s of it starting Ray)",
         ]
+        if dropped:
+            lines.append(f"moves that did not become rows: {dropped}")
+        if self.files_with_problems:
+            lines.append(f"{self.files_with_problems} files had problems ({self.unreadable_files} unreadable): "
+                         f"see {storage.join(self.output, 'manifest.json')}")
+        lines.append(f"took {self.seconds:.1f} s ({self.ray_start_seconds:.1f} s of it starting Ray)")
+        return lines
 
 
-def prepare(source: str, output: str, test_size: float = 0.1, validation_size: float = 0.1, seed: int = 42,
-            mekfile: str | None = None, include_bots: bool = False, parallelism: int | None = None) -> Summary:
-    """Read every log under `source`, featurise in parallel and write the dataset to `output`."""
-    import ray
-
+def prepare(config: PrepareConfig, parallelism: int | None = None) -> Summary:
+    """Read every log under `config.input`, featurise in parallel and write the dataset to
+    `config.output`, replacing the previous one only when the new one is complete and usable."""
     started = time.perf_counter()
-    if not 0 <= test_size < 1 or not 0 <= validation_size < 1 or test_size + validation_size >= 1:
-        raise InputError("--test-size and --validation-size must be in [0, 1) and sum to less than 1")
-    if mekfile:
+    check(config)
+    if config.mekfile:
         try:
-            load_unit_points(mekfile=mekfile)
+            load_unit_points(mekfile=config.mekfile)
         except (OSError, ValueError) as error:
             raise InputError(f"--mekfile: {error}") from None
-    inputs = find_logs(source)
-    out_fs, out_path = storage.resolve(output)
-    _check_replaceable(out_fs, out_path, output)
-    staging = f"{out_path}.staging-{uuid.uuid4().hex[:8]}"
-    settings = {"mekfile": os.path.abspath(mekfile) if mekfile else None, "include_bots": include_bots,
-                "seed": seed, "test_size": test_size, "validation_size": validation_size}
-    ray_ready = started
+    inputs = find_logs(config.input)
+    out_fs, out_path = storage.resolve(config.output)
+    _check_replaceable(out_fs, out_path, config.output)
+    settings = {"mekfile": os.path.abspath(config.mekfile) if config.mekfile else None,
+                "include_bots": config.include_bots, "seed": config.seed, "test_size": config.test_size,
+                "validation_size": config.validation_size}
     try:
-        if not ray.is_initialized():
-            ray.init(logging_level="WARNING", log_to_driver=False)
-        ray_ready = time.perf_counter()
-        collector = _manifest_collector()
-        workers = parallelism or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        # Blocks of a few files: a worker holds one block at a time, whatever the corpus size.
-        dataset = ray.data.read_binary_files(
-            inputs.paths, filesystem=inputs.filesystem, include_paths=True,
-            override_num_blocks=max(2 * workers, -(-len(inputs.paths) // FILES_PER_BLOCK)))
-        dataset = dataset.map_batches(
-            _featurize_batch, batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
-            fn_kwargs={"settings": settings, "collector": collector})
-        dataset.write_parquet(storage.join(staging, ROWS_FOLDER), filesystem=out_fs)
-        entries = ray.get(collector.all.remote())
-        entries += [{"file": os.path.basename(p), "path": p, "rows": 0, "problems": [{"line": 0, "reason": why}]}
-                    for p, why in inputs.skipped.items()]
-        manifest = _manifest(entries, source, settings, inputs.root, out_fs, staging)
-        storage.write_bytes(out_fs, storage.join(staging, "schema.json"), json.dumps(schema(), indent=1).encode())
-        storage.write_bytes(out_fs, storage.join(staging, "manifest.json"), json.dumps(manifest, indent=1).encode())
-        _swap_in(out_fs, staging, out_path)
-    except BaseException:
-        _remove(out_fs, staging)
-        raise
+        with _staging(out_fs, out_path, config.output) as staging:
+            ray_seconds = _start_ray()
+            entries = _write_rows(inputs, settings, out_fs, staging, parallelism)
+            manifest = _manifest(entries, config.input, settings, inputs.root, out_fs, staging)
+            _check_usable(manifest, config)
+            storage.write_bytes(out_fs, storage.join(staging, "schema.json"), json.dumps(schema(), indent=1).encode())
+            storage.write_bytes(out_fs, storage.join(staging, "manifest.json"), json.dumps(manifest, indent=1).encode())
     finally:
         if inputs.cleanup:
             shutil.rmtree(inputs.cleanup, ignore_errors=True)
+    dropped: dict[str, int] = {}
+    for entry in entries:
+        for reason, count in entry.get("dropped", {}).items():
+            dropped[reason] = dropped.get(reason, 0) + count
     return Summary(
         files=len(entries), files_with_problems=sum(1 for e in entries if e["problems"]),
         unreadable_files=sum(1 for e in entries if any(p["line"] == 0 for p in e["problems"])),
-        rows=manifest["rows"], human_moves=sum(e.get("human_moves", 0) for e in entries),
-        seconds=time.perf_counter() - started, ray_start_seconds=ray_ready - started, output=output)
+        rows=manifest["rows"], human_moves=sum(e.get("human_moves", 0) for e in entries), dropped=dropped,
+        seconds=time.perf_counter() - started, ray_start_seconds=ray_seconds, output=config.output)
+
+
+def _start_ray() -> float:
+    import ray
+
+    started = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(logging_level="WARNING", log_to_driver=False)
+    return time.perf_counter() - started
+
+
+def _write_rows(inputs: Inputs, settings: dict, out_fs, staging: str, parallelism: int | None) -> list[dict]:
+    """Ray Data: read the logs in blocks of a few files, featurise, write Parquet; returns the
+    manifest entry of every input file."""
+    import ray
+
+    collector = _manifest_collector()
+    workers = parallelism or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # Blocks of a few files: a worker holds one block at a time, whatever the corpus size.
+    # Each worker reads its own files, so that one that cannot be read is reported, not fatal.
+    dataset = ray.data.from_items([{"path": path} for path in inputs.paths],
+                                  override_num_blocks=max(2 * workers, -(-len(inputs.paths) // FILES_PER_BLOCK)))
+    dataset = dataset.map_batches(
+        _featurize_batch, batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
+        fn_kwargs={"filesystem": inputs.filesystem, "settings": settings, "collector": collector})
+    dataset.write_parquet(storage.join(staging, ROWS_FOLDER), filesystem=out_fs)
+    entries = ray.get(collector.all.remote())
+    return entries + [{"file": os.path.basename(p), "path": p, "rows": 0, "problems": [{"line": 0, "reason": why}]}
+                      for p, why in inputs.skipped.items()]
+
+
+def _check_usable(manifest: dict, config: PrepareConfig) -> None:
+    """A dataset that training cannot use is not written (and the previous one stays)."""
+    rows = manifest["rows"]
+    if all(rows[split] > 0 for split in SPLITS):
+        return
+    counts = ", ".join(f"{split} {rows[split]}" for split in SPLITS)
+    if not sum(rows.values()):
+        problems = sum(1 for f in manifest["files"] if f["problems"])
+        raise InputError(f"no rows from {len(manifest['files'])} files in {config.input} ({problems} with problems, "
+                         f"first: {_first_problem(manifest)}); {config.output} left as it was")
+    raise InputError(f"a split would be empty ({counts}): add logs or change --test-size/--validation-size; "
+                     f"{config.output} left as it was")
+
+
+def _first_problem(manifest: dict) -> str:
+    for entry in manifest["files"]:
+        for problem in entry["problems"]:
+            return f"{entry['path']}:{problem['line']}: {problem['reason']}"
+    return "none"
+
+
+@contextlib.contextmanager
+def _staging(filesystem, path: str, uri: str):
+    """A staging location that replaces `path` when the block succeeds: atomically on a local
+    disk; on an object store (no rename) the objects are replaced with manifest.json last."""
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        with storage.replacing(path, "the dataset") as staging:
+            yield staging
+        return
+    staging = f"{path}.staging-{uuid.uuid4().hex[:8]}"
+    try:
+        yield staging
+        _remove(filesystem, path)
+        files = storage.list_files(filesystem, staging, uri)
+        for info in sorted(files, key=lambda i: i.base_name == "manifest.json"):
+            filesystem.copy_file(info.path, storage.join(path, os.path.relpath(info.path, staging)))
+    finally:
+        _remove(filesystem, staging)
 
 
 def _manifest(entries, source, settings, root, filesystem, staging) -> dict:
@@ -297,23 +368,6 @@ def _check_replaceable(filesystem, path, uri) -> None:
         return
     if storage.list_files(filesystem, path, uri):
         raise InputError(f"output {uri} exists and is not a prepared dataset (no manifest.json); not replacing it")
-
-
-def _swap_in(filesystem, staging: str, path: str) -> None:
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        old = f"{path}.old-{uuid.uuid4().hex[:8]}"
-        if os.path.exists(path):
-            os.rename(path, old)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        os.rename(staging, path)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    # Object stores have no rename: replace the objects, manifest.json last.
-    _remove(filesystem, path)
-    files = storage.list_files(filesystem, staging, staging)
-    for info in sorted(files, key=lambda i: i.base_name == "manifest.json"):
-        filesystem.copy_file(info.path, storage.join(path, os.path.relpath(info.path, staging)))
-    _remove(filesystem, staging)
 
 
 def _remove(filesystem, path: str) -> None:

@@ -1,17 +1,18 @@
 """Export a trained model the way MegaMek loads it, and prove it computes what training did.
 
-Writes, for a run named NAME:
+Writes, for a run named NAME, one folder (replaced as a whole, in one step):
 
-    NAME.tflite                        TFLite (LiteRT) flat buffer, float32 input [batch, F]
     NAME/                              what goes into MegaMek's data/ai/brains/NAME/
         saved_model.pb, variables/     TensorFlow SavedModel, signature `serving_default`
+        NAME.tflite                    TFLite (LiteRT) flat buffer, float32 input [batch, F]
         min_max_feature_normalization.csv
         test_inputs.csv                test rows: F raw feature values, then the expected output
         schema.json                    feature names in order, widths, version hash
         README.md
 
 After writing, everything is loaded back and fed the test rows through the game's normalisation;
-if any output differs from the Keras model's by more than 1e-5 the export is deleted and fails.
+if any output differs from the Keras model's by more than 1e-5 the new export is discarded (an
+earlier one stays) and the job fails.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from caspar import tracking
+from caspar import storage, tracking
 from caspar.cli import UserError
 from caspar.model import NORMALIZATION_FILE, Normalizer
 
@@ -65,19 +66,25 @@ def find_model(ref: str, experiment_name: str | None = None) -> Source:
     if RUN_ID.match(ref):
         try:
             run = client.get_run(ref)
-            return Source(ref, _safe_name(run.info.run_name or ref), f"runs:/{ref}/model")
         except MlflowException:
-            pass  # not an id after all: try it as a name
+            run = None  # not an id after all: try it as a name
+        if run is not None:
+            if not _has_model(client, ref):
+                raise ExportError(f"run {ref} has no model (it failed or is still running)")
+            return Source(ref, _safe_name(run.info.run_name or ref), f"runs:/{ref}/model")
     experiments = _experiments(client, experiment_name)
     runs = client.search_runs([e.experiment_id for e in experiments], f"attributes.run_name = '{_quoted(ref)}'",
                               order_by=["attributes.start_time DESC"])
-    runs = [r for r in runs if _has_model(client, r.info.run_id)]
+    with_model = [r for r in runs if _has_model(client, r.info.run_id)]
+    where = f" in experiment {experiment_name}" if experiment_name else ""
+    if runs and not with_model:
+        raise ExportError(f"{len(runs)} runs are named {ref!r}{where} but none has a model (they failed or are still running)")
+    runs = with_model
     if not runs:
         names = {r.info.run_name for r in client.search_runs([e.experiment_id for e in experiments], max_results=1000)}
-        close = difflib.get_close_matches(ref, sorted(n for n in names if n), n=5, cutoff=0.4)
+        close = difflib.get_close_matches(ref, sorted(n for n in names if n and n != ref), n=5, cutoff=0.4)
         hint = f"; closest names: {', '.join(close)}" if close else ""
-        where = f" in experiment {experiment_name}" if experiment_name else ""
-        raise ExportError(f"no run named {ref!r} with a model{where}{hint}")
+        raise ExportError(f"no run named {ref!r}{where}{hint}")
     note = f"{len(runs)} runs are named {ref!r}; exporting the newest, {runs[0].info.run_id}" if len(runs) > 1 else ""
     return Source(runs[0].info.run_id, _safe_name(ref), f"runs:/{runs[0].info.run_id}/model", note)
 
@@ -117,7 +124,7 @@ class Exported:
         sizes = ", ".join(f"{name} {size / 1024:.0f} KiB" for name, size in self.sizes.items())
         return lines + [
             f"exported run {self.source.run_id} ({self.source.model_uri}), input width {self.width}",
-            f"wrote {self.tflite} and {self.folder}/ ({sizes})",
+            f"wrote {self.folder}/ with {os.path.basename(self.tflite)} inside ({sizes})",
             f"verified: max |difference| to the Keras model {self.max_difference:.2e} (limit {TOLERANCE:g})",
             f"for MegaMek: copy {self.folder}/ to data/ai/brains/{os.path.basename(self.folder)}/",
         ]
@@ -128,36 +135,29 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
 
     tracking.configure()
     source = find_model(ref, experiment_name)
-    tflite_path = os.path.join(output, f"{source.name}.tflite")
     folder = os.path.join(output, source.name)
+    tflite_name = f"{source.name}.tflite"
     with tempfile.TemporaryDirectory() as downloads:
         for artifact in (NORMALIZATION_FILE, TEST_INPUTS_FILE, "schema.json"):
             mlflow.artifacts.download_artifacts(run_id=source.run_id, artifact_path=artifact, dst_path=downloads)
         import caspar.layers  # noqa: F401  (custom layers must be known before loading)
 
         keras_model = mlflow.keras.load_model(source.model_uri)
-        os.makedirs(output, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{source.name}-", dir=output)
-        try:
-            saved_model = os.path.join(staging, source.name)
-            keras_model.export(saved_model, format="tf_saved_model", verbose=False)
+        with storage.replacing(folder, "the export") as staging:  # verified before it replaces anything
+            keras_model.export(staging, format="tf_saved_model", verbose=False)
             for artifact in (NORMALIZATION_FILE, TEST_INPUTS_FILE, "schema.json"):
-                shutil.copy(os.path.join(downloads, artifact), saved_model)
-            schema = json.load(open(os.path.join(saved_model, "schema.json")))
-            _write_readme(os.path.join(saved_model, "README.md"), source.name, schema)
-            staged_tflite = os.path.join(staging, f"{source.name}.tflite")
-            with open(staged_tflite, "wb") as handle:
-                handle.write(_to_tflite(saved_model))
-            difference = verify(keras_model, saved_model, staged_tflite, schema["width"])
-            _replace(staged_tflite, tflite_path)
-            _replace(saved_model, folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+                shutil.copy(os.path.join(downloads, artifact), staging)
+            schema = json.load(open(os.path.join(staging, "schema.json")))
+            _write_readme(os.path.join(staging, "README.md"), source.name, schema)
+            with open(os.path.join(staging, tflite_name), "wb") as handle:
+                handle.write(_to_tflite(staging))
+            difference = verify(keras_model, staging, os.path.join(staging, tflite_name), schema["width"])
     with mlflow.start_run(run_id=source.run_id):
-        mlflow.log_artifact(tflite_path, artifact_path="export")
         mlflow.log_artifacts(folder, artifact_path=f"export/{source.name}")
-    sizes = {os.path.basename(tflite_path): os.path.getsize(tflite_path),
-             f"{source.name}/": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)}
+    tflite_path = os.path.join(folder, tflite_name)
+    sizes = {tflite_name: os.path.getsize(tflite_path),
+             "SavedModel": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs
+                               if f != tflite_name)}
     return Exported(source, tflite_path, folder, difference, schema["width"], sizes)
 
 
@@ -211,20 +211,13 @@ def write_test_inputs(path: str, raw_features: np.ndarray, expected: np.ndarray)
             writer.writerow([repr(v) for v in features] + [repr(output)])
 
 
-def _replace(source: str, target: str) -> None:
-    if os.path.isdir(target):
-        shutil.rmtree(target)
-    elif os.path.exists(target):
-        os.remove(target)
-    os.replace(source, target)
-
-
 def _write_readme(path: str, name: str, schema: dict) -> None:
     with open(path, "w") as handle:
         handle.write(f"""# CASPAR model `{name}`
 
 Copy this folder into your MegaMek install as `data/ai/brains/{name}/`.
 
+* `{name}.tflite`: the same model for TensorFlow Lite (LiteRT).
 * `saved_model.pb`, `variables/`: TensorFlow SavedModel, signature `serving_default`, float32 input
   `[batch, {schema['width']}]`, output `[batch, 1]` (the predicted reward of a move, 0 to 1).
 * `min_max_feature_normalization.csv`: MegaMek scales every input as

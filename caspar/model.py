@@ -21,7 +21,7 @@ class Normalizer:
     maximum: np.ndarray
 
     @classmethod
-    def fit(cls, features: np.ndarray) -> "Normalizer":
+    def fit(cls, features: np.ndarray) -> Normalizer:
         low = features.min(axis=0).astype(np.float32)
         high = features.max(axis=0).astype(np.float32)
         return cls(low, np.where(high > low, high, low + 1).astype(np.float32))
@@ -41,7 +41,7 @@ class Normalizer:
                 writer.writerow([index, repr(low), repr(high)])  # exact: the float32 values as decimals
 
     @classmethod
-    def read_csv(cls, path: str) -> "Normalizer":
+    def read_csv(cls, path: str) -> Normalizer:
         with open(path, newline="") as handle:
             rows = list(csv.reader(handle))[1:]
         return cls(np.array([float(r[1]) for r in rows], np.float32), np.array([float(r[2]) for r in rows], np.float32))

@@ -5,8 +5,17 @@ AWS environment variables.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import fcntl
+import glob
 import os
 import posixpath
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -81,3 +90,74 @@ def join(*parts: str) -> str:
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+# --- Replacing a local output in one step ------------------------------------------------------
+
+@contextlib.contextmanager
+def replacing(path: str, what: str) -> Iterator[str]:
+    """Yields an empty staging folder beside `path`; when the block succeeds, the staging folder
+    takes `path`'s place in one atomic step (readers see the old or the new version, never a
+    missing or mixed one). One writer at a time: a second is refused with a StorageError. Staging
+    folders that a killed run left behind are removed by the next run."""
+    path = os.path.abspath(path)
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    with _exclusive_lock(os.path.join(parent, f".{name}.lock"), f"another job is writing {what} {path}"):
+        for leftover in glob.glob(os.path.join(parent, f".{name}.staging-*")):
+            shutil.rmtree(leftover, ignore_errors=True)
+        staging = tempfile.mkdtemp(prefix=f".{name}.staging-", dir=parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary folder
+        try:
+            yield staging
+            fault_point("before-swap")
+            exchange(staging, path)  # staging now holds the previous version, if there was one
+            fault_point("after-swap")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: str, message: str) -> Iterator[None]:
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StorageError(message) from None
+        yield  # the lock ends with the process, however it ends
+
+
+_RENAME_EXCHANGE = 2  # Linux renameat2 flag
+_RENAME_SWAP = 2  # macOS renamex_np flag
+_AT_FDCWD = -100
+
+
+def exchange(source: str, target: str) -> None:
+    """Atomically put `source` at `target`; the old `target` (if any) ends up at `source`."""
+    if not os.path.lexists(target):
+        os.rename(source, target)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if hasattr(libc, "renameat2"):  # Linux
+        result = libc.renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_EXCHANGE)
+    elif hasattr(libc, "renamex_np"):  # macOS
+        result = libc.renamex_np(os.fsencode(source), os.fsencode(target), _RENAME_SWAP)
+    else:
+        result = None
+    if result == 0:
+        return
+    if result is not None and ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        raise OSError(ctypes.get_errno(), f"cannot replace {target}: {os.strerror(ctypes.get_errno())}")
+    # No atomic exchange on this filesystem: two renames (a short window without `target`).
+    aside = f"{source}.old"
+    os.rename(target, aside)
+    os.rename(source, target)
+    os.rename(aside, source)
+
+
+def fault_point(name: str) -> None:
+    """Tests kill the process here (CASPAR_KILL_AT=name) to check what a crash at that instant leaves."""
+    if os.environ.get("CASPAR_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

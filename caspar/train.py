@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from caspar import evaluate, tracking
-from caspar.config import TRAIN_DEFAULTS, TRAINING_KEYS
+from caspar.cli import UserError
+from caspar.config import Hyperparameters, TrainConfig, check, hyperparameters
 from caspar.dataset import Prepared, load_prepared
 from caspar.export import TEST_INPUTS_FILE, write_test_inputs
 from caspar.model import NORMALIZATION_FILE, Normalizer, build_mlp, make_optimizer
 
-DEFAULTS = TRAIN_DEFAULTS
 TEST_ROWS_KEPT = 256  # test rows logged with the model, for checking an export
 STEPS_PER_EXECUTION = 32
 
@@ -31,23 +31,53 @@ def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
     return train, val
 
 
-def fit(config: dict, x_train, y_train, x_val, y_val, callbacks=(), verbose: int = 0):
+def fit(hp: Hyperparameters, x_train, y_train, x_val, y_val, callbacks=()):
     """Build and train the MLP on normalised inputs; early stopping restores the best weights."""
     import keras
 
-    keras.utils.set_random_seed(config["seed"])
-    model = build_mlp(x_train.shape[1], config["hidden_layers"], config["dropout_rate"], config["activation"],
-                      config["encoding_bins"], x_train)
+    keras.utils.set_random_seed(hp.seed)
+    model = build_mlp(x_train.shape[1], hp.hidden_layers, hp.dropout_rate, hp.activation, hp.encoding_bins, x_train)
     # Several steps per call into TensorFlow: small batches are otherwise bound by per-step overhead.
-    model.compile(optimizer=make_optimizer(config["optimizer"], config["learning_rate"]), loss="mse", metrics=["mae"],
+    model.compile(optimizer=make_optimizer(hp.optimizer, hp.learning_rate), loss="mse", metrics=["mae"],
                   steps_per_execution=STEPS_PER_EXECUTION)
-    train, val = tf_datasets(x_train, y_train, x_val, y_val, config["batch_size"], config["seed"])
-    stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"], restore_best_weights=True)
-    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, config["patience"] // 3),
-                                                min_lr=config["learning_rate"] / 100)
-    history = model.fit(train, validation_data=val, epochs=config["epochs"], verbose=verbose, shuffle=False,
-                        callbacks=[stopping, plateau, *callbacks])
+    train, val = tf_datasets(x_train, y_train, x_val, y_val, hp.batch_size, hp.seed)
+    stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience, restore_best_weights=True)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, hp.patience // 3),
+                                                min_lr=hp.learning_rate / 100)
+    history = model.fit(train, validation_data=val, epochs=hp.epochs, verbose=0, shuffle=False,
+                        callbacks=[stopping, plateau, keras.callbacks.TerminateOnNaN(), *callbacks])
     return model, history.history
+
+
+def check_trained(history: dict) -> None:
+    """A model whose loss is not a finite number did not train: it must not be logged or registered."""
+    losses = history.get("val_loss") or []
+    if not losses or not np.all(np.isfinite(losses)):
+        raise UserError(f"training diverged (val_loss {losses[-1] if losses else 'never computed'}): "
+                        "nothing registered; try a lower --learning-rate")
+
+
+def epoch_printer(epochs: int):
+    """Keras callback: one line per epoch with the losses and an upper bound of the time left."""
+    import keras
+
+    class EpochPrinter(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            per_epoch = (time.perf_counter() - self.started) / (epoch + 1)
+            left = per_epoch * (epochs - epoch - 1)
+            print(f"epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.5f}, "
+                  f"val_loss {logs.get('val_loss', float('nan')):.5f}, {per_epoch:.1f} s per epoch, "
+                  f"at most {_duration(left)} left", flush=True)
+
+    return EpochPrinter()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def mlflow_epoch_logger():
@@ -85,10 +115,10 @@ class Result:
         ]
 
 
-def log_model_run(model, normalizer: Normalizer, prepared: Prepared, config: dict, history: dict,
-                  model_name: str | None) -> tuple[dict, str, str | None]:
+def log_model_run(model, normalizer: Normalizer, prepared: Prepared, config: TrainConfig, history: dict
+                  ) -> tuple[dict, str, str | None]:
     """Inside an active run: test metrics and baselines, artefacts, the model (registered as
-    `model_name`). Returns (metrics, model URI, registered version)."""
+    `config.model_name`, with `config.alias`). Returns (metrics, model URI, registered version)."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -98,10 +128,10 @@ def log_model_run(model, normalizer: Normalizer, prepared: Prepared, config: dic
     n_train, n_val, n_test = normalizer.transform(x_train), normalizer.transform(x_val), normalizer.transform(x_test)
     predictions = evaluate.predict(model, n_test)
     results = {**evaluate.metrics(y_test, predictions, "test"),
-               **evaluate.baselines(n_train, y_train, n_test, y_test, seed=config.get("seed", 0))}
+               **evaluate.baselines(n_train, y_train, n_test, y_test, seed=config.seed)}
     mlflow.log_metrics(results)
     groups = [(f["name"], f["width"]) for f in prepared.schema["features"]]
-    importance = evaluate.group_importance(model, n_val, y_val, groups, seed=config.get("seed", 0))
+    importance = evaluate.group_importance(model, n_val, y_val, groups, seed=config.seed)
     with tempfile.TemporaryDirectory() as folder:
         def path(name):
             return os.path.join(folder, name)
@@ -118,9 +148,19 @@ def log_model_run(model, normalizer: Normalizer, prepared: Prepared, config: dic
         evaluate.plot_importance(importance, path("feature_group_importance.png"))
         mlflow.log_artifacts(folder)
     signature = infer_signature(n_test[:5], predictions[:5].reshape(-1, 1).astype(np.float32))
-    info = mlflow.keras.log_model(model, name="model", signature=signature, registered_model_name=model_name)
+    info = mlflow.keras.log_model(model, name="model", signature=signature, registered_model_name=config.model_name,
+                                  pip_requirements=_requirements())
     version = getattr(info, "registered_model_version", None)
+    if version is not None and config.alias:
+        mlflow.MlflowClient().set_registered_model_alias(config.model_name, config.alias, version)
     return results, info.model_uri, str(version) if version is not None else None
+
+
+def _requirements() -> list[str]:
+    """What the logged model needs, stated rather than inferred (inference loads the model again)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("keras", "tensorflow")]
 
 
 def run_tags(prepared: Prepared) -> dict[str, str]:
@@ -131,23 +171,25 @@ def run_tags(prepared: Prepared) -> dict[str, str]:
     return tags
 
 
-def train(config: dict, prepared: Prepared | None = None) -> Result:
-    """One training run, tracked in MLflow. `config` holds DEFAULTS' keys."""
+def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: bool = False) -> Result:
+    """One training run, tracked in MLflow; a run that fails is marked FAILED and registers nothing."""
     import mlflow
 
-    config = {**DEFAULTS, **config}
+    check(config)
     started = time.perf_counter()
     uri = tracking.configure()
-    prepared = prepared or load_prepared(config["data"])
+    prepared = prepared or load_prepared(config.data)
     normalizer = Normalizer.fit(prepared.splits["train"][0])
     x_val, y_val = prepared.splits["val"]
     x_train, y_train = prepared.splits["train"]
-    experiment = tracking.experiment_id(config["experiment_name"])
-    with mlflow.start_run(experiment_id=experiment, run_name=config["run_name"], tags=run_tags(prepared)) as run:
-        mlflow.log_params({k: config[k] for k in TRAINING_KEYS} | {"data": config["data"], "rows_train": len(y_train),
-                                                                  "n_features": x_train.shape[1]})
+    experiment = tracking.experiment_id(config.experiment_name)
+    with mlflow.start_run(experiment_id=experiment, run_name=config.run_name, tags=run_tags(prepared)) as run:
+        mlflow.log_params(hyperparameters(config) | {"data": config.data, "rows_train": len(y_train),
+                                                     "n_features": x_train.shape[1]})
+        callbacks = [mlflow_epoch_logger()] + ([epoch_printer(config.epochs)] if show_progress else [])
         model, history = fit(config, normalizer.transform(x_train), y_train, normalizer.transform(x_val), y_val,
-                             callbacks=[mlflow_epoch_logger()])
-        results, model_uri, version = log_model_run(model, normalizer, prepared, config, history, config["model_name"])
+                             callbacks=callbacks)
+        check_trained(history)
+        results, model_uri, version = log_model_run(model, normalizer, prepared, config, history)
     return Result(run.info.run_id, model_uri, version, results, len(history["loss"]),
                   time.perf_counter() - started, uri, model)

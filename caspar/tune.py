@@ -1,68 +1,50 @@
 """Hyperparameter search on Ray Tune: seeded TPE (Optuna) proposes, ASHA stops weak trials early.
 
 The same model code and MLflow conventions as `caspar.train`: every trial is an MLflow run
-(MLflowLoggerCallback, on the driver), nested under one "study" run; the best trial's model is
-logged and registered like a train run, under the study's --run-name.
+(logged from the driver) nested under one "study" run; the best trial's model is logged and
+registered like a train run, under the study's --run-name. Trials are configured by the fields of
+`Hyperparameters`: the search space samples some of them by name, the study fixes the rest.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from caspar import tracking
-from caspar.config import TRAIN_DEFAULTS
+from caspar.cli import UserError
+from caspar.config import Hyperparameters, TrainConfig, TuneConfig, check, hyperparameters
 from caspar.dataset import Prepared
 from caspar.model import Normalizer
 
-# The search space, in one readable place (OptunaSearch samples it with seeded TPE).
+# The search space: fields of Hyperparameters, sampled with seeded TPE (Optuna).
 SEARCH_SPACE = {
-    "n_layers": ("randint", 1, 5),  # 1 to 4 hidden layers
-    "units": ("choice", [64, 128, 256, 354, 512]),
+    "hidden_layers": ("choice", [[128], [256], [128, 128], [256, 256], [354, 354], [512, 512], [256, 256, 256],
+                                 [354, 354, 354, 354]]),
     "dropout_rate": ("uniform", 0.0, 0.4),
     "learning_rate": ("loguniform", 1e-4, 1e-2),
     "batch_size": ("choice", [32, 64, 128, 256]),
     "activation": ("choice", ["relu", "gelu", "swish", "sigmoid"]),
-    "encoding_bins": ("choice", [0, 8, 16]),  # piecewise-linear input encoding (0: none)
-}
-TUNE_DEFAULTS = {
-    "n_trials": 100,
-    "n_jobs": -1,  # concurrent trials: -1 = as many as the cluster's CPUs allow
-    "cpus_per_trial": 1,
-    "epochs": 30,  # at most, per trial
-    "grace_period": 3,  # epochs every trial gets before ASHA may stop it
-    "time_budget": None,  # seconds
-    "storage_path": None,  # local folder or s3://; required for several nodes
-    "resume": False,
-    "seed": 42,
-    "max_failures": 2,  # retries of a trial whose worker died
-    "keep_checkpoints": 2,
-    "data": TRAIN_DEFAULTS["data"],
-    "experiment_name": "caspar-tune",
-    "run_name": "tuned",
-    "model_name": TRAIN_DEFAULTS["model_name"],
+    "encoding_bins": ("choice", [0, 8, 16]),
 }
 METRIC, MODE = "val_loss", "min"
 CHECKPOINT_FILE = "model.keras"
 
 
-def search_space() -> dict:
+def param_space(settings: TuneConfig) -> dict:
+    """Every Hyperparameters field: the study's fixed values, with the searched ones as domains."""
     from ray import tune
 
-    return {name: getattr(tune, kind)(*args) for name, (kind, *args) in SEARCH_SPACE.items()}
+    fixed = dataclasses.asdict(settings.trial_hyperparameters())
+    return fixed | {name: getattr(tune, kind)(*args) for name, (kind, *args) in SEARCH_SPACE.items()}
 
 
-def trial_config(sampled: dict, settings: dict) -> dict:
-    """A trial's sampled values as a train configuration."""
-    return {**TRAIN_DEFAULTS, "hidden_layers": [sampled["units"]] * sampled["n_layers"],
-            "dropout_rate": sampled["dropout_rate"], "learning_rate": sampled["learning_rate"],
-            "batch_size": sampled["batch_size"], "activation": sampled["activation"],
-            "encoding_bins": sampled.get("encoding_bins", TRAIN_DEFAULTS["encoding_bins"]),
-            "epochs": settings["epochs"], "patience": settings["epochs"], "seed": settings["seed"]}
-
+# --- One trial (runs in a Ray worker) ----------------------------------------------------------------
 
 def report_to_tune(started: float, cpu_started: float):
     """Keras callback: every epoch, tune.report the metrics, with the model as a checkpoint
@@ -86,7 +68,7 @@ def report_to_tune(started: float, cpu_started: float):
             metrics = {k: float(v) for k, v in (logs or {}).items() if k in ("loss", "val_loss", "val_mae")}
             metrics.update(cpu_seconds=time.process_time() - cpu_started, startup_seconds=self.startup)
             metrics["node_id"] = node  # which Ray node ran the trial (not an MLflow metric: not a number)
-            if metrics.get(METRIC, np.inf) >= self.best:  # no better: no checkpoint to write
+            if not metrics.get(METRIC, np.inf) < self.best:  # no better: no checkpoint to write
                 tune.report(metrics)
                 return
             self.best = metrics[METRIC]
@@ -97,20 +79,21 @@ def report_to_tune(started: float, cpu_started: float):
     return ReportToTune()
 
 
-def train_trial(sampled: dict, data: dict, settings: dict) -> None:
-    """One trial: fit on the shared (already normalised) arrays, reporting every epoch with a checkpoint."""
+def train_trial(config: dict, data: dict, cpus_per_trial: float) -> None:
+    """One trial: fit on the shared (already normalised) arrays, reporting every epoch."""
     started, cpu_started = time.perf_counter(), time.process_time()
     import tensorflow as tf
 
     from caspar.train import fit
 
-    threads = max(1, int(settings["cpus_per_trial"]))
+    threads = max(1, int(cpus_per_trial))
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
-    report = report_to_tune(started, cpu_started)
-    fit(trial_config(sampled, settings), data["x_train"], data["y_train"], data["x_val"], data["y_val"],
-        callbacks=[report])
+    fit(Hyperparameters(**config), data["x_train"], data["y_train"], data["x_val"], data["y_val"],
+        callbacks=[report_to_tune(started, cpu_started)])
 
+
+# --- The study (runs on the driver) -----------------------------------------------------------------
 
 @dataclass
 class Study:
@@ -125,12 +108,13 @@ class Study:
     seconds: float
     tracking_uri: str
     path: str
-    core_utilisation: float  # CPU seconds in trials / (wall seconds of the search x cluster CPUs)
+    core_utilisation: float  # CPU seconds of trials in this session / (wall seconds of the search x cluster CPUs)
     mean_startup_seconds: float  # trial function entered -> first epoch
 
     def lines(self) -> list[str]:
         m = self.metrics
         config = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.best_config.items())
+        registered = f", registered version {self.registered_version}" if self.registered_version else ""
         return [
             f"{self.trials} trials in {self.seconds:.0f} s: {self.stopped_early} stopped early by ASHA, {self.errored} failed",
             f"core utilisation {self.core_utilisation:.2f}, trial start-up {self.mean_startup_seconds:.1f} s, "
@@ -138,10 +122,95 @@ class Study:
             f"best: {config}",
             f"best val_loss {self.best_val_loss:.5f}; test R² {m['test_r2']:.4f} "
             f"(GBDT baseline {m['baseline_gbdt_test_r2']:.4f}, mean baseline {m['baseline_mean_test_r2']:.4f})",
-            f"best model: run {self.run_id}" + (f", registered version {self.registered_version}" if self.registered_version else ""),
+            f"best model: run {self.run_id}{registered}",
             f"study stored in {self.path} (resume with --resume)",
             tracking.ui_hint(self.tracking_uri),
         ]
+
+
+def study_path(settings: TuneConfig) -> str:
+    return os.path.join(settings.storage_path or os.path.abspath("ray_results"), settings.run_name)
+
+
+def tune_study(settings: TuneConfig, prepared: Prepared) -> Study:
+    import mlflow
+    import ray
+
+    check(settings)
+    started = time.perf_counter()
+    uri = tracking.configure()
+    experiment = tracking.experiment_id(settings.experiment_name)
+    previous_run = find_study_run(settings, experiment) if settings.resume else None
+    if not ray.is_initialized():
+        ray.init(logging_level="WARNING")
+    normalizer = Normalizer.fit(prepared.splits["train"][0])
+    data = {"x_train": normalizer.transform(prepared.splits["train"][0]), "y_train": prepared.splits["train"][1],
+            "x_val": normalizer.transform(prepared.splits["val"][0]), "y_val": prepared.splits["val"][1]}
+    with mlflow.start_run(run_id=previous_run, experiment_id=experiment, run_name=f"{settings.run_name}-study",
+                          tags={"study": settings.run_name, "caspar.kind": "study"}) as parent:
+        if previous_run is None:
+            mlflow.log_dict({k: list(v) for k, v in SEARCH_SPACE.items()}, "search_space.json")
+            mlflow.log_params({k: getattr(settings, k) for k in ("n_trials", "epochs", "grace_period", "seed",
+                                                                 "cpus_per_trial")})
+        tuner = build_tuner(settings, data, uri, parent.info.run_id)
+        search_started = time.time()
+        results = tuner.fit()
+        cpu_capacity = (time.time() - search_started) * ray.cluster_resources().get("CPU", 1)
+        best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
+        summary = summarise(results, settings, search_started, cpu_capacity)
+        log_study(results, best, summary)
+    best_config = TrainConfig(**hyperparameters(best.config), data=settings.data, experiment_name=settings.experiment_name,
+                              run_name=settings.run_name, model_name=settings.model_name, alias=settings.alias)
+    metrics, run_id, version = log_best(load_best_model(best), normalizer, prepared, best_config, best, parent)
+    return Study(best_config={k: best.config[k] for k in SEARCH_SPACE}, best_val_loss=summary["best_val_loss"],
+                 metrics=metrics, trials=len(results), stopped_early=summary["stopped_early"], errored=len(results.errors),
+                 run_id=run_id, registered_version=version, seconds=time.perf_counter() - started, tracking_uri=uri,
+                 path=study_path(settings), core_utilisation=summary["core_utilisation"],
+                 mean_startup_seconds=summary["mean_trial_startup_seconds"])
+
+
+def find_study_run(settings: TuneConfig, experiment: str) -> str:
+    """The MLflow run of the study to resume; a UserError when there is nothing to resume."""
+    import mlflow
+    from ray import tune
+
+    path = study_path(settings)
+    runs = mlflow.search_runs([experiment], f"tags.study = '{settings.run_name}' and tags.`caspar.kind` = 'study'",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    if not runs or not tune.Tuner.can_restore(path):
+        raise UserError(f"--resume: no study named {settings.run_name!r} to resume in {path} and experiment "
+                        f"{settings.experiment_name!r}; start it without --resume")
+    return runs[0].info.run_id
+
+
+def build_tuner(settings: TuneConfig, data: dict, tracking_uri: str, parent_run_id: str):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    warnings.filterwarnings("ignore", message="Choices for a categorical distribution")  # hidden_layers are lists
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, data=data, cpus_per_trial=settings.cpus_per_trial), {"cpu": settings.cpus_per_trial})
+    callbacks = [trial_runs(tracking_uri=tracking_uri, experiment_name=settings.experiment_name,
+                                       tags={"study": settings.run_name, "mlflow.parentRunId": parent_run_id})]
+    if settings.resume:  # the callbacks come back from the stored study
+        return tune.Tuner.restore(study_path(settings), trainable=trainable, resume_errored=True,
+                                  param_space=param_space(settings))
+    run_config = tune.RunConfig(
+        name=settings.run_name, storage_path=os.path.dirname(study_path(settings)), callbacks=callbacks,
+        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints,
+                                                checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE))
+    return tune.Tuner(
+        trainable, param_space=param_space(settings), run_config=run_config,
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, num_samples=settings.n_trials,
+            max_concurrent_trials=concurrency(settings.n_jobs, settings.cpus_per_trial),
+            search_alg=OptunaSearch(seed=settings.seed),
+            reuse_actors=True,  # a new trial reuses a finished one's process: no TensorFlow start-up
+            scheduler=ASHAScheduler(max_t=settings.epochs, grace_period=min(settings.grace_period, settings.epochs),
+                                    reduction_factor=3),
+            time_budget_s=settings.time_budget))
 
 
 def concurrency(n_jobs: int, cpus_per_trial: float) -> int:
@@ -152,74 +221,64 @@ def concurrency(n_jobs: int, cpus_per_trial: float) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_trial))
 
 
-def tune_study(settings: dict, prepared: Prepared) -> Study:
-    import mlflow
-    import ray
-    from ray import tune
+def trial_runs(**kwargs):
+    """Ray's MLflowLoggerCallback (on the driver), made resume-safe."""
     from ray.air.integrations.mlflow import MLflowLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
-    settings = {**TUNE_DEFAULTS, **settings}
-    started = time.perf_counter()
-    uri = tracking.configure()
-    if not ray.is_initialized():
-        ray.init(logging_level="WARNING")
-    normalizer = Normalizer.fit(prepared.splits["train"][0])
-    data = {"x_train": normalizer.transform(prepared.splits["train"][0]), "y_train": prepared.splits["train"][1],
-            "x_val": normalizer.transform(prepared.splits["val"][0]), "y_val": prepared.splits["val"][1]}
-    experiment = tracking.experiment_id(settings["experiment_name"])
-    study_name = settings["run_name"]
-    storage_path = settings["storage_path"] or os.path.abspath("ray_results")
-    with mlflow.start_run(experiment_id=experiment, run_name=f"{study_name}-study",
-                          tags={"study": study_name, "caspar.kind": "study"}) as parent:
-        mlflow.log_dict({k: list(v) for k, v in SEARCH_SPACE.items()}, "search_space.json")
-        mlflow.log_params({k: settings[k] for k in ("n_trials", "epochs", "grace_period", "seed", "cpus_per_trial")})
-        trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings),
-                                        {"cpu": settings["cpus_per_trial"]})
-        callbacks = [MLflowLoggerCallback(tracking_uri=uri, experiment_name=settings["experiment_name"],
-                                          tags={"study": study_name, "mlflow.parentRunId": parent.info.run_id})]
-        run_config = tune.RunConfig(
-            name=study_name, storage_path=storage_path, callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=settings["max_failures"]),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=settings["keep_checkpoints"],
-                                                    checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE))
-        experiment_path = os.path.join(storage_path, study_name)
-        if settings["resume"] and tune.Tuner.can_restore(experiment_path):
-            tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True, param_space=search_space())
-        else:
-            tuner = tune.Tuner(
-                trainable, param_space=search_space(), run_config=run_config,
-                tune_config=tune.TuneConfig(
-                    metric=METRIC, mode=MODE, num_samples=settings["n_trials"],
-                    max_concurrent_trials=concurrency(settings["n_jobs"], settings["cpus_per_trial"]),
-                    search_alg=OptunaSearch(seed=settings["seed"]),
-                    reuse_actors=True,  # a new trial reuses a finished one's process: no TensorFlow start-up
-                    scheduler=ASHAScheduler(max_t=settings["epochs"], grace_period=min(settings["grace_period"], settings["epochs"]),
-                                            reduction_factor=3),
-                    time_budget_s=settings["time_budget"]))
-        search_started = time.perf_counter()
-        results = tuner.fit()
-        search_seconds = time.perf_counter() - search_started
-        best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
-        stopped_early = int(sum(1 for r in results if r.metrics and not r.error
-                                and r.metrics.get("training_iteration", 0) < settings["epochs"]))
-        last = [r.metrics for r in results if r.metrics]
-        utilisation = sum(m.get("cpu_seconds", 0.0) for m in last) / (search_seconds * ray.cluster_resources().get("CPU", 1))
-        startup = sum(m.get("startup_seconds", 0.0) for m in last) / max(len(last), 1)
-        mlflow.log_metrics({"core_utilisation": utilisation, "mean_trial_startup_seconds": startup})
-        best_config = trial_config(best.config, settings)
-        best_val = float(best.metrics_dataframe[METRIC].min())
-        mlflow.log_dict({k: v for k, v in best.config.items()}, "best_config.json")
-        mlflow.log_metrics({"best_val_loss": best_val, "trials": len(results), "stopped_early": stopped_early})
-        _log_val_loss_plot(results)
-    model = _best_model(best)
-    metrics, run_id, version = _log_best(model, normalizer, prepared, best_config, best, settings, experiment, parent)
-    return Study(best.config, best_val, metrics, len(results), stopped_early, len(results.errors), run_id, version,
-                 time.perf_counter() - started, uri, experiment_path, utilisation, startup)
+    class TrialRuns(MLflowLoggerCallback):
+        """One MLflow run per trial, also across --resume: a trial that already has a run in this
+        study continues it instead of getting a second one."""
+
+        def log_trial_start(self, trial):
+            if trial not in self._trial_runs:
+                import mlflow
+
+                existing = mlflow.MlflowClient(self.tracking_uri).search_runs(
+                    [self.mlflow_util.experiment_id], f"tags.study = '{self.tags['study']}' and tags.trial_name = '{trial}'")
+                if existing:
+                    self._trial_runs[trial] = existing[0].info.run_id
+            super().log_trial_start(trial)
+
+    return TrialRuns(**kwargs)
 
 
-def _best_model(best):
+# --- After the search --------------------------------------------------------------------------------
+
+def summarise(results, settings: TuneConfig, session_started: float, cpu_capacity: float) -> dict:
+    """Figures of this session only (a resumed study's earlier sessions are not counted)."""
+    cpu_seconds, startups = 0.0, []
+    for result in results:
+        frame = result.metrics_dataframe
+        if frame is None or "cpu_seconds" not in frame:
+            continue
+        previous = 0.0
+        for cpu, startup, timestamp in zip(frame["cpu_seconds"], frame["startup_seconds"], frame["timestamp"]):
+            restarted = cpu < previous or previous == 0.0  # a new process ran the trial from here
+            if timestamp >= int(session_started):
+                cpu_seconds += cpu if restarted else cpu - previous
+                if restarted:
+                    startups.append(startup)
+            previous = cpu
+    frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and METRIC in r.metrics_dataframe]
+    return {
+        "best_val_loss": float(min(f[METRIC].min() for f in frames)),
+        "trials": len(results),
+        "stopped_early": sum(1 for r in results if r.metrics and not r.error
+                             and r.metrics.get("training_iteration", 0) < settings.epochs),
+        "core_utilisation": cpu_seconds / max(cpu_capacity, 1e-9),
+        "mean_trial_startup_seconds": float(np.mean(startups)) if startups else 0.0,
+    }
+
+
+def log_study(results, best, summary: dict) -> None:
+    import mlflow
+
+    mlflow.log_dict(dict(best.config), "best_config.json")
+    mlflow.log_metrics(summary)
+    _log_val_loss_plot(results)
+
+
+def load_best_model(best):
     import keras
 
     import caspar.layers  # noqa: F401  (custom layers must be known before loading)
@@ -229,18 +288,17 @@ def _best_model(best):
         return keras.models.load_model(os.path.join(folder, CHECKPOINT_FILE))
 
 
-def _log_best(model, normalizer, prepared, config, best, settings, experiment, parent):
-    """The best trial's model as a run of its own, named --run-name, with a train run's artefacts."""
+def log_best(model, normalizer, prepared, config: TrainConfig, best, parent):
+    """The best trial's model as a run of its own, named --run-name, with a train run's artefacts
+    and the same parameter names as a train run."""
     import mlflow
 
     from caspar.train import log_model_run, run_tags
     history = {k: best.metrics_dataframe[k].tolist() for k in ("loss", "val_loss") if k in best.metrics_dataframe}
-    tags = {**run_tags(prepared), "study": settings["run_name"], "mlflow.parentRunId": parent.info.run_id}
-    with mlflow.start_run(experiment_id=experiment, run_name=settings["run_name"], tags=tags) as run:
-        mlflow.log_params({k: config[k] for k in ("hidden_layers", "dropout_rate", "learning_rate", "batch_size",
-                                                  "activation", "optimizer", "encoding_bins")}
-                          | {"trial_id": best.path.split("/")[-1]})
-        metrics, _, version = log_model_run(model, normalizer, prepared, config, history, settings["model_name"])
+    tags = {**run_tags(prepared), "study": config.run_name, "mlflow.parentRunId": parent.info.run_id}
+    with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=config.run_name, tags=tags) as run:
+        mlflow.log_params(hyperparameters(config) | {"data": config.data, "trial_id": best.path.rstrip("/").split("/")[-1]})
+        metrics, _, version = log_model_run(model, normalizer, prepared, config, history)
     return metrics, run.info.run_id, version
 
 
@@ -265,4 +323,3 @@ def _log_val_loss_plot(results) -> None:
         figure.savefig(path, dpi=100)
         mlflow.log_artifact(path)
     plt.close(figure)
-

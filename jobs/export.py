@@ -3,29 +3,23 @@
     python jobs/export.py --run model-v1 [--output exports/]
     python jobs/export.py --run models:/CASPAR@champion
 """
-import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
-
-from caspar import cli, tracking  # noqa: E402
+from caspar import cli, config
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="run name, run id, or models:/NAME/VERSION or models:/NAME@ALIAS")
-    parser.add_argument("--output", default="exports", help="folder for NAME.tflite and NAME/")
-    parser.add_argument("--experiment-name", default=None, help="look for the run name in this experiment only")
-    args = parser.parse_args(argv)
-    return cli.run("export", lambda: export_job(args))
+    settings, verbose = config.parse(config.ExportConfig, __doc__, argv)
+    return cli.run("export", lambda: export_job(settings), verbose)
 
 
-def export_job(args) -> list[str]:
+def export_job(settings: config.ExportConfig) -> list[str]:
+    from caspar import tracking
+
     tracking.configure()  # the server is checked before TensorFlow loads
     from caspar.export import export
 
-    return export(args.run, args.output, args.experiment_name).lines()
+    return export(settings.run, settings.output, settings.experiment_name).lines()
 
 
 if __name__ == "__main__":

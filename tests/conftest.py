@@ -1,6 +1,5 @@
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -9,7 +8,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GAMELOGS = SHARED / "gamelogs"
-sys.path.insert(0, str(ROOT))
 
 
 def needs_shared_logs():
@@ -69,9 +67,11 @@ def tracking_server(mlflow_url, monkeypatch):
 def sample_dataset(ray_local, tmp_path_factory):
     """A small prepared dataset built from synthetic logs by the real prepare job."""
     from caspar import dataset
+    from caspar.config import PrepareConfig
     from caspar.samples import write_samples
 
     folder = tmp_path_factory.mktemp("samples")
     write_samples(folder / "raw", count=30, seed=11)
-    dataset.prepare(str(folder / "raw"), str(folder / "prepared"), test_size=0.2, validation_size=0.2, seed=1)
+    dataset.prepare(PrepareConfig(input=str(folder / "raw"), output=str(folder / "prepared"), test_size=0.2,
+                                  validation_size=0.2, seed=1))
     return str(folder / "prepared")

@@ -9,7 +9,7 @@ MINEFIELD = "\t".join(MINEFIELD_COLUMNS)
 
 
 def board(width, height, name="Board #0"):
-    rows = [f"BOARD_NAME\tWIDTH\tHEIGHT", f"{name}\t{width}\t{height}",
+    rows = ["BOARD_NAME\tWIDTH\tHEIGHT", f"{name}\t{width}\t{height}",
             "\t".join(f"COL_{i}" for i in range(width)) + "\t"]
     rows += [f"ROW_{x}\t" + "\t".join("Level: 0  Features: " for _ in range(height)) + "\t" for x in range(width)]
     return rows

@@ -3,7 +3,6 @@ import json
 import os
 
 import yaml
-
 from conftest import ROOT
 
 

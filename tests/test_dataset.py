@@ -8,12 +8,13 @@ import zipfile
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
+from conftest import GAMELOGS, ROOT, needs_shared_logs
 
 from caspar import dataset
+from caspar.config import PrepareConfig
 from caspar.features import feature_bounds, featurize, load_unit_points, schema
 from caspar.gamelog import read_log
 from caspar.samples import write_samples
-from conftest import GAMELOGS, ROOT, needs_shared_logs
 
 
 def read_rows(path, filesystem=None):
@@ -44,7 +45,7 @@ def sample_logs(tmp_path_factory):
 
 def test_prepare_writes_rows_schema_and_manifest(ray_local, sample_logs, tmp_path):
     out = tmp_path / "prepared"
-    summary = dataset.prepare(str(sample_logs), str(out), seed=5)
+    summary = dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(out), seed=5))
     table = read_rows(out)
     points = load_unit_points()
     expected = sum(len(featurize(read_log(p.read_bytes(), p.name), points))
@@ -72,9 +73,9 @@ def test_prepare_writes_rows_schema_and_manifest(ray_local, sample_logs, tmp_pat
 
 def test_rerun_replaces_the_dataset(ray_local, sample_logs, tmp_path):
     out = tmp_path / "prepared"
-    dataset.prepare(str(sample_logs), str(out), seed=5)
+    dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(out), seed=5))
     first = read_rows(out).num_rows
-    dataset.prepare(str(sample_logs), str(out), seed=5)
+    dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(out), seed=5))
     assert read_rows(out).num_rows == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]  # no staging or old copies left
 
@@ -84,8 +85,8 @@ def test_zip_input_and_bot_moves(ray_local, sample_logs, tmp_path):
     with zipfile.ZipFile(archive, "w") as z:
         for path in (sample_logs / "nested").glob("*.tsv"):
             z.write(path, f"games/{path.name}")
-    humans = dataset.prepare(str(archive), str(tmp_path / "humans"))
-    everyone = dataset.prepare(str(archive), str(tmp_path / "all"), include_bots=True)
+    humans = dataset.prepare(PrepareConfig(input=str(archive), output=str(tmp_path / "humans")))
+    everyone = dataset.prepare(PrepareConfig(input=str(archive), output=str(tmp_path / "all"), include_bots=True))
     table = read_rows(tmp_path / "all")
     assert sum(everyone.rows.values()) > sum(humans.rows.values())
     assert table.filter(table["is_bot"]).num_rows == sum(everyone.rows.values()) - sum(humans.rows.values())
@@ -94,7 +95,7 @@ def test_zip_input_and_bot_moves(ray_local, sample_logs, tmp_path):
 def test_refuses_to_replace_a_folder_that_is_not_a_dataset(ray_local, sample_logs, tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(dataset.InputError, match="not a prepared dataset"):
-        dataset.prepare(str(sample_logs), str(tmp_path))
+        dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(tmp_path)))
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
@@ -132,7 +133,7 @@ def test_s3_input_and_output(ray_local, s3_endpoint, sample_logs, tmp_path):
     client.create_bucket(Bucket="games")
     for path in sorted((sample_logs / "nested").glob("*.tsv"))[:6]:
         client.upload_file(str(path), "games", f"raw/{path.name}")
-    summary = dataset.prepare("s3://games/raw", "s3://games/prepared")
+    summary = dataset.prepare(PrepareConfig(input="s3://games/raw", output="s3://games/prepared"))
     keys = [o["Key"] for o in client.list_objects_v2(Bucket="games", Prefix="prepared/")["Contents"]]
     assert "prepared/manifest.json" in keys and "prepared/schema.json" in keys
     assert not any(".staging-" in k for k in client.list_objects_v2(Bucket="games")["Contents"] for k in [k["Key"]])
@@ -143,7 +144,7 @@ def test_s3_input_and_output(ray_local, s3_endpoint, sample_logs, tmp_path):
 
 @needs_shared_logs()
 def test_real_corpus(ray_local, tmp_path):
-    summary = dataset.prepare(str(GAMELOGS), str(tmp_path / "prepared"))
+    summary = dataset.prepare(PrepareConfig(input=str(GAMELOGS), output=str(tmp_path / "prepared")))
     assert summary.files == 143 and summary.unreadable_files == 0
     assert sum(summary.rows.values()) == 9502 and summary.human_moves == 10285
     table = read_rows(tmp_path / "prepared")

@@ -5,10 +5,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from caspar import export
+from caspar.config import TrainConfig
 from caspar.train import train
-from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +17,8 @@ def trained(mlflow_url, sample_dataset):
     """A small model trained into the session's MLflow server, registered as CASPAR-export-test."""
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_url
-    result = train({"hidden_layers": [24, 12], "epochs": 2, "data": sample_dataset, "experiment_name": "test-export",
-                    "run_name": "export-me", "model_name": "CASPAR-export-test"})
+    result = train(TrainConfig(hidden_layers=[24, 12], epochs=2, data=sample_dataset, experiment_name="test-export",
+                               run_name="export-me", model_name="CASPAR-export-test"))
     yield result
     if saved is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -48,11 +49,11 @@ def check_export(result, output):
 def test_export_by_run_name(trained, tmp_path):
     result = export.export("export-me", str(tmp_path))
     assert result.source.run_id == trained.run_id
-    assert result.tflite == str(tmp_path / "export-me.tflite")
+    assert result.tflite == str(tmp_path / "export-me" / "export-me.tflite")
     check_export(result, tmp_path)
     from mlflow.tracking import MlflowClient
-    logged = {a.path for a in MlflowClient().list_artifacts(trained.run_id, "export")}
-    assert "export/export-me.tflite" in logged and "export/export-me" in logged
+    logged = {a.path for a in MlflowClient().list_artifacts(trained.run_id, "export/export-me")}
+    assert {"export/export-me/export-me.tflite", "export/export-me/saved_model.pb"} <= logged
 
 
 def test_export_by_run_id_and_registry_uri(trained, tmp_path):
@@ -86,8 +87,11 @@ def test_unknown_run_is_one_line_and_writes_nothing(trained, mlflow_url, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_failed_verification_deletes_the_output(trained, tmp_path, monkeypatch):
+def test_failed_verification_keeps_the_earlier_export(trained, tmp_path, monkeypatch):
+    earlier = export.export("export-me", str(tmp_path))
+    files = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # nothing can pass
     with pytest.raises(export.ExportError, match="verification failed"):
         export.export("export-me", str(tmp_path))
-    assert list(tmp_path.iterdir()) == []
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export-me.lock", os.path.basename(earlier.folder)]

@@ -2,15 +2,14 @@
 import numpy as np
 import pandas as pd
 import pytest
-
-from caspar.features import feature_bounds, feature_names, featurize, load_unit_points, schema
-from caspar.features import hexgrid
-from caspar.features.situation import Game, Situation
-from caspar.features.registry import compute_all
-from caspar.gamelog import read_log
-from caspar.samples import game_log
 from conftest import GAMELOGS, SHARED, needs_shared_logs
 from logtext import STATE27, board, move, text, unit
+
+from caspar.features import feature_bounds, feature_names, featurize, hexgrid, load_unit_points, schema
+from caspar.features.registry import compute_all
+from caspar.features.situation import Game, Situation
+from caspar.gamelog import read_log
+from caspar.samples import game_log
 
 POINTS = load_unit_points()
 NAMES = feature_names()

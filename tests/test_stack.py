@@ -8,14 +8,21 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import GAMELOGS, ROOT, needs_shared_logs
-from services import S3_KEY, S3_SECRET, compose_mlflow_command, free_port, mlflow_server, postgres, s3_client
-from services import _postgres_bin, running_mlflow, seaweedfs
+from services import (
+    S3_KEY,
+    S3_SECRET,
+    _postgres_bin,
+    compose_mlflow_command,
+    free_port,
+    postgres,
+    running_mlflow,
+    s3_client,
+    seaweedfs,
+)
 
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SCHEMA = ROOT / "tests" / ".cache" / "compose-spec.json"
@@ -120,7 +127,7 @@ def test_end_to_end_on_the_stack(stack, tmp_path):
     exported, _ = job("export", "--run", "stack-model", "--output", str(tmp_path / "exports"), env=env)
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert "verified" in exported.stdout
-    assert (tmp_path / "exports" / "stack-model.tflite").is_file()
+    assert (tmp_path / "exports" / "stack-model" / "stack-model.tflite").is_file()
     assert (tmp_path / "exports" / "stack-model" / "saved_model.pb").is_file()
     # runs and metrics are in the server's PostgreSQL store
     tracking = MlflowClient(stack["mlflow"], registry_uri=stack["mlflow"])

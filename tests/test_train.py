@@ -7,11 +7,12 @@ import time
 
 import numpy as np
 import pytest
+from conftest import GAMELOGS, ROOT, needs_shared_logs
 
+from caspar.config import PrepareConfig, TrainConfig
 from caspar.dataset import load_prepared
 from caspar.model import NORMALIZATION_FILE, Normalizer
 from caspar.train import train
-from conftest import GAMELOGS, ROOT, needs_shared_logs
 
 SMALL = {"hidden_layers": [32, 16], "epochs": 3, "batch_size": 64, "patience": 5}
 
@@ -27,8 +28,8 @@ def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    result = train({**SMALL, "data": sample_dataset, "experiment_name": "test-train", "run_name": "tracked",
-                    "model_name": "CASPAR-test"})
+    result = train(TrainConfig(**SMALL, data=sample_dataset, experiment_name="test-train", run_name="tracked",
+                               model_name="CASPAR-test"))
     client = MlflowClient(tracking_server, registry_uri=tracking_server)
     run = client.get_run(result.run_id)
     assert run.info.run_name == "tracked"
@@ -56,7 +57,7 @@ def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
 def test_normalization_csv_is_the_games_transform(tracking_server, sample_dataset, tmp_path):
     import mlflow
 
-    result = train({**SMALL, "epochs": 1, "data": sample_dataset, "experiment_name": "test-train"})
+    result = train(TrainConfig(**{**SMALL, "epochs": 1}, data=sample_dataset, experiment_name="test-train"))
     path = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path=NORMALIZATION_FILE, dst_path=str(tmp_path))
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
@@ -97,7 +98,7 @@ def test_unreachable_tracking_server_fails_fast(sample_dataset):
 def test_short_run_on_the_real_corpus_beats_the_mean(ray_local, tracking_server, tmp_path):
     from caspar import dataset
 
-    dataset.prepare(str(GAMELOGS), str(tmp_path / "prepared"))
-    result = train({"hidden_layers": [128, 64], "epochs": 6, "data": str(tmp_path / "prepared"),
-                    "experiment_name": "test-corpus", "model_name": "CASPAR-corpus-test"})
+    dataset.prepare(PrepareConfig(input=str(GAMELOGS), output=str(tmp_path / "prepared")))
+    result = train(TrainConfig(hidden_layers=[128, 64], epochs=6, data=str(tmp_path / "prepared"),
+                               experiment_name="test-corpus", model_name="CASPAR-corpus-test"))
     assert result.metrics["test_r2"] > result.metrics["baseline_mean_test_r2"] + 0.3

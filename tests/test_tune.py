@@ -9,8 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from conftest import ROOT
 from services import ray_cluster
 
@@ -94,6 +92,7 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
 
 
 def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_path, monkeypatch):
+    from caspar.config import TuneConfig
     from caspar.dataset import load_prepared
     from caspar.tune import tune_study
 
@@ -113,9 +112,9 @@ def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_pat
 
     killer = threading.Thread(target=kill_one_trial_worker, daemon=True)
     killer.start()
-    study = tune_study({"data": sample_dataset, "n_trials": 2, "n_jobs": 1, "epochs": 6, "grace_period": 6,
-                        "storage_path": str(storage), "run_name": "killed", "experiment_name": "kill-test",
-                        "model_name": "CASPAR-kill-test"}, load_prepared(sample_dataset))
+    study = tune_study(TuneConfig(data=sample_dataset, n_trials=2, n_jobs=1, epochs=6, grace_period=6,
+                                  storage_path=str(storage), run_name="killed", experiment_name="kill-test",
+                                  model_name="CASPAR-kill-test"), load_prepared(sample_dataset))
     killer.join(timeout=5)
     assert killed, "no trial worker was found to kill"
     assert study.trials == 2 and study.errored == 0

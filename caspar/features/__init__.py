@@ -34,13 +34,16 @@ class Rows:
     reward: np.ndarray
     moves_read: int  # all move rows of the file
     human_moves: int
+    dropped: dict[str, int]  # moves that did not become rows, by reason
+
 
     def __len__(self) -> int:
         return len(self.reward)
 
 
-def select_moves(game: Game, include_bots: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Move rows that become dataset rows (§3.1), and the state row of each mover (`me`, §2.2)."""
+def select_moves(game: Game, include_bots: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Move rows that become dataset rows (§3.1), the state row of each mover (`me`, §2.2), and
+    how many moves were left out, by reason."""
     moves = game.log.moves
     n_blocks = len(game.block_round)
     is_bot = np.nan_to_num(moves["IS_BOT"].to_numpy(zero_copy_only=False).astype(float)) == 1
@@ -52,17 +55,22 @@ def select_moves(game: Game, include_bots: bool = False) -> tuple[np.ndarray, np
         me[m] = game.latest_row_before(int(block[m]), int(entity[m]))
     found = me >= 0
     allowed_type = ~np.isin(game.types[np.maximum(me, 0)], list(EXCLUDED_TYPES)) if len(game.types) else found
-    selected = found & allowed_type & (include_bots | ~is_bot)
-    return np.flatnonzero(selected), me[selected]
+    wanted = include_bots | ~is_bot
+    selected = found & allowed_type & wanted
+    dropped = {"bot moves": int((~wanted).sum()), "mover not found": int((wanted & ~found).sum())}
+    excluded_types = game.types[me[wanted & found & ~allowed_type]] if len(game.types) else []
+    for unit_type, count in zip(*np.unique(np.asarray(excluded_types, dtype=str), return_counts=True)):
+        dropped[f"{unit_type} (type not modelled)"] = int(count)
+    return np.flatnonzero(selected), me[selected], {k: v for k, v in dropped.items() if v}
 
 
 def featurize(log: GameLog, points: UnitPoints, include_bots: bool = False) -> Rows:
     game = Game(log, points)
-    move_rows, me_rows = select_moves(game, include_bots)
+    move_rows, me_rows, dropped = select_moves(game, include_bots)
     s = Situation(game, move_rows, me_rows)
     is_bot = np.nan_to_num(log.moves["IS_BOT"].to_numpy(zero_copy_only=False).astype(float)) == 1
     return Rows(
         segment=s.segment, round=s.round.astype(np.int64), player_id=s.player, team_id=s.team,
         entity_id=s.entity, move_index=move_rows, is_bot=s.is_bot, features=compute_all(s),
-        reward=reward(s), moves_read=log.moves.num_rows, human_moves=int((~is_bot).sum()),
+        reward=reward(s), moves_read=log.moves.num_rows, human_moves=int((~is_bot).sum()), dropped=dropped,
     )
