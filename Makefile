@@ -39,6 +39,10 @@ lint: $(VENV)/.installed
 test: lint $(COMPOSE_SCHEMA)
 	$(PY) -m pytest -q tests
 
+# The feature documentation, generated from the feature registry (a test fails when it is stale).
+docs: $(VENV)/.installed
+	$(PY) -m caspar.features docs/features.md
+
 bench-prepare: $(VENV)/.installed
 	$(PY) bench/prepare.py --logs $(LOGS)
 

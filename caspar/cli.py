@@ -15,10 +15,14 @@ NATIVE_NOISE = re.compile(
     rb"^([IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\]"
     rb"|INFO: Created TensorFlow Lite XNNPACK delegate"
     rb"|WARNING: All log messages before absl::InitializeLog"
-    rb"|Successfully registered model '|Created version '\d+' of model "
+    rb"|Successfully registered model '|Created version '\d+' of model |Registered model '.*' already exists"
     rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\tINFO )")
-QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "WARNING", "RAY_DATA_LOG_LEVEL": "WARNING",
-                     "RAY_DEDUP_LOGS": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning"}
+QUIET_ENVIRONMENT = {
+    "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "WARNING", "RAY_DATA_LOG_LEVEL": "WARNING",
+    "RAY_AIR_NEW_OUTPUT": "0",  # Tune's classic reporter, silent at RunConfig(verbose=0)
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
+}
 
 
 class UserError(Exception):

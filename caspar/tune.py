@@ -132,8 +132,11 @@ def study_path(settings: TuneConfig) -> str:
     return os.path.join(settings.storage_path or os.path.abspath("ray_results"), settings.run_name)
 
 
-def tune_study(settings: TuneConfig, prepared: Prepared) -> Study:
+def tune_study(settings: TuneConfig, prepared: Prepared, verbose: bool = False) -> Study:
+    """Run the study; without `verbose`, one line per finished trial instead of Ray's tables and the
+    trials' own output."""
     import mlflow
+    import optuna
     import ray
 
     check(settings)
@@ -142,7 +145,8 @@ def tune_study(settings: TuneConfig, prepared: Prepared) -> Study:
     experiment = tracking.experiment_id(settings.experiment_name)
     previous_run = find_study_run(settings, experiment) if settings.resume else None
     if not ray.is_initialized():
-        ray.init(logging_level="WARNING")
+        ray.init(logging_level="WARNING", log_to_driver=verbose)
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     normalizer = Normalizer.fit(prepared.splits["train"][0])
     data = {"x_train": normalizer.transform(prepared.splits["train"][0]), "y_train": prepared.splits["train"][1],
             "x_val": normalizer.transform(prepared.splits["val"][0]), "y_val": prepared.splits["val"][1]}
@@ -152,7 +156,7 @@ def tune_study(settings: TuneConfig, prepared: Prepared) -> Study:
             mlflow.log_dict({k: list(v) for k, v in SEARCH_SPACE.items()}, "search_space.json")
             mlflow.log_params({k: getattr(settings, k) for k in ("n_trials", "epochs", "grace_period", "seed",
                                                                  "cpus_per_trial")})
-        tuner = build_tuner(settings, data, uri, parent.info.run_id)
+        tuner = build_tuner(settings, data, uri, parent.info.run_id, verbose)
         search_started = time.time()
         results = tuner.fit()
         cpu_capacity = (time.time() - search_started) * ray.cluster_resources().get("CPU", 1)
@@ -183,7 +187,7 @@ def find_study_run(settings: TuneConfig, experiment: str) -> str:
     return runs[0].info.run_id
 
 
-def build_tuner(settings: TuneConfig, data: dict, tracking_uri: str, parent_run_id: str):
+def build_tuner(settings: TuneConfig, data: dict, tracking_uri: str, parent_run_id: str, verbose: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -192,12 +196,15 @@ def build_tuner(settings: TuneConfig, data: dict, tracking_uri: str, parent_run_
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, cpus_per_trial=settings.cpus_per_trial), {"cpu": settings.cpus_per_trial})
     callbacks = [trial_runs(tracking_uri=tracking_uri, experiment_name=settings.experiment_name,
-                                       tags={"study": settings.run_name, "mlflow.parentRunId": parent_run_id})]
+                            tags={"study": settings.run_name, "mlflow.parentRunId": parent_run_id})]
+    if not verbose:
+        callbacks.append(trial_printer(settings))
     if settings.resume:  # the callbacks come back from the stored study
         return tune.Tuner.restore(study_path(settings), trainable=trainable, resume_errored=True,
                                   param_space=param_space(settings))
     run_config = tune.RunConfig(
         name=settings.run_name, storage_path=os.path.dirname(study_path(settings)), callbacks=callbacks,
+        verbose=2 if verbose else 0,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints,
                                                 checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE))
@@ -240,6 +247,26 @@ def trial_runs(**kwargs):
             super().log_trial_start(trial)
 
     return TrialRuns(**kwargs)
+
+
+def trial_printer(settings: TuneConfig):
+    """One line per finished trial: its result and the best so far."""
+    from ray import tune
+
+    class TrialPrinter(tune.Callback):
+        def __init__(self):
+            self.finished, self.best = 0, np.inf
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.finished += 1
+            result = trial.last_result or {}
+            loss, epochs = result.get(METRIC, np.nan), result.get("training_iteration", 0)
+            self.best = min(self.best, float(trial.metric_analysis.get(METRIC, {}).get("min", loss)))
+            stopped = " (stopped by ASHA)" if epochs < settings.epochs else ""
+            print(f"trial {self.finished}/{settings.n_trials}: val_loss {loss:.5f} after {epochs} epochs{stopped}; "
+                  f"best so far {self.best:.5f}", flush=True)
+
+    return TrialPrinter()
 
 
 # --- After the search --------------------------------------------------------------------------------

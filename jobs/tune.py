@@ -10,17 +10,17 @@ from caspar import cli, config
 
 def main(argv=None) -> int:
     settings, verbose = config.parse(config.TuneConfig, __doc__, argv)
-    return cli.run("tune", lambda: tune_job(settings), verbose)
+    return cli.run("tune", lambda: tune_job(settings, verbose), verbose)
 
 
-def tune_job(settings: config.TuneConfig) -> list[str]:
+def tune_job(settings: config.TuneConfig, verbose: bool) -> list[str]:
     from caspar import dataset, tracking
 
     tracking.configure()  # the server and the dataset are checked before Ray and TensorFlow start
     prepared = dataset.load_prepared(settings.data)
     from caspar.tune import tune_study
 
-    return tune_study(settings, prepared).lines()
+    return tune_study(settings, prepared, verbose).lines()
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def sample_logs(tmp_path_factory):
 
 def test_prepare_writes_rows_schema_and_manifest(ray_local, sample_logs, tmp_path):
     out = tmp_path / "prepared"
-    summary = dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(out), seed=5))
+    summary = dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(out), seed=6))
     table = read_rows(out)
     points = load_unit_points()
     expected = sum(len(featurize(read_log(p.read_bytes(), p.name), points))
@@ -73,11 +73,11 @@ def test_prepare_writes_rows_schema_and_manifest(ray_local, sample_logs, tmp_pat
 
 def test_rerun_replaces_the_dataset(ray_local, sample_logs, tmp_path):
     out = tmp_path / "prepared"
-    dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(out), seed=5))
+    dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(out), seed=6))
     first = read_rows(out).num_rows
-    dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(out), seed=5))
+    dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(out), seed=6))
     assert read_rows(out).num_rows == first
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]  # no staging or old copies left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".prepared.lock", "prepared"]  # no staging or old copies left
 
 
 def test_zip_input_and_bot_moves(ray_local, sample_logs, tmp_path):
@@ -85,8 +85,8 @@ def test_zip_input_and_bot_moves(ray_local, sample_logs, tmp_path):
     with zipfile.ZipFile(archive, "w") as z:
         for path in (sample_logs / "nested").glob("*.tsv"):
             z.write(path, f"games/{path.name}")
-    humans = dataset.prepare(PrepareConfig(input=str(archive), output=str(tmp_path / "humans")))
-    everyone = dataset.prepare(PrepareConfig(input=str(archive), output=str(tmp_path / "all"), include_bots=True))
+    humans = dataset.prepare(PrepareConfig(input=str(archive), output=str(tmp_path / "humans"), seed=6))
+    everyone = dataset.prepare(PrepareConfig(input=str(archive), output=str(tmp_path / "all"), include_bots=True, seed=6))
     table = read_rows(tmp_path / "all")
     assert sum(everyone.rows.values()) > sum(humans.rows.values())
     assert table.filter(table["is_bot"]).num_rows == sum(everyone.rows.values()) - sum(humans.rows.values())
@@ -131,9 +131,9 @@ def test_s3_input_and_output(ray_local, s3_endpoint, sample_logs, tmp_path):
 
     client = s3_client(s3_endpoint)
     client.create_bucket(Bucket="games")
-    for path in sorted((sample_logs / "nested").glob("*.tsv"))[:6]:
+    for path in sorted((sample_logs / "nested").glob("*.tsv")):
         client.upload_file(str(path), "games", f"raw/{path.name}")
-    summary = dataset.prepare(PrepareConfig(input="s3://games/raw", output="s3://games/prepared"))
+    summary = dataset.prepare(PrepareConfig(input="s3://games/raw", output="s3://games/prepared", seed=6))
     keys = [o["Key"] for o in client.list_objects_v2(Bucket="games", Prefix="prepared/")["Contents"]]
     assert "prepared/manifest.json" in keys and "prepared/schema.json" in keys
     assert not any(".staging-" in k for k in client.list_objects_v2(Bucket="games")["Contents"] for k in [k["Key"]])

@@ -8,7 +8,7 @@ import numpy as np
 # Importing the feature modules registers their features; scalar features come first (§3.2).
 from caspar.features import scalar  # noqa: F401  isort: skip
 from caspar.features import blocks  # noqa: F401  isort: skip
-from caspar.features.registry import REGISTRY, compute_all, feature, feature_bounds, feature_names, schema
+from caspar.features.registry import REGISTRY, compute_all, feature, feature_bounds, feature_names, markdown, schema
 from caspar.features.reward import reward
 from caspar.features.situation import EXCLUDED_TYPES, Game, Situation
 from caspar.features.units import UnitPoints, load_unit_points
@@ -16,7 +16,7 @@ from caspar.gamelog import GameLog
 
 __all__ = [
     "REGISTRY", "Rows", "UnitPoints", "feature", "feature_bounds", "feature_names", "featurize", "load_unit_points",
-    "schema", "select_moves",
+    "markdown", "schema", "select_moves",
 ]
 
 

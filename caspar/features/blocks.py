@@ -18,7 +18,8 @@ RADAR = 9
 RADAR_CENTRE = RADAR // 2
 
 
-@feature("unit_role_onehot", width=len(ROLES), names=[f"unit_role_{i}" for i in range(len(ROLES))])
+@feature("unit_role_onehot", width=len(ROLES), names=[f"unit_role_{i}" for i in range(len(ROLES))],
+         description="The mover's role, one-hot over 16 roles.")
 def unit_role_one_hot(s: Situation):
     return s.role[:, None] == np.arange(len(ROLES))
 
@@ -42,12 +43,14 @@ def _heatmap(x, y, value, mask, width, height) -> np.ndarray:
     return np.where(norm > 0, out / np.where(norm > 0, norm, 1.0), 0.0)
 
 
-@feature("enemy_threat_heatmap", width=GRID * GRID)
+@feature("enemy_threat_heatmap", width=GRID * GRID,
+         description="10 × 10 map of the board: enemy weapon ranges, smoothed and normalised.")
 def enemy_threat_heatmap(s: Situation):
     return _heatmap(s.u_x, s.u_y, s.u_max_range, s.enemies, s.width, s.height)
 
 
-@feature("friendly_threat_heatmap", width=GRID * GRID)
+@feature("friendly_threat_heatmap", width=GRID * GRID,
+         description="10 × 10 map of the board: team mates' and the mover's weapon ranges, normalised.")
 def friendly_threat_heatmap(s: Situation):
     mover_on_board = (s.px >= 0) & (s.px < s.width) & (s.py >= 0) & (s.py < s.height)
     x = np.concatenate([s.u_x, s.px[:, None]], axis=1)
@@ -64,7 +67,8 @@ def _top(values, mask, slots) -> np.ndarray:
     return np.pad(ranked, ((0, 0), (0, slots - ranked.shape[1])))
 
 
-@feature("closest_enemy", width=4)
+@feature("closest_enemy", width=4,
+         description="The four largest per-enemy threats to the mover, largest first (0 for missing enemies).")
 def closest_enemy(s: Situation):
     a = np.where(s.d <= np.maximum(s.range, 1.0)[:, None], 0.8, 1.0)
     b = np.where(s.d <= np.maximum(s.u_max_range, 1.0), 1.0, 0.5)
@@ -72,7 +76,8 @@ def closest_enemy(s: Situation):
     return _top(clamp01(threat), s.enemies, 4)
 
 
-@feature("closest_friend", width=3)
+@feature("closest_friend", width=3,
+         description="The three largest supports of team mates against the closest valid target.")
 def closest_friend(s: Situation):
     target = s.closest_target
     target_hp = s.at(s.u_hp, target)
@@ -85,7 +90,8 @@ def _round_half_away(v):
     return (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int64)
 
 
-@feature("radar", width=RADAR * RADAR, bounds=(-1.0, 3.0), names=[f"radar_{r}_{c}" for r in range(RADAR) for c in range(RADAR)])
+@feature("radar", width=RADAR * RADAR, bounds=(-1.0, 3.0), names=[f"radar_{r}_{c}" for r in range(RADAR) for c in range(RADAR)],
+         description="9 × 9 window centred on the mover: 3 at the centre, −1 enemy, +1 team mate, 0 empty.")
 def radar(s: Situation):
     dx = s.u_x - s.px[:, None]
     dy = (s.u_y - s.py[:, None]) + ((s.px[:, None] % 2 == 0) & (s.u_x % 2 == 1))

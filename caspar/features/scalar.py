@@ -27,42 +27,42 @@ def _valid_fraction(v) -> np.ndarray:
     return np.isfinite(v) & (v >= 0) & (v <= 1)
 
 
-@feature("mp_percentage")
+@feature("mp_percentage", description="Share of its movement points the unit used (M.MP_P).")
 def mp_percentage(s: Situation):
     return clamp01(s.mp_p)
 
 
-@feature("heat_percentage")
+@feature("heat_percentage", description="Heat as a share of the unit's heat capacity after the move (M.HEAT_P).")
 def heat_percentage(s: Situation):
     return clamp01(s.heat_p)
 
 
-@feature("armor_percentage")
+@feature("armor_percentage", description="Remaining armour fraction of the mover (0 when the log's value is invalid).")
 def armor_percentage(s: Situation):
     return np.where(_valid_fraction(s.armor_p), s.armor_p, 0.0)
 
 
-@feature("internal_percentage")
+@feature("internal_percentage", description="Remaining internal-structure fraction of the mover (1 when invalid).")
 def internal_percentage(s: Situation):
     return np.where(_valid_fraction(s.internal_p), s.internal_p, 1.0)
 
 
-@feature("jumping")
+@feature("jumping", description="1 if the move is a jump.")
 def jumping(s: Situation):
     return s.jumping
 
 
-@feature("distance_traveled")
+@feature("distance_traveled", description="Distance travelled as a share of the unit's maximum MP.")
 def distance_traveled(s: Situation):
     return np.where(s.max_mp == 0, 0.0, clamp01(s.distance / np.where(s.max_mp == 0, 1, s.max_mp)))
 
 
-@feature("hexes_moved")
+@feature("hexes_moved", description="Hexes moved as a share of the unit's maximum MP.")
 def hexes_moved(s: Situation):
     return np.where(s.max_mp == 0, 0.0, clamp01(s.hexes_moved / np.where(s.max_mp == 0, 1, s.max_mp)))
 
 
-@feature("is_facing_enemy")
+@feature("is_facing_enemy", description="How closely the final facing points at the threatening enemies (1: straight at them).")
 def is_facing_enemy(s: Situation):
     threats = s.threatening
     count = np.maximum(_count(threats), 1)
@@ -75,13 +75,13 @@ def is_facing_enemy(s: Situation):
     return 1.0 - hexgrid.facing_difference(s.facing, ideal) / 3.0
 
 
-@feature("enemy_in_range")
+@feature("enemy_in_range", description="How far inside the mover's weapon range the closest enemy is.")
 def enemy_in_range(s: Situation):
     ok = (s.range > 0) & s.enemies.any(axis=1)
     return np.where(ok, clamp01(1.0 - s.d_c / np.where(s.range > 0, s.range, 1)), 0.0)
 
 
-@feature("cover_value", bounds=(0.21, 1.0))
+@feature("cover_value", bounds=(0.21, 1.0), description="Cover from terrain and posture against the closest enemy, by distance band.")
 def cover_value(s: Situation):
     base = np.select([s.d_c > 20, s.d_c > 12], [0.3, 0.6], 0.9)
     base = base * np.where(s.has_role("SNIPER", "MISSILE_BOAT", "SCOUT", "STRIKER"), 1.2, 1.0)
@@ -89,39 +89,40 @@ def cover_value(s: Situation):
     return clamp01(base)
 
 
-@feature("allies_nearby")
+@feature("allies_nearby", description="Friendly units within 8 hexes, divided by 6 (at most 1).")
 def allies_nearby(s: Situation):
     return np.minimum(_count(s.mates & (s.d <= 8)) / 6.0, 1.0)
 
 
-@feature("enemies_nearby")
+@feature("enemies_nearby", description="Enemy units within 10 hexes, divided by 8 (at most 1).")
 def enemies_nearby(s: Situation):
     return clamp01(_count(s.enemies & (s.d <= 10)) / 8.0)
 
 
-@feature("team_cohesion")
+@feature("team_cohesion", description="Closeness to the centroid of the friendly units (1: on it, or no friends).")
 def team_cohesion(s: Situation):
     return np.where(s.mates.any(axis=1), clamp01(1.0 - s.mates_centroid_distance / 20.0), 1.0)
 
 
-@feature("unit_health_average")
+@feature("unit_health_average", description="Average of the mover's armour and internal-structure fractions (h_M).")
 def unit_health_average(s: Situation):
     return s.h_m
 
 
 # Per-arc armour (ARMOR_FRONT_P, ...) is in no log of the corpus: every arc is the average health.
 for arc in ("front", "right", "left", "back"):
-    feature(f"unit_health_{arc}")(unit_health_average)
+    feature(f"unit_health_{arc}", description=f"Health of the {arc} arc; the average health where the log has no "
+                                              "per-arc armour.")(unit_health_average)
 
 
-@feature("position_crowding")
+@feature("position_crowding", description="Crowding by enemies within 8 and friends within 4 hexes.")
 def position_crowding(s: Situation):
     a = _count(s.enemies & (s.d < 8)) / 2.0
     b = _count(s.mates & (s.d < 4)) / 3.0
     return clamp01(0.7 * a + 0.3 * b)
 
 
-@feature("damage_ratio")
+@feature("damage_ratio", description="Damage the mover can deal relative to the hit points of enemies in its range.")
 def damage_ratio(s: Situation):
     reachable = s.enemies & (s.d <= s.range[:, None]) & (s.u_hp > 0)
     ratio = s.damage[:, None] / np.where(s.u_hp > 0, s.u_hp, 1.0)
@@ -129,22 +130,22 @@ def damage_ratio(s: Situation):
 
 
 # HAS_ECM is not in any corpus log: no friendly ECM (0) and no enemy ECM (1 / (0 + 1)).
-@feature("ecm_coverage")
+@feature("ecm_coverage", description="Friendly ECM covering the destination (HAS_ECM; 0 in logs without it).")
 def ecm_coverage(s: Situation):
     return np.zeros(s.n)
 
 
-@feature("enemy_ecm_coverage", bounds=(0.0, 1.0))
+@feature("enemy_ecm_coverage", bounds=(0.0, 1.0), description="Enemy ECM within 6 hexes (1 in logs without HAS_ECM).")
 def enemy_ecm_coverage(s: Situation):
     return np.ones(s.n)
 
 
-@feature("environmental_cover", bounds=(0.2, 0.8))
+@feature("environmental_cover", bounds=(0.2, 0.8), description="Cover value by distance band to the closest enemy.")
 def environmental_cover(s: Situation):
     return np.select([s.d_c < 7, s.d_c < 12, s.d_c < 24], [0.8, 0.6, 0.4], 0.2)
 
 
-@feature("environmental_hazards")
+@feature("environmental_hazards", description="Risk of the move from MP spent beyond the hexes moved and jumping.")
 def environmental_hazards(s: Situation):
     z = np.where(s.mp_used > s.hexes_moved, 0.3 * s.mp_p, 0.0)
     return clamp01(np.where(s.jumping, z / 2.0, z))
@@ -175,7 +176,7 @@ def _favorite_target_table() -> np.ndarray:
 FAVORITE_TARGET_TABLE = _favorite_target_table()
 
 
-@feature("favorite_target_in_range")
+@feature("favorite_target_in_range", description="Best-weighted enemy (by the mover's role) within weapon range.")
 def favorite_target_in_range(s: Situation):
     weight = FAVORITE_TARGET_TABLE[s.role[:, None] + 1, s.u_role + 1]
     range_ = np.where(s.range > 0, s.range, 1.0)[:, None]
@@ -184,7 +185,7 @@ def favorite_target_in_range(s: Situation):
     return np.where(s.range > 0, clamp01(score), 0.0)
 
 
-@feature("flanking_position")
+@feature("flanking_position", description="How well the destination flanks nearby enemies relative to their facing.")
 def flanking_position(s: Situation):
     near = s.enemies & (s.d > 0) & (s.d <= 12)
     ux, uy = hexgrid.point(s.u_x, s.u_y)
@@ -200,7 +201,7 @@ def _pattern_score(d: np.ndarray) -> np.ndarray:
     return np.select([d < 1, d < 3, d <= 4], [0.0, 0.7, 1.0], np.maximum(0.0, 1.0 - (d - 4) / 3.0))
 
 
-@feature("formation_cohesion")
+@feature("formation_cohesion", description="Cohesion with friendly units and the player's own units.")
 def formation_cohesion(s: Situation):
     cohesion = np.where(s.mates.any(axis=1), np.maximum(0.0, 1.0 - s.mates_centroid_distance / 15.0), 1.0)
     nearest = np.sort(np.where(s.own, s.d, np.iinfo(np.int64).max), axis=1)[:, :4]
@@ -213,13 +214,13 @@ def formation_cohesion(s: Situation):
     return 0.6 * cohesion + 0.4 * pattern
 
 
-@feature("formation_separation")
+@feature("formation_separation", description="Distance to the nearest friend: too close scores lower.")
 def formation_separation(s: Situation):
     nearest = np.where(s.mates, s.d, np.iinfo(np.int64).max).min(axis=1, initial=np.iinfo(np.int64).max)
     return np.where(s.mates.any(axis=1) & (nearest < 2), nearest / 2.0, 1.0)
 
 
-@feature("formation_alignment", bounds=(0.36, 0.76))
+@feature("formation_alignment", bounds=(0.36, 0.76), description="Agreement of the facing with the mates' most frequent facing.")
 def formation_alignment(s: Situation):
     facings = np.arange(6)
     matches = s.mates[:, :, None] & (s.u_facing[:, :, None] == facings)  # [M, K, 6]
@@ -231,25 +232,25 @@ def formation_alignment(s: Situation):
     return np.where(s.mates.any(axis=1), aligned, 0.5)
 
 
-@feature("friendly_artillery_fire")
+@feature("friendly_artillery_fire", description="Long-range friendly support reaching the destination.")
 def friendly_artillery_fire(s: Situation):
     artillery = s.mates & (s.u_max_range >= 22) & (s.d <= 17)
     best = _masked_max(s.u_max_range - 17.0, artillery)
     return clamp01(best / (np.maximum(s.range, 0.0) + 1.0))
 
 
-@feature("covering_units")
+@feature("covering_units", description="Friendly units whose weapon range covers the destination, divided by 5.")
 def covering_units(s: Situation):
     return clamp01(_count(s.mates & (s.d <= s.u_max_range)) / 5.0)
 
 
-@feature("heat_management")
+@feature("heat_management", description="Heat of a Mek relative to 40 (others: 0).")
 def heat_management(s: Situation):
     is_mek = np.char.find(s.unit_type.astype(str), "Mek") >= 0
     return clamp01(1.0 - np.where(is_mek, s.heat / 40.0, s.heat / 999.0))
 
 
-@feature("enemy_vip_distance")
+@feature("enemy_vip_distance", description="Closeness to high-damage enemies (total damage above 60) within range.")
 def enemy_vip_distance(s: Situation):
     vips = s.enemies & (s.u_total_damage > 60)
     nearest = -_masked_max(-s.d.astype(np.float64), vips)
@@ -257,19 +258,19 @@ def enemy_vip_distance(s: Situation):
     return np.where(ok, clamp01(1.0 - nearest / np.where(s.range > 0, s.range, 1.0)), 0.0)
 
 
-@feature("is_crippled")
+@feature("is_crippled", description="1 if the mover is crippled.")
 def is_crippled(s: Situation):
     return s.crippled
 
 
-@feature("moving_toward_waypoint")
+@feature("moving_toward_waypoint", description="1 if the move brings the unit closer to the enemy centroid.")
 def moving_toward_waypoint(s: Situation):
     cx, cy = hexgrid.centroid(s.u_x, s.u_y, s.enemies)
     closer = hexgrid.distance(s.px, s.py, cx, cy) < hexgrid.distance(s.p0x, s.p0y, cx, cy)
     return s.enemies.any(axis=1) & closer
 
 
-@feature("unit_role")
+@feature("unit_role", description="How well the destination suits the mover's role (sniper, brawler, scout, ...).")
 def unit_role(s: Situation):
     r = s.range
     r_safe = np.where(r > 0, r, 1.0)
@@ -303,27 +304,30 @@ def _threat_by(role: str):
     return threat
 
 
-feature("threat_by_sniper")(_threat_by("SNIPER"))
-feature("threat_by_missile_boat")(_threat_by("MISSILE_BOAT"))
-feature("threat_by_juggernaut")(_threat_by("JUGGERNAUT"))
+feature("threat_by_sniper", description="Damage share that enemy snipers in range can deal to the mover.")(
+    _threat_by("SNIPER"))
+feature("threat_by_missile_boat", description="Damage share that enemy missile boats in range can deal to the mover.")(
+    _threat_by("MISSILE_BOAT"))
+feature("threat_by_juggernaut", description="Damage share that enemy juggernauts in range can deal to the mover.")(
+    _threat_by("JUGGERNAUT"))
 
 
-@feature("unit_tmm")
+@feature("unit_tmm", description="Target movement modifier earned by the move (τ / 7).")
 def unit_tmm(s: Situation):
     return s.tau
 
 
-@feature("piloting_caution")
+@feature("piloting_caution", description="The larger of the piloting-roll chance of failure and the environmental hazard.")
 def piloting_caution(s: Situation):
     return clamp01(np.maximum(s.chance_of_failure, environmental_hazards(s)))
 
 
-@feature("retreat")
+@feature("retreat", description="Need to retreat: damage taken, discounted by distance to the closest enemy.")
 def retreat(s: Situation):
     return clamp01((1.0 - s.h_m) / np.maximum(1.0, s.d_c / 3.0))
 
 
-@feature("scouting")
+@feature("scouting", description="Scout-like movement: ahead of the friendly centroid with MP to spare.")
 def scouting(s: Situation):
     spread = np.where(s.mates.any(axis=1), s.mates_centroid_distance, 0.0)
     value = (0.4 * s.has_role("SCOUT") + 0.3 * (s.max_mp >= 8)
@@ -332,7 +336,7 @@ def scouting(s: Situation):
     return clamp01(value)
 
 
-@feature("standing_still")
+@feature("standing_still", description="1 if the unit did not move.")
 def standing_still(s: Situation):
     return s.hexes_moved == 0
 
@@ -378,7 +382,7 @@ def _disk_on_board(cx, cy, width, height) -> np.ndarray:
     return (x >= 0) & (x < w) & (y >= 0) & (y < h) & centre_on_board[:, None]
 
 
-@feature("strategic_goal")
+@feature("strategic_goal", description="Board control gained, and enemy control disputed, by moving from P0 to P.")
 def strategic_goal(s: Situation):
     """Board control gained, and enemy control disputed, by moving from P0 to P. Only the disks
     around P and P0 can change: ctrl(after) - ctrl(before) = |D(P) minus A| - |D(P0) minus A|."""
@@ -392,12 +396,12 @@ def strategic_goal(s: Situation):
     return clamp01(0.7 * clamp01(gained + 0.5) + 0.3 * clamp01(disputed + 0.5))
 
 
-@feature("target_health")
+@feature("target_health", description="Health fraction of the closest enemy (0.5 with none).")
 def target_health(s: Situation):
     return np.where(s.closest_enemy >= 0, s.at(s.u_health, s.closest_enemy), 0.5)
 
 
-@feature("target_within_optimal_range")
+@feature("target_within_optimal_range", description="Whether the closest enemy is at the mover's best engagement range.")
 def target_within_optimal_range(s: Situation):
     r = s.range.astype(np.int64)
     low = (7 * r) // 10
@@ -407,19 +411,19 @@ def target_within_optimal_range(s: Situation):
     return np.where(ok, _count(inside) / np.maximum(n_enemies, 1), 0.0)
 
 
-@feature("turns_to_encounter")
+@feature("turns_to_encounter", description="How soon the closest enemy can reach the mover, from its MP.")
 def turns_to_encounter(s: Situation):
     v = s.at(s.u_mp, s.closest_enemy)
     ok = (s.closest_enemy >= 0) & (v > 0)
     return np.where(ok, clamp01(1.0 - (s.d_c / np.where(ok, v, 1.0)) / 5.0), 0.0)
 
 
-@feature("chance_of_failure")
+@feature("chance_of_failure", description="Piloting-roll chance of failure of the move (M.CHANCE_OF_FAILURE).")
 def chance_of_failure(s: Situation):
     return clamp01(s.chance_of_failure)
 
 
-@feature("self_threat_level")
+@feature("self_threat_level", description="Threat to the mover from the most dangerous enemy able to reach it.")
 def self_threat_level(s: Situation):
     target = s.closest_target
     d = s.d_c_star

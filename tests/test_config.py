@@ -1,0 +1,67 @@
+"""Settings: one dataclass per job gives the command line, the checks and the logged parameters."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from caspar import config
+from caspar.features import markdown
+from caspar.tune import SEARCH_SPACE
+
+
+def run_job(job, *args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_help_shows_every_setting_with_its_default():
+    text = config.parser_for(config.TrainConfig, "").format_help()
+    for f in dataclasses.fields(config.TrainConfig):
+        assert f"--{f.name.replace('_', '-')}" in text
+    assert "(default: 0.3)" in text and "(default: [128, 128])" in text
+
+
+def test_parsed_values_reach_the_configuration():
+    settings, verbose = config.parse(config.TrainConfig, "", ["--hidden-layers", "64", "32", "--activation", "gelu",
+                                                              "--alias", "champion", "--verbose"])
+    assert settings.hidden_layers == [64, 32] and settings.activation == "gelu" and settings.alias == "champion"
+    assert verbose and settings.dropout_rate == config.Hyperparameters().dropout_rate
+
+
+@pytest.mark.parametrize("job, args, named", [
+    ("train", ["--epochs", "0"], "--epochs 0: must be in [1, inf)"),
+    ("train", ["--learning-rate", "-1"], "--learning-rate -1.0: must be in (0, 10]"),
+    ("train", ["--dropout-rate", "1.5"], "--dropout-rate 1.5: must be in [0, 1)"),
+    ("train", ["--batch-size", "0"], "--batch-size 0: must be in [1, inf)"),
+    ("train", ["--hidden-layers", "64", "0"], "--hidden-layers 64 0: must be in [1, inf)"),
+    ("train", ["--encoding-bins", "-3"], "--encoding-bins -3: must be in [0, 256]"),
+    ("train", ["--learning-rate", "nan"], "--learning-rate nan: must be a finite number"),
+    ("tune", ["--n-trials", "0"], "--n-trials 0: must be in [1, inf)"),
+    ("tune", ["--n-jobs", "0"], "--n-jobs 0: must be in [1, inf) or -1"),
+    ("tune", ["--cpus-per-trial", "0"], "--cpus-per-trial 0.0: must be in (0, inf)"),
+    ("tune", ["--time-budget", "-5"], "--time-budget -5.0: must be in (0, inf)"),
+    ("prepare", ["--test-size", "0"], "--test-size 0.0: must be in (0, 1)"),
+    ("prepare", ["--test-size", "0.5", "--validation-size", "0.5"], "must add up to less than 1"),
+    ("train", ["--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
+])
+def test_a_bad_option_is_one_line_before_anything_loads(job, args, named, tmp_path):
+    result = run_job(job, *args, "--data" if job != "prepare" else "--output", str(tmp_path / "x"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and named in result.stderr, result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_search_space_samples_hyperparameters_by_their_own_names():
+    names = {f.name for f in dataclasses.fields(config.Hyperparameters)}
+    assert set(SEARCH_SPACE) <= names
+    trial = config.TuneConfig(epochs=7, seed=3).trial_hyperparameters()
+    assert (trial.epochs, trial.patience, trial.seed) == (7, 7, 3)
+
+
+def test_feature_documentation_is_current():
+    with open(ROOT / "docs" / "features.md") as handle:
+        assert handle.read() == markdown(), "docs/features.md is stale: run `make docs`"
+    assert "| `strategic_goal` |" in markdown() and "|  |" not in markdown()  # every feature described
