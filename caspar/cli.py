@@ -18,7 +18,7 @@ NATIVE_NOISE = re.compile(
     rb"|Successfully registered model '|Created version '\d+' of model |Registered model '.*' already exists"
     rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\tINFO )")
 QUIET_ENVIRONMENT = {
-    "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "WARNING", "RAY_DATA_LOG_LEVEL": "WARNING",
+    "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "CRITICAL", "RAY_DATA_LOG_LEVEL": "WARNING",
     "RAY_AIR_NEW_OUTPUT": "0",  # Tune's classic reporter, silent at RunConfig(verbose=0)
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
@@ -51,11 +51,13 @@ def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
 
 
 def mlflow_message(error: Exception) -> str:
-    """The cause of an MLflow error in one line (its first line often only says what failed)."""
+    """The cause of an MLflow error in one line: a database's own message where there is one (the
+    first line is often only SQLAlchemy's context)."""
     text = str(getattr(error, "message", error)).strip()
-    cause = re.search(r"\(sqlite3\.\w+\) ([^\n\[]+)", text) or re.search(r"(\w+Error: [^\n]+)", text)
-    first = text.splitlines()[0] if text else type(error).__name__
-    return f"{first.rstrip('. ')} ({cause.group(1).strip()})" if cause and cause.group(1) not in first else first
+    cause = re.search(r"\((?:sqlite3|psycopg2?)\.\w+\) ([^\n\[]+)", text)
+    if cause:
+        return f"tracking store: {cause.group(1).strip()}"
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 @contextlib.contextmanager

@@ -401,23 +401,50 @@ class Prepared:
 
 
 def load_prepared(uri: str) -> Prepared:
-    """Read a dataset written by `prepare`; a missing one is an InputError saying what to run."""
+    """Read a dataset written by `prepare`, checked first: a missing, stale or damaged dataset is
+    an InputError naming the file and what is wrong."""
     filesystem, path = storage.resolve(uri)
-    manifest_path = storage.join(path, "manifest.json")
+    manifest_path, schema_path = storage.join(path, "manifest.json"), storage.join(path, "schema.json")
     if storage.info(filesystem, manifest_path, uri).type != pafs.FileType.File:
         raise InputError(f"no prepared dataset at {storage.describe(uri)}: run jobs/prepare.py first")
-    manifest = json.loads(storage.read_bytes(filesystem, manifest_path))
-    prepared_schema = json.loads(storage.read_bytes(filesystem, storage.join(path, "schema.json")))
-    width = prepared_schema["width"]
-    splits = {}
-    rows = storage.join(path, ROWS_FOLDER)
-    if filesystem.get_file_info(rows).type == pafs.FileType.Directory:
-        table = pads.dataset(rows, filesystem=filesystem, format="parquet").to_table(columns=["split", "features", "reward"])
-        features = table["features"].combine_chunks().flatten().to_numpy().reshape(-1, width)
-        reward = table["reward"].to_numpy()
-        split = table["split"].to_numpy(zero_copy_only=False)
-        splits = {name: (features[split == name], reward[split == name]) for name in SPLITS}
-    if not splits or any(len(splits[name][1]) == 0 for name in SPLITS):
-        sizes = {name: len(splits.get(name, ((), ()))[1]) for name in SPLITS}
+    manifest = _read_json(filesystem, manifest_path)
+    if storage.info(filesystem, schema_path, uri).type != pafs.FileType.File:
+        raise InputError(f"{schema_path}: missing; run jobs/prepare.py again")
+    prepared_schema = _read_json(filesystem, schema_path)
+    expected = schema()
+    if (prepared_schema.get("version"), prepared_schema.get("width")) != (expected["version"], expected["width"]):
+        raise InputError(f"{schema_path}: feature set {prepared_schema.get('version')} ({prepared_schema.get('width')} "
+                         f"values), but this code computes {expected['version']} ({expected['width']} values): "
+                         "run jobs/prepare.py again")
+    files = [i.path for i in storage.list_files(filesystem, storage.join(path, ROWS_FOLDER), uri)
+             if i.base_name.endswith(".parquet")]
+    if not files:
+        raise InputError(f"{storage.join(path, ROWS_FOLDER)}: no Parquet files; run jobs/prepare.py again")
+    table = pa.concat_tables([_read_rows(filesystem, file, expected["width"]) for file in files])
+    features = table["features"].combine_chunks().flatten().to_numpy().reshape(-1, expected["width"])
+    reward = table["reward"].to_numpy()
+    split = table["split"].to_numpy(zero_copy_only=False)
+    splits = {name: (features[split == name], reward[split == name]) for name in SPLITS}
+    if any(len(splits[name][1]) == 0 for name in SPLITS):
+        sizes = {name: len(splits[name][1]) for name in SPLITS}
         raise InputError(f"dataset {uri} has an empty split ({sizes}): add logs or change --test-size/--validation-size")
     return Prepared(uri, splits, prepared_schema, manifest)
+
+
+def _read_json(filesystem, path: str):
+    try:
+        return json.loads(storage.read_bytes(filesystem, path))
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: unreadable ({error}); run jobs/prepare.py again") from None
+
+
+def _read_rows(filesystem, path: str, width: int) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, filesystem=filesystem, columns=["split", "features", "reward"])
+    except (OSError, pa.ArrowException) as error:
+        raise InputError(f"{path}: unreadable Parquet ({storage.first_line(error)}); run jobs/prepare.py again") from None
+    if table["features"].type != pa.list_(pa.float32(), width):
+        raise InputError(f"{path}: features are {table['features'].type}, expected {width} float32 values each")
+    return table

@@ -62,14 +62,14 @@ def info(filesystem: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
     try:
         return filesystem.get_file_info(path)
     except OSError as error:
-        raise StorageError(f"cannot reach {describe(uri)}: {_first_line(error)}") from None
+        raise StorageError(f"cannot reach {describe(uri)}: {first_line(error)}") from None
 
 
 def list_files(filesystem: pafs.FileSystem, path: str, uri: str) -> list[pafs.FileInfo]:
     try:
         infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     except OSError as error:
-        raise StorageError(f"cannot list {describe(uri)}: {_first_line(error)}") from None
+        raise StorageError(f"cannot list {describe(uri)}: {first_line(error)}") from None
     return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
 
@@ -87,7 +87,7 @@ def join(*parts: str) -> str:
     return posixpath.join(*parts)
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
 

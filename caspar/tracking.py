@@ -59,7 +59,8 @@ def experiment_id(name: str) -> str:
     location = None
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):  # an embedded store keeps its artefacts beside its database
-        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        database = uri[len("sqlite:///"):].split("?")[0].removeprefix("file:")
+        location = (Path(database).resolve().parent / "mlartifacts").as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
 
 

@@ -89,6 +89,19 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
     assert len(after) == 4 and all(rows[-1].get("done") for rows in after.values())
     for name, rows in finished.items():  # finished trials were not run again
         assert after[name] == rows
+    # one MLflow run per trial, one study run (closed), figures of the resumed session only
+    import re
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("resume-test").experiment_id], "tags.study = 'resumable'")
+    trials = [r.data.tags["trial_name"] for r in runs if "trial_name" in r.data.tags]
+    assert len(trials) == len(set(trials)) == 4
+    studies = [r for r in runs if r.data.tags.get("caspar.kind") == "study"]
+    assert len(studies) == 1 and studies[0].info.status == "FINISHED"
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert 0 < float(re.search(r"core utilisation ([\d.]+)", output).group(1)) <= 1.0
 
 
 def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from caspar.features.registry import REGISTRY, compute_all, feature, feature_bou
 from caspar.features.reward import reward
 from caspar.features.situation import EXCLUDED_TYPES, Game, Situation
 from caspar.features.units import UnitPoints, load_unit_points
-from caspar.gamelog import GameLog
+from caspar.gamelog import GameLog, Problem
 
 __all__ = [
     "REGISTRY", "Rows", "UnitPoints", "feature", "feature_bounds", "feature_names", "featurize", "load_unit_points",
@@ -65,12 +65,24 @@ def select_moves(game: Game, include_bots: bool = False) -> tuple[np.ndarray, np
 
 
 def featurize(log: GameLog, points: UnitPoints, include_bots: bool = False) -> Rows:
+    """The rows of one log. A move whose values are not all finite numbers (a value missing where
+    a feature needs it) is skipped and reported in `log.problems` with its line."""
     game = Game(log, points)
     move_rows, me_rows, dropped = select_moves(game, include_bots)
     s = Situation(game, move_rows, me_rows)
+    features, rewards = compute_all(s), reward(s)
+    finite = np.isfinite(features).all(axis=1) & np.isfinite(rewards)
+    if not finite.all():
+        lines = log.moves["line"].to_numpy()[move_rows[~finite]]
+        for line, values in zip(lines.tolist(), features[~finite]):
+            names = [n for n, ok in zip(feature_names(), np.isfinite(values)) if not ok] or ["reward"]
+            log.problems.append(Problem(log.name, int(line), f"move skipped: {', '.join(names[:3])} not a finite "
+                                                              "number (a value it needs is missing)"))
+        dropped["moves with a missing value"] = int((~finite).sum())
     is_bot = np.nan_to_num(log.moves["IS_BOT"].to_numpy(zero_copy_only=False).astype(float)) == 1
+    keep = np.flatnonzero(finite)
     return Rows(
-        segment=s.segment, round=s.round.astype(np.int64), player_id=s.player, team_id=s.team,
-        entity_id=s.entity, move_index=move_rows, is_bot=s.is_bot, features=compute_all(s),
-        reward=reward(s), moves_read=log.moves.num_rows, human_moves=int((~is_bot).sum()), dropped=dropped,
+        segment=s.segment[keep], round=s.round.astype(np.int64)[keep], player_id=s.player[keep], team_id=s.team[keep],
+        entity_id=s.entity[keep], move_index=move_rows[keep], is_bot=s.is_bot[keep], features=features[keep],
+        reward=rewards[keep], moves_read=log.moves.num_rows, human_moves=int((~is_bot).sum()), dropped=dropped,
     )

@@ -290,7 +290,7 @@ def read_log(data: bytes, name: str) -> GameLog:
         data = data.encode()
     parser = _LogParser(name)
     parser.feed(data)
-    tables = parser.tables()
+    tables = {kind: _infinite_as_missing(table, name, parser.problems) for kind, table in parser.tables().items()}
     states, moves = tables["state"], tables["move"]
     has_armor = states.num_rows > 0 and states["BV"].null_count == 0 and not pc.any(pc.is_nan(states["BV"])).as_py()
 
@@ -308,6 +308,22 @@ def read_log(data: bytes, name: str) -> GameLog:
         attacks=tables["attack"], minefields=tables["minefield"], problems=parser.problems,
         has_armor_columns=has_armor,
     )
+
+
+def _infinite_as_missing(table: pa.Table, name: str, problems: list[Problem]) -> pa.Table:
+    """An infinite number is reported and read as missing, like `NaN` (which MegaMek writes for
+    "no value"): a feature never sees it."""
+    for index, column in enumerate(table.column_names):
+        values = table[column]
+        if not pa.types.is_floating(values.type):
+            continue
+        infinite = pc.fill_null(pc.is_inf(values), False)
+        if not pc.any(infinite).as_py():
+            continue
+        for line in pc.filter(table["line"], infinite).to_pylist():
+            problems.append(Problem(name, int(line), f"{column} is not a finite number; read as missing"))
+        table = table.set_column(index, column, pc.if_else(infinite, pa.scalar(None, values.type), values))
+    return table
 
 
 def _lines(table: pa.Table) -> np.ndarray:

@@ -1,0 +1,243 @@
+"""Faults and bad values: one clear line, exit 2, and nothing good lost."""
+import fcntl
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import ROOT
+
+from caspar import dataset
+from caspar.config import TrainConfig
+from caspar.features import featurize, load_unit_points
+from caspar.gamelog import read_log
+from caspar.samples import write_samples
+
+
+def job(name, *args, env=None, timeout=300):
+    environment = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    environment.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / f"{name}.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=environment)
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(result, job_name):
+    lines = [line for line in result.stderr.strip().splitlines() if line]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"{job_name}: error: "), result.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """Sample logs and a good dataset prepared from them (by the real job)."""
+    folder = tmp_path_factory.mktemp("good")
+    write_samples(folder / "raw", count=12, seed=3)
+    result = job("prepare", "--input", str(folder / "raw"), "--output", str(folder / "prepared"), "--seed", "6")
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+@pytest.fixture
+def existing(good, tmp_path):
+    """A copy of the good dataset that a test may try to replace."""
+    import shutil
+
+    shutil.copytree(good / "prepared", tmp_path / "prepared")
+    return tmp_path / "prepared"
+
+
+# --- Prepare never replaces a good dataset with a useless one ---------------------------------------
+
+def test_unreadable_logs_do_not_replace_a_good_dataset(existing, tmp_path):
+    (tmp_path / "junk").mkdir()
+    for i in range(3):
+        (tmp_path / "junk" / f"junk{i}.tsv").write_bytes(b"\x00\xffnot a log\n" * 50)
+    before = snapshot(existing)
+    error = one_error_line(job("prepare", "--input", str(tmp_path / "junk"), "--output", str(existing)), "prepare")
+    assert "no rows from 3 files" in error and "junk0.tsv:" in error and "left as it was" in error
+    assert snapshot(existing) == before
+
+
+def test_an_empty_split_is_refused(good, existing):
+    before = snapshot(existing)
+    error = one_error_line(job("prepare", "--input", str(good / "raw"), "--output", str(existing),
+                               "--test-size", "0.001", "--validation-size", "0.001"), "prepare")
+    assert "a split would be empty (train " in error and "val 0" in error
+    assert snapshot(existing) == before
+
+
+def test_problems_per_file_are_capped_in_the_manifest(good, tmp_path):
+    raw = tmp_path / "raw"
+    write_samples(raw, count=12, seed=3)
+    lines = (raw / sorted(os.listdir(raw))[0]).read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("PLAYER_ID\tENTITY_ID"))
+    lines[header + 1:header + 1] = ["1\t2\tjunk"] * 500  # 500 rows with too few fields
+    (raw / sorted(os.listdir(raw))[0]).write_text("\n".join(lines) + "\n")
+    result = job("prepare", "--input", str(raw), "--output", str(tmp_path / "out"), "--seed", "6")
+    assert result.returncode == 0, result.stderr
+    assert "1 files had problems" in result.stdout and "manifest.json" in result.stdout
+    entry = next(f for f in json.loads((tmp_path / "out" / "manifest.json").read_text())["files"] if f["problems"])
+    assert len(entry["problems"]) == dataset.PROBLEMS_KEPT and entry["more_problems"] == 500 - dataset.PROBLEMS_KEPT
+
+
+# --- Non-finite numbers ------------------------------------------------------------------------------
+
+def test_non_finite_numbers_are_problems_never_feature_values(tmp_path):
+    write_samples(tmp_path, count=1, seed=1)
+    path = next(tmp_path.glob("*.tsv"))
+    lines = path.read_text().splitlines()
+    moves = [i for i, line in enumerate(lines) if line.startswith("PLAYER_ID\tENTITY_ID")]
+    first_move = moves[0] + 1
+    fields = lines[first_move].split("\t")
+    fields[13] = "inf"  # MP_P
+    lines[first_move] = "\t".join(fields)
+    states = [i for i, line in enumerate(lines) if line.startswith("ROUND\tPHASE\tPLAYER_ID")]
+    state_row = states[1] + 1
+    fields = lines[state_row].split("\t")
+    fields[8] = "NaN"  # X of a unit: missing where features need it
+    lines[state_row] = "\t".join(fields)
+    log = read_log(("\n".join(lines) + "\n").encode(), path.name)
+    assert any(p.line == first_move + 1 and "MP_P is not a finite number" in p.reason for p in log.problems)
+    rows = featurize(log, load_unit_points())
+    assert len(rows) > 0 and np.isfinite(rows.features).all() and np.isfinite(rows.reward).all()
+    original = featurize(read_log(path.read_bytes(), path.name), load_unit_points())
+    skipped = len(original) - len(rows)
+    assert rows.dropped.get("moves with a missing value", 0) == skipped
+    assert sum("move skipped" in p.reason for p in log.problems) == skipped
+
+
+# --- Atomic replacement ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kill_at, expect_new", [("before-swap", False), ("after-swap", True)])
+def test_a_killed_prepare_leaves_a_whole_dataset(good, existing, kill_at, expect_new):
+    before = snapshot(existing)
+    result = job("prepare", "--input", str(good / "raw"), "--output", str(existing), "--seed", "7",
+                 env={"CASPAR_KILL_AT": kill_at})
+    assert result.returncode == -9
+    after = snapshot(existing)
+    assert set(after) >= {"manifest.json", "schema.json"} and any(k.startswith("rows/") for k in after)
+    manifest = json.loads(after["manifest.json"])
+    assert manifest["settings"]["seed"] == (7 if expect_new else 6)
+    if not expect_new:
+        assert after == before
+    leftovers = [p for p in existing.parent.iterdir() if ".staging-" in p.name]
+    assert leftovers  # what the killed run left behind ...
+    rerun = job("prepare", "--input", str(good / "raw"), "--output", str(existing), "--seed", "6")
+    assert rerun.returncode == 0, rerun.stderr
+    assert not [p for p in existing.parent.iterdir() if ".staging-" in p.name]  # ... the next run removes
+
+
+def test_a_second_writer_is_refused(good, existing):
+    before = snapshot(existing)
+    with open(existing.parent / f".{existing.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running prepare holds it
+        error = one_error_line(job("prepare", "--input", str(good / "raw"), "--output", str(existing)), "prepare")
+    assert "another job is writing the dataset" in error
+    assert snapshot(existing) == before
+
+
+# --- Reading a dataset -------------------------------------------------------------------------------
+
+def damage_truncated_parquet(folder):
+    part = next((folder / "rows").glob("*.parquet"))
+    part.write_bytes(part.read_bytes()[:200])
+    return part.name
+
+
+def damage_missing_schema(folder):
+    (folder / "schema.json").unlink()
+    return "schema.json: missing"
+
+
+def damage_other_feature_set(folder):
+    schema = json.loads((folder / "schema.json").read_text())
+    schema.update(version="v0-old", width=300)
+    (folder / "schema.json").write_text(json.dumps(schema))
+    return "feature set v0-old (300 values)"
+
+
+def damage_no_rows(folder):
+    for part in (folder / "rows").glob("*.parquet"):
+        part.unlink()
+    return "no Parquet files"
+
+
+def damage_wrong_width(folder):
+    part = next((folder / "rows").glob("*.parquet"))
+    table = pq.read_table(part)
+    import pyarrow as pa
+
+    narrow = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(table.num_rows * 3, np.float32)), 3)
+    pq.write_table(table.set_column(table.schema.get_field_index("features"), "features", narrow), part)
+    return "expected 354 float32 values"
+
+
+@pytest.mark.parametrize("damage", [damage_truncated_parquet, damage_missing_schema, damage_other_feature_set,
+                                    damage_no_rows, damage_wrong_width])
+def test_a_damaged_dataset_is_one_line_naming_the_file(existing, damage):
+    named = damage(existing)
+    with pytest.raises(dataset.InputError) as error:
+        dataset.load_prepared(str(existing))
+    assert named in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_train_job_reports_a_damaged_dataset_in_one_line(existing, tmp_path):
+    named = damage_truncated_parquet(existing)
+    error = one_error_line(job("train", "--data", str(existing), env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}),
+                           "train")
+    assert named in error and "unreadable Parquet" in error
+
+
+# --- Never register a model that did not train ------------------------------------------------------
+
+def test_a_diverged_run_is_failed_and_registers_nothing(good, tmp_path, monkeypatch):
+    import mlflow
+
+    from caspar import train as training
+
+    real_fit = training.fit
+
+    def diverging_fit(hp, *args, **kwargs):
+        model, history = real_fit(hp, *args, **kwargs)
+        return model, {**history, "val_loss": history["val_loss"][:-1] + [float("nan")]}
+
+    monkeypatch.setattr(training, "fit", diverging_fit)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    with pytest.raises(training.UserError, match="training diverged"):
+        training.train(TrainConfig(data=str(good / "prepared"), hidden_layers=[8], epochs=1, run_name="diverged",
+                                   model_name="CASPAR-diverged"))
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("caspar").experiment_id])
+    assert run.info.status == "FAILED" and run.info.run_name == "diverged"
+    assert client.search_model_versions("name = 'CASPAR-diverged'") == []
+    assert not any(a.path == "model" for a in client.list_artifacts(run.info.run_id))
+    mlflow.set_tracking_uri(None)
+
+
+# --- Tracking store and resume -----------------------------------------------------------------------
+
+def test_a_read_only_tracking_store_names_the_cause(good, tmp_path):
+    import mlflow
+
+    store = tmp_path / "m.db"
+    mlflow.MlflowClient(f"sqlite:///{store}").create_experiment("caspar")  # a store that has the experiment
+    result = job("train", "--data", str(good / "prepared"), "--epochs", "1",
+                 env={"MLFLOW_TRACKING_URI": f"sqlite:///file:{store}?mode=ro&uri=true"})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
+    assert "readonly database" in lines[0]
+
+
+def test_resume_without_a_study_is_one_line(good, tmp_path):
+    error = one_error_line(job("tune", "--data", str(good / "prepared"), "--resume", "--run-name", "never-ran",
+                               "--storage-path", str(tmp_path / "ray"),
+                               env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}), "tune")
+    assert "--resume: no study named 'never-ran'" in error
