@@ -29,6 +29,12 @@ class UserError(Exception):
     """A problem the user can fix (bad input, a server that does not answer); one-line message."""
 
 
+def in_ray_job() -> bool:
+    """True when this process is the entrypoint of `ray job submit` (it runs on the cluster, in a
+    copy of --working-dir without its git-ignored folders)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
 def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
     """Run `work`; print its lines (exit 0), or one `job: error: ...` line (exit 2 for a UserError,
     1 when MLflow failed). Without `verbose`, the libraries' own log lines are hidden."""

@@ -31,7 +31,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from caspar import storage
-from caspar.cli import UserError
+from caspar.cli import UserError, in_ray_job
 from caspar.config import PrepareConfig, check
 from caspar.features import feature_names, featurize, load_unit_points, schema
 from caspar.gamelog import read_log
@@ -406,6 +406,9 @@ def load_prepared(uri: str) -> Prepared:
     filesystem, path = storage.resolve(uri)
     manifest_path, schema_path = storage.join(path, "manifest.json"), storage.join(path, "schema.json")
     if storage.info(filesystem, manifest_path, uri).type != pafs.FileType.File:
+        if in_ray_job() and not storage.is_s3(uri):
+            raise InputError(f"--data {uri}: not on the cluster (a Ray job runs in a copy of --working-dir without "
+                             "git-ignored folders such as data/): use s3://BUCKET/prefix or an absolute path every node reads")
         raise InputError(f"no prepared dataset at {storage.describe(uri)}: run jobs/prepare.py first")
     manifest = _read_json(filesystem, manifest_path)
     if storage.info(filesystem, schema_path, uri).type != pafs.FileType.File:

@@ -5,13 +5,14 @@ folder: `mlflow.db` (SQLite) with artefacts under `mlartifacts/` beside it; no s
 """
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from caspar.cli import UserError
+from caspar.cli import UserError, in_ray_job
 
 PROJECT = Path(__file__).resolve().parents[1]
 HEALTH_TIMEOUT_S = 5
@@ -27,6 +28,10 @@ def configure() -> str:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri and in_ray_job():
+        raise TrackingError("no MLFLOW_TRACKING_URI in this Ray job: an embedded store would stay on a cluster node and "
+                            "be lost; pass your server with --runtime-env-json "
+                            "'{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"http://HOST:5000\"}}'")
     if not uri:
         uri = f"sqlite:///{PROJECT / 'mlflow.db'}"
     elif uri.startswith(("http://", "https://")):
@@ -39,14 +44,40 @@ def configure() -> str:
 
 
 def check_server(uri: str) -> None:
+    """The server answers, and lets these credentials in (a server with basic auth answers 401
+    to anyone without MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)."""
+    base = uri.rstrip("/")
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S) as response:
-            if response.status == 200:
-                return
-            raise TrackingError(f"MLflow server {uri} answered {response.status} on /health")
+        with urllib.request.urlopen(f"{base}/health", timeout=HEALTH_TIMEOUT_S) as response:
+            if response.status != 200:
+                raise TrackingError(f"MLflow server {uri} answered {response.status} on /health")
+        probe = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", headers=_auth_header())
+        urllib.request.urlopen(probe, timeout=HEALTH_TIMEOUT_S).close()
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            raise TrackingError(_credentials_message(uri, error.code)) from None
+        raise TrackingError(f"MLflow server {uri} answered {error.code} ({error.reason})") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise TrackingError(f"MLflow server {uri} does not answer ({reason})") from None
+
+
+def _auth_header() -> dict[str, str]:
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}
+    return {}
+
+
+def _credentials_message(uri: str, code: int) -> str:
+    if code == 403:
+        return f"MLflow server {uri} refused user {os.environ.get('MLFLOW_TRACKING_USERNAME')!r} (403: no permission)"
+    if os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        return (f"MLflow server {uri} rejected user {os.environ['MLFLOW_TRACKING_USERNAME']!r} (401): "
+                "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    return f"MLflow server {uri} requires signing in (401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
 
 
 def experiment_id(name: str) -> str:

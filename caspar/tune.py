@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from caspar import tracking
-from caspar.cli import UserError
+from caspar.cli import UserError, in_ray_job
 from caspar.config import Hyperparameters, TrainConfig, TuneConfig, check, hyperparameters
 from caspar.dataset import Prepared
 from caspar.model import Normalizer
@@ -129,7 +129,22 @@ class Study:
 
 
 def study_path(settings: TuneConfig) -> str:
-    return os.path.join(settings.storage_path or os.path.abspath("ray_results"), settings.run_name)
+    return os.path.join(settings.storage_path or default_storage(), settings.run_name)
+
+
+def default_storage() -> str:
+    """./ray_results; in a Ray job ~/ray_results, outside the job's temporary copy of --working-dir."""
+    return os.path.expanduser("~/ray_results") if in_ray_job() else os.path.abspath("ray_results")
+
+
+def check_storage(settings: TuneConfig) -> None:
+    """A study on several nodes needs storage that every node reaches: refuse to guess one."""
+    import ray
+
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if settings.storage_path is None and nodes > 1:
+        raise UserError(f"--storage-path: this cluster has {nodes} nodes; give storage every node reaches "
+                        "(s3://BUCKET/prefix or a shared folder)")
 
 
 def tune_study(settings: TuneConfig, prepared: Prepared, verbose: bool = False) -> Study:
@@ -146,6 +161,7 @@ def tune_study(settings: TuneConfig, prepared: Prepared, verbose: bool = False) 
     previous_run = find_study_run(settings, experiment) if settings.resume else None
     if not ray.is_initialized():
         ray.init(logging_level="WARNING", log_to_driver=verbose)
+    check_storage(settings)
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     normalizer = Normalizer.fit(prepared.splits["train"][0])
     data = {"x_train": normalizer.transform(prepared.splits["train"][0]), "y_train": prepared.splits["train"][1],

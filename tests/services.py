@@ -165,12 +165,14 @@ def _stop_group(process: subprocess.Popen, timeout: float = 10) -> None:
 
 
 @contextmanager
-def ray_cluster(nodes: int = 2, cpus_per_node: int = 1):
+def ray_cluster(nodes: int = 2, cpus_per_node: int = 1, token: str | None = None):
     """A real Ray cluster on this host: a head and `nodes - 1` more raylets, all on 127.0.0.1 with
-    their own ports and temp dir. Yields the dashboard (job submission) address."""
+    their own ports and temp dir; with `token`, Ray's token authentication. Yields the dashboard
+    (job submission) address."""
     ray = str(Path(sys.executable).with_name("ray"))
     temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token} if token else {"RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0",
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}  # as if the venv were active
     gcs, dashboard = free_port(), free_port()
 
@@ -193,7 +195,7 @@ def ray_cluster(nodes: int = 2, cpus_per_node: int = 1):
         for _ in range(nodes - 1):
             worker = [ray, "start", *common, f"--address=127.0.0.1:{gcs}", *node_ports()]
             processes.append(subprocess.Popen(worker, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        _wait_for_nodes(address, nodes)
+        _wait_for_nodes(address, nodes, token)
         yield address
     finally:
         for process in reversed(processes):
@@ -202,13 +204,15 @@ def ray_cluster(nodes: int = 2, cpus_per_node: int = 1):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _wait_for_nodes(address: str, count: int, timeout: float = 120) -> None:
+def _wait_for_nodes(address: str, count: int, token: str | None, timeout: float = 120) -> None:
     import urllib.request
 
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(f"{address}/nodes?view=summary", timeout=5) as response:
+            request = urllib.request.Request(f"{address}/nodes?view=summary", headers=headers)
+            with urllib.request.urlopen(request, timeout=5) as response:
                 summary = json.loads(response.read())["data"]["summary"]
                 if sum(1 for node in summary if node["raylet"]["state"] == "ALIVE") >= count:
                     return
@@ -272,6 +276,16 @@ def substitute(text: str, env: dict) -> str:
             return arg
         raise KeyError(f"{name} is not set ({arg})")
     return re.sub(r"\$\{(\w+)(?:(:[-?])([^}]*))?\}", value, text)
+
+
+def compose_mlflow_environment(compose: dict, env: dict, s3_endpoint: str, postgres_port: int, folder: Path) -> dict:
+    """The `mlflow` service's environment from compose.yaml, interpolated from `env`, with the
+    image's basic-auth settings (docker/basic_auth.ini) pointed at local PostgreSQL and S3."""
+    environment = {name: substitute(str(value), env) for name, value in compose["services"]["mlflow"]["environment"].items()}
+    settings = (Path(__file__).resolve().parents[1] / "docker" / "basic_auth.ini").read_text()
+    (folder / "basic_auth.ini").write_text(settings.replace("postgres:5432", f"127.0.0.1:{postgres_port}"))
+    environment.update(MLFLOW_AUTH_CONFIG_PATH=str(folder / "basic_auth.ini"), MLFLOW_S3_ENDPOINT_URL=s3_endpoint)
+    return environment
 
 
 def compose_mlflow_command(compose: dict, env: dict, port: int, postgres_port: int) -> list[str]:

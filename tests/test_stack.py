@@ -17,6 +17,7 @@ from services import (
     S3_SECRET,
     _postgres_bin,
     compose_mlflow_command,
+    compose_mlflow_environment,
     free_port,
     postgres,
     running_mlflow,
@@ -27,7 +28,10 @@ from services import (
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SCHEMA = ROOT / "tests" / ".cache" / "compose-spec.json"
 STACK_ENV = {"MINIO_ROOT_USER": S3_KEY, "MINIO_ROOT_PASSWORD": S3_SECRET, "MLFLOW_BUCKET": "mlflow",
-             "POSTGRES_USER": "mlflow", "POSTGRES_PASSWORD": "stack-test", "POSTGRES_DB": "mlflow"}
+             "POSTGRES_USER": "mlflow", "POSTGRES_PASSWORD": "stack-test", "POSTGRES_DB": "mlflow",
+             "MLFLOW_ADMIN_PASSWORD": "admin-secret-for-tests", "MLFLOW_SECRET_KEY": "session-secret-for-tests",
+             "RAY_AUTH_TOKEN": "ray-token-for-tests"}
+SIGNED_IN = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": STACK_ENV["MLFLOW_ADMIN_PASSWORD"]}
 
 
 def test_compose_file_follows_the_compose_specification():
@@ -46,7 +50,8 @@ def test_compose_wiring():
     for name in ("minio", "postgres", "mlflow", "ray-head"):
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no health check"
     assert services["mlflow"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
-    assert "5000:5000" in services["mlflow"]["ports"] and "8265:8265" in services["ray-head"]["ports"]
+    assert services["mlflow"]["ports"] == ["${BIND_ADDRESS:-127.0.0.1}:5000:5000"]
+    assert services["ray-head"]["ports"] == ["${BIND_ADDRESS:-127.0.0.1}:8265:8265"]
     command = services["mlflow"]["command"]
     assert "--serve-artifacts" in command and any(p.startswith("postgresql://") for p in command)
     assert any(p.startswith("s3://") for p in command) and "--allowed-hosts" in command
@@ -56,14 +61,35 @@ def test_compose_wiring():
     assert "mc mb --ignore-existing" in init and "mc anonymous set none" in init and "public" not in init
     dockerfile = (ROOT / services["mlflow"]["build"]["dockerfile"]).read_text()
     pinned = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("mlflow=="))
-    assert f'"{pinned}"' in dockerfile and "psycopg" in dockerfile and "boto3" in dockerfile
+    assert f'"{pinned.replace("mlflow==", "mlflow[auth]==")}"' in dockerfile and "psycopg" in dockerfile and "boto3" in dockerfile
+
+
+def test_everything_published_requires_credentials():
+    services = COMPOSE["services"]
+    published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
+    assert published == {"minio": ["${BIND_ADDRESS:-127.0.0.1}:9000:9000"],  # S3 API only: no console
+                         "mlflow": ["${BIND_ADDRESS:-127.0.0.1}:5000:5000"],
+                         "ray-head": ["${BIND_ADDRESS:-127.0.0.1}:8265:8265"]}
+    command = services["mlflow"]["command"]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    environment = services["mlflow"]["environment"]
+    assert environment["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert environment["MLFLOW_FLASK_SERVER_SECRET_KEY"].startswith("${MLFLOW_SECRET_KEY:?")
+    dockerfile = (ROOT / services["mlflow"]["build"]["dockerfile"]).read_text()
+    assert f"COPY docker/basic_auth.ini {environment['MLFLOW_AUTH_CONFIG_PATH']}" in dockerfile
+    settings = (ROOT / "docker" / "basic_auth.ini").read_text()
+    assert "password" not in settings.split("[mlflow]")[1].lower().replace("pgpassword", "")
+    for name in ("ray-head", "ray-worker"):
+        assert services[name]["environment"]["RAY_AUTH_MODE"] == "token"
+        assert services[name]["environment"]["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?")
 
 
 def test_no_credentials_outside_env_files():
     assert ".env" in (ROOT / ".gitignore").read_text().split()
     example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
                    if line and not line.startswith("#"))
-    assert example["MINIO_ROOT_PASSWORD"] == "" and example["POSTGRES_PASSWORD"] == ""
+    for secret in ("MINIO_ROOT_PASSWORD", "POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SECRET_KEY", "RAY_AUTH_TOKEN"):
+        assert example[secret] == "", secret
     text = (ROOT / "compose.yaml").read_text()
     for variable in ("MINIO_ROOT_PASSWORD", "POSTGRES_PASSWORD", "MINIO_ROOT_USER"):
         assert f"${{{variable}" in text  # only ever interpolated from .env
@@ -72,12 +98,15 @@ def test_no_credentials_outside_env_files():
 @contextmanager
 def compose_mlflow(s3_endpoint: str, postgres_port: int):
     """compose.yaml's own `mlflow` command, with hosts and ports substituted, on local services."""
+    import tempfile
+    from pathlib import Path
+
     port = free_port()
     command = compose_mlflow_command(COMPOSE, STACK_ENV, port, postgres_port)
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-           "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
-    with running_mlflow(command, port, ROOT / "tests" / ".cache" / "mlflow-stack.log", env) as url:
-        yield url
+    with tempfile.TemporaryDirectory() as folder:
+        env = {**os.environ, **compose_mlflow_environment(COMPOSE, STACK_ENV, s3_endpoint, postgres_port, Path(folder))}
+        with running_mlflow(command, port, ROOT / "tests" / ".cache" / "mlflow-stack.log", env) as url:
+            yield url
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +135,7 @@ def without_s3_credentials(**extra):
 
 
 @needs_shared_logs()
-def test_end_to_end_on_the_stack(stack, tmp_path):
+def test_end_to_end_on_the_stack(stack, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     client = s3_client(stack["s3"])
@@ -119,7 +148,7 @@ def test_end_to_end_on_the_stack(stack, tmp_path):
     prepared, _ = job("prepare", "--input", "s3://games/raw", "--output", str(tmp_path / "prepared"),
                       "--test-size", "0.2", "--validation-size", "0.2", env=reader_env)
     assert prepared.returncode == 0, prepared.stderr[-2000:]
-    env = without_s3_credentials(MLFLOW_TRACKING_URI=stack["mlflow"])  # artefacts go through the server
+    env = without_s3_credentials(MLFLOW_TRACKING_URI=stack["mlflow"], **SIGNED_IN)  # artefacts go through the server
     tuned, _ = job("tune", "--data", str(tmp_path / "prepared"), "--n-trials", "3", "--epochs", "2",
                    "--grace-period", "1", "--storage-path", str(tmp_path / "ray"), "--run-name", "stack-model",
                    "--experiment-name", "stack", "--model-name", "CASPAR-stack", env=env)
@@ -129,11 +158,20 @@ def test_end_to_end_on_the_stack(stack, tmp_path):
     assert "verified" in exported.stdout
     assert (tmp_path / "exports" / "stack-model" / "stack-model.tflite").is_file()
     assert (tmp_path / "exports" / "stack-model" / "saved_model.pb").is_file()
+    trained, _ = job("train", "--data", str(tmp_path / "prepared"), "--epochs", "1", "--hidden-layers", "16",
+                     "--experiment-name", "stack", "--run-name", "stack-train", "--model-name", "CASPAR-stack",
+                     "--alias", "champion", env=env)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    champion, _ = job("export", "--run", "models:/CASPAR-stack@champion", "--output", str(tmp_path / "exports"), env=env)
+    assert champion.returncode == 0 and "verified" in champion.stdout, champion.stderr[-2000:]
+    assert (tmp_path / "exports" / "stack-train" / "stack-train.tflite").is_file()
     # runs and metrics are in the server's PostgreSQL store
+    for name, value in SIGNED_IN.items():  # the MLflow client of this test signs in too
+        monkeypatch.setenv(name, value)
     tracking = MlflowClient(stack["mlflow"], registry_uri=stack["mlflow"])
     experiment = tracking.get_experiment_by_name("stack")
     runs = tracking.search_runs([experiment.experiment_id])
-    assert len([r for r in runs if r.info.run_name.startswith("train_trial")]) == 3
+    assert len([r for r in runs if r.info.run_name.startswith("train_trial")]) == 3, [r.info.run_name for r in runs]
     best = next(r for r in runs if r.info.run_name == "stack-model")
     assert "test_r2" in best.data.metrics and tracking.search_model_versions("name = 'CASPAR-stack'")
     count = subprocess.run([_postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(stack["postgres_port"]), "-U", "postgres", "-d",
@@ -175,7 +213,7 @@ def test_s3_down_while_logging_leaves_no_good_looking_model(sample_dataset, tmp_
     with postgres("mlflow", "stack-test", "mlflow") as pg_port:
         dead_endpoint = f"http://127.0.0.1:{free_port()}"  # the S3 server is down
         with compose_mlflow(dead_endpoint, pg_port) as url:
-            env = without_s3_credentials(MLFLOW_TRACKING_URI=url)
+            env = without_s3_credentials(MLFLOW_TRACKING_URI=url, **SIGNED_IN)
             result, _ = job("train", "--data", sample_dataset, "--epochs", "1", "--run-name", "half",
                             "--model-name", "CASPAR-half", env=env, timeout=300)
             assert result.returncode != 0
@@ -185,3 +223,35 @@ def test_s3_down_while_logging_leaves_no_good_looking_model(sample_dataset, tmp_
             runs = tracking.search_runs([e.experiment_id for e in tracking.search_experiments()],
                                         "attributes.run_name = 'half'")
             assert runs and all(r.info.status == "FAILED" for r in runs)
+
+
+def test_the_server_lets_nobody_in_without_credentials(stack):
+    api = f"{stack['mlflow']}/api/2.0/mlflow/experiments/search?max_results=5"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(api, timeout=10)
+    assert refused.value.code == 401
+    request = urllib.request.Request(f"{stack['mlflow']}/api/2.0/mlflow/experiments/create", method="POST",
+                                     data=b'{"name": "intruder"}', headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+    import base64
+
+    wrong = base64.b64encode(b"admin:guess").decode()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(api, headers={"Authorization": f"Basic {wrong}"}), timeout=10)
+    assert refused.value.code == 401
+    right = base64.b64encode(f"admin:{STACK_ENV['MLFLOW_ADMIN_PASSWORD']}".encode()).decode()
+    with urllib.request.urlopen(urllib.request.Request(api, headers={"Authorization": f"Basic {right}"}), timeout=10) as ok:
+        assert ok.status == 200 and "experiments" in json.loads(ok.read())
+
+
+@pytest.mark.parametrize("credentials, message", [
+    ({}, "requires signing in (401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+    ({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "guess"}, "rejected user 'admin' (401)"),
+])
+def test_a_job_without_valid_credentials_is_one_line(stack, sample_dataset, credentials, message):
+    env = without_s3_credentials(MLFLOW_TRACKING_URI=stack["mlflow"], **credentials)
+    result, seconds = job("train", "--data", sample_dataset, "--epochs", "1", env=env, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr and seconds < 30
