@@ -31,8 +31,8 @@ def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
     return train, val
 
 
-def fit(hp: Hyperparameters, x_train, y_train, x_val, y_val, callbacks=()):
-    """Build and train the MLP on normalised inputs; early stopping restores the best weights."""
+def compiled_model(hp: Hyperparameters, x_train):
+    """The MLP for these hyperparameters, compiled, with its initial weights seeded."""
     import keras
 
     keras.utils.set_random_seed(hp.seed)
@@ -40,12 +40,34 @@ def fit(hp: Hyperparameters, x_train, y_train, x_val, y_val, callbacks=()):
     # Several steps per call into TensorFlow: small batches are otherwise bound by per-step overhead.
     model.compile(optimizer=make_optimizer(hp.optimizer, hp.learning_rate), loss="mse", metrics=["mae"],
                   steps_per_execution=STEPS_PER_EXECUTION)
+    return model
+
+
+def plateau_schedule(hp: Hyperparameters):
+    """Halve the learning rate when val_loss stalls for a third of the patience. Its state survives
+    separate fit() calls (a tune trial trains one epoch per call; Keras resets it on every call)."""
+    import keras
+
+    class Plateau(keras.callbacks.ReduceLROnPlateau):
+        started = False
+
+        def on_train_begin(self, logs=None):
+            if not self.started:
+                self.started = True
+                super().on_train_begin(logs)
+
+    return Plateau(monitor="val_loss", factor=0.5, patience=max(2, hp.patience // 3), min_lr=hp.learning_rate / 100)
+
+
+def fit(hp: Hyperparameters, x_train, y_train, x_val, y_val, callbacks=()):
+    """Build and train the MLP on normalised inputs; early stopping restores the best weights."""
+    import keras
+
+    model = compiled_model(hp, x_train)
     train, val = tf_datasets(x_train, y_train, x_val, y_val, hp.batch_size, hp.seed)
     stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience, restore_best_weights=True)
-    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, hp.patience // 3),
-                                                min_lr=hp.learning_rate / 100)
     history = model.fit(train, validation_data=val, epochs=hp.epochs, verbose=0, shuffle=False,
-                        callbacks=[stopping, plateau, keras.callbacks.TerminateOnNaN(), *callbacks])
+                        callbacks=[stopping, plateau_schedule(hp), keras.callbacks.TerminateOnNaN(), *callbacks])
     return model, history.history
 
 

@@ -8,6 +8,7 @@ registered like a train run, under the study's --run-name. Trials are configured
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from caspar import tracking
+from caspar import storage, tracking
 from caspar.cli import UserError, in_ray_job
 from caspar.config import Hyperparameters, TrainConfig, TuneConfig, check, hyperparameters
 from caspar.dataset import Prepared
@@ -34,6 +35,8 @@ SEARCH_SPACE = {
 }
 METRIC, MODE = "val_loss", "min"
 CHECKPOINT_FILE = "model.keras"
+REDUCTION_FACTOR = 3  # of ASHA
+TRIAL_METRICS = ("loss", "val_loss", "val_mae", "best_val_loss", "cpu_seconds", "startup_seconds")  # per epoch, in MLflow
 
 
 def param_space(settings: TuneConfig) -> dict:
@@ -46,51 +49,79 @@ def param_space(settings: TuneConfig) -> dict:
 
 # --- One trial (runs in a Ray worker) ----------------------------------------------------------------
 
-def report_to_tune(started: float, cpu_started: float):
-    """Keras callback: every epoch, tune.report the metrics, with the model as a checkpoint
-    (`model.keras`) when val_loss improved; Ray keeps only the best few (CheckpointConfig). Also
-    reports the trial's CPU seconds and its start-up time (trial function entered -> first epoch)."""
-    import keras
-    import ray
+def milestones(settings: TuneConfig) -> set[int]:
+    """The epochs after which ASHA may stop a trial (grace period x reduction factor^k), and the last."""
+    rungs, epoch = {settings.epochs}, min(settings.grace_period, settings.epochs)
+    while epoch < settings.epochs:
+        rungs.add(epoch)
+        epoch *= REDUCTION_FACTOR
+    return rungs
+
+
+def trial_class():
+    """The Tune Trainable of a trial (defined here: Ray is imported only when tuning)."""
     from ray import tune
 
-    node = ray.get_runtime_context().get_node_id()
+    class Trial(tune.Trainable):
+        """One trial: each step() trains one epoch and reports it, so that ASHA decides at epoch
+        granularity and a stopped trial trains nothing more. The best model so far is saved as a
+        checkpoint only at the epochs where ASHA may stop the trial (and its last): a few per trial
+        instead of one per better epoch, each of which had the driver snapshot the study's state.
+        reset_config lets Tune run the next trial in this process (no TensorFlow start-up)."""
 
-    class ReportToTune(keras.callbacks.Callback):
-        startup = 0.0
-        best = np.inf
+        def setup(self, config, data, cpus_per_trial, checkpoint_at):
+            import ray
+            import tensorflow as tf
 
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 0:
-                self.startup = time.perf_counter() - started
+            threads = max(1, int(cpus_per_trial))
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+            self.data, self.checkpoint_at = data, checkpoint_at
+            self.node = ray.get_runtime_context().get_node_id()
+            self.start(config)
 
-        def on_epoch_end(self, epoch, logs=None):
-            metrics = {k: float(v) for k, v in (logs or {}).items() if k in ("loss", "val_loss", "val_mae")}
-            metrics.update(cpu_seconds=time.process_time() - cpu_started, startup_seconds=self.startup)
-            metrics["node_id"] = node  # which Ray node ran the trial (not an MLflow metric: not a number)
-            if not metrics.get(METRIC, np.inf) < self.best:  # no better: no checkpoint to write
-                tune.report(metrics)
-                return
-            self.best = metrics[METRIC]
-            with tempfile.TemporaryDirectory() as folder:
-                self.model.save(os.path.join(folder, CHECKPOINT_FILE))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        def start(self, config):
+            from caspar.train import compiled_model, plateau_schedule, tf_datasets
 
-    return ReportToTune()
+            self.started, self.cpu_started, self.startup = time.perf_counter(), time.process_time(), None
+            hp = Hyperparameters(**config)
+            self.model = compiled_model(hp, self.data["x_train"])
+            self.batches = tf_datasets(self.data["x_train"], self.data["y_train"], self.data["x_val"], self.data["y_val"],
+                                       hp.batch_size, hp.seed)
+            self.callbacks = [plateau_schedule(hp)]
+            self.best, self.best_weights = np.inf, None
 
+        def step(self):
+            if self.startup is None:
+                self.startup = time.perf_counter() - self.started
+            train, val = self.batches
+            history = self.model.fit(train, validation_data=val, initial_epoch=self.iteration, epochs=self.iteration + 1,
+                                     verbose=0, shuffle=False, callbacks=self.callbacks).history
+            metrics = {k: float(history[k][-1]) for k in ("loss", "val_loss", "val_mae") if k in history}
+            if metrics.get(METRIC, np.inf) < self.best:
+                self.best, self.best_weights = metrics[METRIC], self.model.get_weights()
+            return {**metrics, "best_val_loss": self.best, "cpu_seconds": time.process_time() - self.cpu_started,
+                    "startup_seconds": self.startup, "node_id": self.node,  # node_id: not a number, not in MLflow
+                    "should_checkpoint": self.iteration + 1 in self.checkpoint_at and self.best_weights is not None}
 
-def train_trial(config: dict, data: dict, cpus_per_trial: float) -> None:
-    """One trial: fit on the shared (already normalised) arrays, reporting every epoch."""
-    started, cpu_started = time.perf_counter(), time.process_time()
-    import tensorflow as tf
+        def save_checkpoint(self, checkpoint_dir):
+            current = self.model.get_weights()
+            self.model.set_weights(self.best_weights)
+            self.model.save(os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+            self.model.set_weights(current)
 
-    from caspar.train import fit
+        def load_checkpoint(self, checkpoint_dir):
+            import keras
 
-    threads = max(1, int(cpus_per_trial))
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
-    fit(Hyperparameters(**config), data["x_train"], data["y_train"], data["x_val"], data["y_val"],
-        callbacks=[report_to_tune(started, cpu_started)])
+            import caspar.layers  # noqa: F401  (custom layers must be known before loading)
+
+            self.model = keras.models.load_model(os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+
+        def reset_config(self, new_config):
+            self.start(new_config)
+            return True
+
+    return Trial
 
 
 # --- The study (runs on the driver) -----------------------------------------------------------------
@@ -109,6 +140,7 @@ class Study:
     tracking_uri: str
     path: str
     core_utilisation: float  # CPU seconds of trials in this session / (wall seconds of the search x cluster CPUs)
+    driver_share: float  # the driver's CPU seconds, same denominator
     mean_startup_seconds: float  # trial function entered -> first epoch
 
     def lines(self) -> list[str]:
@@ -117,8 +149,9 @@ class Study:
         registered = f", registered version {self.registered_version}" if self.registered_version else ""
         return [
             f"{self.trials} trials in {self.seconds:.0f} s: {self.stopped_early} stopped early by ASHA, {self.errored} failed",
-            f"core utilisation {self.core_utilisation:.2f}, trial start-up {self.mean_startup_seconds:.1f} s, "
-            f"{3600 * self.trials / max(self.seconds, 1):.0f} trials per hour",
+            f"core utilisation {self.core_utilisation:.2f} (trials training; driver and bookkeeping {self.driver_share:.2f}, "
+            f"other and idle {max(0.0, 1 - self.core_utilisation - self.driver_share):.2f}), "
+            f"trial start-up {self.mean_startup_seconds:.1f} s, {3600 * self.trials / max(self.seconds, 1):.0f} trials per hour",
             f"best: {config}",
             f"best val_loss {self.best_val_loss:.5f}; test R² {m['test_r2']:.4f} "
             f"(GBDT baseline {m['baseline_gbdt_test_r2']:.4f}, mean baseline {m['baseline_mean_test_r2']:.4f})",
@@ -130,6 +163,14 @@ class Study:
 
 def study_path(settings: TuneConfig) -> str:
     return os.path.join(settings.storage_path or default_storage(), settings.run_name)
+
+
+def study_storage(settings: TuneConfig):
+    """(filesystem, folder) of the study storage: a local folder, or s3:// through the same
+    filesystem (endpoint, credentials) as the datasets."""
+    if settings.storage_path and storage.is_s3(settings.storage_path):
+        return storage.resolve(settings.storage_path)
+    return None, settings.storage_path or default_storage()
 
 
 def default_storage() -> str:
@@ -163,6 +204,7 @@ def tune_study(settings: TuneConfig, prepared: Prepared, verbose: bool = False) 
         ray.init(logging_level="WARNING", log_to_driver=verbose)
     check_storage(settings)
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.INFO if verbose else logging.ERROR)
     normalizer = Normalizer.fit(prepared.splits["train"][0])
     data = {"x_train": normalizer.transform(prepared.splits["train"][0]), "y_train": prepared.splits["train"][1],
             "x_val": normalizer.transform(prepared.splits["val"][0]), "y_val": prepared.splits["val"][1]}
@@ -173,11 +215,13 @@ def tune_study(settings: TuneConfig, prepared: Prepared, verbose: bool = False) 
             mlflow.log_params({k: getattr(settings, k) for k in ("n_trials", "epochs", "grace_period", "seed",
                                                                  "cpus_per_trial")})
         tuner = build_tuner(settings, data, uri, parent.info.run_id, verbose)
-        search_started = time.time()
+        search_started, driver_cpu = time.time(), time.process_time()
         results = tuner.fit()
+        driver_cpu = time.process_time() - driver_cpu  # the driver's threads: Tune, Optuna, MLflow logging
         cpu_capacity = (time.time() - search_started) * ray.cluster_resources().get("CPU", 1)
-        best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
-        summary = summarise(results, settings, search_started, cpu_capacity)
+        best = best_result(results)
+        summary = summarise(results, best, settings, search_started, cpu_capacity)
+        summary["driver_share"] = driver_cpu / max(cpu_capacity, 1e-9)
         log_study(results, best, summary)
     best_config = TrainConfig(**hyperparameters(best.config), data=settings.data, experiment_name=settings.experiment_name,
                               run_name=settings.run_name, model_name=settings.model_name, alias=settings.alias)
@@ -186,6 +230,7 @@ def tune_study(settings: TuneConfig, prepared: Prepared, verbose: bool = False) 
                  metrics=metrics, trials=len(results), stopped_early=summary["stopped_early"], errored=len(results.errors),
                  run_id=run_id, registered_version=version, seconds=time.perf_counter() - started, tracking_uri=uri,
                  path=study_path(settings), core_utilisation=summary["core_utilisation"],
+                 driver_share=summary["driver_share"],
                  mean_startup_seconds=summary["mean_trial_startup_seconds"])
 
 
@@ -197,7 +242,8 @@ def find_study_run(settings: TuneConfig, experiment: str) -> str:
     path = study_path(settings)
     runs = mlflow.search_runs([experiment], f"tags.study = '{settings.run_name}' and tags.`caspar.kind` = 'study'",
                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
-    if not runs or not tune.Tuner.can_restore(path):
+    filesystem, folder = study_storage(settings)
+    if not runs or not tune.Tuner.can_restore(storage.join(folder, settings.run_name), storage_filesystem=filesystem):
         raise UserError(f"--resume: no study named {settings.run_name!r} to resume in {path} and experiment "
                         f"{settings.experiment_name!r}; start it without --resume")
     return runs[0].info.run_id
@@ -210,20 +256,23 @@ def build_tuner(settings: TuneConfig, data: dict, tracking_uri: str, parent_run_
 
     warnings.filterwarnings("ignore", message="Choices for a categorical distribution")  # hidden_layers are lists
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=data, cpus_per_trial=settings.cpus_per_trial), {"cpu": settings.cpus_per_trial})
+        tune.with_parameters(trial_class(), data=data, cpus_per_trial=settings.cpus_per_trial,
+                             checkpoint_at=milestones(settings)), {"cpu": settings.cpus_per_trial})
     callbacks = [trial_runs(tracking_uri=tracking_uri, experiment_name=settings.experiment_name,
                             tags={"study": settings.run_name, "mlflow.parentRunId": parent_run_id})]
     if not verbose:
         callbacks.append(trial_printer(settings))
+    filesystem, folder = study_storage(settings)
     if settings.resume:  # the callbacks come back from the stored study
-        return tune.Tuner.restore(study_path(settings), trainable=trainable, resume_errored=True,
-                                  param_space=param_space(settings))
+        return tune.Tuner.restore(storage.join(folder, settings.run_name), trainable=trainable, resume_errored=True,
+                                  param_space=param_space(settings), storage_filesystem=filesystem)
     run_config = tune.RunConfig(
-        name=settings.run_name, storage_path=os.path.dirname(study_path(settings)), callbacks=callbacks,
+        name=settings.run_name, storage_path=folder, storage_filesystem=filesystem, callbacks=callbacks,
+        stop={"training_iteration": settings.epochs},
         verbose=2 if verbose else 0,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints,
-                                                checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE))
+                                                checkpoint_score_attribute="best_val_loss", checkpoint_score_order=MODE))
     return tune.Tuner(
         trainable, param_space=param_space(settings), run_config=run_config,
         tune_config=tune.TuneConfig(
@@ -232,7 +281,7 @@ def build_tuner(settings: TuneConfig, data: dict, tracking_uri: str, parent_run_
             search_alg=OptunaSearch(seed=settings.seed),
             reuse_actors=True,  # a new trial reuses a finished one's process: no TensorFlow start-up
             scheduler=ASHAScheduler(max_t=settings.epochs, grace_period=min(settings.grace_period, settings.epochs),
-                                    reduction_factor=3),
+                                    reduction_factor=REDUCTION_FACTOR),
             time_budget_s=settings.time_budget))
 
 
@@ -250,7 +299,23 @@ def trial_runs(**kwargs):
 
     class TrialRuns(MLflowLoggerCallback):
         """One MLflow run per trial, also across --resume: a trial that already has a run in this
-        study continues it instead of getting a second one."""
+        study continues it instead of getting a second one. Each epoch's metrics go in one batch,
+        asynchronously: Ray's own callback writes every value of a result separately, which held
+        the driver (and so the trials waiting on it) for half a second per epoch."""
+
+        def log_trial_result(self, iteration, trial, result):
+            import mlflow
+            from mlflow.entities import Metric
+
+            now, step = int(time.time() * 1000), result["training_iteration"]
+            metrics = [Metric(key, float(result[key]), now, step) for key in TRIAL_METRICS if key in result]
+            mlflow.MlflowClient(self.tracking_uri).log_batch(self._trial_runs[trial], metrics=metrics, synchronous=False)
+
+        def log_trial_end(self, trial, failed=False):
+            import mlflow
+
+            mlflow.flush_async_logging()
+            super().log_trial_end(trial, failed)
 
         def log_trial_start(self, trial):
             if trial not in self._trial_runs:
@@ -275,19 +340,19 @@ def trial_printer(settings: TuneConfig):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.finished += 1
-            result = trial.last_result or {}
-            loss, epochs = result.get(METRIC, np.nan), result.get("training_iteration", 0)
-            self.best = min(self.best, float(trial.metric_analysis.get(METRIC, {}).get("min", loss)))
+            epochs = (trial.last_result or {}).get("training_iteration", 0)
+            loss = float(trial.metric_analysis.get(METRIC, {}).get("min", np.nan))
+            self.best = min(self.best, loss)
             stopped = " (stopped by ASHA)" if epochs < settings.epochs else ""
-            print(f"trial {self.finished}/{settings.n_trials}: val_loss {loss:.5f} after {epochs} epochs{stopped}; "
-                  f"best so far {self.best:.5f}", flush=True)
+            print(f"trial {self.finished}/{settings.n_trials}: best val_loss {loss:.5f} in {epochs} epochs{stopped}; "
+                  f"best of the study {self.best:.5f}", flush=True)
 
     return TrialPrinter()
 
 
 # --- After the search --------------------------------------------------------------------------------
 
-def summarise(results, settings: TuneConfig, session_started: float, cpu_capacity: float) -> dict:
+def summarise(results, best, settings: TuneConfig, session_started: float, cpu_capacity: float) -> dict:
     """Figures of this session only (a resumed study's earlier sessions are not counted)."""
     cpu_seconds, startups = 0.0, []
     for result in results:
@@ -302,9 +367,8 @@ def summarise(results, settings: TuneConfig, session_started: float, cpu_capacit
                 if restarted:
                     startups.append(startup)
             previous = cpu
-    frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and METRIC in r.metrics_dataframe]
     return {
-        "best_val_loss": float(min(f[METRIC].min() for f in frames)),
+        "best_val_loss": float(best.metrics_dataframe[METRIC].min()),
         "trials": len(results),
         "stopped_early": sum(1 for r in results if r.metrics and not r.error
                              and r.metrics.get("training_iteration", 0) < settings.epochs),
@@ -321,12 +385,23 @@ def log_study(results, best, summary: dict) -> None:
     _log_val_loss_plot(results)
 
 
+def best_result(results):
+    """The trial with the lowest validation loss among those that saved a checkpoint (a study's
+    time budget can stop a trial before its first)."""
+    with_checkpoint = [r for r in results if r.checkpoint is not None and r.metrics_dataframe is not None
+                       and METRIC in r.metrics_dataframe]
+    if not with_checkpoint:
+        raise UserError("no trial got far enough to save a model: give the study more --time-budget "
+                        "or a smaller --grace-period")
+    return min(with_checkpoint, key=lambda r: float(r.metrics_dataframe[METRIC].min()))
+
+
 def load_best_model(best):
     import keras
 
     import caspar.layers  # noqa: F401  (custom layers must be known before loading)
 
-    checkpoint = best.get_best_checkpoint(METRIC, MODE) or best.checkpoint
+    checkpoint = best.get_best_checkpoint("best_val_loss", MODE) or best.checkpoint
     with checkpoint.as_directory() as folder:
         return keras.models.load_model(os.path.join(folder, CHECKPOINT_FILE))
 

@@ -171,7 +171,7 @@ def test_end_to_end_on_the_stack(stack, tmp_path, monkeypatch):
     tracking = MlflowClient(stack["mlflow"], registry_uri=stack["mlflow"])
     experiment = tracking.get_experiment_by_name("stack")
     runs = tracking.search_runs([experiment.experiment_id])
-    assert len([r for r in runs if r.info.run_name.startswith("train_trial")]) == 3, [r.info.run_name for r in runs]
+    assert len([r for r in runs if "trial_name" in r.data.tags]) == 3, [r.info.run_name for r in runs]
     best = next(r for r in runs if r.info.run_name == "stack-model")
     assert "test_r2" in best.data.metrics and tracking.search_model_versions("name = 'CASPAR-stack'")
     count = subprocess.run([_postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(stack["postgres_port"]), "-U", "postgres", "-d",

@@ -48,7 +48,7 @@ def test_tune_job_on_a_two_node_cluster(mlflow_url, sample_dataset, tmp_path):
     client = MlflowClient(mlflow_url, registry_uri=mlflow_url)
     experiment = client.get_experiment_by_name("cluster-test")
     runs = client.search_runs([experiment.experiment_id], "tags.study = 'cluster-study'")
-    trials = [r for r in runs if r.info.run_name.startswith("train_trial")]
+    trials = [r for r in runs if "trial_name" in r.data.tags]
     assert len(trials) == 6
     for trial in trials:
         assert len(client.get_metric_history(trial.info.run_id, "val_loss")) >= 1
@@ -135,3 +135,55 @@ def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_pat
     assert all(rows[-1]["training_iteration"] == 6 for rows in results.values())
     state = "".join(open(p).read() for p in glob.glob(str(storage / "killed" / "experiment_state-*.json")))
     assert '\\"num_failures\\": 1' in state or '"num_failures": 1' in state
+
+
+def readme_block(after_heading: str) -> list[str]:
+    """The first ```bash block after a README heading, as commands (continuation lines joined)."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index(after_heading):].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [command.strip() for command in block.replace("\\\n", " ").splitlines() if command.strip()]
+
+
+def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tmp_path):
+    """A fresh local Ray head with token authentication, then the README's cluster block verbatim
+    (HEAD_IP, MLFLOW_HOST and BUCKET filled in; `ray up` is the head this test starts), from a
+    copy of the checkout, and the export on the submitting machine."""
+    import re
+    import shutil
+
+    from services import s3_client
+
+    from caspar.samples import write_samples
+
+    commands = readme_block("### A Ray cluster")
+    assert commands[0].startswith("ray get-auth-token --generate") and commands[1].startswith("ray up cluster.yaml")
+    checkout = tmp_path / "checkout"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, checkout / name)
+    write_samples(checkout / "data" / "raw", count=40)
+    s3_client(s3_endpoint).create_bucket(Bucket="cluster-test")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}:{env['PATH']}", RAY_USAGE_STATS_ENABLED="0")
+
+    def shell(command, address=None):
+        command = command.replace("http://MLFLOW_HOST:5000", mlflow_url).replace("BUCKET", "cluster-test")
+        if address:
+            command = command.replace("http://HEAD_IP:8265", address)
+        return subprocess.run(["bash", "-c", command], cwd=checkout, env=env, capture_output=True, text=True, timeout=900)
+
+    assert shell(commands[0]).returncode == 0
+    token = (home / ".ray" / "auth_token").read_text().strip()
+    with ray_cluster(nodes=1, cpus_per_node=2, token=token) as address:
+        script = "set -e\n" + "\n".join(commands[2:])
+        result = shell(script, address)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    trained = re.search(r"best model: run ([0-9a-f]{32})", result.stdout).group(1)  # printed by the job
+    exported = re.search(r"exported run ([0-9a-f]{32})", result.stdout).group(1)  # printed by export, here
+    assert trained == exported
+    assert (checkout / "exports" / "model-v1" / "model-v1.tflite").is_file()
