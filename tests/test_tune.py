@@ -187,3 +187,21 @@ def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tm
     exported = re.search(r"exported run ([0-9a-f]{32})", result.stdout).group(1)  # printed by export, here
     assert trained == exported
     assert (checkout / "exports" / "model-v1" / "model-v1.tflite").is_file()
+
+
+def test_reused_trial_processes_lose_no_trial(ray_local, sample_dataset, tmp_path, monkeypatch):
+    """Trials run one after another in reused processes; ASHA stops most of them mid-study."""
+    from caspar.config import TuneConfig
+    from caspar.dataset import load_prepared
+    from caspar.tune import tune_study
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    study = tune_study(TuneConfig(data=sample_dataset, n_trials=6, n_jobs=1, epochs=4, grace_period=1,
+                                  storage_path=str(tmp_path / "ray"), run_name="reuse", experiment_name="reuse-test",
+                                  model_name="CASPAR-reuse-test"), load_prepared(sample_dataset))
+    assert study.trials == 6 and study.errored == 0 and study.stopped_early >= 1
+    results = trial_results(tmp_path / "ray" / "reuse")
+    pids = [rows[0]["pid"] for rows in results.values()]
+    assert len(results) == 6 and len(set(pids)) < len(pids)  # later trials ran in an earlier trial's process
+    stopped = [rows for rows in results.values() if rows[-1]["training_iteration"] < 4]
+    assert stopped and all(rows[-1]["training_iteration"] in (1, 3) for rows in stopped)  # at ASHA's milestones
