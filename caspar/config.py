@@ -60,6 +60,7 @@ class Hyperparameters:
     patience: int = setting(25, "epochs without a better validation loss before stopping", minimum=1)
     activation: str = setting("relu", "activation of the hidden layers", choices=ACTIVATIONS)
     optimizer: str = setting("adam", "sgd is SGD with Nesterov momentum 0.9", choices=OPTIMIZERS)
+    weight_decay: float = setting(0.0, "decoupled weight decay of the optimizer (0: none)", minimum=0, maximum=1)
     encoding_bins: int = setting(16, "piecewise-linear encoding bins per input; 0 feeds the inputs as they are",
                                  minimum=0, maximum=256)
     seed: int = setting(42, "seed of weights, shuffling and the GBDT baseline")

@@ -69,14 +69,15 @@ def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, ac
     return keras.Model(inputs, outputs, name="caspar_mlp")
 
 
-def make_optimizer(name: str, learning_rate: float):
+def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0):
     import keras
 
+    decay = weight_decay or None
     if name == "sgd":  # the seed's choice
-        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=decay)
     if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
+        return keras.optimizers.Adam(learning_rate, weight_decay=decay)
     if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate)
+        return keras.optimizers.AdamW(learning_rate, weight_decay=decay)
     raise ValueError(f"unknown optimizer {name!r} (sgd, adam, adamw)")
 

@@ -38,7 +38,7 @@ def compiled_model(hp: Hyperparameters, x_train):
     keras.utils.set_random_seed(hp.seed)
     model = build_mlp(x_train.shape[1], hp.hidden_layers, hp.dropout_rate, hp.activation, hp.encoding_bins, x_train)
     # Several steps per call into TensorFlow: small batches are otherwise bound by per-step overhead.
-    model.compile(optimizer=make_optimizer(hp.optimizer, hp.learning_rate), loss="mse", metrics=["mae"],
+    model.compile(optimizer=make_optimizer(hp.optimizer, hp.learning_rate, hp.weight_decay), loss="mse", metrics=["mae"],
                   steps_per_execution=STEPS_PER_EXECUTION)
     return model
 

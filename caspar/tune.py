@@ -32,6 +32,7 @@ SEARCH_SPACE = {
     "batch_size": ("choice", [32, 64, 128, 256]),
     "activation": ("choice", ["relu", "gelu", "swish", "sigmoid"]),
     "encoding_bins": ("choice", [0, 8, 16]),
+    "weight_decay": ("choice", [0.0, 1e-5, 1e-4, 1e-3]),
 }
 METRIC, MODE = "val_loss", "min"
 CHECKPOINT_FILE = "model.keras"
