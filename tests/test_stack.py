@@ -207,8 +207,11 @@ def test_jobs_fail_fast_when_the_server_is_down(sample_dataset, name, args):
     assert seconds < 30  # of which the job's own wait is at most 5 s; the rest is Python start-up
 
 
-def test_s3_down_while_logging_leaves_no_good_looking_model(sample_dataset, tmp_path):
+def test_s3_down_while_logging_leaves_no_good_looking_model(sample_dataset, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
+
+    for name, value in SIGNED_IN.items():  # the MLflow client of this test signs in too
+        monkeypatch.setenv(name, value)
 
     with postgres("mlflow", "stack-test", "mlflow") as pg_port:
         dead_endpoint = f"http://127.0.0.1:{free_port()}"  # the S3 server is down
