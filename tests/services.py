@@ -192,10 +192,26 @@ def ray_cluster(nodes: int = 2, cpus_per_node: int = 1, token: str | None = None
     address = f"http://127.0.0.1:{dashboard}"
     try:
         wait_for_port(dashboard, 120, processes[0])
-        for _ in range(nodes - 1):
-            worker = [ray, "start", *common, f"--address=127.0.0.1:{gcs}", *node_ports()]
-            processes.append(subprocess.Popen(worker, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        _wait_for_nodes(address, nodes, token)
+
+        def start_workers():
+            for _ in range(nodes - 1):
+                worker = [ray, "start", *common, f"--address=127.0.0.1:{gcs}", *node_ports()]
+                processes.append(subprocess.Popen(worker, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                  start_new_session=True))
+
+        start_workers()
+        try:
+            _wait_for_nodes(address, nodes, token)
+        except TimeoutError:  # seen rarely on a loaded 2-core machine: start the extra raylets once more
+            for process in processes[1:]:
+                _stop_group(process, timeout=30)
+            del processes[1:]
+            start_workers()
+            try:
+                _wait_for_nodes(address, nodes, token)
+            except TimeoutError as error:
+                log.flush()
+                raise TimeoutError(f"{error}; nodes.log ends: {Path(temp_dir, 'nodes.log').read_text()[-3000:]}") from None
         yield address
     finally:
         for process in reversed(processes):
