@@ -181,7 +181,8 @@ def ray_cluster(nodes: int = 2, cpus_per_node: int = 1, token: str | None = None
         return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
                 f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
                 f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-                f"--min-worker-port={20000 + low % 20000}", f"--max-worker-port={20000 + low % 20000 + 200}"]
+                # below the ephemeral range (32768+), where free_port() finds the other ports
+                f"--min-worker-port={20000 + low % 12000}", f"--max-worker-port={20000 + low % 12000 + 200}"]
 
     common = ["--block", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", "--disable-usage-stats"]
     head = [ray, "start", "--head", *common, f"--port={gcs}", "--dashboard-host=127.0.0.1",
@@ -191,7 +192,11 @@ def ray_cluster(nodes: int = 2, cpus_per_node: int = 1, token: str | None = None
     processes = [subprocess.Popen(head, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)]
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        wait_for_port(dashboard, 120, processes[0])
+        try:
+            wait_for_port(dashboard, 120, processes[0])
+        except RuntimeError as error:
+            log.flush()
+            raise RuntimeError(f"Ray head: {error}; nodes.log ends: {Path(temp_dir, 'nodes.log').read_text()[-3000:]}") from None
 
         def start_workers():
             for _ in range(nodes - 1):
