@@ -64,6 +64,12 @@ def test_compose_wiring():
     assert f'"{pinned.replace("mlflow==", "mlflow[auth]==")}"' in dockerfile and "psycopg" in dockerfile and "boto3" in dockerfile
 
 
+def signed_in(monkeypatch):
+    """The MLflow client of a test signs in too."""
+    for name, value in SIGNED_IN.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_everything_published_requires_credentials():
     services = COMPOSE["services"]
     published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
@@ -166,8 +172,7 @@ def test_end_to_end_on_the_stack(stack, tmp_path, monkeypatch):
     assert champion.returncode == 0 and "verified" in champion.stdout, champion.stderr[-2000:]
     assert (tmp_path / "exports" / "stack-train" / "stack-train.tflite").is_file()
     # runs and metrics are in the server's PostgreSQL store
-    for name, value in SIGNED_IN.items():  # the MLflow client of this test signs in too
-        monkeypatch.setenv(name, value)
+    signed_in(monkeypatch)
     tracking = MlflowClient(stack["mlflow"], registry_uri=stack["mlflow"])
     experiment = tracking.get_experiment_by_name("stack")
     runs = tracking.search_runs([experiment.experiment_id])
@@ -210,8 +215,7 @@ def test_jobs_fail_fast_when_the_server_is_down(sample_dataset, name, args):
 def test_s3_down_while_logging_leaves_no_good_looking_model(sample_dataset, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    for name, value in SIGNED_IN.items():  # the MLflow client of this test signs in too
-        monkeypatch.setenv(name, value)
+    signed_in(monkeypatch)
 
     with postgres("mlflow", "stack-test", "mlflow") as pg_port:
         dead_endpoint = f"http://127.0.0.1:{free_port()}"  # the S3 server is down
