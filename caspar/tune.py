@@ -37,7 +37,9 @@ SEARCH_SPACE = {
 METRIC, MODE = "val_loss", "min"
 CHECKPOINT_FILE = "model.keras"
 REDUCTION_FACTOR = 3  # of ASHA
-TRIAL_METRICS = ("loss", "val_loss", "val_mae", "best_val_loss", "cpu_seconds", "startup_seconds")  # per epoch, in MLflow
+EPOCH_METRICS = ("loss", "val_loss", "val_mae")  # per epoch, in MLflow
+STEP_METRICS = ("best_val_loss", "cpu_seconds", "startup_seconds")  # per result, in MLflow
+PER_EPOCH = "_per_epoch"  # a result's list of every epoch's value since the previous result
 
 
 def param_space(settings: TuneConfig) -> dict:
@@ -64,20 +66,21 @@ def trial_class():
     from ray import tune
 
     class Trial(tune.Trainable):
-        """One trial: each step() trains one epoch and reports it, so that ASHA decides at epoch
-        granularity and a stopped trial trains nothing more. The best model so far is saved as a
-        checkpoint only at the epochs where ASHA may stop the trial (and its last): a few per trial
-        instead of one per better epoch, each of which had the driver snapshot the study's state.
-        reset_config lets Tune run the next trial in this process (no TensorFlow start-up)."""
+        """One trial: each step() trains up to the next epoch at which ASHA may stop the trial (its
+        milestones, and the last epoch) and reports every epoch's losses at once. ASHA decides
+        exactly as with one result per epoch, since it acts only at those epochs, while the driver
+        handles a few results per trial instead of one per epoch. The best model so far is the
+        step's checkpoint. reset_config lets Tune run the next trial in this process (no TensorFlow
+        start-up)."""
 
-        def setup(self, config, data, cpus_per_trial, checkpoint_at):
+        def setup(self, config, data, cpus_per_trial, milestones):
             import ray
             import tensorflow as tf
 
             threads = max(1, int(cpus_per_trial))
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
-            self.data, self.checkpoint_at = data, checkpoint_at
+            self.data, self.milestones = data, sorted(milestones)
             self.node = ray.get_runtime_context().get_node_id()
             self.start(config)
 
@@ -89,27 +92,43 @@ def trial_class():
             self.model = compiled_model(hp, self.data["x_train"])
             self.batches = tf_datasets(self.data["x_train"], self.data["y_train"], self.data["x_val"], self.data["y_val"],
                                        hp.batch_size, hp.seed)
-            self.callbacks = [plateau_schedule(hp)]
-            self.best, self.best_weights = np.inf, None
+            self.callbacks = [plateau_schedule(hp), self.best_weights_keeper()]
+            self.epoch, self.best, self.best_weights = 0, np.inf, None
+
+        def best_weights_keeper(self):
+            import keras
+
+            trial = self
+
+            class KeepBest(keras.callbacks.Callback):
+                def on_epoch_end(self, epoch, logs=None):
+                    if (logs or {}).get(METRIC, np.inf) < trial.best:
+                        trial.best, trial.best_weights = logs[METRIC], trial.model.get_weights()
+
+            return KeepBest()
 
         def step(self):
             if self.startup is None:
                 self.startup = time.perf_counter() - self.started
             train, val = self.batches
-            history = self.model.fit(train, validation_data=val, initial_epoch=self.iteration, epochs=self.iteration + 1,
+            until = next(m for m in self.milestones if m > self.epoch)
+            history = self.model.fit(train, validation_data=val, initial_epoch=self.epoch, epochs=until,
                                      verbose=0, shuffle=False, callbacks=self.callbacks).history
-            metrics = {k: float(history[k][-1]) for k in ("loss", "val_loss", "val_mae") if k in history}
-            if metrics.get(METRIC, np.inf) < self.best:
-                self.best, self.best_weights = metrics[METRIC], self.model.get_weights()
-            return {**metrics, "best_val_loss": self.best, "cpu_seconds": time.process_time() - self.cpu_started,
-                    "startup_seconds": self.startup, "node_id": self.node,  # node_id: not a number, not in MLflow
-                    "should_checkpoint": self.iteration + 1 in self.checkpoint_at and self.best_weights is not None}
+            self.epoch = until
+            per_epoch = {f"{k}{PER_EPOCH}": [float(v) for v in history[k]] for k in EPOCH_METRICS if k in history}
+            return {**{k: float(history[k][-1]) for k in EPOCH_METRICS if k in history}, **per_epoch,
+                    "epoch": self.epoch, "best_val_loss": self.best,
+                    "cpu_seconds": time.process_time() - self.cpu_started, "startup_seconds": self.startup,
+                    "node_id": self.node,  # not a number, not in MLflow
+                    "should_checkpoint": self.best_weights is not None}
 
         def save_checkpoint(self, checkpoint_dir):
             current = self.model.get_weights()
             self.model.set_weights(self.best_weights)
             self.model.save(os.path.join(checkpoint_dir, CHECKPOINT_FILE))
             self.model.set_weights(current)
+            with open(os.path.join(checkpoint_dir, "epoch"), "w") as handle:
+                handle.write(str(self.epoch))
 
         def load_checkpoint(self, checkpoint_dir):
             import keras
@@ -117,6 +136,8 @@ def trial_class():
             import caspar.layers  # noqa: F401  (custom layers must be known before loading)
 
             self.model = keras.models.load_model(os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+            with open(os.path.join(checkpoint_dir, "epoch")) as handle:
+                self.epoch = int(handle.read())
 
         def reset_config(self, new_config):
             self.start(new_config)
@@ -258,7 +279,7 @@ def build_tuner(settings: TuneConfig, data: dict, tracking_uri: str, parent_run_
     warnings.filterwarnings("ignore", message="Choices for a categorical distribution")  # hidden_layers are lists
     trainable = tune.with_resources(
         tune.with_parameters(trial_class(), data=data, cpus_per_trial=settings.cpus_per_trial,
-                             checkpoint_at=milestones(settings)), {"cpu": settings.cpus_per_trial})
+                             milestones=milestones(settings)), {"cpu": settings.cpus_per_trial})
     callbacks = [trial_runs(tracking_uri=tracking_uri, experiment_name=settings.experiment_name,
                             tags={"study": settings.run_name, "mlflow.parentRunId": parent_run_id})]
     if not verbose:
@@ -269,7 +290,7 @@ def build_tuner(settings: TuneConfig, data: dict, tracking_uri: str, parent_run_
                                   param_space=param_space(settings), storage_filesystem=filesystem)
     run_config = tune.RunConfig(
         name=settings.run_name, storage_path=folder, storage_filesystem=filesystem, callbacks=callbacks,
-        stop={"training_iteration": settings.epochs},
+        stop={"epoch": settings.epochs},
         verbose=2 if verbose else 0,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints,
@@ -281,7 +302,7 @@ def build_tuner(settings: TuneConfig, data: dict, tracking_uri: str, parent_run_
             max_concurrent_trials=concurrency(settings.n_jobs, settings.cpus_per_trial),
             search_alg=OptunaSearch(seed=settings.seed),
             reuse_actors=True,  # a new trial reuses a finished one's process: no TensorFlow start-up
-            scheduler=ASHAScheduler(max_t=settings.epochs, grace_period=min(settings.grace_period, settings.epochs),
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=settings.epochs, grace_period=min(settings.grace_period, settings.epochs),
                                     reduction_factor=REDUCTION_FACTOR),
             time_budget_s=settings.time_budget))
 
@@ -308,8 +329,11 @@ def trial_runs(**kwargs):
             import mlflow
             from mlflow.entities import Metric
 
-            now, step = int(time.time() * 1000), result["training_iteration"]
-            metrics = [Metric(key, float(result[key]), now, step) for key in TRIAL_METRICS if key in result]
+            now, last = int(time.time() * 1000), result["epoch"]
+            metrics = [Metric(key, float(result[key]), now, last) for key in STEP_METRICS if key in result]
+            for key in EPOCH_METRICS:
+                values = result.get(key + PER_EPOCH, [])
+                metrics += [Metric(key, value, now, last - len(values) + 1 + i) for i, value in enumerate(values)]
             mlflow.MlflowClient(self.tracking_uri).log_batch(self._trial_runs[trial], metrics=metrics, synchronous=False)
 
         def log_trial_end(self, trial, failed=False):
@@ -341,7 +365,7 @@ def trial_printer(settings: TuneConfig):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.finished += 1
-            epochs = (trial.last_result or {}).get("training_iteration", 0)
+            epochs = (trial.last_result or {}).get("epoch", 0)
             loss = float(trial.metric_analysis.get(METRIC, {}).get("min", np.nan))
             self.best = min(self.best, loss)
             stopped = " (stopped by ASHA)" if epochs < settings.epochs else ""
@@ -369,10 +393,10 @@ def summarise(results, best, settings: TuneConfig, session_started: float, cpu_c
                     startups.append(startup)
             previous = cpu
     return {
-        "best_val_loss": float(best.metrics_dataframe[METRIC].min()),
+        "best_val_loss": float(best.metrics_dataframe["best_val_loss"].min()),
         "trials": len(results),
         "stopped_early": sum(1 for r in results if r.metrics and not r.error
-                             and r.metrics.get("training_iteration", 0) < settings.epochs),
+                             and r.metrics.get("epoch", 0) < settings.epochs),
         "core_utilisation": cpu_seconds / max(cpu_capacity, 1e-9),
         "mean_trial_startup_seconds": float(np.mean(startups)) if startups else 0.0,
     }
@@ -390,11 +414,11 @@ def best_result(results):
     """The trial with the lowest validation loss among those that saved a checkpoint (a study's
     time budget can stop a trial before its first)."""
     with_checkpoint = [r for r in results if r.checkpoint is not None and r.metrics_dataframe is not None
-                       and METRIC in r.metrics_dataframe]
+                       and "best_val_loss" in r.metrics_dataframe]
     if not with_checkpoint:
         raise UserError("no trial got far enough to save a model: give the study more --time-budget "
                         "or a smaller --grace-period")
-    return min(with_checkpoint, key=lambda r: float(r.metrics_dataframe[METRIC].min()))
+    return min(with_checkpoint, key=lambda r: float(r.metrics_dataframe["best_val_loss"].min()))
 
 
 def load_best_model(best):
@@ -413,7 +437,9 @@ def log_best(model, normalizer, prepared, config: TrainConfig, best, parent):
     import mlflow
 
     from caspar.train import log_model_run, run_tags
-    history = {k: best.metrics_dataframe[k].tolist() for k in ("loss", "val_loss") if k in best.metrics_dataframe}
+    frame = best.metrics_dataframe
+    history = {k: [v for values in frame[k + PER_EPOCH] for v in values] for k in ("loss", "val_loss")
+               if k + PER_EPOCH in frame}
     tags = {**run_tags(prepared), "study": config.run_name, "mlflow.parentRunId": parent.info.run_id}
     with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=config.run_name, tags=tags) as run:
         mlflow.log_params(hyperparameters(config) | {"data": config.data, "trial_id": best.path.rstrip("/").split("/")[-1]})

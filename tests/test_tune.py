@@ -45,7 +45,7 @@ def test_tune_job_on_a_two_node_cluster(mlflow_url, sample_dataset, tmp_path):
     results = trial_results(storage / "cluster-study")
     assert len(results) == 6
     assert len({r["node_id"] for rows in results.values() for r in rows}) == 2  # trials ran on both nodes
-    assert any(len(rows) < 4 for rows in results.values())  # ASHA stopped some trials early
+    assert any(rows[-1]["epoch"] < 4 for rows in results.values())  # ASHA stopped some trials early
     client = MlflowClient(mlflow_url, registry_uri=mlflow_url)
     experiment = client.get_experiment_by_name("cluster-test")
     runs = client.search_runs([experiment.experiment_id], "tags.study = 'cluster-study'")
@@ -140,7 +140,7 @@ def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_pat
     assert killed, "no trial worker was found to kill"
     assert study.trials == 2 and study.errored == 0
     results = trial_results(storage / "killed")
-    assert all(rows[-1]["training_iteration"] == 30 for rows in results.values())
+    assert all(rows[-1]["epoch"] == 30 for rows in results.values())
     state = "".join(open(p).read() for p in glob.glob(str(storage / "killed" / "experiment_state-*.json")))
     assert re.search(r'num_failures\\*": 1', state)
 
@@ -211,5 +211,5 @@ def test_reused_trial_processes_lose_no_trial(ray_local, sample_dataset, tmp_pat
     results = trial_results(tmp_path / "ray" / "reuse")
     pids = [rows[0]["pid"] for rows in results.values()]
     assert len(results) == 6 and len(set(pids)) < len(pids)  # later trials ran in an earlier trial's process
-    stopped = [rows for rows in results.values() if rows[-1]["training_iteration"] < 4]
-    assert stopped and all(rows[-1]["training_iteration"] in (1, 3) for rows in stopped)  # at ASHA's milestones
+    stopped = [rows for rows in results.values() if rows[-1]["epoch"] < 4]
+    assert stopped and all(rows[-1]["epoch"] in (1, 3) for rows in stopped)  # at ASHA's milestones

@@ -16,6 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+# The columns the reader keeps, in the names of the March-April 2025 logs (the shared corpus).
+# Newer logs name some differently (ALIASES), add the ones after the corpus's last, and may
+# order them in any way: columns are always taken by header name.
 STATE_COLUMNS = (
     "ROUND PHASE PLAYER_ID ENTITY_ID CHASSIS MODEL TYPE ROLE X Y FACING MP HEAT PRONE AIRBORNE "
     "OFF_BOARD CRIPPLED DESTROYED ARMOR_P INTERNAL_P DONE MAX_RANGE TOTAL_DAMAGE TEAM_ID "
@@ -26,6 +29,8 @@ MOVE_COLUMNS = (
     "MP_USED MAX_MP MP_P HEAT_P ARMOR_P INTERNAL_P JUMPING PRONE LEGAL STEPS TEAM_ID "
     "CHANCE_OF_FAILURE IS_BOT"
 ).split()
+NEWER_UNIT_COLUMNS = "HAS_ECM ARMOR_FRONT_P ARMOR_LEFT_P ARMOR_RIGHT_P ARMOR_BACK_P".split()  # from May 2025
+ALIASES = {"ID": "ENTITY_ID", "AIMING_LOCATION": "AIMING_LOC", "STEP": "STEPS"}
 ATTACK_COLUMNS = (
     "ROUND PLAYER_ID ENTITY_ID TYPE ROLE X Y FACING TARGET_PLAYER_ID TARGET_ID TARGET_TYPE "
     "TARGET_ROLE TARGET_X TARGET_Y TARGET_FACING AIMING_LOC AIMING_MODE WEAPON_ID AMMO_ID ATA ATG "
@@ -42,7 +47,7 @@ INTEGER_COLUMNS = {
     "DESTROYED", "DONE", "MAX_RANGE", "TOTAL_DAMAGE", "TEAM_ID", "FROM_X", "FROM_Y", "TO_X", "TO_Y",
     "HEXES_MOVED", "DISTANCE", "MP_USED", "MAX_MP", "JUMPING", "LEGAL", "IS_BOT", "TARGET_PLAYER_ID",
     "TARGET_ID", "TARGET_X", "TARGET_Y", "TARGET_FACING", "AIMING_LOC", "WEAPON_ID", "AMMO_ID", "ATA",
-    "ATG", "GTG", "GTA", "TURNS_TO_HIT", "SPOTTER_ID",
+    "ATG", "GTG", "GTA", "TURNS_TO_HIT", "SPOTTER_ID", "HAS_ECM",
 }
 # Columns a row cannot do without; the rest may be missing from older headers (filled with NaN).
 REQUIRED_COLUMNS = {
@@ -52,20 +57,24 @@ REQUIRED_COLUMNS = {
     "minefield": {"ROUND", "X", "Y"},
 }
 ALL_COLUMNS = {
-    "state": STATE_COLUMNS, "move": MOVE_COLUMNS, "attack": ATTACK_COLUMNS,
-    "minefield": MINEFIELD_COLUMNS,
+    "state": STATE_COLUMNS + NEWER_UNIT_COLUMNS, "move": MOVE_COLUMNS + NEWER_UNIT_COLUMNS,
+    "attack": ATTACK_COLUMNS, "minefield": MINEFIELD_COLUMNS,
 }
 
-# Header line prefix -> kind. Order matters: the longer prefix first.
+# A header's kind, by a column only that kind has; the first match wins.
 HEADER_KINDS = (
-    ("ROUND\tPHASE\tOBJECT", "minefield"),
-    ("ROUND\tPHASE\tPLAYER_ID", "state"),
-    ("ROUND\tPLAYER_ID", "attack"),
-    ("PLAYER_ID\tENTITY_ID", "move"),
-    ("BOARD_NAME", "board"),
-    ("THEME", "map_settings"),
-    ("TEMPERATURE", "planetary"),
+    ("OBJECT", "minefield"), ("BOARD_NAME", "board"), ("THEME", "map_settings"), ("TEMPERATURE", "planetary"),
+    ("TARGET_ID", "attack"), ("TO_X", "move"), ("PHASE", "state"),
 )
+VERSION_COLUMN = "VERSION"  # first column of every header since 31 May 2025; rows start with `<Class>.31052025`
+# In such a file, a row's kind is in its class name: the 1st, 5th and 6th bytes tell them apart.
+VERSIONED_ROW_KINDS = {b"USt": "state", b"UAc": "move", b"UAt": "attack", b"GDa": "minefield"}
+FORMATS = {
+    "2025-03": "March-April 2025 (the shared corpus): no VERSION column, ENTITY_ID",
+    "2025-05": "May 2025: ID, HAS_ECM and per-arc armour, no VERSION column",
+    "versioned": "from 31 May 2025 (main line): a VERSION column and <Class>.31052025 rows",
+    "split": "the four files board/actions/states/attacks of one game",
+}
 TEXT_TYPE = pa.string()
 NUMBER_PATTERN = r"^\s*[-+]?(\d+([.,]\d*)?|[.,]\d+)([eE][-+]?\d+)?\s*$|^\s*[-+]?(NaN|nan|Infinity|inf)\s*$"
 
@@ -88,18 +97,30 @@ class Board:
     name: str
     width: int
     height: int
-    rows: list[bytes] = field(repr=False, default_factory=list)  # raw `ROW_x` lines, x = column
+    rows: list[bytes] = field(repr=False, default_factory=list)  # raw `ROW_i` lines
+    # The 2025-03 logs wrote one line per board column (`ROW_x`, H cells); newer ones one per row
+    # (`ROW_y`, W cells).
+    rows_are_columns: bool = True
 
     def hexes(self) -> pd.DataFrame:
         """Per hex: x, y, level and a dict of terrain features (parsed on demand)."""
         records = []
+        cells_per_line = self.height if self.rows_are_columns else self.width
         for row in self.rows:
             cells = row.decode(errors="replace").split("\t")
-            x = int(cells[0][4:])
-            for y, cell in enumerate(cells[1:self.height + 1]):
+            index = int(cells[0][4:])
+            for other, cell in enumerate(cells[1:cells_per_line + 1]):
                 level, terrain = parse_hex(cell)
+                x, y = (index, other) if self.rows_are_columns else (other, index)
                 records.append((x, y, level, terrain))
         return pd.DataFrame(records, columns=["x", "y", "level", "terrain"])
+
+    def orient(self, newer_format: bool) -> None:
+        """Which way the ROW_ lines run: by their count where W != H, else by the log's format."""
+        if self.width != self.height and len(self.rows) in (self.width, self.height):
+            self.rows_are_columns = len(self.rows) == self.width
+        else:
+            self.rows_are_columns = not newer_format
 
 
 def parse_hex(cell: str) -> tuple[int, dict[str, int]]:
@@ -138,10 +159,23 @@ class GameLog:
     minefields: pa.Table
     problems: list[Problem]
     has_armor_columns: bool  # 27-column state rows (ARMOR, INTERNAL, BV present)
+    format: str = "2025-03"  # a key of FORMATS
 
 
 DATA_FIRST_BYTES = np.zeros(256, dtype=bool)
 DATA_FIRST_BYTES[list(b"0123456789-")] = True  # data rows start with a number; headers with a name
+ROW_KIND_NAMES = [None, *VERSIONED_ROW_KINDS.values()]
+
+
+def _versioned_row_kinds(buf: np.ndarray, starts: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    """Per line of a versioned file: 1 + the index of its data kind in VERSIONED_ROW_KINDS, or 0."""
+    peek = buf[np.minimum(starts[:, None] + np.array([0, 4, 5]), len(buf) - 1)].astype(np.int32)
+    codes = peek[:, 0] << 16 | peek[:, 1] << 8 | peek[:, 2]
+    kinds = np.zeros(len(starts), dtype=np.int8)
+    for index, key in enumerate(VERSIONED_ROW_KINDS, 1):
+        kinds[codes == (key[0] << 16 | key[1] << 8 | key[2])] = index
+    kinds[empty] = 0
+    return kinds
 
 
 class _Group:
@@ -165,8 +199,10 @@ class _Group:
 
 
 class _LogParser:
-    """Classifies every line by its first byte (vectorised); only header-like lines are visited
-    in Python, and the data rows between them go to pyarrow as byte ranges."""
+    """Classifies every line by its first bytes (vectorised); only header-like lines are visited
+    in Python, and the data rows between them go to pyarrow as byte ranges. A row belongs to the
+    block of the last header before it; in a versioned file, to the last header of its own kind
+    (its class name says which), so rows logged without a header of their own are still placed."""
 
     def __init__(self, name: str):
         self.name = name
@@ -175,6 +211,9 @@ class _LogParser:
         self.boards: list[Board] = []
         self.state_header_lines: list[int] = []
         self.singles: dict[str, dict[str, str]] = {"map_settings": {}, "planetary": {}}
+        self.versioned = False
+        self.newer_columns = False  # a unit header with ID or HAS_ECM: written by May 2025 or later
+        self.attack_columns: tuple[str, ...] = tuple(ATTACK_COLUMNS)
 
     def feed(self, data: bytes) -> None:
         if not data.endswith(b"\n"):
@@ -184,29 +223,43 @@ class _LogParser:
         starts = np.concatenate(([0], ends[:-1] + 1))
         stops = ends - (buf[np.maximum(ends - 1, 0)] == 13)  # CRLF: the text ends before \r
         empty = starts >= stops
-        is_data = DATA_FIRST_BYTES[buf[starts]] & ~empty
+        self.versioned = data.startswith(b"VERSION\t") or b"\nVERSION\t" in data
+        row_kinds = _versioned_row_kinds(buf, starts, empty) if self.versioned else None
+        is_data = row_kinds > 0 if self.versioned else DATA_FIRST_BYTES[buf[starts]] & ~empty
         headerish = np.flatnonzero(~is_data & ~empty)
         blank_before = np.cumsum(empty)  # blank lines up to and including each line
         known_headers: dict[bytes, _Group] = {}
+        rejected = {k: _Group(k, ()) for k in REQUIRED_COLUMNS}  # rows under a header lacking a required column
+        latest: dict[str, _Group] = {}  # versioned files: the last header of each kind
         group: _Group | None = None
         consumed = -1  # index of a value row already taken by a one-row block
 
         def text(i: int) -> str:
             return data[starts[i]:stops[i]].decode(errors="replace")
 
-        def data_run(first: int, stop: int) -> None:  # lines first..stop-1 are data rows
-            if first >= stop:
-                return
-            if group is None:
+        def add_rows(target: _Group | None, first: int, stop: int) -> None:  # lines first..stop-1
+            if target is None:
                 for i in range(first, stop):
                     if not empty[i]:
                         self.problems.append(Problem(self.name, i + 1, f"data row outside any block: {text(i)[:40]!r}"))
             elif blank_before[stop - 1] - (blank_before[first - 1] if first else 0):
                 for i in range(first, stop):  # rare: blank lines inside the run
                     if not empty[i]:
-                        group.add(data[starts[i]:ends[i] + 1], i + 1, 1)
+                        target.add(data[starts[i]:ends[i] + 1], i + 1, 1)
             else:
-                group.add(data[starts[first]:ends[stop - 1] + 1], first + 1, stop - first)
+                target.add(data[starts[first]:ends[stop - 1] + 1], first + 1, stop - first)
+
+        def data_run(first: int, stop: int) -> None:
+            if first >= stop:
+                return
+            if not self.versioned:
+                add_rows(group, first, stop)
+                return
+            kinds = row_kinds[first:stop]
+            cuts = (np.flatnonzero(kinds[1:] != kinds[:-1]) + 1 + first).tolist()
+            for a, b in zip([first, *cuts], [*cuts, stop]):
+                if row_kinds[a]:
+                    add_rows(latest.get(ROW_KIND_NAMES[row_kinds[a]]), a, b)
 
         previous = -1
         for i in headerish.tolist():
@@ -216,33 +269,48 @@ class _LogParser:
             data_run(max(previous + 1, consumed + 1), i)
             previous = i
             raw = data[starts[i]:stops[i]]
-            group = known_headers.get(raw)
-            if group is not None:  # the header of a data block, seen before in this file
-                if group.kind == "state":
+            known = known_headers.get(raw)
+            if known is not None:  # the header of a data block, seen before in this file
+                group = latest[known.kind] = known
+                if known.kind == "state":
                     self.state_header_lines.append(i + 1)
                 continue
-            if raw.startswith(b"ROW_"):
-                if self.boards:
-                    self.boards[-1].rows.append(raw)
+            if raw.startswith(b"#"):
                 continue
-            if raw.startswith((b"COL_", b"#")):
+            body = raw
+            if self.versioned:  # `VERSION` before a header's names, `<Class>.31052025` before a row's values
+                body = raw.split(b"\t", 1)[1] if b"\t" in raw else b""
+            if body.startswith(b"ROW_"):
+                if self.boards:
+                    self.boards[-1].rows.append(body)
+                continue
+            if body.startswith(b"COL_"):
                 continue
             row = raw.decode(errors="replace")
-            kind = next((k for prefix, k in HEADER_KINDS if row.startswith(prefix)), None)
-            header = tuple(row.rstrip("\t").split("\t"))
-            if kind is None:
+            header = tuple(ALIASES.get(c, c) for c in row.rstrip("\t").split("\t"))
+            names = set(header)
+            kind = next((k for column, k in HEADER_KINDS if column in names), None)
+            if kind is None or (self.versioned and header[0] != VERSION_COLUMN):
                 self.problems.append(Problem(self.name, i + 1, f"unknown header or row starting {row[:30]!r}"))
             elif kind in ("board", "map_settings", "planetary"):
                 consumed = i + 1
                 if consumed < len(starts):
                     self.single_value(kind, header, text(consumed), i + 2)
-            elif missing := REQUIRED_COLUMNS[kind] - set(header):
-                self.problems.append(Problem(self.name, i + 1, f"{kind} header lacks {sorted(missing)}"))
+            elif missing := REQUIRED_COLUMNS[kind] - names:
+                self.problems.append(Problem(self.name, i + 1, f"{kind} header lacks {sorted(missing)}; its rows are skipped"))
+                group = latest[kind] = known_headers[raw] = rejected[kind]
             else:
-                group = known_headers[raw] = self.groups.setdefault((kind, header), _Group(kind, header))
+                group = latest[kind] = known_headers[raw] = self.groups.setdefault((kind, header), _Group(kind, header))
+                self.newer_columns |= kind in ("state", "move") and bool({"ID", "HAS_ECM"} & set(row.split("\t")))
+                if kind == "attack":
+                    self.attack_columns = header
                 if kind == "state":
                     self.state_header_lines.append(i + 1)
         data_run(max(previous + 1, consumed + 1), len(starts))
+
+    @property
+    def format(self) -> str:
+        return "versioned" if self.versioned else "2025-05" if self.newer_columns else "2025-03"
 
     def single_value(self, kind: str, header: tuple, row: str, line: int) -> None:
         if kind == "board":
@@ -250,12 +318,12 @@ class _LogParser:
             if board is not None:
                 self.boards.append(board)
         else:
-            self.singles[kind] = dict(zip(header, row.split("\t")))
+            self.singles[kind] = {k: v for k, v in zip(header, row.split("\t")) if k != VERSION_COLUMN}
 
     def tables(self) -> dict[str, pa.Table]:
         parts = {kind: [] for kind in ALL_COLUMNS}
-        stray = _Group("attack", tuple(ATTACK_COLUMNS))  # attack rows with no attack header of their own
-        for group in list(self.groups.values()):
+        stray = _Group("attack", self.attack_columns)  # attack rows with no attack header of their own
+        for group in [g for g in self.groups.values() if g.chunks]:
             table, invalid = _parse_group(group, self.name, self.problems)
             parts[group.kind].append(table)
             repaired = _Group(group.kind, group.columns)
@@ -302,12 +370,142 @@ def read_log(data: bytes, name: str) -> GameLog:
     moves = moves.add_column(0, "next_block", pa.array(np.searchsorted(header_lines, move_lines)))
     moves = moves.add_column(1, "board", pa.array(np.searchsorted(board_lines, move_lines) - 1))
     parser.problems.sort(key=lambda p: p.line)
+    for board in parser.boards:
+        board.orient(newer_format=parser.format != "2025-03")
     return GameLog(
         name=name, boards=parser.boards, map_settings=parser.singles["map_settings"],
         planetary=parser.singles["planetary"], states=states, blocks=blocks, moves=moves,
         attacks=tables["attack"], minefields=tables["minefield"], problems=parser.problems,
-        has_armor_columns=has_armor,
+        has_armor_columns=has_armor, format=parser.format,
     )
+
+
+# --- The split layout: one game in four files ----------------------------------------------------
+
+SPLIT_NAME = re.compile(r"^game_actions_(board|actions|states|attacks)_(\d{8}_\d{6})\.tsv$")
+SPLIT_PARTS = ("board", "actions", "states", "attacks")
+
+
+def split_part(file_name: str) -> tuple[str, str] | None:
+    """(part, game name) of a split-layout file, e.g. ('states', 'game_actions_20260914_201500'); else None."""
+    match = SPLIT_NAME.match(file_name)
+    return (match.group(1), f"game_actions_{match.group(2)}") if match else None
+
+
+def read_game(files: dict[str, bytes], name: str | None = None) -> GameLog:
+    """One game from its file(s): a single log (any layout), or the four files of a split game."""
+    if len(files) == 1:
+        (file, data), = files.items()
+        return read_log(data, name or file)
+    parts = {split_part(file)[0]: (file, data) for file, data in files.items() if split_part(file)}
+    missing = [part for part in SPLIT_PARTS if part not in parts]
+    if missing or len(parts) != len(files):
+        raise ValueError(f"not the four files of one split game (missing: {', '.join(missing) or 'none'})")
+    return read_split_game(parts, name or split_part(next(iter(files)))[1])
+
+
+def read_split_game(parts: dict[str, tuple[str, bytes]], name: str) -> GameLog:
+    """One game written as four files (part -> (file name, bytes)): boards with map settings and
+    planetary conditions, move rows, state rows of all snapshots back to back, attack rows.
+    Nothing in them links a move to the snapshot after it, so the reader infers it: a snapshot
+    ends where a unit repeats or the round or phase changes, and the moves pair up in order with
+    the movement-phase snapshots (each move is followed by one), skipping snapshots where the
+    moving unit's positions fit better. Problems name the part's own file and line."""
+    parsers, tables, problems = {}, {}, []
+    for part in SPLIT_PARTS:
+        file, data = parts[part]
+        parsers[part] = parser = _LogParser(file)
+        parser.feed(data if isinstance(data, bytes) else data.encode())
+        tables[part] = {kind: _infinite_as_missing(t, file, parser.problems) for kind, t in parser.tables().items()}
+        problems += sorted(parser.problems, key=lambda p: p.line)
+    states, moves = tables["states"]["state"], tables["actions"]["move"]
+    boards = parsers["board"].boards
+    for board in boards:
+        board.orient(newer_format=True)
+    block = _snapshots(states)
+    states = states.add_column(0, "block", pa.array(block))
+    n_blocks = int(block[-1]) + 1 if len(block) else 0
+    first_rows = np.searchsorted(block, np.arange(n_blocks))
+    block_boards = _boards_of_blocks(_numbers(states, "ROUND")[first_rows], len(boards), name, problems)
+    blocks = pa.table({"line": _lines(states)[first_rows], "board": block_boards})
+    next_block = _pair_moves_with_snapshots(moves, states, block, first_rows)
+    moves = moves.add_column(0, "next_block", pa.array(next_block))
+    moves = moves.add_column(1, "board", pa.array(np.append(block_boards, len(boards) - 1)[next_block]))
+    has_armor = states.num_rows > 0 and states["BV"].null_count == 0 and not pc.any(pc.is_nan(states["BV"])).as_py()
+    return GameLog(
+        name=name, boards=boards, map_settings=parsers["board"].singles["map_settings"],
+        planetary=parsers["board"].singles["planetary"], states=states, blocks=blocks, moves=moves,
+        attacks=tables["attacks"]["attack"], minefields=tables["states"]["minefield"], problems=problems,
+        has_armor_columns=has_armor, format="split",
+    )
+
+
+def _numbers(table: pa.Table, column: str) -> np.ndarray:
+    return table[column].to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _snapshots(states: pa.Table) -> np.ndarray:
+    """Snapshot index per state row: a new snapshot starts where a unit appears a second time, or
+    the round or the phase changes."""
+    entities = states["ENTITY_ID"].to_pylist()
+    rounds = states["ROUND"].to_pylist()
+    phases = states["PHASE"].to_pylist()
+    block = np.zeros(len(entities), dtype=np.int64)
+    current, seen = 0, set()
+    for i, entity in enumerate(entities):
+        if i and (entity in seen or rounds[i] != rounds[i - 1] or phases[i] != phases[i - 1]):
+            current, seen = current + 1, set()
+        seen.add(entity)
+        block[i] = current
+    return block
+
+
+def _boards_of_blocks(block_rounds: np.ndarray, n_boards: int, name: str, problems: list[Problem]) -> np.ndarray:
+    """Board index per snapshot. A falling round starts a new game; with as many boards as games
+    they pair in order, otherwise every snapshot uses the newest board."""
+    games = np.concatenate(([0], np.cumsum(block_rounds[1:] < block_rounds[:-1]))).astype(np.int64)
+    n_games = int(games[-1]) + 1 if len(games) else 0
+    if n_boards == n_games:
+        return games
+    if n_boards > 1:
+        problems.append(Problem(name, 0, f"{n_boards} boards for {n_games} games (a game starts where the round "
+                                         "falls): every snapshot uses the last board"))
+    return np.full(len(block_rounds), n_boards - 1, dtype=np.int64)
+
+
+def _pair_moves_with_snapshots(moves: pa.Table, states: pa.Table, block: np.ndarray, first_rows: np.ndarray) -> np.ndarray:
+    """The snapshot logged after each move: moves and movement-phase snapshots pair up in order;
+    where there are more snapshots than moves, the skipped ones are those that leave the fewest
+    movers away from where their move ended (dynamic programming over the number skipped so far)."""
+    n_blocks = len(first_rows)
+    phases = np.asarray(states["PHASE"].to_pylist(), dtype=object)[first_rows] if n_blocks else np.array([])
+    candidates = np.flatnonzero(phases == "MOVEMENT")
+    n, m = moves.num_rows, len(candidates)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if m <= n:  # every snapshot follows a move; moves after the last snapshot have none
+        return np.concatenate((candidates, np.full(n - m, n_blocks))).astype(np.int64)
+    skips = m - n
+    slot = np.arange(n)[:, None] + np.arange(skips + 1)[None, :]  # move i -> candidate i + s
+    snapshot = candidates[slot]
+    keys = block * (1 << 32) + states["ENTITY_ID"].to_numpy(zero_copy_only=False).astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    wanted = snapshot * (1 << 32) + moves["ENTITY_ID"].to_numpy(zero_copy_only=False).astype(np.int64)[:, None]
+    position = np.minimum(np.searchsorted(keys[order], wanted), len(keys) - 1)
+    row = order[position]
+    found = keys[row] == wanted
+    x, y = _numbers(states, "X")[row], _numbers(states, "Y")[row]
+    to_x, to_y = _numbers(moves, "TO_X")[:, None], _numbers(moves, "TO_Y")[:, None]
+    cost = (~(found & (x == to_x) & (y == to_y))).astype(np.int64)
+    total = np.empty_like(cost)
+    total[0] = cost[0]
+    for i in range(1, n):  # skips so far never decrease
+        total[i] = cost[i] + np.minimum.accumulate(total[i - 1])
+    chosen = np.empty(n, dtype=np.int64)
+    chosen[-1] = int(np.argmin(total[-1]))
+    for i in range(n - 2, -1, -1):
+        chosen[i] = int(np.argmin(total[i, :chosen[i + 1] + 1]))
+    return candidates[np.arange(n) + chosen].astype(np.int64)
 
 
 def _infinite_as_missing(table: pa.Table, name: str, problems: list[Problem]) -> pa.Table:
