@@ -34,7 +34,8 @@ from caspar import storage
 from caspar.cli import UserError, in_ray_job
 from caspar.config import PrepareConfig, check
 from caspar.features import feature_names, featurize, load_unit_points, schema
-from caspar.gamelog import read_log
+from caspar.gamelog import read_game, split_part
+from caspar.gamelog.reader import SPLIT_PARTS
 
 LOG_SUFFIX = ".tsv"
 SPLITS = ("train", "val", "test")
@@ -66,6 +67,7 @@ class Inputs:
     filesystem: pafs.FileSystem
     paths: list[str]
     root: str
+    games: dict[str, list[str]] = field(default_factory=dict)  # game name -> its files (four for a split game)
     cleanup: str | None = None  # a temporary folder to remove when done
     skipped: dict[str, str] = field(default_factory=dict)  # path -> why it was not read
 
@@ -103,7 +105,27 @@ def find_logs(source: str) -> Inputs:
         else:
             seen[name] = path
             inputs.paths.append(path)
+    _group_games(inputs)
     return inputs
+
+
+def _group_games(inputs: Inputs) -> None:
+    """One game per log file, except the four files of a split game (same timestamp), which are
+    one game; a split game with a file missing is reported and not read."""
+    split: dict[str, dict[str, str]] = {}
+    for path in inputs.paths:
+        part = split_part(os.path.basename(path))
+        if part:
+            split.setdefault(part[1], {})[part[0]] = path
+        else:
+            inputs.games[os.path.basename(path)] = [path]
+    for game, parts in sorted(split.items()):
+        missing = [p for p in SPLIT_PARTS if p not in parts]
+        if missing:
+            for path in parts.values():
+                inputs.skipped[path] = f"split game {game} lacks its {' and '.join(missing)} file; not read"
+        else:
+            inputs.games[game] = [parts[p] for p in SPLIT_PARTS]
 
 
 # --- One file -> rows -------------------------------------------------------------------------
@@ -126,15 +148,26 @@ def _unit_points(mekfile: str | None):
 
 def rows_of_file(data: bytes, name: str, settings: dict) -> tuple[pa.Table, dict]:
     """Featurise one log: its rows as an Arrow table, and its manifest entry."""
-    entry = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-             "rows": 0, "moves": 0, "human_moves": 0, "problems": []}
+    return rows_of_game({name: data}, name, settings)
+
+
+def rows_of_game(files: dict[str, bytes], name: str, settings: dict) -> tuple[pa.Table, dict]:
+    """Featurise one game (a log, or the four files of a split game): its rows as an Arrow table,
+    and its manifest entry."""
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        digest.update(files[file])
+    entry = {"file": name, "sha256": digest.hexdigest(), "bytes": sum(len(d) for d in files.values()),
+             "format": None, "rows": 0, "moves": 0, "human_moves": 0, "problems": []}
     try:
-        log = read_log(data, name)
+        log = read_game(files, name)
+        entry["format"] = log.format
         rows = featurize(log, _unit_points(settings["mekfile"]), settings["include_bots"])
     except Exception as error:  # a file that cannot be read at all is reported, not fatal
         entry["problems"].append({"line": 0, "reason": f"unreadable: {type(error).__name__}: {error}"})
         return row_schema().empty_table(), entry
-    entry["problems"] = [{"line": p.line, "reason": p.reason} for p in log.problems[:PROBLEMS_KEPT]]
+    entry["problems"] = [{"line": p.line, "reason": p.reason} | ({"file": p.file} if p.file != name else {})
+                         for p in log.problems[:PROBLEMS_KEPT]]
     if len(log.problems) > PROBLEMS_KEPT:
         entry["more_problems"] = len(log.problems) - PROBLEMS_KEPT
     entry.update(rows=len(rows), moves=rows.moves_read, human_moves=rows.human_moves, dropped=rows.dropped)
@@ -155,16 +188,18 @@ def rows_of_file(data: bytes, name: str, settings: dict) -> tuple[pa.Table, dict
 
 def _featurize_batch(batch: dict, filesystem, settings: dict, collector) -> pa.Table:
     tables = []
-    for path in batch["path"].to_pylist():
+    for name, paths in zip(batch["game"].to_pylist(), batch["paths"].to_pylist()):
         cpu = time.process_time()
         try:
-            data = storage.read_bytes(filesystem, path)
+            files = {os.path.basename(path): storage.read_bytes(filesystem, path) for path in paths}
         except OSError as error:  # reported in the manifest; the other files go on
             table = row_schema().empty_table()
-            entry = {"file": os.path.basename(path), "rows": 0, "problems": [{"line": 0, "reason": f"unreadable: {error}"}]}
+            entry = {"file": name, "rows": 0, "problems": [{"line": 0, "reason": f"unreadable: {error}"}]}
         else:
-            table, entry = rows_of_file(data, os.path.basename(path), settings)
-        entry["path"] = path
+            table, entry = rows_of_game(files, name, settings)
+        entry["path"] = paths[0] if len(paths) == 1 else os.path.join(os.path.dirname(paths[0]), name)
+        if len(paths) > 1:
+            entry["parts"] = paths
         entry["cost"] = {"cpu_ms": round(1000 * (time.process_time() - cpu), 2), "worker_pid": os.getpid(),
                          "worker_memory_mb": _private_memory_mb()}
         collector.add.remote(entry)
@@ -213,15 +248,17 @@ class Summary:
     rows: dict[str, int]
     human_moves: int
     dropped: dict[str, int]  # moves that did not become rows, by reason
+    formats: dict[str, int]  # games per log format (FORMATS)
     seconds: float
     ray_start_seconds: float
     output: str
 
     def lines(self) -> list[str]:
         splits = ", ".join(f"{k} {v:,}" for k, v in self.rows.items())
+        formats = ", ".join(f"{count} in format {name}" for name, count in sorted(self.formats.items())) or "none readable"
         dropped = "; ".join(f"{count:,} {reason}" for reason, count in sorted(self.dropped.items(), key=lambda i: -i[1]))
         lines = [
-            f"read {self.files} files, {self.human_moves:,} human moves",
+            f"read {self.files} games ({formats}), {self.human_moves:,} human moves",
             f"wrote {sum(self.rows.values()):,} rows ({splits}) to {self.output}",
         ]
         if dropped:
@@ -268,7 +305,16 @@ def prepare(config: PrepareConfig, parallelism: int | None = None) -> Summary:
         files=len(entries), files_with_problems=sum(1 for e in entries if e["problems"]),
         unreadable_files=sum(1 for e in entries if any(p["line"] == 0 for p in e["problems"])),
         rows=manifest["rows"], human_moves=sum(e.get("human_moves", 0) for e in entries), dropped=dropped,
+        formats=_count_formats(entries),
         seconds=time.perf_counter() - started, ray_start_seconds=ray_seconds, output=config.output)
+
+
+def _count_formats(entries: list[dict]) -> dict[str, int]:
+    formats: dict[str, int] = {}
+    for entry in entries:
+        if entry.get("format"):
+            formats[entry["format"]] = formats.get(entry["format"], 0) + 1
+    return formats
 
 
 def _start_ray() -> float:
@@ -289,8 +335,8 @@ def _write_rows(inputs: Inputs, settings: dict, out_fs, staging: str, parallelis
     workers = parallelism or max(1, int(ray.cluster_resources().get("CPU", 1)))
     # Blocks of a few files: a worker holds one block at a time, whatever the corpus size.
     # Each worker reads its own files, so that one that cannot be read is reported, not fatal.
-    dataset = ray.data.from_items([{"path": path} for path in inputs.paths],
-                                  override_num_blocks=max(2 * workers, -(-len(inputs.paths) // FILES_PER_BLOCK)))
+    games = [{"game": name, "paths": paths} for name, paths in inputs.games.items()]
+    dataset = ray.data.from_items(games, override_num_blocks=max(2 * workers, -(-len(games) // FILES_PER_BLOCK)))
     dataset = dataset.map_batches(
         _featurize_batch, batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
         fn_kwargs={"filesystem": inputs.filesystem, "settings": settings, "collector": collector})
@@ -344,7 +390,10 @@ def _manifest(entries, source, settings, root, filesystem, staging) -> dict:
     files = []
     for entry in entries:
         entry = dict(entry)
-        entry["path"] = os.path.relpath(entry["path"], root) if not storage.is_s3(source) else entry["path"]
+        if not storage.is_s3(source):
+            entry["path"] = os.path.relpath(entry["path"], root)
+            if "parts" in entry:
+                entry["parts"] = [os.path.relpath(part, root) for part in entry["parts"]]
         files.append(entry)
     rows = storage.join(staging, ROWS_FOLDER)
     counts = {}

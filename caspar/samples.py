@@ -40,8 +40,9 @@ class _Unit:
 
 
 def game_log(seed: int, *, wide: bool = True, crlf: bool = False, decimal_comma: bool = False,
-             rounds: int = 4, width: int = 16, height: int = 17) -> str:
-    """One synthetic log as text."""
+             rounds: int = 4, width: int = 16, height: int = 17, second_game: bool = False) -> str:
+    """One synthetic log as text. With `second_game`, the board is logged again (taller) and a
+    second game starts at round 1, as in real logs that hold two games."""
     rng = random.Random(seed)
     comma = decimal_comma
     units = []
@@ -51,15 +52,20 @@ def game_log(seed: int, *, wide: bool = True, crlf: bool = False, decimal_comma:
         units.append(_Unit(entity, team - 1, team, rng.choice(UNITS), x, rng.randrange(height)))
     state_columns = WIDE_STATE if wide else NARROW_STATE
     lines = [f"# Log file created at 2025-01-01T00:00:{seed % 60:02d}.000000000"]
-    lines += ["BOARD_NAME\tWIDTH\tHEIGHT", f"Synthetic #{seed}\t{width}\t{height}"]
-    lines.append("\t".join(f"COL_{i}" for i in range(width)) + "\t")
-    for x in range(width):
-        cells = [f"Level: {rng.randint(0, 2)}  Features: " + rng.choice(["", "Light Woods; foliage_elev(2, 0); ", "Water, depth: 1; "])
-                 for _ in range(height)]
-        lines.append(f"ROW_{x}\t" + "\t".join(cells) + "\t")
-    lines += ["THEME\tCITY_TYPE\tMAP_SIZE\tMAP_WIDTH\tMAP_HEIGHT", "\tNONE\t1\t1"]
-    lines += ["TEMPERATURE\tWEATHER\tGRAVITY\tWIND\tATMOSPHERE\tFOG\tLIGHT",
-              f"25\tCLEAR\t{_number(1, comma)}\tCalm\tStandard\tNone\tDaylight"]
+
+    def board_block(height):
+        lines.extend(["BOARD_NAME\tWIDTH\tHEIGHT", f"Synthetic #{seed}\t{width}\t{height}"])
+        lines.append("\t".join(f"COL_{i}" for i in range(width)) + "\t")
+        for x in range(width):
+            cells = [f"Level: {rng.randint(0, 2)}  Features: " + rng.choice(["", "Light Woods; foliage_elev(2, 0); ",
+                                                                             "Water, depth: 1; "])
+                     for _ in range(height)]
+            lines.append(f"ROW_{x}\t" + "\t".join(cells) + "\t")
+        lines.extend(["THEME\tCITY_TYPE\tMAP_SIZE\tMAP_WIDTH\tMAP_HEIGHT", "\tNONE\t1\t1"])
+        lines.extend(["TEMPERATURE\tWEATHER\tGRAVITY\tWIND\tATMOSPHERE\tFOG\tLIGHT",
+                      f"25\tCLEAR\t{_number(1, comma)}\tCalm\tStandard\tNone\tDaylight"])
+
+    board_block(height)
 
     def state_block(round_, phase):
         lines.append("\t".join(state_columns))
@@ -76,7 +82,11 @@ def game_log(seed: int, *, wide: bool = True, crlf: bool = False, decimal_comma:
     state_block(0, "DEPLOYMENT")
     lines.append("\t".join(MINEFIELD_COLUMNS))
     lines.append(f"1\tDEPLOY_MINEFIELDS\tMINEFIELD\t{width // 2}\t{height // 2}")
-    for round_ in range(1, rounds + 1):
+    game_rounds = [*range(1, rounds + 1)] * (2 if second_game else 1)
+    for number, round_ in enumerate(game_rounds):
+        if second_game and number == rounds:
+            height += 4
+            board_block(height)
         for u in [u for u in units if not u.destroyed]:
             from_x, from_y = u.x, u.y
             steps = rng.randint(0, 5)

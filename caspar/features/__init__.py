@@ -76,7 +76,7 @@ def featurize(log: GameLog, points: UnitPoints, include_bots: bool = False) -> R
         lines = log.moves["line"].to_numpy()[move_rows[~finite]]
         for line, values in zip(lines.tolist(), features[~finite]):
             names = [n for n, ok in zip(feature_names(), np.isfinite(values)) if not ok] or ["reward"]
-            log.problems.append(Problem(log.name, int(line), f"move skipped: {', '.join(names[:3])} not a finite "
+            log.problems.append(Problem(log.moves_file or log.name, int(line), f"move skipped: {', '.join(names[:3])} not a finite "
                                                               "number (a value it needs is missing)"))
         dropped["moves with a missing value"] = int((~finite).sum())
     is_bot = np.nan_to_num(log.moves["IS_BOT"].to_numpy(zero_copy_only=False).astype(float)) == 1

@@ -109,10 +109,16 @@ def unit_health_average(s: Situation):
     return s.h_m
 
 
-# Per-arc armour (ARMOR_FRONT_P, ...) is in no log of the corpus: every arc is the average health.
+def _arc_health(arc: str):
+    def arc_health(s: Situation):
+        return s.arc_health[arc]
+    return arc_health
+
+
+# Per-arc armour (ARMOR_FRONT_P, ...) is in logs from May 2025 on; none of the corpus has it.
 for arc in ("front", "right", "left", "back"):
-    feature(f"unit_health_{arc}", description=f"Health of the {arc} arc; the average health where the log has no "
-                                              "per-arc armour.")(unit_health_average)
+    feature(f"unit_health_{arc}", description=f"Armour fraction of the {arc} arc (the move row's, else the mover's "
+                                              "state row's); the average health where the log has none.")(_arc_health(arc))
 
 
 @feature("position_crowding", description="Crowding by enemies within 8 and friends within 4 hexes.")
@@ -132,12 +138,13 @@ def damage_ratio(s: Situation):
 # HAS_ECM is not in any corpus log: no friendly ECM (0) and no enemy ECM (1 / (0 + 1)).
 @feature("ecm_coverage", description="Friendly ECM covering the destination (HAS_ECM; 0 in logs without it).")
 def ecm_coverage(s: Situation):
-    return np.zeros(s.n)
+    friendly_ecm = _count(s.mates & s.u_has_ecm & (s.d <= 6))
+    return np.where(s.has_ecm, 1.0 / (friendly_ecm + 1), 0.0)
 
 
 @feature("enemy_ecm_coverage", bounds=(0.0, 1.0), description="Enemy ECM within 6 hexes (1 in logs without HAS_ECM).")
 def enemy_ecm_coverage(s: Situation):
-    return np.ones(s.n)
+    return 1.0 / (_count(s.enemies & s.u_has_ecm & (s.d <= 6)) + 1)
 
 
 @feature("environmental_cover", bounds=(0.2, 0.8), description="Cover value by distance band to the closest enemy.")

@@ -29,6 +29,7 @@ EXCLUDED_TYPES = {
     "MekWarrior", "GunEmplacement", "BattleArmor",
 }
 NO_ENEMY = np.inf
+ARC_COLUMNS = {"front": "ARMOR_FRONT_P", "right": "ARMOR_RIGHT_P", "left": "ARMOR_LEFT_P", "back": "ARMOR_BACK_P"}
 
 
 def clamp01(v):
@@ -83,6 +84,8 @@ class Game:
         self.types = states["TYPE"].to_numpy(zero_copy_only=False)
         self.role = _role_codes(states["ROLE"].to_numpy(zero_copy_only=False))
         self.health = health(self.armor_p, self.internal_p)
+        self.has_ecm = _numbers(states, "HAS_ECM") == 1  # logs from May 2025 on; else never
+        self.arcs = {arc: _numbers(states, column) for arc, column in ARC_COLUMNS.items()}
 
         n_blocks = log.blocks.num_rows
         self.block_round = np.full(n_blocks, np.nan)
@@ -212,6 +215,9 @@ class Situation:
         self.chance_of_failure = np.nan_to_num(_numbers(moves, "CHANCE_OF_FAILURE"))
         self.is_bot = _numbers(moves, "IS_BOT") == 1
         self.h_m = health(self.armor_p, self.internal_p)
+        # Per-arc armour: the move row's, else the mover's state row's, else the average health.
+        self.arc_health = {arc: _first_valid(_numbers(moves, column), game.arcs[arc][me_rows], self.h_m)
+                           for arc, column in ARC_COLUMNS.items()}
 
         me = me_rows
         team = _numbers(moves, "TEAM_ID")
@@ -236,8 +242,9 @@ class Situation:
         in_snapshot = rows < end[:, None]
         rows = np.where(in_snapshot, rows, 0)
         self.unit_rows = rows
+        self.has_ecm = game.has_ecm[me]
         for name in ("x", "y", "facing", "mp", "max_range", "total_damage", "hp", "role", "team",
-                     "player", "entity", "armor_p", "internal_p", "health"):
+                     "player", "entity", "armor_p", "internal_p", "health", "has_ecm"):
             setattr(self, "u_" + name, getattr(game, name)[rows] if len(game.entity) else np.zeros_like(rows))
         eligible = (in_snapshot & (self.u_entity != self.entity[:, None])
                     & (self.u_x >= 0) & (self.u_x < self.width[:, None])
@@ -290,6 +297,14 @@ class Situation:
 
     def has_role(self, *names: str) -> np.ndarray:
         return np.isin(self.role, [ROLE[n] for n in names])
+
+
+def _first_valid(*fractions: np.ndarray) -> np.ndarray:
+    """Per element, the first of the arrays whose value is a valid fraction (finite, in [0, 1])."""
+    result = fractions[-1]
+    for values in reversed(fractions[:-1]):
+        result = np.where(np.isfinite(values) & (values >= 0) & (values <= 1), values, result)
+    return result
 
 
 def _first_min(d: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -160,6 +160,7 @@ class GameLog:
     problems: list[Problem]
     has_armor_columns: bool  # 27-column state rows (ARMOR, INTERNAL, BV present)
     format: str = "2025-03"  # a key of FORMATS
+    moves_file: str = ""  # the file the move rows' lines refer to, when not `name` (split games)
 
 
 DATA_FIRST_BYTES = np.zeros(256, dtype=bool)
@@ -436,7 +437,7 @@ def read_split_game(parts: dict[str, tuple[str, bytes]], name: str) -> GameLog:
         name=name, boards=boards, map_settings=parsers["board"].singles["map_settings"],
         planetary=parsers["board"].singles["planetary"], states=states, blocks=blocks, moves=moves,
         attacks=tables["attacks"]["attack"], minefields=tables["states"]["minefield"], problems=problems,
-        has_armor_columns=has_armor, format="split",
+        has_armor_columns=has_armor, format="split", moves_file=parts["actions"][0],
     )
 
 
