@@ -32,6 +32,9 @@ from caspar.cli import UserError
 from caspar.model import NORMALIZATION_FILE, Normalizer
 
 TOLERANCE = 1e-5
+LATENCY_CALLS = 300  # at batch 1; the median is reported
+LATENCY_BUDGET_MS = 0.5  # TFLite, batch 1, one thread: the game calls the model once per candidate path
+SIZE_BUDGET_MB = 20.0
 TEST_INPUTS_FILE = "test_inputs.csv"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -118,21 +121,36 @@ class Exported:
     max_difference: float
     width: int
     sizes: dict[str, int]
+    latency: dict[str, float]  # milliseconds per call, one thread (median)
 
     def lines(self) -> list[str]:
         lines = [self.source.note] if self.source.note else []
         sizes = ", ".join(f"{name} {size / 1024:.0f} KiB" for name, size in self.sizes.items())
-        return lines + [
+        ms = self.latency
+        lines += [
             f"exported run {self.source.run_id} ({self.source.model_uri}), input width {self.width}",
             f"wrote {self.folder}/ with {os.path.basename(self.tflite)} inside ({sizes})",
             f"verified: max |difference| to the Keras model {self.max_difference:.2e} (limit {TOLERANCE:g})",
-            f"for MegaMek: copy {self.folder}/ to data/ai/brains/{os.path.basename(self.folder)}/",
+            f"latency, one thread, median: TFLite {ms['tflite_batch1_ms']:.3f} ms at batch 1, "
+            f"{ms['tflite_batch256_ms']:.2f} ms at batch 256; SavedModel called from Python {ms['savedmodel_batch1_ms']:.2f} ms "
+            f"at batch 1 (an empty model costs {ms['savedmodel_floor_ms']:.2f} ms there)",
         ]
+        tflite_mb = self.sizes[os.path.basename(self.tflite)] / 2**20
+        if ms["tflite_batch1_ms"] > LATENCY_BUDGET_MS or tflite_mb > SIZE_BUDGET_MB:
+            lines.append(f"warning: over the game's budget ({LATENCY_BUDGET_MS} ms at batch 1, {SIZE_BUDGET_MB:g} MB): "
+                         f"{ms['tflite_batch1_ms']:.3f} ms, {tflite_mb:.1f} MB; the game scores every path of every unit")
+        return lines + [f"for MegaMek: copy {self.folder}/ to data/ai/brains/{os.path.basename(self.folder)}/"]
 
 
 def export(ref: str, output: str = "exports", experiment_name: str | None = None) -> Exported:
     import mlflow
+    import tensorflow as tf
 
+    try:  # latency as one game thread sees it (not possible once TensorFlow has run in this process)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
     tracking.configure()
     source = find_model(ref, experiment_name)
     folder = os.path.join(output, source.name)
@@ -152,13 +170,57 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
             with open(os.path.join(staging, tflite_name), "wb") as handle:
                 handle.write(_to_tflite(staging))
             difference = verify(keras_model, staging, os.path.join(staging, tflite_name), schema["width"])
-    with mlflow.start_run(run_id=source.run_id):
-        mlflow.log_artifacts(folder, artifact_path=f"export/{source.name}")
     tflite_path = os.path.join(folder, tflite_name)
     sizes = {tflite_name: os.path.getsize(tflite_path),
              "SavedModel": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs
                                if f != tflite_name)}
-    return Exported(source, tflite_path, folder, difference, schema["width"], sizes)
+    latency = measure_latency(folder, tflite_path, schema["width"])
+    with mlflow.start_run(run_id=source.run_id):
+        mlflow.log_artifacts(folder, artifact_path=f"export/{source.name}")
+        mlflow.log_metrics({f"export_{k}": v for k, v in latency.items()}
+                           | {"export_tflite_mb": sizes[tflite_name] / 2**20, "export_savedmodel_mb": sizes["SavedModel"] / 2**20})
+    return Exported(source, tflite_path, folder, difference, schema["width"], sizes, latency)
+
+
+def measure_latency(saved_model: str, tflite_path: str, width: int) -> dict[str, float]:
+    """Median milliseconds per call on one thread: the TFLite model at batch 1 and 256, the
+    SavedModel's signature at batch 1, and an empty SavedModel's signature (Python's own cost of
+    calling one, which the model's time includes)."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    rows = np.random.default_rng(0).random((256, width), dtype=np.float32)
+    figures = {}
+    for batch in (1, 256):
+        interpreter = Interpreter(model_path=tflite_path, num_threads=1)
+        index = interpreter.get_input_details()[0]["index"]
+        interpreter.resize_tensor_input(index, [batch, width])
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(index, rows[:batch])
+        figures[f"tflite_batch{batch}_ms"] = _median_ms(interpreter.invoke, LATENCY_CALLS if batch == 1 else 50)
+    serving = tf.saved_model.load(saved_model).signatures["serving_default"]
+    one = tf.constant(rows[:1])
+    figures["savedmodel_batch1_ms"] = _median_ms(lambda: serving(one), LATENCY_CALLS)
+    with tempfile.TemporaryDirectory() as empty:
+        module = tf.Module()
+        module.serve = tf.function(lambda x: {"output_0": x[:, :1]}, input_signature=[tf.TensorSpec([None, width], tf.float32)])
+        tf.saved_model.save(module, empty, signatures={"serving_default": module.serve})
+        floor = tf.saved_model.load(empty).signatures["serving_default"]
+        figures["savedmodel_floor_ms"] = _median_ms(lambda: floor(one), LATENCY_CALLS)
+    return figures
+
+
+def _median_ms(call, times: int) -> float:
+    import time
+
+    for _ in range(5):  # warm-up
+        call()
+    durations = []
+    for _ in range(times):
+        started = time.perf_counter()
+        call()
+        durations.append(time.perf_counter() - started)
+    return 1000 * float(np.median(durations))
 
 
 def _to_tflite(saved_model: str) -> bytes:

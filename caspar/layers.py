@@ -50,3 +50,127 @@ class PiecewiseLinearEncoding(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "lower": self.lower_values.tolist(), "width": self.width_values.tolist()}
+
+
+@keras.saving.register_keras_serializable(package="caspar")
+class TreeEnsemble(keras.layers.Layer):
+    """Gradient-boosted regression trees as standard tensor operations (the GEMM strategy of
+    Microsoft's Hummingbird), so that they run inside the SavedModel and the TFLite file with no
+    custom op. Per tree t, padded to I internal nodes and L leaves: the input value each node
+    tests is gathered, compared with the node's threshold (goes left: 1), and a product with the
+    path matrix C[t] (+1 where the leaf lies left of the node, -1 where right) equals the leaf's
+    count of left turns D[t] exactly at the leaf the input reaches. Output: the sum of those
+    leaves' values, per input row, shape [batch, 1]."""
+
+    def __init__(self, features, thresholds, paths, left_turns, values, **kwargs):
+        super().__init__(**kwargs)
+        self.arrays = {"features": np.asarray(features, np.int32), "thresholds": np.asarray(thresholds, np.float32),
+                       "paths": np.asarray(paths, np.float32), "left_turns": np.asarray(left_turns, np.float32),
+                       "values": np.asarray(values, np.float32)}
+
+    @classmethod
+    def from_sklearn(cls, model) -> "TreeEnsemble":
+        """From a fitted sklearn HistGradientBoostingRegressor (numerical features, squared error)."""
+        trees = [predictors[0].nodes for predictors in model._predictors]
+        internal = max(1, max(int((~t["is_leaf"].astype(bool)).sum()) for t in trees))
+        leaves = max(int(t["is_leaf"].sum()) for t in trees)
+        n = len(trees)
+        features = np.zeros((n, internal), np.int32)
+        thresholds = np.full((n, internal), np.inf, np.float32)  # padding nodes always "go left"
+        paths = np.zeros((n, internal, leaves), np.float32)
+        left_turns = np.full((n, leaves), -1.0, np.float32)  # padding leaves are never reached
+        values = np.zeros((n, leaves), np.float32)
+        for t, nodes in enumerate(trees):
+            _compile_tree(nodes, features[t], thresholds[t], paths[t], left_turns[t], values[t])
+        values[0] += np.float32(np.ravel(model._baseline_prediction)[0])  # the model's constant, in tree 0's leaves
+        return cls(features, thresholds, paths, left_turns, values)
+
+    def build(self, input_shape):
+        self.weights_by_name = {
+            name: self.add_weight(shape=array.shape, dtype="int32" if name == "features" else "float32",
+                                  trainable=False, name=name, initializer=keras.initializers.Constant(array))
+            for name, array in self.arrays.items()}
+
+    def call(self, inputs):
+        w = self.weights_by_name
+        trees, internal = self.arrays["features"].shape
+        tested = ops.take(inputs, ops.reshape(w["features"], (-1,)), axis=1)  # [batch, trees * internal]
+        went_left = ops.cast(tested <= ops.reshape(w["thresholds"], (-1,)), "float32")
+        went_left = ops.transpose(ops.reshape(went_left, (-1, trees, internal)), (1, 0, 2))  # [trees, batch, internal]
+        reached = ops.cast(ops.equal(ops.matmul(went_left, w["paths"]), ops.expand_dims(w["left_turns"], 1)), "float32")
+        return ops.expand_dims(ops.sum(reached * ops.expand_dims(w["values"], 1), axis=(0, 2)), -1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1)
+
+    def get_config(self):
+        return {**super().get_config(), **{k: v.tolist() for k, v in self.arrays.items()}}
+
+
+def _compile_tree(nodes, features, thresholds, paths, left_turns, values) -> None:
+    """Fill one tree's rows of the TreeEnsemble arrays from sklearn's node table."""
+    inner: dict[int, int] = {}
+    leaves: dict[int, int] = {}
+
+    def walk(node: int, path: list[tuple[int, bool]]) -> None:
+        if nodes["is_leaf"][node]:
+            index = leaves.setdefault(node, len(leaves))
+            values[index] = nodes["value"][node]
+            left_turns[index] = sum(1 for _, went_left in path if went_left)
+            for parent, went_left in path:
+                paths[parent, index] = 1.0 if went_left else -1.0
+            return
+        index = inner.setdefault(node, len(inner))
+        features[index] = nodes["feature_idx"][node]
+        thresholds[index] = nodes["num_threshold"][node]
+        walk(nodes["left"][node], path + [(index, True)])
+        walk(nodes["right"][node], path + [(index, False)])
+
+    walk(0, [])
+
+
+@keras.saving.register_keras_serializable(package="caspar")
+class EnsembleAdapter(keras.layers.Layer):
+    """TabM-mini (Gorishniy et al., ICLR 2025): k copies of the input, each scaled by its member's
+    own vector r_k (initialised to random signs), so that the shared layers after it train k
+    different members at once. [batch, d] -> [batch, k, d]."""
+
+    def __init__(self, members: int, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.members, self.seed = members, seed
+
+    def build(self, input_shape):
+        signs = np.where(np.random.default_rng(self.seed).random((self.members, input_shape[-1])) < 0.5, -1.0, 1.0)
+        self.scale = self.add_weight(shape=signs.shape, name="scale", initializer=keras.initializers.Constant(signs))
+
+    def call(self, inputs):
+        return ops.expand_dims(inputs, 1) * self.scale
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.members, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "members": self.members, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="caspar")
+class EnsembleHeads(keras.layers.Layer):
+    """One linear output per ensemble member, averaged: [batch, k, d] -> [batch, 1]."""
+
+    def __init__(self, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[1], input_shape[2]), name="kernel",
+                                      initializer=self.kernel_initializer)
+        self.bias = self.add_weight(shape=(input_shape[1],), name="bias", initializer="zeros")
+
+    def call(self, inputs):
+        return ops.mean(ops.sum(inputs * self.kernel, axis=-1) + self.bias, axis=-1, keepdims=True)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}

@@ -48,25 +48,49 @@ class Normalizer:
 
 
 def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, activation: str,
-              encoding_bins: int = 0, train_inputs: np.ndarray | None = None, batch_norm: bool = True):
-    """[Piecewise-linear encoding of each input,] then dense -> batch norm -> dropout per hidden
-    layer, then one sigmoid unit (rewards lie in [0, 1])."""
+              encoding_bins: int = 0, train_inputs: np.ndarray | None = None, batch_norm: bool = True,
+              ensemble_size: int = 1, trees=None, seed: int = 0):
+    """[Piecewise-linear encoding of each input,] [k ensemble members,] then dense -> batch norm ->
+    dropout per hidden layer, then the output. Without trees, one sigmoid unit (rewards lie in
+    [0, 1]). With `trees` (a TreeEnsemble layer), the network learns a correction to the trees'
+    prediction: its last layer starts at zero, so training starts from the trees' own model, and
+    the sum is clipped to [0, 1]."""
     import keras
 
-    from caspar.layers import PiecewiseLinearEncoding
+    from caspar.layers import EnsembleAdapter, EnsembleHeads, PiecewiseLinearEncoding
 
     inputs = keras.Input(shape=(n_features,), name="features")
     x = inputs
     if encoding_bins:
         x = PiecewiseLinearEncoding.from_inputs(train_inputs, encoding_bins)(x)
+    if ensemble_size > 1:
+        x = EnsembleAdapter(ensemble_size, seed=seed)(x)
     for units in hidden_layers:
         x = keras.layers.Dense(units, activation=activation)(x)
         if batch_norm:
             x = keras.layers.BatchNormalization()(x)
         if dropout_rate > 0:
             x = keras.layers.Dropout(dropout_rate)(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="reward")(x)
+    initializer = "zeros" if trees is not None else "glorot_uniform"
+    if ensemble_size > 1:
+        x = EnsembleHeads(kernel_initializer=initializer)(x)
+    else:
+        x = keras.layers.Dense(1, kernel_initializer=initializer)(x)
+    if trees is None:
+        outputs = keras.layers.Activation("sigmoid", name="reward")(x)
+    else:
+        outputs = keras.layers.ReLU(max_value=1.0, name="reward")(keras.layers.Add()([trees(inputs), x]))  # clip to [0, 1]
     return keras.Model(inputs, outputs, name="caspar_mlp")
+
+
+def fit_trees(x_train: np.ndarray, y_train: np.ndarray, count: int, seed: int):
+    """Gradient-boosted trees (the same scikit-learn model as the GBDT baseline, `count` of them)
+    as a TreeEnsemble layer."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from caspar.layers import TreeEnsemble
+
+    return TreeEnsemble.from_sklearn(HistGradientBoostingRegressor(max_iter=count, random_state=seed).fit(x_train, y_train))
 
 
 def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0):

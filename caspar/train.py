@@ -14,7 +14,7 @@ from caspar.cli import UserError
 from caspar.config import Hyperparameters, TrainConfig, check, hyperparameters
 from caspar.dataset import Prepared, load_prepared
 from caspar.export import TEST_INPUTS_FILE, write_test_inputs
-from caspar.model import NORMALIZATION_FILE, Normalizer, build_mlp, make_optimizer
+from caspar.model import NORMALIZATION_FILE, Normalizer, build_mlp, fit_trees, make_optimizer
 
 TEST_ROWS_KEPT = 256  # test rows logged with the model, for checking an export
 STEPS_PER_EXECUTION = 32
@@ -31,12 +31,16 @@ def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
     return train, val
 
 
-def compiled_model(hp: Hyperparameters, x_train):
-    """The MLP for these hyperparameters, compiled, with its initial weights seeded."""
+def compiled_model(hp: Hyperparameters, x_train, y_train, trees=None):
+    """The network for these hyperparameters, compiled, with its initial weights seeded. With
+    hp.trees, the trees are fitted here unless given (a TreeEnsemble layer)."""
     import keras
 
     keras.utils.set_random_seed(hp.seed)
-    model = build_mlp(x_train.shape[1], hp.hidden_layers, hp.dropout_rate, hp.activation, hp.encoding_bins, x_train)
+    if hp.trees and trees is None:
+        trees = fit_trees(x_train, y_train, hp.trees, hp.seed)
+    model = build_mlp(x_train.shape[1], hp.hidden_layers, hp.dropout_rate, hp.activation, hp.encoding_bins, x_train,
+                      ensemble_size=hp.ensemble_size, trees=trees if hp.trees else None, seed=hp.seed)
     # Several steps per call into TensorFlow: small batches are otherwise bound by per-step overhead.
     model.compile(optimizer=make_optimizer(hp.optimizer, hp.learning_rate, hp.weight_decay), loss="mse", metrics=["mae"],
                   steps_per_execution=STEPS_PER_EXECUTION)
@@ -63,7 +67,7 @@ def fit(hp: Hyperparameters, x_train, y_train, x_val, y_val, callbacks=()):
     """Build and train the MLP on normalised inputs; early stopping restores the best weights."""
     import keras
 
-    model = compiled_model(hp, x_train)
+    model = compiled_model(hp, x_train, y_train)
     train, val = tf_datasets(x_train, y_train, x_val, y_val, hp.batch_size, hp.seed)
     stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience, restore_best_weights=True)
     history = model.fit(train, validation_data=val, epochs=hp.epochs, verbose=0, shuffle=False,

@@ -33,6 +33,8 @@ SEARCH_SPACE = {
     "activation": ("choice", ["relu", "gelu", "swish", "sigmoid"]),
     "encoding_bins": ("choice", [0, 8, 16]),
     "weight_decay": ("choice", [0.0, 1e-5, 1e-4, 1e-3]),
+    "ensemble_size": ("choice", [1, 4, 8]),
+    "trees": ("choice", [0, 100]),
 }
 METRIC, MODE = "val_loss", "min"
 CHECKPOINT_FILE = "model.keras"
@@ -89,11 +91,18 @@ def trial_class():
 
             self.started, self.cpu_started, self.startup = time.perf_counter(), time.process_time(), None
             hp = Hyperparameters(**config)
-            self.model = compiled_model(hp, self.data["x_train"])
+            self.model = compiled_model(hp, self.data["x_train"], self.data["y_train"], trees=self.trees(hp))
             self.batches = tf_datasets(self.data["x_train"], self.data["y_train"], self.data["x_val"], self.data["y_val"],
                                        hp.batch_size, hp.seed)
             self.callbacks = [plateau_schedule(hp), self.best_weights_keeper()]
             self.epoch, self.best, self.best_weights = 0, np.inf, None
+
+        def trees(self, hp):
+            """The study's trees (fitted once, on the driver) for a trial that has them."""
+            from caspar.layers import TreeEnsemble
+
+            arrays = self.data.get("trees", {}).get(hp.trees)
+            return TreeEnsemble(**arrays) if arrays else None
 
         def best_weights_keeper(self):
             import keras
@@ -230,6 +239,7 @@ def tune_study(settings: TuneConfig, prepared: Prepared, verbose: bool = False) 
     normalizer = Normalizer.fit(prepared.splits["train"][0])
     data = {"x_train": normalizer.transform(prepared.splits["train"][0]), "y_train": prepared.splits["train"][1],
             "x_val": normalizer.transform(prepared.splits["val"][0]), "y_val": prepared.splits["val"][1]}
+    data["trees"] = study_trees(settings, data["x_train"], data["y_train"])
     with mlflow.start_run(run_id=previous_run, experiment_id=experiment, run_name=f"{settings.run_name}-study",
                           tags={"study": settings.run_name, "caspar.kind": "study"}) as parent:
         if previous_run is None:
@@ -254,6 +264,14 @@ def tune_study(settings: TuneConfig, prepared: Prepared, verbose: bool = False) 
                  path=study_path(settings), core_utilisation=summary["core_utilisation"],
                  driver_share=summary["driver_share"],
                  mean_startup_seconds=summary["mean_trial_startup_seconds"])
+
+
+def study_trees(settings: TuneConfig, x_train, y_train) -> dict[int, dict]:
+    """The trees of every tree count a trial may use, fitted once here: {count: TreeEnsemble arrays}."""
+    from caspar.model import fit_trees
+
+    counts = set(SEARCH_SPACE["trees"][1]) | {settings.trial_hyperparameters().trees}
+    return {n: fit_trees(x_train, y_train, n, settings.seed).arrays for n in sorted(counts - {0})}
 
 
 def find_study_run(settings: TuneConfig, experiment: str) -> str:

@@ -95,3 +95,29 @@ def test_failed_verification_keeps_the_earlier_export(trained, tmp_path, monkeyp
         export.export("export-me", str(tmp_path))
     assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
     assert sorted(p.name for p in tmp_path.iterdir()) == [".export-me.lock", os.path.basename(earlier.folder)]
+
+
+FAMILIES = {
+    "plain network": {"trees": 0, "ensemble_size": 1},
+    "TabM-style ensemble": {"trees": 0, "ensemble_size": 4},
+    "trees and their correction": {"trees": 20, "ensemble_size": 1},
+    "trees and an ensemble": {"trees": 20, "ensemble_size": 4, "encoding_bins": 0},
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_model_family_exports_and_reports_its_latency(family, mlflow_url, sample_dataset, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_url)
+    name = "family-" + family.replace(" ", "-")
+    trained = train(TrainConfig(hidden_layers=[16], epochs=2, data=sample_dataset, experiment_name="test-families",
+                                run_name=name, model_name="CASPAR-families", **FAMILIES[family]))
+    result = export.export(name, str(tmp_path))
+    check_export(result, tmp_path)  # SavedModel and TFLite equal the Keras model within 1e-5
+    assert set(result.latency) == {"tflite_batch1_ms", "tflite_batch256_ms", "savedmodel_batch1_ms", "savedmodel_floor_ms"}
+    assert all(value > 0 for value in result.latency.values())
+    assert result.latency["tflite_batch256_ms"] > result.latency["tflite_batch1_ms"]
+    assert any(line.startswith("latency, one thread, median: TFLite") for line in result.lines())
+    logged = MlflowClient().get_run(trained.run_id).data.metrics
+    assert logged["export_tflite_batch1_ms"] == pytest.approx(result.latency["tflite_batch1_ms"])

@@ -321,7 +321,7 @@ class _LogParser:
         else:
             self.singles[kind] = {k: v for k, v in zip(header, row.split("\t")) if k != VERSION_COLUMN}
 
-    def tables(self) -> dict[str, pa.Table]:
+    def tables(self, kinds=tuple(ALL_COLUMNS)) -> dict[str, pa.Table]:
         parts = {kind: [] for kind in ALL_COLUMNS}
         stray = _Group("attack", self.attack_columns)  # attack rows with no attack header of their own
         for group in [g for g in self.groups.values() if g.chunks]:
@@ -340,7 +340,8 @@ class _LogParser:
                 parts[group.kind].append(self.parse_strict(repaired))
         if stray.chunks:
             parts["attack"].append(self.parse_strict(stray))
-        return {kind: _concat(tables, ALL_COLUMNS[kind]) for kind, tables in parts.items()}
+        return {kind: _infinite_as_missing(_concat(parts[kind], ALL_COLUMNS[kind]), self.name, self.problems)
+                for kind in kinds}
 
     def parse_strict(self, group: _Group) -> pa.Table:
         table, invalid = _parse_group(group, self.name, self.problems)
@@ -359,7 +360,7 @@ def read_log(data: bytes, name: str) -> GameLog:
         data = data.encode()
     parser = _LogParser(name)
     parser.feed(data)
-    tables = {kind: _infinite_as_missing(table, name, parser.problems) for kind, table in parser.tables().items()}
+    tables = parser.tables()
     states, moves = tables["state"], tables["move"]
     has_armor = states.num_rows > 0 and states["BV"].null_count == 0 and not pc.any(pc.is_nan(states["BV"])).as_py()
 
@@ -413,13 +414,14 @@ def read_split_game(parts: dict[str, tuple[str, bytes]], name: str) -> GameLog:
     the movement-phase snapshots (each move is followed by one), skipping snapshots where the
     moving unit's positions fit better. Problems name the part's own file and line."""
     parsers, tables, problems = {}, {}, []
-    for part in SPLIT_PARTS:
+    for part, kind in zip(SPLIT_PARTS, (None, "move", "state", "attack")):
         file, data = parts[part]
         parsers[part] = parser = _LogParser(file)
         parser.feed(data if isinstance(data, bytes) else data.encode())
-        tables[part] = {kind: _infinite_as_missing(t, file, parser.problems) for kind, t in parser.tables().items()}
+        if kind:
+            tables[kind] = parser.tables(kinds=(kind,))[kind]
         problems += sorted(parser.problems, key=lambda p: p.line)
-    states, moves = tables["states"]["state"], tables["actions"]["move"]
+    states, moves = tables["state"], tables["move"]
     boards = parsers["board"].boards
     for board in boards:
         board.orient(newer_format=True)
@@ -436,7 +438,7 @@ def read_split_game(parts: dict[str, tuple[str, bytes]], name: str) -> GameLog:
     return GameLog(
         name=name, boards=boards, map_settings=parsers["board"].singles["map_settings"],
         planetary=parsers["board"].singles["planetary"], states=states, blocks=blocks, moves=moves,
-        attacks=tables["attacks"]["attack"], minefields=tables["states"]["minefield"], problems=problems,
+        attacks=tables["attack"], minefields=_concat([], MINEFIELD_COLUMNS), problems=problems,
         has_armor_columns=has_armor, format="split", moves_file=parts["actions"][0],
     )
 
@@ -512,6 +514,8 @@ def _pair_moves_with_snapshots(moves: pa.Table, states: pa.Table, block: np.ndar
 def _infinite_as_missing(table: pa.Table, name: str, problems: list[Problem]) -> pa.Table:
     """An infinite number is reported and read as missing, like `NaN` (which MegaMek writes for
     "no value"): a feature never sees it."""
+    if not table.num_rows:
+        return table
     for index, column in enumerate(table.column_names):
         values = table[column]
         if not pa.types.is_floating(values.type):
