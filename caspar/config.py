@@ -63,7 +63,9 @@ class Hyperparameters:
     weight_decay: float = setting(0.0, "decoupled weight decay of the optimizer (0: none)", minimum=0, maximum=1)
     encoding_bins: int = setting(16, "piecewise-linear encoding bins per input; 0 feeds the inputs as they are",
                                  minimum=0, maximum=256)
-    ensemble_size: int = setting(1, "members of a TabM-style ensemble sharing the hidden layers (1: one network)",
+    periodic_frequencies: int = setting(0, "periodic (PLR) embedding of each input with this many frequencies, "
+                                        "instead of the piecewise-linear encoding (0: off)", minimum=0, maximum=64)
+    ensemble_size: int = setting(4, "members of a TabM-style ensemble sharing the hidden layers (1: one network)",
                                  minimum=1, maximum=64)
     trees: int = setting(100, "gradient-boosted trees inside the network, which learns their correction (0: none)",
                          minimum=0, maximum=2000)

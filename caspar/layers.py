@@ -174,3 +174,32 @@ class EnsembleHeads(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+
+
+@keras.saving.register_keras_serializable(package="caspar")
+class PeriodicEmbedding(keras.layers.Layer):
+    """PLR embeddings (Gorishniy et al. 2022, "On Embeddings for Numerical Features in Tabular Deep
+    Learning"), the lite variant: each input x_j becomes cos and sin of 2π c_j x_j for k trainable
+    frequencies c_j (initialised from N(0, sigma)), then one linear map shared by all inputs and a
+    ReLU. [batch, F] -> [batch, F * dimension]."""
+
+    def __init__(self, frequencies: int, dimension: int = 8, sigma: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.frequencies, self.dimension, self.sigma = frequencies, dimension, sigma
+
+    def build(self, input_shape):
+        self.coefficients = self.add_weight(shape=(input_shape[-1], self.frequencies), name="coefficients",
+                                            initializer=keras.initializers.RandomNormal(stddev=self.sigma))
+        self.linear = keras.layers.Dense(self.dimension, activation="relu")
+        self.linear.build((None, input_shape[-1], 2 * self.frequencies))
+
+    def call(self, inputs):
+        angles = 2 * np.pi * ops.expand_dims(inputs, -1) * self.coefficients
+        embedded = self.linear(ops.concatenate([ops.cos(angles), ops.sin(angles)], axis=-1))
+        return ops.reshape(embedded, (-1, embedded.shape[1] * self.dimension))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1] * self.dimension)
+
+    def get_config(self):
+        return {**super().get_config(), "frequencies": self.frequencies, "dimension": self.dimension, "sigma": self.sigma}

@@ -49,19 +49,21 @@ class Normalizer:
 
 def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, activation: str,
               encoding_bins: int = 0, train_inputs: np.ndarray | None = None, batch_norm: bool = True,
-              ensemble_size: int = 1, trees=None, seed: int = 0):
-    """[Piecewise-linear encoding of each input,] [k ensemble members,] then dense -> batch norm ->
+              ensemble_size: int = 1, trees=None, seed: int = 0, periodic_frequencies: int = 0):
+    """[Periodic (PLR) or piecewise-linear encoding of each input,] [k ensemble members,] then dense -> batch norm ->
     dropout per hidden layer, then the output. Without trees, one sigmoid unit (rewards lie in
     [0, 1]). With `trees` (a TreeEnsemble layer), the network learns a correction to the trees'
     prediction: its last layer starts at zero, so training starts from the trees' own model, and
     the sum is clipped to [0, 1]."""
     import keras
 
-    from caspar.layers import EnsembleAdapter, EnsembleHeads, PiecewiseLinearEncoding
+    from caspar.layers import EnsembleAdapter, EnsembleHeads, PeriodicEmbedding, PiecewiseLinearEncoding
 
     inputs = keras.Input(shape=(n_features,), name="features")
     x = inputs
-    if encoding_bins:
+    if periodic_frequencies:
+        x = PeriodicEmbedding(periodic_frequencies)(x)
+    elif encoding_bins:
         x = PiecewiseLinearEncoding.from_inputs(train_inputs, encoding_bins)(x)
     if ensemble_size > 1:
         x = EnsembleAdapter(ensemble_size, seed=seed)(x)

@@ -40,7 +40,8 @@ def compiled_model(hp: Hyperparameters, x_train, y_train, trees=None):
     if hp.trees and trees is None:
         trees = fit_trees(x_train, y_train, hp.trees, hp.seed)
     model = build_mlp(x_train.shape[1], hp.hidden_layers, hp.dropout_rate, hp.activation, hp.encoding_bins, x_train,
-                      ensemble_size=hp.ensemble_size, trees=trees if hp.trees else None, seed=hp.seed)
+                      ensemble_size=hp.ensemble_size, trees=trees if hp.trees else None, seed=hp.seed,
+                      periodic_frequencies=hp.periodic_frequencies)
     # Several steps per call into TensorFlow: small batches are otherwise bound by per-step overhead.
     model.compile(optimizer=make_optimizer(hp.optimizer, hp.learning_rate, hp.weight_decay), loss="mse", metrics=["mae"],
                   steps_per_execution=STEPS_PER_EXECUTION)

@@ -34,11 +34,13 @@ SEARCH_SPACE = {
     "encoding_bins": ("choice", [0, 8, 16]),
     "weight_decay": ("choice", [0.0, 1e-5, 1e-4, 1e-3]),
     "ensemble_size": ("choice", [1, 4, 8]),
+    "periodic_frequencies": ("choice", [0, 16]),
     "trees": ("choice", [0, 100]),
 }
 METRIC, MODE = "val_loss", "min"
 CHECKPOINT_FILE = "model.keras"
 REDUCTION_FACTOR = 3  # of ASHA
+STEP_SECONDS = 10.0  # a trial reports at least this often (at an epoch's end), so little is lost when a study's time is up
 EPOCH_METRICS = ("loss", "val_loss", "val_mae")  # per epoch, in MLflow
 STEP_METRICS = ("best_val_loss", "cpu_seconds", "startup_seconds")  # per result, in MLflow
 PER_EPOCH = "_per_epoch"  # a result's list of every epoch's value since the previous result
@@ -69,9 +71,10 @@ def trial_class():
 
     class Trial(tune.Trainable):
         """One trial: each step() trains up to the next epoch at which ASHA may stop the trial (its
-        milestones, and the last epoch) and reports every epoch's losses at once. ASHA decides
-        exactly as with one result per epoch, since it acts only at those epochs, while the driver
-        handles a few results per trial instead of one per epoch. The best model so far is the
+        milestones, and the last epoch), or for about STEP_SECONDS if that comes first, and reports
+        every epoch's losses at once. ASHA decides exactly as with one result per epoch, since it
+        acts only at those epochs, while the driver handles a few results per trial instead of one
+        per epoch. The best model so far is the
         step's checkpoint. reset_config lets Tune run the next trial in this process (no TensorFlow
         start-up)."""
 
@@ -94,7 +97,7 @@ def trial_class():
             self.model = compiled_model(hp, self.data["x_train"], self.data["y_train"], trees=self.trees(hp))
             self.batches = tf_datasets(self.data["x_train"], self.data["y_train"], self.data["x_val"], self.data["y_val"],
                                        hp.batch_size, hp.seed)
-            self.callbacks = [plateau_schedule(hp), self.best_weights_keeper()]
+            self.callbacks = [plateau_schedule(hp), self.best_weights_keeper(), self.step_timer()]
             self.epoch, self.best, self.best_weights = 0, np.inf, None
 
         def trees(self, hp):
@@ -116,20 +119,33 @@ def trial_class():
 
             return KeepBest()
 
+        def step_timer(self):
+            import keras
+
+            trial = self
+
+            class StopAfterSeconds(keras.callbacks.Callback):
+                def on_epoch_end(self, epoch, logs=None):
+                    if time.perf_counter() - trial.step_started > STEP_SECONDS:
+                        self.model.stop_training = True
+
+            return StopAfterSeconds()
+
         def step(self):
             if self.startup is None:
                 self.startup = time.perf_counter() - self.started
             train, val = self.batches
             until = next(m for m in self.milestones if m > self.epoch)
+            self.step_started = time.perf_counter()
             history = self.model.fit(train, validation_data=val, initial_epoch=self.epoch, epochs=until,
                                      verbose=0, shuffle=False, callbacks=self.callbacks).history
-            self.epoch = until
+            self.epoch += len(history["loss"])
             per_epoch = {f"{k}{PER_EPOCH}": [float(v) for v in history[k]] for k in EPOCH_METRICS if k in history}
             return {**{k: float(history[k][-1]) for k in EPOCH_METRICS if k in history}, **per_epoch,
                     "epoch": self.epoch, "best_val_loss": self.best,
                     "cpu_seconds": time.process_time() - self.cpu_started, "startup_seconds": self.startup,
                     "node_id": self.node,  # not a number, not in MLflow
-                    "should_checkpoint": self.best_weights is not None}
+                    "should_checkpoint": self.epoch in self.milestones and self.best_weights is not None}
 
         def save_checkpoint(self, checkpoint_dir):
             current = self.model.get_weights()
@@ -271,7 +287,7 @@ def study_trees(settings: TuneConfig, x_train, y_train) -> dict[int, dict]:
     from caspar.model import fit_trees
 
     counts = set(SEARCH_SPACE["trees"][1]) | {settings.trial_hyperparameters().trees}
-    return {n: fit_trees(x_train, y_train, n, settings.seed).arrays for n in sorted(counts - {0})}
+    return {n: dict(fit_trees(x_train, y_train, n, settings.seed).arrays) for n in sorted(counts - {0})}  # not Keras's TrackedDict
 
 
 def find_study_run(settings: TuneConfig, experiment: str) -> str:

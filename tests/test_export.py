@@ -102,6 +102,7 @@ FAMILIES = {
     "TabM-style ensemble": {"trees": 0, "ensemble_size": 4},
     "trees and their correction": {"trees": 20, "ensemble_size": 1},
     "trees and an ensemble": {"trees": 20, "ensemble_size": 4, "encoding_bins": 0},
+    "periodic embeddings": {"trees": 0, "periodic_frequencies": 4},
 }
 
 
