@@ -76,11 +76,9 @@ def equal_games(logs: Path, layout: str) -> tuple[int, int]:
 
     from caspar.features import feature_names, featurize, load_unit_points
     from caspar.gamelog import read_game, read_log
-    from caspar.gamelog.writer import rewrite
+    from caspar.gamelog.writer import FORMAT_DEPENDENT_FEATURES, rewrite
 
-    different = {"unit_health_front", "unit_health_right", "unit_health_left", "unit_health_back", "ecm_coverage",
-                 "enemy_ecm_coverage", "piloting_caution", "chance_of_failure"}
-    same = np.array([name not in different for name in feature_names()])
+    same = np.array([name not in FORMAT_DEPENDENT_FEATURES for name in feature_names()])
     points, equal, paths = load_unit_points(), 0, sorted(logs.rglob("*.tsv"))
     for path in paths:
         data = path.read_bytes()

@@ -9,14 +9,11 @@ from caspar import dataset
 from caspar.config import PrepareConfig
 from caspar.features import feature_names, featurize, load_unit_points
 from caspar.gamelog import read_game, read_log
-from caspar.gamelog.writer import LAYOUTS, MOVE, STATE, rewrite
+from caspar.gamelog.writer import FORMAT_DEPENDENT_FEATURES, LAYOUTS, MOVE, STATE, rewrite
 from caspar.samples import game_log
 
 POINTS = load_unit_points()
-# Where the layouts carry different information (per-arc armour, ECM, CHANCE_OF_FAILURE's meaning).
-DIFFERENT = {"unit_health_front", "unit_health_right", "unit_health_left", "unit_health_back", "ecm_coverage",
-             "enemy_ecm_coverage", "piloting_caution", "chance_of_failure"}
-SAME = np.array([name not in DIFFERENT for name in feature_names()])
+SAME = np.array([name not in FORMAT_DEPENDENT_FEATURES for name in feature_names()])
 
 
 def assert_same_rows(original: bytes, files: dict[str, bytes]):

@@ -362,8 +362,6 @@ def read_log(data: bytes, name: str) -> GameLog:
     parser.feed(data)
     tables = parser.tables()
     states, moves = tables["state"], tables["move"]
-    has_armor = states.num_rows > 0 and states["BV"].null_count == 0 and not pc.any(pc.is_nan(states["BV"])).as_py()
-
     header_lines = np.asarray(parser.state_header_lines, dtype=np.int64)
     board_lines = np.asarray([b.line for b in parser.boards], dtype=np.int64)
     states = states.add_column(0, "block", pa.array(np.searchsorted(header_lines, _lines(states)) - 1))
@@ -378,7 +376,7 @@ def read_log(data: bytes, name: str) -> GameLog:
         name=name, boards=parser.boards, map_settings=parser.singles["map_settings"],
         planetary=parser.singles["planetary"], states=states, blocks=blocks, moves=moves,
         attacks=tables["attack"], minefields=tables["minefield"], problems=parser.problems,
-        has_armor_columns=has_armor, format=parser.format,
+        has_armor_columns=_has_armor_columns(states), format=parser.format,
     )
 
 
@@ -434,13 +432,17 @@ def read_split_game(parts: dict[str, tuple[str, bytes]], name: str) -> GameLog:
     next_block = _pair_moves_with_snapshots(moves, states, block, first_rows)
     moves = moves.add_column(0, "next_block", pa.array(next_block))
     moves = moves.add_column(1, "board", pa.array(np.append(block_boards, len(boards) - 1)[next_block]))
-    has_armor = states.num_rows > 0 and states["BV"].null_count == 0 and not pc.any(pc.is_nan(states["BV"])).as_py()
     return GameLog(
         name=name, boards=boards, map_settings=parsers["board"].singles["map_settings"],
         planetary=parsers["board"].singles["planetary"], states=states, blocks=blocks, moves=moves,
         attacks=tables["attack"], minefields=_concat([], MINEFIELD_COLUMNS), problems=problems,
-        has_armor_columns=has_armor, format="split", moves_file=parts["actions"][0],
+        has_armor_columns=_has_armor_columns(states), format="split", moves_file=parts["actions"][0],
     )
+
+
+def _has_armor_columns(states: pa.Table) -> bool:
+    """Every state row has BV (27-column rows or newer), so ARMOR, INTERNAL and BV are there."""
+    return states.num_rows > 0 and states["BV"].null_count == 0 and not pc.any(pc.is_nan(states["BV"])).as_py()
 
 
 def _numbers(table: pa.Table, column: str) -> np.ndarray:

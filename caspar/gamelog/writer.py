@@ -49,6 +49,10 @@ ENUM_NAMES = {  # planetary display strings of the old logs -> enum names
               "Moonless Night": "MOONLESS", "Solar Flare": "SOLAR_FLARE", "Pitch Black": "PITCH_BLACK"},
 }
 LAYOUTS = ("2025-05", "versioned", "split")
+# Features that read what the layouts carry differently (per-arc armour, ECM, CHANCE_OF_FAILURE's
+# meaning): a game rewritten by `rewrite` gives the same values in every other feature.
+FORMAT_DEPENDENT_FEATURES = {"unit_health_front", "unit_health_right", "unit_health_left", "unit_health_back",
+                             "ecm_coverage", "enemy_ecm_coverage", "piloting_caution", "chance_of_failure"}
 
 
 def rewrite(data: bytes, layout: str, *, crlf: bool = False, timestamp: str = "20250403_012744") -> dict[str, bytes]:
