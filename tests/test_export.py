@@ -100,8 +100,7 @@ def test_failed_verification_keeps_the_earlier_export(trained, tmp_path, monkeyp
 FAMILIES = {
     "plain network": {"trees": 0, "ensemble_size": 1},
     "TabM-style ensemble": {"trees": 0, "ensemble_size": 4},
-    "trees and their correction": {"trees": 20, "ensemble_size": 1},
-    "trees and an ensemble": {"trees": 20, "ensemble_size": 4, "encoding_bins": 0},
+    "trees and an ensemble correcting them": {"trees": 20, "ensemble_size": 4, "encoding_bins": 0},
     "periodic embeddings": {"trees": 0, "periodic_frequencies": 4},
 }
 
