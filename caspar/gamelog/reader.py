@@ -6,6 +6,7 @@ classified in one pass; the data rows of each kind are then parsed in bulk by py
 """
 from __future__ import annotations
 
+import bisect
 import io
 import re
 from dataclasses import dataclass, field
@@ -226,6 +227,7 @@ class _LogParser:
         empty = starts >= stops
         self.versioned = data.startswith(b"VERSION\t") or b"\nVERSION\t" in data
         row_kinds = _versioned_row_kinds(buf, starts, empty) if self.versioned else None
+        kind_changes = (np.flatnonzero(np.diff(row_kinds)) + 1).tolist() if self.versioned else []  # lines where the kind changes
         is_data = row_kinds > 0 if self.versioned else DATA_FIRST_BYTES[buf[starts]] & ~empty
         headerish = np.flatnonzero(~is_data & ~empty)
         blank_before = np.cumsum(empty)  # blank lines up to and including each line
@@ -256,8 +258,7 @@ class _LogParser:
             if not self.versioned:
                 add_rows(group, first, stop)
                 return
-            kinds = row_kinds[first:stop]
-            cuts = (np.flatnonzero(kinds[1:] != kinds[:-1]) + 1 + first).tolist()
+            cuts = kind_changes[bisect.bisect_right(kind_changes, first):bisect.bisect_left(kind_changes, stop)]
             for a, b in zip([first, *cuts], [*cuts, stop]):
                 if row_kinds[a]:
                     add_rows(latest.get(ROW_KIND_NAMES[row_kinds[a]]), a, b)
