@@ -12,6 +12,7 @@ it and a failed run leaves the previous one untouched.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -144,11 +145,6 @@ def split_of(file: str, segments: np.ndarray, seed: int, test_size: float, valid
 @functools.lru_cache(maxsize=4)
 def _unit_points(mekfile: str | None):
     return load_unit_points(mekfile=mekfile)
-
-
-def rows_of_file(data: bytes, name: str, settings: dict) -> tuple[pa.Table, dict]:
-    """Featurise one log: its rows as an Arrow table, and its manifest entry."""
-    return rows_of_game({name: data}, name, settings)
 
 
 def rows_of_game(files: dict[str, bytes], name: str, settings: dict) -> tuple[pa.Table, dict]:
@@ -310,11 +306,7 @@ def prepare(config: PrepareConfig, parallelism: int | None = None) -> Summary:
 
 
 def _count_formats(entries: list[dict]) -> dict[str, int]:
-    formats: dict[str, int] = {}
-    for entry in entries:
-        if entry.get("format"):
-            formats[entry["format"]] = formats.get(entry["format"], 0) + 1
-    return formats
+    return dict(collections.Counter(entry["format"] for entry in entries if entry.get("format")))
 
 
 def _start_ray() -> float:
