@@ -183,7 +183,9 @@ def rows_of_game(files: dict[str, bytes], name: str, settings: dict) -> tuple[pa
 # --- The Ray Data job ------------------------------------------------------------------------
 
 def _featurize_batch(batch: dict, filesystem, settings: dict, collector) -> pa.Table:
-    tables = []
+    import ray
+
+    tables, recorded = [], []
     for name, paths in zip(batch["game"].to_pylist(), batch["paths"].to_pylist()):
         cpu = time.process_time()
         try:
@@ -198,8 +200,11 @@ def _featurize_batch(batch: dict, filesystem, settings: dict, collector) -> pa.T
             entry["parts"] = paths
         entry["cost"] = {"cpu_ms": round(1000 * (time.process_time() - cpu), 2), "worker_pid": os.getpid(),
                          "worker_memory_mb": _private_memory_mb()}
-        collector.add.remote(entry)
+        recorded.append(collector.add.remote(entry))
         tables.append(table)
+    # Calls to an actor from different processes have no order: wait until this block's entries
+    # are recorded, so that the driver's collector.all() after the write sees every one of them.
+    ray.get(recorded)
     pa.default_memory_pool().release_unused()
     return pa.concat_tables(tables) if tables else row_schema().empty_table()
 
