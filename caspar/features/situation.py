@@ -16,6 +16,7 @@ import pyarrow as pa
 from caspar.features import hexgrid
 from caspar.features.units import UnitPoints
 from caspar.gamelog import GameLog
+from caspar.gamelog.reader import column_numbers as _numbers
 
 ROLES = [
     "UNDETERMINED", "NONE", "AMBUSHER", "BRAWLER", "JUGGERNAUT", "MISSILE_BOAT", "SCOUT",
@@ -43,10 +44,6 @@ def health(armor_p, internal_p):
     count = valid_a.astype(np.int64) + valid_i
     total = np.where(valid_a, armor_p, 0.0) + np.where(valid_i, internal_p, 0.0)
     return np.where(count > 0, total / np.maximum(count, 1), 1.0)
-
-
-def _numbers(table: pa.Table, column: str) -> np.ndarray:
-    return table[column].to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def _ints(table: pa.Table, column: str, missing: int = -1) -> np.ndarray:

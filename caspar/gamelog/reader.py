@@ -428,7 +428,7 @@ def read_split_game(parts: dict[str, tuple[str, bytes]], name: str) -> GameLog:
     states = states.add_column(0, "block", pa.array(block))
     n_blocks = int(block[-1]) + 1 if len(block) else 0
     first_rows = np.searchsorted(block, np.arange(n_blocks))
-    block_boards = _boards_of_blocks(_numbers(states, "ROUND")[first_rows], len(boards), name, problems)
+    block_boards = _boards_of_blocks(column_numbers(states, "ROUND")[first_rows], len(boards), name, problems)
     blocks = pa.table({"line": _lines(states)[first_rows], "board": block_boards})
     next_block = _pair_moves_with_snapshots(moves, states, block, first_rows)
     moves = moves.add_column(0, "next_block", pa.array(next_block))
@@ -446,7 +446,8 @@ def _has_armor_columns(states: pa.Table) -> bool:
     return states.num_rows > 0 and states["BV"].null_count == 0 and not pc.any(pc.is_nan(states["BV"])).as_py()
 
 
-def _numbers(table: pa.Table, column: str) -> np.ndarray:
+def column_numbers(table: pa.Table, column: str) -> np.ndarray:
+    """A column as float64 (null -> NaN)."""
     return table[column].to_numpy(zero_copy_only=False).astype(np.float64)
 
 
@@ -500,8 +501,8 @@ def _pair_moves_with_snapshots(moves: pa.Table, states: pa.Table, block: np.ndar
     position = np.minimum(np.searchsorted(keys[order], wanted), len(keys) - 1)
     row = order[position]
     found = keys[row] == wanted
-    x, y = _numbers(states, "X")[row], _numbers(states, "Y")[row]
-    to_x, to_y = _numbers(moves, "TO_X")[:, None], _numbers(moves, "TO_Y")[:, None]
+    x, y = column_numbers(states, "X")[row], column_numbers(states, "Y")[row]
+    to_x, to_y = column_numbers(moves, "TO_X")[:, None], column_numbers(moves, "TO_Y")[:, None]
     cost = (~(found & (x == to_x) & (y == to_y))).astype(np.int64)
     total = np.empty_like(cost)
     total[0] = cost[0]
