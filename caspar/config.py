@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from caspar.cli import UserError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("plateau", "cosine")
 ACTIVATIONS = ("relu", "gelu", "swish", "elu", "tanh", "sigmoid")
 
 
@@ -61,6 +62,9 @@ class Hyperparameters:
     activation: str = setting("relu", "activation of the hidden layers", choices=ACTIVATIONS)
     optimizer: str = setting("adam", "sgd is SGD with Nesterov momentum 0.9", choices=OPTIMIZERS)
     weight_decay: float = setting(0.0, "decoupled weight decay of the optimizer (0: none)", minimum=0, maximum=1)
+    lr_schedule: str = setting("plateau", "plateau: halve the learning rate when val_loss stalls; cosine: warm up, then "
+                               "cosine decay to 0 at the last epoch (RealMLP's recipe)",
+                               choices=LR_SCHEDULES)
     encoding_bins: int = setting(16, "piecewise-linear encoding bins per input; 0 feeds the inputs as they are",
                                  minimum=0, maximum=256)
     periodic_frequencies: int = setting(0, "periodic (PLR) embedding of each input with this many frequencies, "

@@ -95,7 +95,8 @@ def fit_trees(x_train: np.ndarray, y_train: np.ndarray, count: int, seed: int):
     return TreeEnsemble.from_sklearn(HistGradientBoostingRegressor(max_iter=count, random_state=seed).fit(x_train, y_train))
 
 
-def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0):
+def make_optimizer(name: str, learning_rate, weight_decay: float = 0.0):
+    """learning_rate: a number or a Keras schedule."""
     import keras
 
     decay = weight_decay or None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -19,6 +20,7 @@ from caspar.model import NORMALIZATION_FILE, Normalizer, build_mlp, fit_trees, m
 TEST_ROWS_KEPT = 256  # test rows logged with the model, for checking an export
 STEPS_PER_EXECUTION = 32
 PREFETCH_BATCHES = 2
+WARMUP_SHARE = 0.05  # of all training steps, with the cosine schedule
 
 
 def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
@@ -49,15 +51,33 @@ def compiled_model(hp: Hyperparameters, x_train, y_train, trees=None):
                       ensemble_size=hp.ensemble_size, trees=trees if hp.trees else None, seed=hp.seed,
                       periodic_frequencies=hp.periodic_frequencies)
     # Several steps per call into TensorFlow: small batches are otherwise bound by per-step overhead.
-    model.compile(optimizer=make_optimizer(hp.optimizer, hp.learning_rate, hp.weight_decay), loss="mse", metrics=["mae"],
-                  steps_per_execution=STEPS_PER_EXECUTION)
+    optimizer = make_optimizer(hp.optimizer, learning_rate(hp, len(x_train)), hp.weight_decay)
+    model.compile(optimizer=optimizer, loss="mse", metrics=["mae"], steps_per_execution=STEPS_PER_EXECUTION)
     return model
 
 
-def plateau_schedule(hp: Hyperparameters):
-    """Halve the learning rate when val_loss stalls for a third of the patience. Its state survives
-    separate fit() calls (a tune trial trains one epoch per call; Keras resets it on every call)."""
+def learning_rate(hp: Hyperparameters, train_rows: int):
+    """The optimizer's learning rate: a number (the plateau schedule changes it from a callback),
+    or with lr_schedule "cosine", a linear warm-up over the first WARMUP_SHARE of all steps, then
+    a cosine decay to 0 at the last epoch."""
     import keras
+
+    if hp.lr_schedule != "cosine":
+        return hp.learning_rate
+    steps = math.ceil(train_rows / hp.batch_size) * hp.epochs
+    warmup = max(1, int(WARMUP_SHARE * steps))
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, steps - warmup), warmup_target=hp.learning_rate,
+                                                  warmup_steps=warmup)
+
+
+def schedule_callbacks(hp: Hyperparameters) -> list:
+    """The plateau schedule: halve the learning rate when val_loss stalls for a third of the
+    patience. Its state survives separate fit() calls (a tune trial trains a few epochs per call;
+    Keras resets it on every call). The cosine schedule is the optimizer's own: no callback."""
+    import keras
+
+    if hp.lr_schedule == "cosine":
+        return []
 
     class Plateau(keras.callbacks.ReduceLROnPlateau):
         started = False
@@ -67,7 +87,7 @@ def plateau_schedule(hp: Hyperparameters):
                 self.started = True
                 super().on_train_begin(logs)
 
-    return Plateau(monitor="val_loss", factor=0.5, patience=max(2, hp.patience // 3), min_lr=hp.learning_rate / 100)
+    return [Plateau(monitor="val_loss", factor=0.5, patience=max(2, hp.patience // 3), min_lr=hp.learning_rate / 100)]
 
 
 def fit(hp: Hyperparameters, x_train, y_train, x_val, y_val, callbacks=()):
@@ -78,7 +98,7 @@ def fit(hp: Hyperparameters, x_train, y_train, x_val, y_val, callbacks=()):
     train, val = tf_datasets(x_train, y_train, x_val, y_val, hp.batch_size, hp.seed)
     stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience, restore_best_weights=True)
     history = model.fit(train, validation_data=val, epochs=hp.epochs, verbose=0, shuffle=False,
-                        callbacks=[stopping, plateau_schedule(hp), keras.callbacks.TerminateOnNaN(), *callbacks])
+                        callbacks=[stopping, *schedule_callbacks(hp), keras.callbacks.TerminateOnNaN(), *callbacks])
     return model, history.history
 
 

@@ -90,14 +90,14 @@ def trial_class():
             self.start(config)
 
         def start(self, config):
-            from caspar.train import compiled_model, plateau_schedule, tf_datasets
+            from caspar.train import compiled_model, schedule_callbacks, tf_datasets
 
             self.started, self.cpu_started, self.startup = time.perf_counter(), time.process_time(), None
             hp = Hyperparameters(**config)
             self.model = compiled_model(hp, self.data["x_train"], self.data["y_train"], trees=self.trees(hp))
             self.batches = tf_datasets(self.data["x_train"], self.data["y_train"], self.data["x_val"], self.data["y_val"],
                                        hp.batch_size, hp.seed)
-            self.callbacks = [plateau_schedule(hp), self.best_weights_keeper(), self.step_timer()]
+            self.callbacks = [*schedule_callbacks(hp), self.best_weights_keeper(), self.step_timer()]
             self.epoch, self.best, self.best_weights = 0, np.inf, None
 
         def trees(self, hp):

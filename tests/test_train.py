@@ -78,6 +78,31 @@ def run_train(*args, env=None, timeout=120):
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(sample_dataset):
+    import keras
+
+    from caspar.config import Hyperparameters
+    from caspar.train import fit, learning_rate
+
+    prepared = load_prepared(sample_dataset)
+    normalizer = Normalizer.fit(prepared.splits["train"][0])
+    (x, y), (x_val, y_val) = ([normalizer.transform(prepared.splits[s][0]), prepared.splits[s][1]] for s in ("train", "val"))
+    hp = Hyperparameters(**{**SMALL, "epochs": 4}, learning_rate=0.01, lr_schedule="cosine", trees=0)
+    schedule = learning_rate(hp, len(x))
+    assert float(schedule(0)) == 0.0 and float(schedule(schedule.warmup_steps)) == pytest.approx(0.01)
+
+    class Rates(keras.callbacks.Callback):
+        rates = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    model, history = fit(hp, x, y, x_val, y_val, callbacks=[Rates()])
+    assert len(history["loss"]) == 4 and np.isfinite(history["val_loss"]).all()
+    assert Rates.rates[0] > Rates.rates[1] > Rates.rates[2] > Rates.rates[3]
+    assert Rates.rates[-1] == pytest.approx(0.0, abs=1e-7)  # no plateau callback changed it
+
+
 def test_missing_dataset_says_to_prepare_first(tmp_path):
     result = run_train("--data", str(tmp_path / "nothing"), env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
     assert result.returncode == 2 and "run jobs/prepare.py first" in result.stderr
