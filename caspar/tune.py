@@ -33,6 +33,7 @@ SEARCH_SPACE = {
     "activation": ("choice", ["relu", "gelu", "swish", "sigmoid"]),
     "encoding_bins": ("choice", [0, 8, 16]),
     "weight_decay": ("choice", [0.0, 1e-5, 1e-4, 1e-3]),
+    "lr_schedule": ("choice", ["plateau", "cosine"]),
     "ensemble_size": ("choice", [1, 4]),
     "periodic_frequencies": ("choice", [0, 16]),
     "trees": ("choice", [0, 100]),
