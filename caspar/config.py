@@ -17,6 +17,7 @@ from caspar.cli import UserError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("plateau", "cosine")
+ENSEMBLE_KINDS = ("mini", "full")
 ACTIVATIONS = ("relu", "gelu", "swish", "elu", "tanh", "sigmoid")
 
 
@@ -71,6 +72,8 @@ class Hyperparameters:
                                         "instead of the piecewise-linear encoding (0: off)", minimum=0, maximum=64)
     ensemble_size: int = setting(4, "members of a TabM-style ensemble sharing the hidden layers (1: one network)",
                                  minimum=1, maximum=64)
+    ensemble_kind: str = setting("mini", "mini: TabM-mini, one adapter on the inputs, then shared hidden layers; full: TabM, "
+                                 "BatchEnsemble adapters in every hidden layer", choices=ENSEMBLE_KINDS)
     trees: int = setting(100, "gradient-boosted trees inside the network, which learns their correction (0: none)",
                          minimum=0, maximum=2000)
     seed: int = setting(42, "seed of weights, shuffling and the GBDT baseline")

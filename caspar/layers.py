@@ -166,8 +166,14 @@ class EnsembleHeads(keras.layers.Layer):
                                       initializer=self.kernel_initializer)
         self.bias = self.add_weight(shape=(input_shape[1],), name="bias", initializer="zeros")
 
-    def call(self, inputs):
-        return ops.mean(ops.sum(inputs * self.kernel, axis=-1) + self.bias, axis=-1, keepdims=True)
+    def call(self, inputs, training=False):
+        members = ops.sum(inputs * self.kernel, axis=-1) + self.bias  # [batch, k]
+        mean = ops.mean(members, axis=-1, keepdims=True)
+        if training:
+            # TabM trains each member on its own loss: mean_k (y - p_k)^2 = (y - mean)^2 + mean_k (p_k - mean)^2,
+            # so the members' spread, added to the loss of the mean, is that.
+            self.add_loss(ops.mean(ops.square(members - mean)))
+        return mean
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1)
@@ -203,3 +209,31 @@ class PeriodicEmbedding(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "frequencies": self.frequencies, "dimension": self.dimension, "sigma": self.sigma}
+
+
+@keras.saving.register_keras_serializable(package="caspar")
+class BatchEnsembleDense(keras.layers.Layer):
+    """TabM's linear layer (BatchEnsemble): one weight matrix W shared by k members, each member
+    scaling its inputs by r_k and its outputs by s_k and adding its own bias b_k:
+    y_k = act(((x_k * r_k) W) * s_k + b_k). The adapters start at ones (TabM: all but the first,
+    which is the EnsembleAdapter before the first layer). [batch, k, d] -> [batch, k, units]."""
+
+    def __init__(self, units: int, activation=None, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.activation = units, keras.activations.get(activation)
+
+    def build(self, input_shape):
+        members, width = input_shape[1], input_shape[2]
+        self.r = self.add_weight(shape=(members, width), name="r", initializer="ones")
+        self.kernel = self.add_weight(shape=(width, self.units), name="kernel", initializer="glorot_uniform")
+        self.s = self.add_weight(shape=(members, self.units), name="s", initializer="ones")
+        self.bias = self.add_weight(shape=(members, self.units), name="bias", initializer="zeros")
+
+    def call(self, inputs):
+        return self.activation(ops.matmul(inputs * self.r, self.kernel) * self.s + self.bias)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": keras.activations.serialize(self.activation)}

@@ -49,7 +49,8 @@ class Normalizer:
 
 def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, activation: str,
               encoding_bins: int = 0, train_inputs: np.ndarray | None = None, batch_norm: bool = True,
-              ensemble_size: int = 1, trees=None, seed: int = 0, periodic_frequencies: int = 0):
+              ensemble_size: int = 1, trees=None, seed: int = 0, periodic_frequencies: int = 0,
+              ensemble_kind: str = "mini"):
     """[Periodic (PLR) or piecewise-linear encoding of each input,] [k ensemble members,] then dense -> batch norm ->
     dropout per hidden layer, then the output. Without trees, one sigmoid unit (rewards lie in
     [0, 1]). With `trees` (a TreeEnsemble layer), the network learns a correction to the trees'
@@ -57,7 +58,8 @@ def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, ac
     the sum is clipped to [0, 1]."""
     import keras
 
-    from caspar.layers import EnsembleAdapter, EnsembleHeads, PeriodicEmbedding, PiecewiseLinearEncoding
+    from caspar.layers import (BatchEnsembleDense, EnsembleAdapter, EnsembleHeads, PeriodicEmbedding,
+                               PiecewiseLinearEncoding)
 
     inputs = keras.Input(shape=(n_features,), name="features")
     x = inputs
@@ -67,8 +69,9 @@ def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, ac
         x = PiecewiseLinearEncoding.from_inputs(train_inputs, encoding_bins)(x)
     if ensemble_size > 1:
         x = EnsembleAdapter(ensemble_size, seed=seed)(x)
+    full = ensemble_size > 1 and ensemble_kind == "full"
     for units in hidden_layers:
-        x = keras.layers.Dense(units, activation=activation)(x)
+        x = (BatchEnsembleDense if full else keras.layers.Dense)(units, activation=activation)(x)
         if batch_norm:
             x = keras.layers.BatchNormalization()(x)
         if dropout_rate > 0:

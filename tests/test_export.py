@@ -99,7 +99,8 @@ def test_failed_verification_keeps_the_earlier_export(trained, tmp_path, monkeyp
 
 FAMILIES = {
     "plain network": {"trees": 0, "ensemble_size": 1},
-    "TabM-style ensemble": {"trees": 0, "ensemble_size": 4},
+    "TabM-mini ensemble": {"trees": 0, "ensemble_size": 4},
+    "full TabM ensemble": {"trees": 0, "ensemble_size": 4, "ensemble_kind": "full", "hidden_layers": [16, 16]},
     "trees and an ensemble correcting them": {"trees": 20, "ensemble_size": 4, "encoding_bins": 0},
     "periodic embeddings": {"trees": 0, "periodic_frequencies": 4},
 }
@@ -111,8 +112,8 @@ def test_every_model_family_exports_and_reports_its_latency(family, mlflow_url, 
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_url)
     name = "family-" + family.replace(" ", "-")
-    trained = train(TrainConfig(hidden_layers=[16], epochs=2, data=sample_dataset, experiment_name="test-families",
-                                run_name=name, model_name="CASPAR-families", **FAMILIES[family]))
+    trained = train(TrainConfig(**{"hidden_layers": [16], "epochs": 2, "data": sample_dataset, "experiment_name": "test-families",
+                                   "run_name": name, "model_name": "CASPAR-families", **FAMILIES[family]}))
     result = export.export(name, str(tmp_path))
     check_export(result, tmp_path)  # SavedModel and TFLite equal the Keras model within 1e-5
     assert set(result.latency) == {"tflite_batch1_ms", "tflite_batch256_ms", "savedmodel_batch1_ms", "savedmodel_floor_ms"}

@@ -103,6 +103,23 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(sample_d
     assert Rates.rates[-1] == pytest.approx(0.0, abs=1e-7)  # no plateau callback changed it
 
 
+def test_ensemble_trains_each_member_on_its_own_loss():
+    """TabM's loss is the mean of the members' losses, not the loss of their mean: the heads add
+    the members' spread while training, and only then."""
+    from caspar.layers import EnsembleHeads
+
+    rng = np.random.default_rng(0)
+    hidden, y = rng.normal(size=(32, 4, 8)).astype("float32"), rng.normal(size=(32, 1)).astype("float32")
+    heads = EnsembleHeads()
+    mean = np.asarray(heads(hidden, training=True))
+    members = np.einsum("bkd,kd->bk", hidden, np.asarray(heads.kernel)) + np.asarray(heads.bias)
+    members_loss = np.mean((y - members) ** 2)
+    assert np.mean((y - mean) ** 2) + float(heads.losses[0]) == pytest.approx(members_loss, rel=1e-5)
+    assert np.mean((y - mean) ** 2) < members_loss
+    heads(hidden, training=False)
+    assert not heads.losses
+
+
 def test_missing_dataset_says_to_prepare_first(tmp_path):
     result = run_train("--data", str(tmp_path / "nothing"), env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
     assert result.returncode == 2 and "run jobs/prepare.py first" in result.stderr
