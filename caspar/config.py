@@ -18,6 +18,7 @@ from caspar.cli import UserError
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("plateau", "cosine")
 ENSEMBLE_KINDS = ("mini", "full")
+ENSEMBLE_LOSSES = ("average", "members")
 ACTIVATIONS = ("relu", "gelu", "swish", "elu", "tanh", "sigmoid")
 
 
@@ -74,6 +75,8 @@ class Hyperparameters:
                                  minimum=1, maximum=64)
     ensemble_kind: str = setting("mini", "mini: TabM-mini, one adapter on the inputs, then shared hidden layers; full: TabM, "
                                  "BatchEnsemble adapters in every hidden layer", choices=ENSEMBLE_KINDS)
+    ensemble_loss: str = setting("average", "average: the loss of the members' average prediction; members: the mean of "
+                                 "the members' own losses (TabM's)", choices=ENSEMBLE_LOSSES)
     trees: int = setting(100, "gradient-boosted trees inside the network, which learns their correction (0: none)",
                          minimum=0, maximum=2000)
     seed: int = setting(42, "seed of weights, shuffling and the GBDT baseline")

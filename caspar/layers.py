@@ -155,11 +155,14 @@ class EnsembleAdapter(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="caspar")
 class EnsembleHeads(keras.layers.Layer):
-    """One linear output per ensemble member, averaged: [batch, k, d] -> [batch, 1]."""
+    """One linear output per ensemble member, averaged: [batch, k, d] -> [batch, 1]. With
+    `member_losses`, training minimises the mean of the members' own losses, as TabM does, instead
+    of the loss of their average."""
 
-    def __init__(self, kernel_initializer="glorot_uniform", **kwargs):
+    def __init__(self, kernel_initializer="glorot_uniform", member_losses: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.member_losses = member_losses
 
     def build(self, input_shape):
         self.kernel = self.add_weight(shape=(input_shape[1], input_shape[2]), name="kernel",
@@ -169,9 +172,9 @@ class EnsembleHeads(keras.layers.Layer):
     def call(self, inputs, training=False):
         members = ops.sum(inputs * self.kernel, axis=-1) + self.bias  # [batch, k]
         mean = ops.mean(members, axis=-1, keepdims=True)
-        if training:
-            # TabM trains each member on its own loss: mean_k (y - p_k)^2 = (y - mean)^2 + mean_k (p_k - mean)^2,
-            # so the members' spread, added to the loss of the mean, is that.
+        if training and self.member_losses:
+            # mean_k (y - p_k)^2 = (y - mean)^2 + mean_k (p_k - mean)^2: the members' spread, added to
+            # the loss of their average, makes it the mean of their own losses.
             self.add_loss(ops.mean(ops.square(members - mean)))
         return mean
 
@@ -179,7 +182,8 @@ class EnsembleHeads(keras.layers.Layer):
         return (input_shape[0], 1)
 
     def get_config(self):
-        return {**super().get_config(), "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+        return {**super().get_config(), "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "member_losses": self.member_losses}
 
 
 @keras.saving.register_keras_serializable(package="caspar")

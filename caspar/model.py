@@ -50,16 +50,16 @@ class Normalizer:
 def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, activation: str,
               encoding_bins: int = 0, train_inputs: np.ndarray | None = None, batch_norm: bool = True,
               ensemble_size: int = 1, trees=None, seed: int = 0, periodic_frequencies: int = 0,
-              ensemble_kind: str = "mini"):
-    """[Periodic (PLR) or piecewise-linear encoding of each input,] [k ensemble members,] then dense -> batch norm ->
-    dropout per hidden layer, then the output. Without trees, one sigmoid unit (rewards lie in
+              ensemble_kind: str = "mini", ensemble_loss: str = "average"):
+    """[Periodic (PLR) or piecewise-linear encoding of each input,] [k ensemble members: TabM-mini,
+    one adapter on the inputs, or TabM, BatchEnsemble adapters in every hidden layer,] then dense
+    -> batch norm -> dropout per hidden layer, then the output. Without trees, one sigmoid unit (rewards lie in
     [0, 1]). With `trees` (a TreeEnsemble layer), the network learns a correction to the trees'
     prediction: its last layer starts at zero, so training starts from the trees' own model, and
     the sum is clipped to [0, 1]."""
     import keras
 
-    from caspar.layers import (BatchEnsembleDense, EnsembleAdapter, EnsembleHeads, PeriodicEmbedding,
-                               PiecewiseLinearEncoding)
+    from caspar.layers import BatchEnsembleDense, EnsembleAdapter, EnsembleHeads, PeriodicEmbedding, PiecewiseLinearEncoding
 
     inputs = keras.Input(shape=(n_features,), name="features")
     x = inputs
@@ -78,7 +78,7 @@ def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, ac
             x = keras.layers.Dropout(dropout_rate)(x)
     initializer = "zeros" if trees is not None else "glorot_uniform"
     if ensemble_size > 1:
-        x = EnsembleHeads(kernel_initializer=initializer)(x)
+        x = EnsembleHeads(kernel_initializer=initializer, member_losses=ensemble_loss == "members")(x)
     else:
         x = keras.layers.Dense(1, kernel_initializer=initializer)(x)
     if trees is None:

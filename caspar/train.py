@@ -49,7 +49,8 @@ def compiled_model(hp: Hyperparameters, x_train, y_train, trees=None):
         trees = fit_trees(x_train, y_train, hp.trees, hp.seed)
     model = build_mlp(x_train.shape[1], hp.hidden_layers, hp.dropout_rate, hp.activation, hp.encoding_bins, x_train,
                       ensemble_size=hp.ensemble_size, trees=trees if hp.trees else None, seed=hp.seed,
-                      periodic_frequencies=hp.periodic_frequencies, ensemble_kind=hp.ensemble_kind)
+                      periodic_frequencies=hp.periodic_frequencies, ensemble_kind=hp.ensemble_kind,
+                      ensemble_loss=hp.ensemble_loss)
     # Several steps per call into TensorFlow: small batches are otherwise bound by per-step overhead.
     optimizer = make_optimizer(hp.optimizer, learning_rate(hp, len(x_train)), hp.weight_decay)
     model.compile(optimizer=optimizer, loss="mse", metrics=["mae"], steps_per_execution=STEPS_PER_EXECUTION)

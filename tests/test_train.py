@@ -104,13 +104,16 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(sample_d
 
 
 def test_ensemble_trains_each_member_on_its_own_loss():
-    """TabM's loss is the mean of the members' losses, not the loss of their mean: the heads add
-    the members' spread while training, and only then."""
+    """With member_losses (TabM's), the loss is the mean of the members' losses, not the loss of
+    their mean: the heads add the members' spread while training, and only then."""
     from caspar.layers import EnsembleHeads
 
     rng = np.random.default_rng(0)
     hidden, y = rng.normal(size=(32, 4, 8)).astype("float32"), rng.normal(size=(32, 1)).astype("float32")
-    heads = EnsembleHeads()
+    average_only = EnsembleHeads()
+    average_only(hidden, training=True)
+    assert not average_only.losses
+    heads = EnsembleHeads(member_losses=True)
     mean = np.asarray(heads(hidden, training=True))
     members = np.einsum("bkd,kd->bk", hidden, np.asarray(heads.kernel)) + np.asarray(heads.bias)
     members_loss = np.mean((y - members) ** 2)
