@@ -35,6 +35,8 @@ SEARCH_SPACE = {
     "weight_decay": ("choice", [0.0, 1e-5, 1e-4, 1e-3]),
     "lr_schedule": ("choice", ["plateau", "cosine"]),
     "ensemble_size": ("choice", [1, 4]),
+    "ensemble_kind": ("choice", ["mini", "full"]),
+    "ensemble_loss": ("choice", ["average", "members"]),
     "periodic_frequencies": ("choice", [0, 16]),
     "trees": ("choice", [0, 100]),
 }
