@@ -1,6 +1,7 @@
 """Benchmark of training (printed figures, not a test).
 
     python bench/train.py --data data/prepared [--seeds 3] [--skip-default-run] [--set '{"ensemble_size": 4}']
+                          [--cv-folds 5]
 
 1. Throughput: samples per second of the seed architecture (4 x 354 sigmoid units, SGD with
    Nesterov momentum) at batch 34, and of the default configuration at its default batch size,
@@ -9,6 +10,10 @@
    --seeds different seeds, logged to a throw-away MLflow store: validation and test R² of each,
    their mean ± sd, and the GBDT baseline's test R² on the same split. Defaults are chosen on the
    validation figures only; --set tries other values (JSON of Hyperparameters fields).
+3. With --cv-folds K, cross-validation by game over every row of the dataset: each fold's games
+   are scored by the configuration trained on the other games (a ninth of those held out for early
+   stopping), beside the GBDT baseline fitted on the same rows. A test split of a dozen games
+   cannot tell R² differences of a few thousandths apart; K folds over every game can.
 """
 import argparse
 import dataclasses
@@ -54,6 +59,7 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--set", default="{}", help="JSON: Hyperparameters fields to change")
+    parser.add_argument("--cv-folds", type=int, default=0, help="also cross-validate by game with this many folds")
     args = parser.parse_args()
     changes = json.loads(args.set)
     prepared = load_prepared(args.data)
@@ -64,6 +70,8 @@ def main() -> None:
         print_throughput(x, y)
     if not args.skip_default_run:
         quality(args.data, prepared, normalizer, changes, args.seeds)
+    if args.cv_folds:
+        cross_validation(prepared, changes, args.cv_folds)
 
 
 def print_throughput(x, y) -> None:
@@ -96,6 +104,38 @@ def quality(data: str, prepared, normalizer, changes: dict, seeds: int) -> None:
     label = "default configuration" + (f" with {changes}" if changes else "")
     print(f"{label}: validation R² {np.mean(val):.4f} ± {np.std(val):.4f}, test R² {np.mean(test):.4f} ± "
           f"{np.std(test):.4f} over {seeds} seeds; GBDT baseline test R² {m['baseline_gbdt_test_r2']:.4f}")
+
+
+def cross_validation(prepared, changes: dict, folds: int) -> None:
+    import numpy as np
+    from sklearn.metrics import r2_score
+    from sklearn.model_selection import GroupKFold
+
+    from caspar import evaluate
+    from caspar.dataset import SPLITS
+    from caspar.train import fit
+
+    x = np.concatenate([prepared.splits[name][0] for name in SPLITS])
+    y = np.concatenate([prepared.splits[name][1] for name in SPLITS])
+    games = np.concatenate([prepared.files[name] for name in SPLITS])
+    hp = dataclasses.replace(DEFAULTS, **changes)
+    differences = []
+    for fold, (rest, held_out) in enumerate(GroupKFold(folds).split(x, groups=games)):
+        rng = np.random.default_rng(hp.seed + fold)
+        rest_games = np.unique(games[rest])
+        stopping_games = rng.choice(rest_games, max(1, len(rest_games) // 9), replace=False)
+        val, train = rest[np.isin(games[rest], stopping_games)], rest[~np.isin(games[rest], stopping_games)]
+        normalizer = Normalizer.fit(x[train])
+        x_train, x_val, x_held_out = (normalizer.transform(x[rows]) for rows in (train, val, held_out))
+        model, _ = fit(hp, x_train, y[train], x_val, y[val])
+        network = r2_score(y[held_out], evaluate.predict(model, x_held_out))
+        gbdt = evaluate.baselines(x_train, y[train], x_held_out, y[held_out], hp.seed)["baseline_gbdt_test_r2"]
+        differences.append(network - gbdt)
+        print(f"fold {fold + 1}/{folds}: {len(np.unique(games[held_out]))} games, {len(held_out)} rows: network R² {network:.4f}, "
+              f"GBDT {gbdt:.4f}, difference {network - gbdt:+.4f}", flush=True)
+    label = "default configuration" + (f" with {changes}" if changes else "")
+    print(f"{label}, {folds}-fold cross-validation by game: network minus GBDT R² {np.mean(differences):+.4f} ± "
+          f"{np.std(differences):.4f} (mean ± sd over folds)")
 
 
 if __name__ == "__main__":

@@ -428,11 +428,13 @@ def _remove(filesystem, path: str) -> None:
 
 @dataclass
 class Prepared:
-    """A prepared dataset in memory: (features [n, F] float32, reward [n] float32) per split."""
+    """A prepared dataset in memory: (features [n, F] float32, reward [n] float32) per split, and
+    the log file of each row (to group rows by game)."""
     uri: str
     splits: dict[str, tuple[np.ndarray, np.ndarray]]
     schema: dict
     manifest: dict
+    files: dict[str, np.ndarray]
 
     @property
     def version(self) -> str:
@@ -474,10 +476,11 @@ def load_prepared(uri: str) -> Prepared:
     reward = table["reward"].to_numpy()
     split = table["split"].to_numpy(zero_copy_only=False)
     splits = {name: (features[split == name], reward[split == name]) for name in SPLITS}
+    log_files = table["file"].to_numpy(zero_copy_only=False)
     if any(len(splits[name][1]) == 0 for name in SPLITS):
         sizes = {name: len(splits[name][1]) for name in SPLITS}
         raise InputError(f"dataset {uri} has an empty split ({sizes}): add logs or change --test-size/--validation-size")
-    return Prepared(uri, splits, prepared_schema, manifest)
+    return Prepared(uri, splits, prepared_schema, manifest, {name: log_files[split == name] for name in SPLITS})
 
 
 def _read_json(filesystem, path: str):
@@ -491,7 +494,7 @@ def _read_rows(filesystem, path: str, width: int) -> pa.Table:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path, filesystem=filesystem, columns=["split", "features", "reward"])
+        table = pq.read_table(path, filesystem=filesystem, columns=["file", "split", "features", "reward"])
     except (OSError, pa.ArrowException) as error:
         raise InputError(f"{path}: unreadable Parquet ({storage.first_line(error)}); run jobs/prepare.py again") from None
     if table["features"].type != pa.list_(pa.float32(), width):

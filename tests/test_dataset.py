@@ -69,6 +69,10 @@ def test_prepare_writes_rows_schema_and_manifest(ray_local, sample_logs, tmp_pat
     assert not frame.duplicated(["file", "move_index"]).any()
     features = np.stack(table["features"].to_numpy(zero_copy_only=False))
     assert features.shape[1] == 354 and np.isfinite(features).all()
+    loaded = dataset.load_prepared(str(out))  # each row's log file, for grouping by game
+    for name in ("train", "val", "test"):
+        assert len(loaded.files[name]) == len(loaded.splits[name][1])
+        assert sorted(loaded.files[name]) == sorted(frame.loc[frame["split"] == name, "file"])
 
 
 def test_rerun_replaces_the_dataset(ray_local, sample_logs, tmp_path):
