@@ -77,7 +77,7 @@ class Hyperparameters:
                                  "BatchEnsemble adapters in every hidden layer", choices=ENSEMBLE_KINDS)
     ensemble_loss: str = setting("average", "average: the loss of the members' average prediction; members: the mean of "
                                  "the members' own losses (TabM's)", choices=ENSEMBLE_LOSSES)
-    trees: int = setting(100, "gradient-boosted trees inside the network, which learns their correction (0: none)",
+    trees: int = setting(600, "gradient-boosted trees inside the network, which learns their correction (0: none)",
                          minimum=0, maximum=2000)
     seed: int = setting(42, "seed of weights, shuffling and the GBDT baseline")
 

@@ -88,14 +88,20 @@ def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, ac
     return keras.Model(inputs, outputs, name="caspar_mlp")
 
 
+TREE_LEARNING_RATE = 0.03  # the baseline's defaults: 0.1 and 20; these fit the validation split better (R² 0.9111 vs 0.9087)
+TREE_MIN_SAMPLES_LEAF = 10
+
+
 def fit_trees(x_train: np.ndarray, y_train: np.ndarray, count: int, seed: int):
-    """Gradient-boosted trees (the same scikit-learn model as the GBDT baseline, `count` of them)
-    as a TreeEnsemble layer."""
+    """`count` gradient-boosted trees (scikit-learn's HistGradientBoostingRegressor, as the GBDT
+    baseline, with a smaller learning rate and smaller leaves) as a TreeEnsemble layer."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     from caspar.layers import TreeEnsemble
 
-    return TreeEnsemble.from_sklearn(HistGradientBoostingRegressor(max_iter=count, random_state=seed).fit(x_train, y_train))
+    trees = HistGradientBoostingRegressor(max_iter=count, learning_rate=TREE_LEARNING_RATE,
+                                          min_samples_leaf=TREE_MIN_SAMPLES_LEAF, random_state=seed)
+    return TreeEnsemble.from_sklearn(trees.fit(x_train, y_train))
 
 
 def make_optimizer(name: str, learning_rate, weight_decay: float = 0.0):

@@ -38,7 +38,7 @@ SEARCH_SPACE = {
     "ensemble_kind": ("choice", ["mini", "full"]),
     "ensemble_loss": ("choice", ["average", "members"]),
     "periodic_frequencies": ("choice", [0, 16]),
-    "trees": ("choice", [0, 100]),
+    "trees": ("choice", [0, 600]),
 }
 METRIC, MODE = "val_loss", "min"
 CHECKPOINT_FILE = "model.keras"
