@@ -147,3 +147,22 @@ def test_short_run_on_the_real_corpus_beats_the_mean(ray_local, tracking_server,
     result = train(TrainConfig(hidden_layers=[128, 64], epochs=6, data=str(tmp_path / "prepared"),
                                experiment_name="test-corpus", model_name="CASPAR-corpus-test"))
     assert result.metrics["test_r2"] > result.metrics["baseline_mean_test_r2"] + 0.3
+
+
+def test_cross_validation_benchmark_holds_out_every_game_once(sample_dataset):
+    """bench/train.py --cv-folds: every log file is scored in exactly one fold, and the summary is
+    the mean of the folds' differences."""
+    import re
+
+    games = {name for files in load_prepared(sample_dataset).files.values() for name in files}
+    small = '{"epochs": 2, "hidden_layers": [8], "trees": 10, "ensemble_size": 1}'
+    result = subprocess.run([sys.executable, "bench/train.py", "--data", sample_dataset, "--skip-throughput",
+                             "--skip-default-run", "--cv-folds", "3", "--set", small],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    folds = re.findall(r"fold \d/3: (\d+) games, \d+ rows: network R² (\S+), GBDT (\S+), difference (\S+)", result.stdout)
+    assert len(folds) == 3 and sum(int(fold[0]) for fold in folds) == len(games)
+    for _, network, gbdt, difference in folds:
+        assert float(difference) == pytest.approx(float(network) - float(gbdt), abs=2e-4)
+    mean = float(re.search(r"network minus GBDT R² (\S+) ±", result.stdout).group(1))
+    assert mean == pytest.approx(np.mean([float(fold[3]) for fold in folds]), abs=2e-4)
