@@ -116,16 +116,18 @@ def cross_validation(prepared, changes: dict, folds: int) -> None:
     from caspar import evaluate
     from caspar.train import fit
 
-    x = np.concatenate([prepared.splits[name][0] for name in ("train", "val")])
-    y = np.concatenate([prepared.splits[name][1] for name in ("train", "val")])
-    games = np.concatenate([prepared.files[name] for name in ("train", "val")])
+    splits = ("train", "val")  # the test split stays out
+    x = np.concatenate([prepared.splits[name][0] for name in splits])
+    y = np.concatenate([prepared.splits[name][1] for name in splits])
+    games = np.concatenate([prepared.files[name] for name in splits])
     hp = dataclasses.replace(DEFAULTS, **changes)
     differences = []
     for fold, (rest, held_out) in enumerate(GroupKFold(folds).split(x, groups=games)):
         rng = np.random.default_rng(hp.seed + fold)
         rest_games = np.unique(games[rest])
         stopping_games = rng.choice(rest_games, max(1, len(rest_games) // 9), replace=False)
-        val, train = rest[np.isin(games[rest], stopping_games)], rest[~np.isin(games[rest], stopping_games)]
+        stopping = np.isin(games[rest], stopping_games)
+        val, train = rest[stopping], rest[~stopping]
         normalizer = Normalizer.fit(x[train])
         x_train, x_val, x_held_out = (normalizer.transform(x[rows]) for rows in (train, val, held_out))
         model, _ = fit(hp, x_train, y[train], x_val, y[val])
