@@ -183,6 +183,7 @@ class Study:
     metrics: dict
     trials: int
     stopped_early: int
+    unfinished: int  # cut off by the time budget or an interrupt
     errored: int
     run_id: str
     registered_version: str | None
@@ -198,7 +199,8 @@ class Study:
         config = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.best_config.items())
         registered = f", registered version {self.registered_version}" if self.registered_version else ""
         return [
-            f"{self.trials} trials in {self.seconds:.0f} s: {self.stopped_early} stopped early by ASHA, {self.errored} failed",
+            f"{self.trials} trials in {self.seconds:.0f} s: {self.stopped_early} stopped early by ASHA, "
+            f"{self.unfinished} unfinished (time budget or interrupt), {self.errored} failed",
             f"core utilisation {self.core_utilisation:.2f} (trials training; driver and bookkeeping {self.driver_share:.2f}, "
             f"other and idle {max(0.0, 1 - self.core_utilisation - self.driver_share):.2f}), "
             f"trial start-up {self.mean_startup_seconds:.1f} s, {3600 * self.trials / max(self.seconds, 1):.0f} trials per hour",
@@ -278,7 +280,8 @@ def tune_study(settings: TuneConfig, prepared: Prepared, verbose: bool = False) 
                               run_name=settings.run_name, model_name=settings.model_name, alias=settings.alias)
     metrics, run_id, version = log_best(load_best_model(best), normalizer, prepared, best_config, best, parent)
     return Study(best_config={k: best.config[k] for k in SEARCH_SPACE}, best_val_loss=summary["best_val_loss"],
-                 metrics=metrics, trials=len(results), stopped_early=summary["stopped_early"], errored=len(results.errors),
+                 metrics=metrics, trials=len(results), stopped_early=summary["stopped_early"],
+                 unfinished=summary["unfinished"], errored=len(results.errors),
                  run_id=run_id, registered_version=version, seconds=time.perf_counter() - started, tracking_uri=uri,
                  path=study_path(settings), core_utilisation=summary["core_utilisation"],
                  driver_share=summary["driver_share"],
@@ -402,7 +405,8 @@ def trial_printer(settings: TuneConfig):
             loss = float(trial.metric_analysis.get(METRIC, {}).get("min", np.nan))
             self.best = min(self.best, loss)
             stopped = " (stopped by ASHA)" if epochs < settings.epochs else ""
-            print(f"trial {self.finished}/{settings.n_trials}: best val_loss {loss:.5f} in {epochs} epochs{stopped}; "
+            print(f"trial {self.finished}/{settings.n_trials} ({trial.trial_id}): best val_loss {loss:.5f} in {epochs} epochs"
+                  f"{stopped}; "
                   f"best of the study {self.best:.5f}", flush=True)
 
     return TrialPrinter()
@@ -428,8 +432,10 @@ def summarise(results, best, settings: TuneConfig, session_started: float, cpu_c
     return {
         "best_val_loss": float(best.metrics_dataframe["best_val_loss"].min()),
         "trials": len(results),
-        "stopped_early": sum(1 for r in results if r.metrics and not r.error
+        # ASHA's stop marks the trial's last result done; the time budget and an interrupt do not
+        "stopped_early": sum(1 for r in results if not r.error and (r.metrics or {}).get("done")
                              and r.metrics.get("epoch", 0) < settings.epochs),
+        "unfinished": sum(1 for r in results if not r.error and not (r.metrics or {}).get("done")),
         "core_utilisation": cpu_seconds / max(cpu_capacity, 1e-9),
         "mean_trial_startup_seconds": float(np.mean(startups)) if startups else 0.0,
     }

@@ -13,6 +13,7 @@ from pathlib import Path
 from conftest import ROOT
 from services import ray_cluster
 
+FINISHED_LINE = re.compile(r"^trial \d+/\d+ \((\w+)\):", re.MULTILINE)
 TINY = ["--n-trials", "6", "--epochs", "4", "--grace-period", "1", "--cpus-per-trial", "1"]
 
 
@@ -73,27 +74,35 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
     args = ["--data", sample_dataset, "--n-trials", "4", "--epochs", "30", "--grace-period", "30", "--n-jobs", "1",
             "--storage-path", str(storage), "--run-name", "resumable", "--experiment-name", "resume-test"]
     first = run_tune(args, env, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # interrupt once two trials have finished
-        done = [rows for rows in trial_results(storage / "resumable").values() if rows and rows[-1].get("done")]
-        if len(done) >= 2:
-            break
-        time.sleep(0.5)
-    os.killpg(first.pid, signal.SIGINT)
-    first.communicate(timeout=120)
-    before = trial_results(storage / "resumable")
-    finished = {name: rows for name, rows in before.items() if rows and rows[-1].get("done")}
-    assert 2 <= len(finished) < 4
+    printed, two_finished = [], threading.Event()
+
+    def read_first_output():  # the job prints a line per trial once Tune has recorded it as finished
+        for line in first.stdout:
+            printed.append(line)
+            if len(FINISHED_LINE.findall("".join(printed))) >= 2:
+                two_finished.set()
+
+    reader = threading.Thread(target=read_first_output, daemon=True)
+    reader.start()
+    assert two_finished.wait(timeout=300), "".join(printed)[-3000:]
+    os.killpg(first.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group
+    first.wait(timeout=120)
+    reader.join(timeout=10)
+    output = "".join(printed)
+    finished_ids = set(FINISHED_LINE.findall(output))
+    trials, unfinished = map(int, re.search(r"(\d+) trials in .* (\d+) unfinished", output).groups())
+    assert unfinished + len(finished_ids) == trials  # an interrupted trial is not "stopped by ASHA"
+    before = {rows[-1]["trial_id"]: rows for rows in trial_results(storage / "resumable").values() if rows}
+    assert 2 <= len(finished_ids) < 4 and all(before[trial][-1]["done"] for trial in finished_ids)
     second = run_tune(args + ["--resume"], env)
     output, _ = second.communicate(timeout=600)
     assert second.returncode == 0, output[-3000:]
     after = trial_results(storage / "resumable")
     assert len(after) == 4 and all(rows[-1].get("done") for rows in after.values())
-    for name, rows in finished.items():  # finished trials were not run again
-        assert after[name] == rows
+    after_by_id = {rows[-1]["trial_id"]: rows for rows in after.values()}
+    for trial in finished_ids:  # the trials the first session reported finished were not run again
+        assert after_by_id[trial] == before[trial]
     # one MLflow run per trial, one study run (closed), figures of the resumed session only
-
-
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
@@ -213,3 +222,20 @@ def test_reused_trial_processes_lose_no_trial(ray_local, sample_dataset, tmp_pat
     assert len(results) == 6 and len(set(pids)) < len(pids)  # later trials ran in an earlier trial's process
     stopped = [rows for rows in results.values() if rows[-1]["epoch"] < 4]
     assert stopped and all(rows[-1]["epoch"] in (1, 3) for rows in stopped)  # at ASHA's milestones
+
+
+def test_the_summary_tells_trials_stopped_by_asha_from_trials_cut_off():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from caspar.config import TuneConfig
+    from caspar.tune import summarise
+
+    def trial(epoch, done, error=None):
+        frame = pd.DataFrame({"best_val_loss": [0.1], "cpu_seconds": [1.0], "startup_seconds": [0.2], "timestamp": [100]})
+        return SimpleNamespace(metrics={"epoch": epoch, "done": done}, error=error, metrics_dataframe=frame)
+
+    results = [trial(30, True), trial(10, True), trial(20, False), trial(10, False), trial(10, False, error=RuntimeError())]
+    summary = summarise(results, results[0], TuneConfig(data="unused", epochs=30), session_started=0, cpu_capacity=10)
+    assert (summary["stopped_early"], summary["unfinished"]) == (1, 2)
