@@ -405,9 +405,8 @@ def trial_printer(settings: TuneConfig):
             loss = float(trial.metric_analysis.get(METRIC, {}).get("min", np.nan))
             self.best = min(self.best, loss)
             stopped = " (stopped by ASHA)" if epochs < settings.epochs else ""
-            print(f"trial {self.finished}/{settings.n_trials} ({trial.trial_id}): best val_loss {loss:.5f} in {epochs} epochs"
-                  f"{stopped}; "
-                  f"best of the study {self.best:.5f}", flush=True)
+            print(f"trial {self.finished}/{settings.n_trials} ({trial.trial_id}): best val_loss {loss:.5f} "
+                  f"in {epochs} epochs{stopped}; best of the study {self.best:.5f}", flush=True)
 
     return TrialPrinter()
 
