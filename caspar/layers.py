@@ -64,6 +64,7 @@ class TreeEnsemble(keras.layers.Layer):
 
     def __init__(self, features, thresholds, paths, left_turns, values, **kwargs):
         super().__init__(**kwargs)
+        # the weights' initial values (zeros in a layer loaded from a saved model, which then restores the weights)
         self.arrays = {"features": np.asarray(features, np.int32), "thresholds": np.asarray(thresholds, np.float32),
                        "paths": np.asarray(paths, np.float32), "left_turns": np.asarray(left_turns, np.float32),
                        "values": np.asarray(values, np.float32)}
@@ -104,7 +105,18 @@ class TreeEnsemble(keras.layers.Layer):
         return (input_shape[0], 1)
 
     def get_config(self):
-        return {**super().get_config(), **{k: v.tolist() for k, v in self.arrays.items()}}
+        """The arrays' shapes only: their values are weights, saved in binary with the model's weights
+        (as JSON numbers in the config they made every checkpoint of a trial several times slower)."""
+        trees, internal = self.arrays["features"].shape
+        return {**super().get_config(), "trees": trees, "internal": internal, "leaves": self.arrays["values"].shape[1]}
+
+    @classmethod
+    def from_config(cls, config):
+        if "features" in config:  # saved with the arrays in the config
+            return cls(**config)
+        trees, internal, leaves = (config.pop(key) for key in ("trees", "internal", "leaves"))
+        return cls(np.zeros((trees, internal)), np.zeros((trees, internal)), np.zeros((trees, internal, leaves)),
+                   np.zeros((trees, leaves)), np.zeros((trees, leaves)), **config)
 
 
 def _compile_tree(nodes, features, thresholds, paths, left_turns, values) -> None:
