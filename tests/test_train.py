@@ -123,6 +123,33 @@ def test_ensemble_trains_each_member_on_its_own_loss():
     assert not heads.losses
 
 
+def test_trees_are_saved_as_weights_and_old_configs_still_load(tmp_path):
+    """A saved TreeEnsemble keeps its arrays in the weights file, not in the JSON config; a layer
+    config that still holds the arrays (as saved before) gives the same trees."""
+    import keras
+
+    from caspar.layers import TreeEnsemble
+    from caspar.model import fit_trees
+
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 12)).astype("float32")
+    y = 0.3 * (x[:, 0] > 0.5) + 0.2 * x[:, 3]
+    trees = fit_trees(x, y, 30, seed=0)
+    inputs = keras.Input((12,))
+    model = keras.Model(inputs, trees(inputs))
+    expected = model.predict(x, verbose=0)
+    assert np.abs(expected).max() > 0.1
+    model.save(tmp_path / "trees.keras")
+    config = trees.get_config()
+    assert not set(trees.arrays) & set(config) and (config["trees"], config["leaves"]) == (30, trees.arrays["values"].shape[1])
+    loaded = keras.models.load_model(tmp_path / "trees.keras")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
+    old = {key: value for key, value in config.items() if key not in ("trees", "internal", "leaves")}
+    old |= {name: array.tolist() for name, array in trees.arrays.items()}
+    old_model = keras.Model(inputs, TreeEnsemble.from_config(old)(inputs))
+    np.testing.assert_array_equal(old_model.predict(x, verbose=0), expected)
+
+
 def test_missing_dataset_says_to_prepare_first(tmp_path):
     result = run_train("--data", str(tmp_path / "nothing"), env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
     assert result.returncode == 2 and "run jobs/prepare.py first" in result.stderr
