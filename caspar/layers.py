@@ -114,6 +114,7 @@ class TreeEnsemble(keras.layers.Layer):
     def from_config(cls, config):
         if "features" in config:  # saved with the arrays in the config
             return cls(**config)
+        config = dict(config)
         trees, internal, leaves = (config.pop(key) for key in ("trees", "internal", "leaves"))
         return cls(np.zeros((trees, internal)), np.zeros((trees, internal)), np.zeros((trees, internal, leaves)),
                    np.zeros((trees, leaves)), np.zeros((trees, leaves)), **config)
