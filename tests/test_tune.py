@@ -79,7 +79,7 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
     def read_first_output():  # the job prints a line per trial once Tune has recorded it as finished
         for line in first.stdout:
             printed.append(line)
-            if len(FINISHED_LINE.findall("".join(printed))) >= 2:
+            if sum(1 for seen in printed if FINISHED_LINE.match(seen)) >= 2:
                 two_finished.set()
 
     reader = threading.Thread(target=read_first_output, daemon=True)
