@@ -1,21 +1,20 @@
 """Benchmark of training (printed figures, not a test).
 
-    python bench/train.py --data data/prepared [--seeds 3] [--skip-default-run] [--set '{"ensemble_size": 4}']
-                          [--cv-folds 5]
+    python bench/train.py --data data/prepared [--cv-folds 5] [--fit-on train+val] [--set '{"trees": 0}']
+                          [--skip-throughput] [--test-split --seeds 3]
 
 1. Throughput: samples per second of the seed architecture (4 x 354 sigmoid units, SGD with
    Nesterov momentum) at batch 34, and of the default configuration at its default batch size,
    timed over whole epochs after a warm-up epoch.
-2. Quality: runs of the default configuration (what `jobs/train.py` does with no flags) with
-   --seeds different seeds, logged to a throw-away MLflow store: validation and test R² of each,
-   their mean ± sd, and the GBDT baseline's test R² on the same split. Defaults are chosen on the
-   validation figures only; --set tries other values (JSON of Hyperparameters fields).
-3. With --cv-folds K, cross-validation by game over the train and validation splits (the test
-   split stays untouched, so defaults chosen this way never see it): each fold's games are scored
-   by the configuration trained on the other games (a ninth of those held out for early stopping),
-   beside the GBDT baseline fitted on the same rows. A split of a dozen games cannot tell R²
-   differences of a few thousandths apart; K folds over a hundred and more games can, and the
-   scored games are never the ones early stopping watched.
+2. Quality, by cross-validation by game over the train and validation splits (the test split stays
+   untouched, so defaults chosen this way never see it): each fold's games are scored by the model
+   `jobs/train.py` would ship when trained on the other games (a ninth of those held out for early
+   stopping, then refitted on all of them as --fit-on says), beside baselines fitted on the same
+   rows: the model's own trees alone, GBDT with scikit-learn's defaults, and the model before its
+   refit. Paired differences per fold, then their mean ± sd. --set tries other values (JSON of
+   Hyperparameters fields).
+3. Only with --test-split: runs of the configuration through `caspar.train.train` with --seeds
+   seeds, scored on the test split (a throw-away MLflow store). Report these; choose nothing by them.
 """
 import argparse
 import dataclasses
@@ -24,7 +23,7 @@ import os
 import tempfile
 import time
 
-from caspar.config import Hyperparameters, TrainConfig
+from caspar.config import FIT_ON, Hyperparameters, TrainConfig
 from caspar.dataset import load_prepared
 from caspar.model import Normalizer
 
@@ -57,23 +56,23 @@ def throughput(config: dict, x, y, epochs: int = 3) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=TrainConfig.data)
-    parser.add_argument("--skip-default-run", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--cv-folds", type=int, default=5, help="folds of the cross-validation by game (0: none)")
+    parser.add_argument("--fit-on", default=TrainConfig.fit_on, choices=FIT_ON, help="as jobs/train.py --fit-on")
     parser.add_argument("--set", default="{}", help="JSON: Hyperparameters fields to change")
-    parser.add_argument("--cv-folds", type=int, default=0, help="also cross-validate by game with this many folds")
+    parser.add_argument("--test-split", action="store_true", help="also score --seeds runs on the test split")
+    parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     changes = json.loads(args.set)
     prepared = load_prepared(args.data)
     x, y = prepared.splits["train"]
     normalizer = Normalizer.fit(x)
-    x = normalizer.transform(x)
     if not args.skip_throughput:
-        print_throughput(x, y)
-    if not args.skip_default_run:
-        quality(args.data, prepared, normalizer, changes, args.seeds)
+        print_throughput(normalizer.transform(x), y)
     if args.cv_folds:
-        cross_validation(prepared, changes, args.cv_folds)
+        cross_validation(prepared, changes, args.cv_folds, args.fit_on)
+    if args.test_split:
+        test_split_runs(args.data, prepared, normalizer, changes, args.seeds, args.fit_on)
 
 
 def print_throughput(x, y) -> None:
@@ -85,60 +84,69 @@ def print_throughput(x, y) -> None:
     print(f"seed architecture, batch {DEFAULTS.batch_size}: {seed_default_batch:,.0f} samples/s", flush=True)
 
 
-def quality(data: str, prepared, normalizer, changes: dict, seeds: int) -> None:
+def test_split_runs(data: str, prepared, normalizer, changes: dict, seeds: int, fit_on: str) -> None:
     import numpy as np
-    from sklearn.metrics import r2_score
 
     from caspar import evaluate
     from caspar.train import train
 
     x_val, y_val = prepared.splits["val"]
-    val, test = [], []
+    figures = []
     with tempfile.TemporaryDirectory() as store:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
         for seed in range(DEFAULTS.seed, DEFAULTS.seed + seeds):
-            result = train(TrainConfig(data=data, experiment_name="bench", **changes, seed=seed), prepared)
-            m = result.metrics
-            val.append(r2_score(y_val, evaluate.predict(result.model, normalizer.transform(x_val))))
-            test.append(m["test_r2"])
-            print(f"seed {seed}: {result.epochs} epochs, {result.seconds:.0f} s; validation R² {val[-1]:.4f}, test R² "
-                  f"{test[-1]:.4f}; GBDT baseline test R² {m['baseline_gbdt_test_r2']:.4f}", flush=True)
-    label = "default configuration" + (f" with {changes}" if changes else "")
-    print(f"{label}: validation R² {np.mean(val):.4f} ± {np.std(val):.4f}, test R² {np.mean(test):.4f} ± "
-          f"{np.std(test):.4f} over {seeds} seeds; GBDT baseline test R² {m['baseline_gbdt_test_r2']:.4f}")
+            result = train(TrainConfig(data=data, experiment_name="bench", fit_on=fit_on, **changes, seed=seed), prepared)
+            figures.append(result.metrics)
+            print(f"seed {seed}: {result.epochs} epochs, {result.seconds:.0f} s; {evaluate.summary_line(result.metrics, fit_on)}",
+                  flush=True)
+    label = "configuration" + (f" with {changes}" if changes else " as shipped")
+    summary = ", ".join(f"{name} {np.mean([f[key] for f in figures]):.4f} ± {np.std([f[key] for f in figures]):.4f}"
+                        for name, key in (("model", "test_r2"), ("own trees", "baseline_trees_test_r2"),
+                                          ("GBDT", "baseline_gbdt_test_r2")) if key in figures[0])
+    print(f"{label}, fit on {fit_on}, test split over {seeds} seeds: R² {summary}")
 
 
-def cross_validation(prepared, changes: dict, folds: int) -> None:
+def cross_validation(prepared, changes: dict, folds: int, fit_on: str) -> None:
     import numpy as np
-    from sklearn.metrics import r2_score
     from sklearn.model_selection import GroupKFold
 
     from caspar import evaluate
-    from caspar.train import fit
+    from caspar.train import Fitted, fit, release, rows
 
     splits = ("train", "val")  # the test split stays out
     x = np.concatenate([prepared.splits[name][0] for name in splits])
     y = np.concatenate([prepared.splits[name][1] for name in splits])
     games = np.concatenate([prepared.files[name] for name in splits])
     hp = dataclasses.replace(DEFAULTS, **changes)
-    differences = []
+    pairs = {"model − own trees": [], "model − GBDT": [], "model − before refit": []}
+    scores = []
     for fold, (rest, held_out) in enumerate(GroupKFold(folds).split(x, groups=games)):
         rng = np.random.default_rng(hp.seed + fold)
         rest_games = np.unique(games[rest])
         stopping_games = rng.choice(rest_games, max(1, len(rest_games) // 9), replace=False)
         stopping = np.isin(games[rest], stopping_games)
-        val, train = rest[stopping], rest[~stopping]
-        normalizer = Normalizer.fit(x[train])
-        x_train, x_val, x_held_out = (normalizer.transform(x[rows]) for rows in (train, val, held_out))
-        model, _ = fit(hp, x_train, y[train], x_val, y[val])
-        network = r2_score(y[held_out], evaluate.predict(model, x_held_out))
-        gbdt = evaluate.baselines(x_train, y[train], x_held_out, y[held_out], hp.seed)["baseline_gbdt_test_r2"]
-        differences.append(network - gbdt)
-        print(f"fold {fold + 1}/{folds}: {len(np.unique(games[held_out]))} games, {len(held_out)} rows: network R² {network:.4f}, "
-              f"GBDT {gbdt:.4f}, difference {network - gbdt:+.4f}", flush=True)
-    label = "default configuration" + (f" with {changes}" if changes else "")
-    print(f"{label}, {folds}-fold cross-validation by game (train and validation splits): network minus GBDT R² "
-          f"{np.mean(differences):+.4f} ± {np.std(differences):.4f} (mean ± sd over folds)")
+        fold_splits = {"train": (x[rest[~stopping]], y[rest[~stopping]]), "val": (x[rest[stopping]], y[rest[stopping]]),
+                       "test": (x[held_out], y[held_out])}
+        normalizer = Normalizer.fit(fold_splits["train"][0])
+        model, history = fit(hp, normalizer.transform(fold_splits["train"][0]), fold_splits["train"][1],
+                             normalizer.transform(fold_splits["val"][0]), fold_splits["val"][1])
+        chosen = Fitted(model, normalizer, ("train",))
+        scored, _ = release(hp, fold_splits, chosen, history, fit_on if fit_on != "all" else "train+val")
+        card = evaluate.scorecard(scored.model, scored.normalizer, *rows(fold_splits, scored.splits), x[held_out], y[held_out],
+                                  seed=hp.seed)
+        before = evaluate.scorecard(model, normalizer, *fold_splits["train"], x[held_out], y[held_out], seed=hp.seed)
+        scores.append(card["test_r2"])
+        trees = card.get("baseline_trees_test_r2", np.nan)
+        pairs["model − own trees"].append(card["test_r2"] - trees)
+        pairs["model − GBDT"].append(card["test_r2"] - card["baseline_gbdt_test_r2"])
+        pairs["model − before refit"].append(card["test_r2"] - before["test_r2"])
+        print(f"fold {fold + 1}/{folds}: {len(np.unique(games[held_out]))} games, {len(held_out)} rows, best epoch "
+              f"{history['best_epoch']}: model R² {card['test_r2']:.4f}, own trees {trees:.4f}, "
+              f"GBDT {card['baseline_gbdt_test_r2']:.4f}, before refit {before['test_r2']:.4f}", flush=True)
+    label = "configuration" + (f" with {changes}" if changes else " as shipped")
+    differences = "; ".join(f"{name} {np.mean(values):+.4f} ± {np.std(values):.4f}" for name, values in pairs.items())
+    print(f"{label}, fit on {fit_on}, {folds}-fold cross-validation by game (train and validation splits): model R² "
+          f"{np.mean(scores):.4f} ± {np.std(scores):.4f}; {differences} (mean ± sd over folds)")
 
 
 if __name__ == "__main__":

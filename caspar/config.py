@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ LR_SCHEDULES = ("plateau", "cosine")
 ENSEMBLE_KINDS = ("mini", "full")
 ENSEMBLE_LOSSES = ("average", "members")
 ACTIVATIONS = ("relu", "gelu", "swish", "elu", "tanh", "sigmoid")
+FIT_ON = ("train", "train+val", "all")
+RESERVED_ALIAS = re.compile(r"^(v\d+|latest)$", re.IGNORECASE)  # MLflow's own names for versions
 
 
 def setting(default, help: str, *, choices=None, minimum=None, maximum=None, above=None, below=None,
@@ -90,6 +93,13 @@ class Tracking:
     run_name: str | None = setting(None, "the name jobs/export.py --run finds the model by")
     model_name: str = setting("CASPAR", "registered model name")
     alias: str | None = setting(None, "registry alias to point at the new version (export with models:/NAME@ALIAS)")
+    fit_on: str = setting("train+val", "the games the shipped model is fitted on once validation has chosen its epochs: "
+                          "train (no refit), train+val (the test split scores it), all (every game; the figures "
+                          "are then those of the train+val fit)", choices=FIT_ON)
+
+    def check(self) -> None:
+        if self.alias is not None and RESERVED_ALIAS.match(self.alias):
+            raise UserError(f"--alias {self.alias}: MLflow reserves 'latest' and v<number> for versions; choose another name")
 
 
 @dataclass

@@ -1,5 +1,8 @@
-"""How good a model is: test metrics, the two baselines every run is compared with, and plots."""
+"""How good a model is: test metrics, the baselines every run is compared with on the same rows,
+the verdict that decides whether it is registered, and plots."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -17,10 +20,63 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str) -> dict[str, fl
 
 
 def baselines(x_train, y_train, x_test, y_test, seed: int = 0) -> dict[str, float]:
-    """Always predicting the train mean, and gradient-boosted trees on the same features."""
+    """Always predicting the train mean, and gradient-boosted trees on the same features
+    (scikit-learn's defaults, with early stopping off: above 10,000 rows it would hold out random
+    rows, which leaks within games)."""
     mean = np.full(len(y_test), float(np.mean(y_train)))
-    trees = HistGradientBoostingRegressor(random_state=seed).fit(x_train, y_train)
+    trees = HistGradientBoostingRegressor(early_stopping=False, random_state=seed).fit(x_train, y_train)
     return {**metrics(y_test, mean, "baseline_mean_test"), **metrics(y_test, trees.predict(x_test), "baseline_gbdt_test")}
+
+
+def own_trees(model):
+    """The model's TreeEnsemble layer, or None for a network without trees."""
+    from caspar.layers import TreeEnsemble
+
+    return next((layer for layer in model.layers if isinstance(layer, TreeEnsemble)), None)
+
+
+def scorecard(model, normalizer, x_fit, y_fit, x_test, y_test, seed: int = 0) -> dict[str, float]:
+    """Test metrics of the model and of every baseline fitted on the model's own rows (raw
+    `x_fit`, `y_fit`): the train mean, GBDT with defaults, and the model's own trees alone
+    (clipped to [0, 1] as the model's output is)."""
+    n_fit, n_test = normalizer.transform(x_fit), normalizer.transform(x_test)
+    results = {**metrics(y_test, predict(model, n_test), "test"), **baselines(n_fit, y_fit, n_test, y_test, seed)}
+    trees = own_trees(model)
+    if trees is not None:
+        alone = np.clip(np.asarray(trees(n_test)).reshape(-1), 0.0, 1.0)
+        results |= metrics(y_test, alone, "baseline_trees_test")
+    return results
+
+
+REFUSED, WORSE_THAN_TREES, GOOD = "refused", "worse-than-its-trees", "good"
+
+
+@dataclass
+class Verdict:
+    kind: str  # REFUSED: not registered, not exported; WORSE_THAN_TREES: registered with a warning
+    message: str = ""
+
+
+def verdict(results: dict[str, float]) -> Verdict:
+    r2, mean = results["test_r2"], results["baseline_mean_test_r2"]
+    if not r2 > mean:
+        return Verdict(REFUSED, f"not registered: test R² {r2:.4f} does not beat always predicting the train mean "
+                                f"(R² {mean:.4f}); try a lower --learning-rate, or the defaults")
+    trees = results.get("baseline_trees_test_r2")
+    if trees is not None and r2 < trees:
+        return Verdict(WORSE_THAN_TREES, f"test R² {r2:.4f} is below the model's own trees alone ({trees:.4f}): the "
+                                         "network's correction did not carry over to the test games")
+    return Verdict(GOOD)
+
+
+def summary_line(results: dict[str, float], fit_on: str = "train") -> str:
+    """The model's test R² beside its baselines, all fitted on the same rows."""
+    trees = f"own trees alone {results['baseline_trees_test_r2']:.4f}, " if "baseline_trees_test_r2" in results else ""
+    how = {"train": "", "train+val": "",
+           "all": " (fitted on every game; the figures are the same recipe's fitted on train + validation)"}[fit_on]
+    return (f"test R² {results['test_r2']:.4f} (MSE {results['test_mse']:.5f}, MAE {results['test_mae']:.4f}); "
+            f"baselines on the same rows: {trees}GBDT {results['baseline_gbdt_test_r2']:.4f}, "
+            f"train mean {results['baseline_mean_test_r2']:.4f}{how}")
 
 
 def predict(model, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:

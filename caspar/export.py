@@ -72,6 +72,7 @@ def find_model(ref: str, experiment_name: str | None = None) -> Source:
         except MlflowException:
             run = None  # not an id after all: try it as a name
         if run is not None:
+            _check_verdict(run)
             if not _has_model(client, ref):
                 raise ExportError(f"run {ref} has no model (it failed or is still running)")
             return Source(ref, _safe_name(run.info.run_name or ref), f"runs:/{ref}/model")
@@ -88,8 +89,16 @@ def find_model(ref: str, experiment_name: str | None = None) -> Source:
         close = difflib.get_close_matches(ref, sorted(n for n in names if n and n != ref), n=5, cutoff=0.4)
         hint = f"; closest names: {', '.join(close)}" if close else ""
         raise ExportError(f"no run named {ref!r}{where}{hint}")
+    _check_verdict(runs[0])
     note = f"{len(runs)} runs are named {ref!r}; exporting the newest, {runs[0].info.run_id}" if len(runs) > 1 else ""
     return Source(runs[0].info.run_id, _safe_name(ref), f"runs:/{runs[0].info.run_id}/model", note)
+
+
+def _check_verdict(run) -> None:
+    """A run whose model does not beat the mean baseline was not registered; it is not exported either."""
+    if run.data.tags.get("caspar.verdict") == "refused":
+        raise ExportError(f"run {run.info.run_id} ({run.info.run_name}) is not exported: "
+                          f"{run.data.tags.get('caspar.verdict_reason', 'its model did not beat the mean baseline')}")
 
 
 def _experiments(client, name: str | None):

@@ -53,6 +53,16 @@ class PiecewiseLinearEncoding(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="caspar")
+class ClipForInference(keras.layers.Layer):
+    """The model's output for the game: clipped to [0, 1] (rewards lie there). While training, the
+    value itself: a clip has no gradient outside [0, 1], and a model whose every prediction left
+    that interval could never come back (it trained into a constant)."""
+
+    def call(self, inputs, training=False):
+        return inputs if training else ops.clip(inputs, 0.0, 1.0)
+
+
+@keras.saving.register_keras_serializable(package="caspar")
 class TreeEnsemble(keras.layers.Layer):
     """Gradient-boosted regression trees as standard tensor operations (the GEMM strategy of
     Microsoft's Hummingbird), so that they run inside the SavedModel and the TFLite file with no
@@ -135,11 +145,18 @@ def _compile_tree(nodes, features, thresholds, paths, left_turns, values) -> Non
             return
         index = inner.setdefault(node, len(inner))
         features[index] = nodes["feature_idx"][node]
-        thresholds[index] = nodes["num_threshold"][node]
+        thresholds[index] = _float32_at_most(nodes["num_threshold"][node])
         walk(nodes["left"][node], path + [(index, True)])
         walk(nodes["right"][node], path + [(index, False)])
 
     walk(0, [])
+
+
+def _float32_at_most(threshold: float) -> np.float32:
+    """The largest float32 not above a float64 threshold: for float32 inputs x, x <= it exactly when
+    x <= the threshold (rounding to the nearest float32 could send a row the other way)."""
+    rounded = np.float32(threshold)
+    return np.nextafter(rounded, np.float32(-np.inf)) if rounded > threshold else rounded
 
 
 @keras.saving.register_keras_serializable(package="caspar")

@@ -56,10 +56,17 @@ def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, ac
     -> batch norm -> dropout per hidden layer, then the output. Without trees, one sigmoid unit (rewards lie in
     [0, 1]). With `trees` (a TreeEnsemble layer), the network learns a correction to the trees'
     prediction: its last layer starts at zero, so training starts from the trees' own model, and
-    the sum is clipped to [0, 1]."""
+    the sum is clipped to [0, 1] for the game (while training it is not: a gradient everywhere)."""
     import keras
 
-    from caspar.layers import BatchEnsembleDense, EnsembleAdapter, EnsembleHeads, PeriodicEmbedding, PiecewiseLinearEncoding
+    from caspar.layers import (
+        BatchEnsembleDense,
+        ClipForInference,
+        EnsembleAdapter,
+        EnsembleHeads,
+        PeriodicEmbedding,
+        PiecewiseLinearEncoding,
+    )
 
     inputs = keras.Input(shape=(n_features,), name="features")
     x = inputs
@@ -84,7 +91,7 @@ def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, ac
     if trees is None:
         outputs = keras.layers.Activation("sigmoid", name="reward")(x)
     else:
-        outputs = keras.layers.ReLU(max_value=1.0, name="reward")(keras.layers.Add()([trees(inputs), x]))  # clip to [0, 1]
+        outputs = ClipForInference(name="reward")(keras.layers.Add()([trees(inputs), x]))
     return keras.Model(inputs, outputs, name="caspar_mlp")
 
 
@@ -99,7 +106,7 @@ def fit_trees(x_train: np.ndarray, y_train: np.ndarray, count: int, seed: int):
 
     from caspar.layers import TreeEnsemble
 
-    trees = HistGradientBoostingRegressor(max_iter=count, learning_rate=TREE_LEARNING_RATE,
+    trees = HistGradientBoostingRegressor(max_iter=count, learning_rate=TREE_LEARNING_RATE, early_stopping=False,
                                           min_samples_leaf=TREE_MIN_SAMPLES_LEAF, random_state=seed)
     return TreeEnsemble.from_sklearn(trees.fit(x_train, y_train))
 
@@ -108,12 +115,12 @@ def make_optimizer(name: str, learning_rate, weight_decay: float = 0.0):
     """learning_rate: a number or a Keras schedule."""
     import keras
 
-    decay = weight_decay or None
+    decay = weight_decay or None  # Keras applies any weight decay decoupled (AdamW's), for every optimizer
     if name == "sgd":  # the seed's choice
         return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=decay)
     if name == "adam":
         return keras.optimizers.Adam(learning_rate, weight_decay=decay)
-    if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=decay)
+    if name == "adamw":  # AdamW needs a number: 0 is no decay
+        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r} (sgd, adam, adamw)")
 

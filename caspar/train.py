@@ -73,34 +73,52 @@ def learning_rate(hp: Hyperparameters, train_rows: int):
 
 def schedule_callbacks(hp: Hyperparameters) -> list:
     """The plateau schedule: halve the learning rate when val_loss stalls for a third of the
-    patience. Its state survives separate fit() calls (a tune trial trains a few epochs per call;
-    Keras resets it on every call). The cosine schedule is the optimizer's own: no callback."""
-    import keras
+    patience. The cosine schedule is the optimizer's own: no callback."""
+    from caspar.callbacks import Plateau
 
     if hp.lr_schedule == "cosine":
         return []
-
-    class Plateau(keras.callbacks.ReduceLROnPlateau):
-        started = False
-
-        def on_train_begin(self, logs=None):
-            if not self.started:
-                self.started = True
-                super().on_train_begin(logs)
-
     return [Plateau(monitor="val_loss", factor=0.5, patience=max(2, hp.patience // 3), min_lr=hp.learning_rate / 100)]
 
 
+def validation_loss(model, val) -> float:
+    """The loss of the model as it is on the validation batches (before training: its trees alone)."""
+    return float(model.evaluate(val, verbose=0, return_dict=True)["loss"])
+
+
 def fit(hp: Hyperparameters, x_train, y_train, x_val, y_val, callbacks=()):
-    """Build and train the MLP on normalised inputs; early stopping restores the best weights."""
+    """Build and train the MLP on normalised inputs, keeping the epoch with the best validation
+    loss, the untrained model (its trees) counted as epoch 0. history["best_epoch"] says which."""
     import keras
+
+    from caspar.callbacks import BestEpoch
 
     model = compiled_model(hp, x_train, y_train)
     train, val = tf_datasets(x_train, y_train, x_val, y_val, hp.batch_size, hp.seed)
-    stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience, restore_best_weights=True)
+    best = BestEpoch(validation_loss(model, val), patience=hp.patience)
     history = model.fit(train, validation_data=val, epochs=hp.epochs, verbose=0, shuffle=False,
-                        callbacks=[stopping, *schedule_callbacks(hp), keras.callbacks.TerminateOnNaN(), *callbacks])
-    return model, history.history
+                        callbacks=[*schedule_callbacks(hp), best, keras.callbacks.TerminateOnNaN(), *callbacks]).history
+    return model, {**history, "best_epoch": best.best_epoch}
+
+
+def refit(hp: Hyperparameters, x, y, epochs: int, rates: list[float] | None = None, callbacks=()):
+    """The chosen configuration fitted again on other rows, trees included, for the `epochs` that
+    validation chose, with the learning rate of each epoch as it was then (`rates`, for the plateau
+    schedule; the cosine schedule follows the steps by itself). No rows are held out."""
+    import keras
+
+    from caspar.callbacks import ReplayRates
+
+    model = compiled_model(hp, x, y)
+    if epochs:
+        train, _ = tf_datasets(x, y, x[:1], y[:1], hp.batch_size, hp.seed)
+        replay = [ReplayRates(rates)] if rates and hp.lr_schedule != "cosine" else []
+        history = model.fit(train, epochs=epochs, verbose=0, shuffle=False,
+                            callbacks=[*replay, keras.callbacks.TerminateOnNaN(), *callbacks]).history
+        if not np.all(np.isfinite(history["loss"])):
+            raise UserError(f"the refit on {len(y)} rows diverged (loss {history['loss'][-1]}): nothing registered; "
+                            "try a lower --learning-rate or --fit-on train")
+    return model
 
 
 def check_trained(history: dict) -> None:
@@ -111,40 +129,40 @@ def check_trained(history: dict) -> None:
                         "nothing registered; try a lower --learning-rate")
 
 
-def epoch_printer(epochs: int):
-    """Keras callback: one line per epoch with the losses and an upper bound of the time left."""
-    import keras
+# --- The model that ships: fitted on more games once validation has chosen ---------------------------
 
-    class EpochPrinter(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            per_epoch = (time.perf_counter() - self.started) / (epoch + 1)
-            left = per_epoch * (epochs - epoch - 1)
-            print(f"epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.5f}, "
-                  f"val_loss {logs.get('val_loss', float('nan')):.5f}, {per_epoch:.1f} s per epoch, "
-                  f"at most {_duration(left)} left", flush=True)
-
-    return EpochPrinter()
+FIT_ON = {"train": ("train",), "train+val": ("train", "val"), "all": ("train", "val", "test")}
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+@dataclass
+class Fitted:
+    model: object
+    normalizer: Normalizer
+    splits: tuple[str, ...]  # the rows it was fitted on
 
 
-def mlflow_epoch_logger():
-    """Keras callback: per-epoch loss, val_loss, val_mae to the active MLflow run."""
-    import keras
-    import mlflow
+def rows(splits: dict, names) -> tuple[np.ndarray, np.ndarray]:
+    """The (features, rewards) of the named splits of {name: (x, y)}, concatenated."""
+    return np.concatenate([splits[n][0] for n in names]), np.concatenate([splits[n][1] for n in names])
 
-    class EpochLogger(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            mlflow.log_metrics({k: float(logs[k]) for k in ("loss", "val_loss", "val_mae") if k in logs}, step=epoch)
 
-    return EpochLogger()
+def release(hp: Hyperparameters, splits: dict, chosen: Fitted, history: dict, fit_on: str,
+            callbacks=()) -> tuple[Fitted, Fitted]:
+    """(scored, shipped): the model the test split scores and the model that ships. `chosen` is the
+    model early-stopped on validation, `history` its run. fit_on "train" ships it; "train+val"
+    refits the configuration on train + validation for the chosen epochs, and ships and scores that;
+    "all" also refits on every game and ships that, scored by the train + validation refit (the
+    same recipe on games that exclude the test games)."""
+    if fit_on == "train":
+        return chosen, chosen
+    rates = history.get("learning_rate")
+    fitted = {}
+    for name in ("train+val", "all") if fit_on == "all" else ("train+val",):
+        x, y = rows(splits, FIT_ON[name])
+        normalizer = Normalizer.fit(x)
+        model = refit(hp, normalizer.transform(x), y, history["best_epoch"], rates, callbacks)
+        fitted[name] = Fitted(model, normalizer, FIT_ON[name])
+    return fitted["train+val"], fitted[fit_on]
 
 
 @dataclass
@@ -156,58 +174,76 @@ class Result:
     epochs: int
     seconds: float
     tracking_uri: str
-    model: object = field(repr=False, default=None)  # the trained Keras model
+    verdict: evaluate.Verdict
+    fit_on: str = "train"
+    model_name: str = "CASPAR"
+    model: object = field(repr=False, default=None)  # the model that ships
 
     def lines(self) -> list[str]:
-        m = self.metrics
-        return [
-            f"trained {self.epochs} epochs in {self.seconds:.0f} s; run {self.run_id}",
-            f"test R² {m['test_r2']:.4f} (MSE {m['test_mse']:.5f}, MAE {m['test_mae']:.4f}); "
-            f"baselines: GBDT R² {m['baseline_gbdt_test_r2']:.4f}, train mean R² {m['baseline_mean_test_r2']:.4f}",
-            f"model {self.model_uri}" + (f" (registered version {self.registered_version})" if self.registered_version else ""),
-            tracking.ui_hint(self.tracking_uri),
-        ]
+        lines = [f"trained {self.epochs} epochs in {self.seconds:.0f} s; run {self.run_id}",
+                 evaluate.summary_line(self.metrics, self.fit_on)]
+        if self.registered_version:
+            lines.append(f"model {self.model_uri} (registered version {self.registered_version}; "
+                         f"export with --run models:/{self.model_name}/{self.registered_version})")
+        if self.verdict.message:
+            lines.append(f"warning: {self.verdict.message}")
+        return lines + [tracking.ui_hint(self.tracking_uri)]
 
 
-def log_model_run(model, normalizer: Normalizer, prepared: Prepared, config: TrainConfig, history: dict
-                  ) -> tuple[dict, str, str | None]:
-    """Inside an active run: test metrics and baselines, artefacts, the model (registered as
-    `config.model_name`, with `config.alias`). Returns (metrics, model URI, registered version)."""
+def log_model_run(chosen: Fitted, scored: Fitted, shipped: Fitted, prepared: Prepared, config: TrainConfig,
+                  history: dict) -> tuple[dict, str, evaluate.Verdict]:
+    """Inside an active run: the test split's scorecard of `scored` (the model and every baseline
+    fitted on its rows), the artefacts of `shipped` (normalisation, test inputs with its outputs)
+    and the model itself, not yet registered. Returns (metrics, model URI, verdict)."""
     import mlflow
     from mlflow.models import infer_signature
 
-    x_train, y_train = prepared.splits["train"]
-    x_val, y_val = prepared.splits["val"]
     x_test, y_test = prepared.splits["test"]
-    n_train, n_val, n_test = normalizer.transform(x_train), normalizer.transform(x_val), normalizer.transform(x_test)
-    predictions = evaluate.predict(model, n_test)
-    results = {**evaluate.metrics(y_test, predictions, "test"),
-               **evaluate.baselines(n_train, y_train, n_test, y_test, seed=config.seed)}
-    mlflow.log_metrics(results)
+    results = evaluate.scorecard(scored.model, scored.normalizer, *rows(prepared.splits, scored.splits), x_test, y_test,
+                                 seed=config.seed)
+    verdict = evaluate.verdict(results)
+    mlflow.log_metrics(results | {"best_epoch": history["best_epoch"]})
+    mlflow.set_tags({"caspar.verdict": verdict.kind, "caspar.verdict_reason": verdict.message or "beats every baseline",
+                     "caspar.fit_on": "+".join(shipped.splits)})
+    x_val, y_val = prepared.splits["val"]
     groups = [(f["name"], f["width"]) for f in prepared.schema["features"]]
-    importance = evaluate.group_importance(model, n_val, y_val, groups, seed=config.seed)
+    importance = evaluate.group_importance(chosen.model, chosen.normalizer.transform(x_val), y_val, groups, seed=config.seed)
+    n_test = shipped.normalizer.transform(x_test)
+    shipped_predictions = evaluate.predict(shipped.model, n_test)
     with tempfile.TemporaryDirectory() as folder:
         def path(name):
             return os.path.join(folder, name)
-        normalizer.write_csv(path(NORMALIZATION_FILE))
+        shipped.normalizer.write_csv(path(NORMALIZATION_FILE))
         with open(path("schema.json"), "w") as handle:
             json.dump(prepared.schema, handle, indent=1)
         with open(path("manifest.json"), "w") as handle:
             json.dump(prepared.manifest, handle, indent=1)
-        write_test_inputs(path(TEST_INPUTS_FILE), x_test[:TEST_ROWS_KEPT], predictions[:TEST_ROWS_KEPT])
+        write_test_inputs(path(TEST_INPUTS_FILE), x_test[:TEST_ROWS_KEPT], shipped_predictions[:TEST_ROWS_KEPT])
         with open(path("feature_group_importance.json"), "w") as handle:
             json.dump(importance, handle, indent=1)
         evaluate.plot_learning_curve(history, path("learning_curve.png"))
-        evaluate.plot_predictions(y_test, predictions, path("predicted_vs_actual.png"))
+        evaluate.plot_predictions(y_test, evaluate.predict(scored.model, scored.normalizer.transform(x_test)),
+                                  path("predicted_vs_actual.png"))
         evaluate.plot_importance(importance, path("feature_group_importance.png"))
         mlflow.log_artifacts(folder)
-    signature = infer_signature(n_test[:5], predictions[:5].reshape(-1, 1).astype(np.float32))
-    info = mlflow.keras.log_model(model, name="model", signature=signature, registered_model_name=config.model_name,
-                                  pip_requirements=_requirements())
-    version = getattr(info, "registered_model_version", None)
-    if version is not None and config.alias:
-        mlflow.MlflowClient().set_registered_model_alias(config.model_name, config.alias, version)
-    return results, info.model_uri, str(version) if version is not None else None
+    signature = infer_signature(n_test[:5], shipped_predictions[:5].reshape(-1, 1).astype(np.float32))
+    info = mlflow.keras.log_model(shipped.model, name="model", signature=signature, pip_requirements=_requirements())
+    return results, info.model_uri, verdict
+
+
+def register(model_uri: str, config: TrainConfig, metrics: dict, verdict: evaluate.Verdict) -> str | None:
+    """Registers the logged model as `config.model_name` (with `config.alias`) unless the verdict
+    refuses it; returns the version."""
+    import mlflow
+
+    if verdict.kind == evaluate.REFUSED:
+        return None
+    version = mlflow.register_model(model_uri, config.model_name).version
+    client = mlflow.MlflowClient()
+    client.update_model_version(config.model_name, version, evaluate.summary_line(metrics, config.fit_on))
+    if config.alias:
+        client.set_registered_model_alias(config.model_name, config.alias, version)
+    return str(version)
 
 
 def _requirements() -> list[str]:
@@ -226,8 +262,12 @@ def run_tags(prepared: Prepared) -> dict[str, str]:
 
 
 def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: bool = False) -> Result:
-    """One training run, tracked in MLflow; a run that fails is marked FAILED and registers nothing."""
+    """One training run, tracked in MLflow: the configuration early-stopped on validation, then
+    refitted on the games --fit-on names; registered only if it beats the mean baseline. A run that
+    fails is marked FAILED and registers nothing."""
     import mlflow
+
+    from caspar.callbacks import EpochPrinter, MlflowEpochLogger
 
     check(config)
     started = time.perf_counter()
@@ -238,12 +278,22 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
     x_train, y_train = prepared.splits["train"]
     experiment = tracking.experiment_id(config.experiment_name)
     with mlflow.start_run(experiment_id=experiment, run_name=config.run_name, tags=run_tags(prepared)) as run:
-        mlflow.log_params(hyperparameters(config) | {"data": config.data, "rows_train": len(y_train),
-                                                     "n_features": x_train.shape[1]})
-        callbacks = [mlflow_epoch_logger()] + ([epoch_printer(config.epochs)] if show_progress else [])
+        mlflow.log_params(hyperparameters(config) | {"fit_on": config.fit_on, "data": config.data,
+                                                     "rows_train": len(y_train), "n_features": x_train.shape[1]})
+        progress = [EpochPrinter(config.epochs)] if show_progress else []
         model, history = fit(config, normalizer.transform(x_train), y_train, normalizer.transform(x_val), y_val,
-                             callbacks=callbacks)
+                             callbacks=[MlflowEpochLogger(), *progress])
         check_trained(history)
-        results, model_uri, version = log_model_run(model, normalizer, prepared, config, history)
-    return Result(run.info.run_id, model_uri, version, results, len(history["loss"]),
-                  time.perf_counter() - started, uri, model)
+        chosen = Fitted(model, normalizer, FIT_ON["train"])
+        if show_progress and config.fit_on != "train":
+            print(f"validation chose epoch {history['best_epoch']}; fitting again on {config.fit_on} "
+                  f"(trees included)", flush=True)
+        refit_progress = [EpochPrinter(history["best_epoch"], "refit epoch")] if show_progress else []
+        scored, shipped = release(config, prepared.splits, chosen, history, config.fit_on,
+                                  [MlflowEpochLogger("refit_"), *refit_progress])
+        results, model_uri, verdict = log_model_run(chosen, scored, shipped, prepared, config, history)
+        version = register(model_uri, config, results, verdict)
+    if verdict.kind == evaluate.REFUSED:
+        raise UserError(f"{verdict.message} (run {run.info.run_id}, tagged caspar.verdict=refused)")
+    return Result(run.info.run_id, model_uri, version, results, len(history["loss"]), time.perf_counter() - started, uri,
+                  verdict, config.fit_on, config.model_name, shipped.model)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from caspar import storage, tracking
+from caspar import evaluate, storage, tracking
 from caspar.cli import UserError, in_ray_job
 from caspar.config import Hyperparameters, TrainConfig, TuneConfig, check, hyperparameters
 from caspar.dataset import Prepared
@@ -44,7 +44,7 @@ METRIC, MODE = "val_loss", "min"
 CHECKPOINT_FILE = "model.keras"
 REDUCTION_FACTOR = 3  # of ASHA
 STEP_SECONDS = 10.0  # a trial reports at least this often (at an epoch's end), so little is lost when a study's time is up
-EPOCH_METRICS = ("loss", "val_loss", "val_mae")  # per epoch, in MLflow
+EPOCH_METRICS = ("loss", "val_loss", "val_mae", "learning_rate")  # per epoch, in MLflow
 STEP_METRICS = ("best_val_loss", "cpu_seconds", "startup_seconds")  # per result, in MLflow
 PER_EPOCH = "_per_epoch"  # a result's list of every epoch's value since the previous result
 
@@ -93,15 +93,17 @@ def trial_class():
             self.start(config)
 
         def start(self, config):
-            from caspar.train import compiled_model, schedule_callbacks, tf_datasets
+            from caspar.callbacks import BestEpoch, StopAfterSeconds
+            from caspar.train import compiled_model, schedule_callbacks, tf_datasets, validation_loss
 
             self.started, self.cpu_started, self.startup = time.perf_counter(), time.process_time(), None
             hp = Hyperparameters(**config)
             self.model = compiled_model(hp, self.data["x_train"], self.data["y_train"], trees=self.trees(hp))
             self.batches = tf_datasets(self.data["x_train"], self.data["y_train"], self.data["x_val"], self.data["y_val"],
                                        hp.batch_size, hp.seed)
-            self.callbacks = [*schedule_callbacks(hp), self.best_weights_keeper(), self.step_timer()]
-            self.epoch, self.best, self.best_weights = 0, np.inf, None
+            self.best = BestEpoch(validation_loss(self.model, self.batches[1]), restore=False)
+            self.callbacks = [*schedule_callbacks(hp), self.best, StopAfterSeconds(lambda: self.step_started, STEP_SECONDS)]
+            self.epoch = 0
 
         def trees(self, hp):
             """The study's trees (fitted once, on the driver) for a trial that has them."""
@@ -109,30 +111,6 @@ def trial_class():
 
             arrays = self.data.get("trees", {}).get(hp.trees)
             return TreeEnsemble(**arrays) if arrays else None
-
-        def best_weights_keeper(self):
-            import keras
-
-            trial = self
-
-            class KeepBest(keras.callbacks.Callback):
-                def on_epoch_end(self, epoch, logs=None):
-                    if (logs or {}).get(METRIC, np.inf) < trial.best:
-                        trial.best, trial.best_weights = logs[METRIC], trial.model.get_weights()
-
-            return KeepBest()
-
-        def step_timer(self):
-            import keras
-
-            trial = self
-
-            class StopAfterSeconds(keras.callbacks.Callback):
-                def on_epoch_end(self, epoch, logs=None):
-                    if time.perf_counter() - trial.step_started > STEP_SECONDS:
-                        self.model.stop_training = True
-
-            return StopAfterSeconds()
 
         def step(self):
             if self.startup is None:
@@ -145,14 +123,14 @@ def trial_class():
             self.epoch += len(history["loss"])
             per_epoch = {f"{k}{PER_EPOCH}": [float(v) for v in history[k]] for k in EPOCH_METRICS if k in history}
             return {**{k: float(history[k][-1]) for k in EPOCH_METRICS if k in history}, **per_epoch,
-                    "epoch": self.epoch, "best_val_loss": self.best,
+                    "epoch": self.epoch, "best_val_loss": self.best.best, "best_epoch": self.best.best_epoch,
                     "cpu_seconds": time.process_time() - self.cpu_started, "startup_seconds": self.startup,
                     "node_id": self.node,  # not a number, not in MLflow
-                    "should_checkpoint": self.epoch in self.milestones and self.best_weights is not None}
+                    "should_checkpoint": self.epoch in self.milestones}
 
         def save_checkpoint(self, checkpoint_dir):
             current = self.model.get_weights()
-            self.model.set_weights(self.best_weights)
+            self.model.set_weights(self.best.best_weights)
             self.model.save(os.path.join(checkpoint_dir, CHECKPOINT_FILE))
             self.model.set_weights(current)
             with open(os.path.join(checkpoint_dir, "epoch"), "w") as handle:
@@ -187,6 +165,8 @@ class Study:
     errored: int
     run_id: str
     registered_version: str | None
+    verdict: evaluate.Verdict
+    fit_on: str
     seconds: float
     tracking_uri: str
     path: str
@@ -205,9 +185,9 @@ class Study:
             f"other and idle {max(0.0, 1 - self.core_utilisation - self.driver_share):.2f}), "
             f"trial start-up {self.mean_startup_seconds:.1f} s, {3600 * self.trials / max(self.seconds, 1):.0f} trials per hour",
             f"best: {config}",
-            f"best val_loss {self.best_val_loss:.5f}; test R² {m['test_r2']:.4f} "
-            f"(GBDT baseline {m['baseline_gbdt_test_r2']:.4f}, mean baseline {m['baseline_mean_test_r2']:.4f})",
+            f"best val_loss {self.best_val_loss:.5f}; refitted on {self.fit_on}: {evaluate.summary_line(m, self.fit_on)}",
             f"best model: run {self.run_id}{registered}",
+            *([f"warning: {self.verdict.message}"] if self.verdict.message else []),
             f"study stored in {self.path} (resume with --resume)",
             tracking.ui_hint(self.tracking_uri),
         ]
@@ -277,12 +257,16 @@ def tune_study(settings: TuneConfig, prepared: Prepared, verbose: bool = False) 
         summary["driver_share"] = driver_cpu / max(cpu_capacity, 1e-9)
         log_study(results, best, summary)
     best_config = TrainConfig(**hyperparameters(best.config), data=settings.data, experiment_name=settings.experiment_name,
-                              run_name=settings.run_name, model_name=settings.model_name, alias=settings.alias)
-    metrics, run_id, version = log_best(load_best_model(best), normalizer, prepared, best_config, best, parent)
+                              run_name=settings.run_name, model_name=settings.model_name, alias=settings.alias,
+                              fit_on=settings.fit_on)
+    metrics, run_id, version, verdict = log_best(best, normalizer, prepared, best_config, parent)
+    if verdict.kind == evaluate.REFUSED:
+        raise UserError(f"{verdict.message} (run {run_id}, tagged caspar.verdict=refused)")
     return Study(best_config={k: best.config[k] for k in SEARCH_SPACE}, best_val_loss=summary["best_val_loss"],
                  metrics=metrics, trials=len(results), stopped_early=summary["stopped_early"],
                  unfinished=summary["unfinished"], errored=len(results.errors),
-                 run_id=run_id, registered_version=version, seconds=time.perf_counter() - started, tracking_uri=uri,
+                 run_id=run_id, registered_version=version, verdict=verdict, fit_on=settings.fit_on,
+                 seconds=time.perf_counter() - started, tracking_uri=uri,
                  path=study_path(settings), core_utilisation=summary["core_utilisation"],
                  driver_share=summary["driver_share"],
                  mean_startup_seconds=summary["mean_trial_startup_seconds"])
@@ -469,20 +453,33 @@ def load_best_model(best):
         return keras.models.load_model(os.path.join(folder, CHECKPOINT_FILE))
 
 
-def log_best(model, normalizer, prepared, config: TrainConfig, best, parent):
+def best_history(best) -> dict:
+    """The best trial's run as `caspar.train.fit` reports one: every epoch's losses and learning
+    rate, and the epoch of its best validation loss (0: its untrained model, the trees alone)."""
+    frame = best.metrics_dataframe
+    history = {k: [v for values in frame[k + PER_EPOCH] for v in values] for k in EPOCH_METRICS if k + PER_EPOCH in frame}
+    history["best_epoch"] = int(frame["best_epoch"].iloc[int(np.argmin(frame["best_val_loss"].to_numpy()))])
+    return history
+
+
+def log_best(best, normalizer, prepared, config: TrainConfig, parent):
     """The best trial's model as a run of its own, named --run-name, with a train run's artefacts
-    and the same parameter names as a train run."""
+    and the same parameter names as a train run: refitted on the games of --fit-on for the epochs
+    of its best validation loss, scored with every baseline, registered unless the verdict refuses."""
     import mlflow
 
-    from caspar.train import log_model_run, run_tags
-    frame = best.metrics_dataframe
-    history = {k: [v for values in frame[k + PER_EPOCH] for v in values] for k in ("loss", "val_loss")
-               if k + PER_EPOCH in frame}
+    from caspar.train import Fitted, log_model_run, register, release, run_tags
+
+    history = best_history(best)
+    chosen = Fitted(load_best_model(best), normalizer, ("train",))
     tags = {**run_tags(prepared), "study": config.run_name, "mlflow.parentRunId": parent.info.run_id}
     with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=config.run_name, tags=tags) as run:
-        mlflow.log_params(hyperparameters(config) | {"data": config.data, "trial_id": best.path.rstrip("/").split("/")[-1]})
-        metrics, _, version = log_model_run(model, normalizer, prepared, config, history)
-    return metrics, run.info.run_id, version
+        mlflow.log_params(hyperparameters(config) | {"fit_on": config.fit_on, "data": config.data,
+                                                     "trial_id": best.path.rstrip("/").split("/")[-1]})
+        scored, shipped = release(config, prepared.splits, chosen, history, config.fit_on)
+        metrics, model_uri, verdict = log_model_run(chosen, scored, shipped, prepared, config, history)
+        version = register(model_uri, config, metrics, verdict)
+    return metrics, run.info.run_id, version, verdict
 
 
 def _log_val_loss_plot(results) -> None:

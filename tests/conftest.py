@@ -75,3 +75,16 @@ def sample_dataset(ray_local, tmp_path_factory):
     dataset.prepare(PrepareConfig(input=str(folder / "raw"), output=str(folder / "prepared"), test_size=0.2,
                                   validation_size=0.2, seed=1))
     return str(folder / "prepared")
+
+
+@pytest.fixture(scope="session")
+def corpus_dataset(ray_local, tmp_path_factory):
+    """The shared corpus of real logs, prepared once by the real prepare job: (folder, summary)."""
+    from caspar import dataset
+    from caspar.config import PrepareConfig
+
+    if not GAMELOGS.is_dir():
+        pytest.skip("../shared/gamelogs not present")
+    folder = tmp_path_factory.mktemp("corpus") / "prepared"
+    summary = dataset.prepare(PrepareConfig(input=str(GAMELOGS), output=str(folder)))
+    return str(folder), summary

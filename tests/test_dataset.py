@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
-from conftest import GAMELOGS, ROOT, needs_shared_logs
+from conftest import ROOT
 
 from caspar import dataset
 from caspar.config import PrepareConfig
@@ -146,12 +146,11 @@ def test_s3_input_and_output(ray_local, s3_endpoint, sample_logs, tmp_path):
     assert read_rows(path, filesystem).num_rows == sum(summary.rows.values()) > 0
 
 
-@needs_shared_logs()
-def test_real_corpus(ray_local, tmp_path):
-    summary = dataset.prepare(PrepareConfig(input=str(GAMELOGS), output=str(tmp_path / "prepared")))
+def test_real_corpus(corpus_dataset):
+    folder, summary = corpus_dataset
     assert summary.files == 143 and summary.unreadable_files == 0
     assert sum(summary.rows.values()) == 9502 and summary.human_moves == 10285
-    table = read_rows(tmp_path / "prepared")
+    table = read_rows(folder)
     features = np.stack(table["features"].to_numpy(zero_copy_only=False)).astype(np.float64)
     reward = table["reward"].to_numpy()
     bounds = feature_bounds()
