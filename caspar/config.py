@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import re
+import sys
 import typing
 from dataclasses import dataclass, field
 
@@ -164,7 +166,8 @@ def _types(cls) -> dict[str, type]:
 
 
 def parser_for(cls, description: str) -> argparse.ArgumentParser:
-    parser = _Parser(description=description, formatter_class=_Formatter)
+    job = os.path.splitext(os.path.basename(sys.argv[0]))[0]  # "train": the prefix of every error line of the job
+    parser = _Parser(prog=job, description=description, formatter_class=_Formatter)
     types = _types(cls)
     for f in dataclasses.fields(cls):
         meta, kind = f.metadata, types[f.name]

@@ -222,6 +222,45 @@ def test_a_diverged_run_is_failed_and_registers_nothing(good, tmp_path, monkeypa
     mlflow.set_tracking_uri(None)
 
 
+def test_a_model_no_better_than_the_mean_is_neither_registered_nor_exported(good, tmp_path, monkeypatch):
+    """The registration gate: a run whose model does not beat always predicting the train mean stays,
+    FINISHED and tagged with the reason, registers nothing, and the export job refuses it in one line."""
+    import mlflow
+
+    from caspar import evaluate
+    from caspar import train as training
+
+    scorecard = evaluate.scorecard
+
+    def no_better_than_the_mean(*args, **kwargs):  # the real scorecard, its model made as good as the mean
+        card = scorecard(*args, **kwargs)
+        return card | {"test_r2": card["baseline_mean_test_r2"]}
+
+    monkeypatch.setattr(evaluate, "scorecard", no_better_than_the_mean)
+    store = f"sqlite:///{tmp_path}/m.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    with pytest.raises(training.UserError, match="does not beat always predicting the train mean"):
+        training.train(TrainConfig(data=str(good / "prepared"), hidden_layers=[8], epochs=1, trees=20, run_name="useless",
+                                   model_name="CASPAR-useless"))
+    client = mlflow.MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("caspar").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["caspar.verdict"] == "refused"
+    assert "train mean" in run.data.tags["caspar.verdict_reason"]
+    assert client.search_model_versions("name = 'CASPAR-useless'") == []
+    mlflow.set_tracking_uri(None)
+    for reference in ("useless", run.info.run_id):
+        error = one_error_line(job("export", "--run", reference, "--output", str(tmp_path / "exports"),
+                                   env={"MLFLOW_TRACKING_URI": store}), "export")
+        assert "is not exported" in error and "train mean" in error
+    assert not (tmp_path / "exports").exists()
+
+
+def test_a_reserved_alias_is_refused_before_training(good, tmp_path):
+    error = one_error_line(job("train", "--data", str(good / "prepared"), "--alias", "v2",
+                               env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}), "train")
+    assert "--alias v2" in error and not (tmp_path / "m.db").exists()
+
+
 # --- Tracking store and resume -----------------------------------------------------------------------
 
 def test_a_read_only_tracking_store_names_the_cause(good, tmp_path):

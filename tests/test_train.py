@@ -37,7 +37,7 @@ def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
     for key in ("loss", "val_loss", "val_mae"):
         assert len(client.get_metric_history(result.run_id, key)) == result.epochs
     for key in ("test_mse", "test_mae", "test_r2", "baseline_mean_test_r2", "baseline_gbdt_test_r2",
-                "baseline_gbdt_test_mse", "baseline_mean_test_mae"):
+                "baseline_gbdt_test_mse", "baseline_mean_test_mae", "baseline_trees_test_r2", "best_epoch"):
         assert key in run.data.metrics
     assert run.data.metrics["test_r2"] == pytest.approx(result.metrics["test_r2"])
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
@@ -49,9 +49,11 @@ def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
     # the registered model loads back and predicts what the trained model predicted
     assert result.registered_version is not None
     loaded = mlflow.keras.load_model(f"models:/CASPAR-test/{result.registered_version}")
-    normalizer = Normalizer.fit(prepared.splits["train"][0])
+    # shipped: refitted on train + validation, normalised by those rows
+    normalizer = Normalizer.fit(np.concatenate([prepared.splits["train"][0], prepared.splits["val"][0]]))
     x = normalizer.transform(prepared.splits["test"][0])
     np.testing.assert_allclose(loaded.predict(x, verbose=0), result.model.predict(x, verbose=0), atol=1e-6)
+    assert run.data.tags["caspar.fit_on"] == "train+val" and run.data.params["fit_on"] == "train+val"
 
 
 def test_normalization_csv_is_the_games_transform(tracking_server, sample_dataset, tmp_path):
@@ -69,7 +71,8 @@ def test_normalization_csv_is_the_games_transform(tracking_server, sample_datase
     assert index == list(range(prepared.schema["width"]))
     raw = prepared.splits["test"][0].astype(np.float64)
     as_the_game_does = np.clip((raw - low) / (high - low), 0, 1).astype(np.float32)
-    model_input = Normalizer.fit(prepared.splits["train"][0]).transform(prepared.splits["test"][0])
+    shipped_rows = np.concatenate([prepared.splits["train"][0], prepared.splits["val"][0]])  # --fit-on train+val
+    model_input = Normalizer.fit(shipped_rows).transform(prepared.splits["test"][0])
     assert np.array_equal(as_the_game_does, model_input)
 
 
@@ -244,19 +247,21 @@ def test_every_optimizer_with_its_defaults_takes_a_step(optimizer):
 
 def test_cross_validation_benchmark_holds_out_every_game_once(sample_dataset):
     """bench/train.py --cv-folds: every log file of the train and validation splits is scored in
-    exactly one fold, and the summary is the mean of the folds' differences."""
+    exactly one fold, and the summary's paired differences are the means of the folds'."""
     import re
 
     prepared = load_prepared(sample_dataset)
     games = set(prepared.files["train"]) | set(prepared.files["val"])  # the test split stays out
     small = '{"epochs": 2, "hidden_layers": [8], "trees": 10, "ensemble_size": 1}'
     result = subprocess.run([sys.executable, "bench/train.py", "--data", sample_dataset, "--skip-throughput",
-                             "--skip-default-run", "--cv-folds", "3", "--set", small],
+                             "--cv-folds", "3", "--set", small],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    folds = re.findall(r"fold \d/3: (\d+) games, \d+ rows: network R² (\S+), GBDT (\S+), difference (\S+)", result.stdout)
+    folds = re.findall(r"fold \d/3: (\d+) games, \d+ rows, best epoch \d+: model R² (\S+), own trees (\S+), GBDT (\S+),",
+                       result.stdout)
     assert len(folds) == 3 and sum(int(fold[0]) for fold in folds) == len(games)
-    for _, network, gbdt, difference in folds:
-        assert float(difference) == pytest.approx(float(network) - float(gbdt), abs=2e-4)
-    mean = float(re.search(r"network minus GBDT R² (\S+) ±", result.stdout).group(1))
-    assert mean == pytest.approx(np.mean([float(fold[3]) for fold in folds]), abs=2e-4)
+    model, trees, gbdt = (np.array([float(fold[i]) for fold in folds]) for i in (1, 2, 3))
+    summary = re.search(r"model R² (\S+) ± \S+; model − own trees (\S+) ± \S+; model − GBDT (\S+) ±", result.stdout)
+    assert float(summary.group(1)) == pytest.approx(model.mean(), abs=2e-4)
+    assert float(summary.group(2)) == pytest.approx((model - trees).mean(), abs=2e-4)
+    assert float(summary.group(3)) == pytest.approx((model - gbdt).mean(), abs=2e-4)
