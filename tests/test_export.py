@@ -112,7 +112,9 @@ def test_every_model_family_exports_and_reports_its_latency(family, mlflow_url, 
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_url)
     name = "family-" + family.replace(" ", "-")
-    trained = train(TrainConfig(**{"hidden_layers": [16], "epochs": 2, "data": sample_dataset, "experiment_name": "test-families",
+    # enough steps on the small synthetic dataset for every family to beat the mean (or it would not be registered)
+    trained = train(TrainConfig(**{"hidden_layers": [16], "epochs": 20, "batch_size": 32, "learning_rate": 0.01,
+                                   "data": sample_dataset, "experiment_name": "test-families",
                                    "run_name": name, "model_name": "CASPAR-families", **FAMILIES[family]}))
     result = export.export(name, str(tmp_path))
     check_export(result, tmp_path)  # SavedModel and TFLite equal the Keras model within 1e-5
