@@ -97,6 +97,37 @@ def test_failed_verification_keeps_the_earlier_export(trained, tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == [".export-me.lock", os.path.basename(earlier.folder)]
 
 
+def test_a_run_left_running_does_not_hide_the_finished_one(trained, tmp_path):
+    """A train killed after logging its artefacts but before its model stays RUNNING under the same
+    name; export by name takes the newest FINISHED run with a model."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_run(trained.run_id).info.experiment_id
+    killed = client.create_run(experiment, run_name="export-me").info.run_id  # newer, never ended
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "min_max_feature_normalization.csv").write_text("feature,min,max\n0,0.0,1.0\n")
+    client.log_artifact(killed, str(tmp_path / "in" / "min_max_feature_normalization.csv"))
+    result = export.export("export-me", str(tmp_path / "out"))
+    assert result.source.run_id == trained.run_id
+    client.delete_run(killed)
+
+
+def test_export_compares_with_the_outputs_training_recorded(trained, tmp_path, monkeypatch):
+    """Not only with the model as reloaded: a model whose stored copy no longer gives what training
+    recorded in test_inputs.csv is not exported."""
+    read = export.read_test_inputs
+
+    def recorded_otherwise(path):
+        raw, recorded = read(path)
+        return raw, recorded + 1e-3
+
+    monkeypatch.setattr(export, "read_test_inputs", recorded_otherwise)
+    with pytest.raises(export.ExportError, match="differs from the outputs training recorded"):
+        export.export("export-me", str(tmp_path))
+    assert not (tmp_path / "export-me").exists()
+
+
 FAMILIES = {
     "plain network": {"trees": 0, "ensemble_size": 1},
     "TabM-mini ensemble": {"trees": 0, "ensemble_size": 4},
