@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from caspar import storage, tracking
+from caspar import javamodel, storage, tracking
 from caspar.cli import UserError
 from caspar.model import NORMALIZATION_FILE, Normalizer
 
@@ -83,7 +83,8 @@ def find_model(ref: str, experiment_name: str | None = None) -> Source:
     with_model = [r for r in runs if r.info.status == "FINISHED" and _has_model(client, r.info.run_id)]
     where = f" in experiment {experiment_name}" if experiment_name else ""
     if runs and not with_model:
-        raise ExportError(f"{len(runs)} runs are named {ref!r}{where} but none finished with a model (they failed or are still running)")
+        raise ExportError(f"{len(runs)} runs are named {ref!r}{where} but none finished with a model "
+                          "(they failed or are still running)")
     runs = with_model
     if not runs:
         names = {r.info.run_name for r in client.search_runs([e.experiment_id for e in experiments], max_results=1000)}
@@ -124,6 +125,26 @@ def _safe_name(name: str) -> str:
 
 
 @dataclass
+class JavaModel:
+    """The plain-Java model of an export: model.caspar and CasparModel.java, run by the JDK."""
+    written: bool
+    verified: bool
+    difference: float | None = None
+    note: str = ""  # why it was not written or not verified
+
+    @property
+    def status(self) -> str:
+        return "verified" if self.verified else "unverified" if self.written else "none"
+
+    def line(self, latency: dict[str, float]) -> str:
+        if not self.verified:
+            return f"Java model: {self.note}"
+        return (f"Java model ({javamodel.MODEL_FILE}, CasparModel.java): verified in Java, max |difference| "
+                f"{self.difference:.2e}; {latency['java_batch1_ms']:.3f} ms at batch 1, "
+                f"{latency['java_batch256_ms']:.2f} ms per batch of 256 (one thread, median)")
+
+
+@dataclass
 class Exported:
     source: Source
     tflite: str
@@ -132,6 +153,7 @@ class Exported:
     width: int
     sizes: dict[str, int]
     latency: dict[str, float]  # milliseconds per call, one thread (median)
+    java: JavaModel
 
     def lines(self) -> list[str]:
         lines = [self.source.note] if self.source.note else []
@@ -144,6 +166,7 @@ class Exported:
             f"latency, one thread, median: TFLite {ms['tflite_batch1_ms']:.3f} ms at batch 1, "
             f"{ms['tflite_batch256_ms']:.2f} ms at batch 256; SavedModel called from Python {ms['savedmodel_batch1_ms']:.2f} ms "
             f"at batch 1 (an empty model costs {ms['savedmodel_floor_ms']:.2f} ms there)",
+            self.java.line(ms),
         ]
         tflite_mb = self.sizes[os.path.basename(self.tflite)] / 2**20
         if ms["tflite_batch1_ms"] > LATENCY_BUDGET_MS or tflite_mb > SIZE_BUDGET_MB:
@@ -171,25 +194,54 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
         import caspar.layers  # noqa: F401  (custom layers must be known before loading)
 
         keras_model = mlflow.keras.load_model(source.model_uri)
-        with storage.replacing(folder, "the export") as staging:  # verified before it replaces anything
-            keras_model.export(staging, format="tf_saved_model", verbose=False)
-            for artifact in (NORMALIZATION_FILE, TEST_INPUTS_FILE, "schema.json"):
-                shutil.copy(os.path.join(downloads, artifact), staging)
-            schema = json.load(open(os.path.join(staging, "schema.json")))
-            _write_readme(os.path.join(staging, "README.md"), source.name, schema)
-            with open(os.path.join(staging, tflite_name), "wb") as handle:
-                handle.write(_to_tflite(staging))
-            difference = verify(keras_model, staging, os.path.join(staging, tflite_name), schema["width"])
-    tflite_path = os.path.join(folder, tflite_name)
-    sizes = {tflite_name: os.path.getsize(tflite_path),
-             "SavedModel": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs
-                               if f != tflite_name)}
-    latency = measure_latency(folder, tflite_path, schema["width"])
+        with javamodel.classes() as classes:
+            with storage.replacing(folder, "the export") as staging:  # verified before it replaces anything
+                keras_model.export(staging, format="tf_saved_model", verbose=False)
+                for artifact in (NORMALIZATION_FILE, TEST_INPUTS_FILE, "schema.json"):
+                    shutil.copy(os.path.join(downloads, artifact), staging)
+                schema = json.load(open(os.path.join(staging, "schema.json")))
+                _write_readme(os.path.join(staging, "README.md"), source.name, schema)
+                with open(os.path.join(staging, tflite_name), "wb") as handle:
+                    handle.write(_to_tflite(staging))
+                difference = verify(keras_model, staging, os.path.join(staging, tflite_name), schema["width"])
+                java = write_java(keras_model, staging, schema["version"], classes)
+            tflite_path = os.path.join(folder, tflite_name)
+            latency = measure_latency(folder, tflite_path, schema["width"])
+            if java.verified:
+                latency |= javamodel.latency(folder, classes)
+    sizes = {name: os.path.getsize(os.path.join(folder, name)) for name in (tflite_name, javamodel.MODEL_FILE)
+             if os.path.exists(os.path.join(folder, name))}
+    sizes["SavedModel"] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs
+                              if f == "saved_model.pb" or os.path.basename(d) == "variables")
     with mlflow.start_run(run_id=source.run_id):
         mlflow.log_artifacts(folder, artifact_path=f"export/{source.name}")
+        mlflow.set_tag("caspar.java", java.status if java.written else f"none: {java.note}")
         mlflow.log_metrics({f"export_{k}": v for k, v in latency.items()}
-                           | {"export_tflite_mb": sizes[tflite_name] / 2**20, "export_savedmodel_mb": sizes["SavedModel"] / 2**20})
-    return Exported(source, tflite_path, folder, difference, schema["width"], sizes, latency)
+                           | {f"export_{name.replace('.', '_').lower()}_mb": size / 2**20 for name, size in sizes.items()
+                              if name != tflite_name}
+                           | {"export_tflite_mb": sizes[tflite_name] / 2**20})
+    return Exported(source, tflite_path, folder, difference, schema["width"], sizes, latency, java)
+
+
+def write_java(keras_model, staging: str, feature_set: str, classes: str | None) -> JavaModel:
+    """model.caspar and CasparModel.java beside the other formats, and the Java model run by the JDK
+    on test_inputs.csv: an output more than TOLERANCE from what training recorded fails the export.
+    A model the Java format cannot express gets no Java files (one line says why); without a JDK
+    the files are written, unverified."""
+    try:
+        javamodel.write(keras_model, os.path.join(staging, javamodel.MODEL_FILE), feature_set)
+    except javamodel.UnsupportedModel as error:
+        return JavaModel(False, False, note=f"not written: {error}")
+    shutil.copy(javamodel.SOURCE, staging)
+    if classes is None:
+        return JavaModel(True, False, note="written, not verified: no JDK (javac and java) on this machine")
+    _, recorded = read_test_inputs(os.path.join(staging, TEST_INPUTS_FILE))
+    outputs = javamodel.predict(staging, os.path.join(staging, TEST_INPUTS_FILE), classes)
+    difference = float(np.max(np.abs(outputs - recorded))) if len(outputs) == len(recorded) else np.inf
+    if not difference <= TOLERANCE:
+        raise ExportError(f"verification failed: the Java model differs from the outputs training recorded by "
+                          f"{difference:.2e} (limit {TOLERANCE:g})")
+    return JavaModel(True, True, difference)
 
 
 def measure_latency(saved_model: str, tflite_path: str, width: int) -> dict[str, float]:

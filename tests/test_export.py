@@ -149,9 +149,17 @@ def test_every_model_family_exports_and_reports_its_latency(family, mlflow_url, 
                                    "run_name": name, "model_name": "CASPAR-families", **FAMILIES[family]}))
     result = export.export(name, str(tmp_path))
     check_export(result, tmp_path)  # SavedModel and TFLite equal the Keras model within 1e-5
-    assert set(result.latency) == {"tflite_batch1_ms", "tflite_batch256_ms", "savedmodel_batch1_ms", "savedmodel_floor_ms"}
+    assert set(result.latency) == {"tflite_batch1_ms", "tflite_batch256_ms", "savedmodel_batch1_ms", "savedmodel_floor_ms",
+                                   "java_batch1_ms", "java_batch256_ms"}
     assert all(value > 0 for value in result.latency.values())
     assert result.latency["tflite_batch256_ms"] > result.latency["tflite_batch1_ms"]
     assert any(line.startswith("latency, one thread, median: TFLite") for line in result.lines())
+    # the plain-Java model: written, run by the JDK on test_inputs.csv, timed
+    assert result.java.verified and result.java.difference <= export.TOLERANCE
+    assert (tmp_path / name / "model.caspar").is_file() and (tmp_path / name / "CasparModel.java").is_file()
+    assert 0 < result.latency["java_batch1_ms"] < result.latency["java_batch256_ms"]
+    assert any(line.startswith("Java model (model.caspar, CasparModel.java): verified in Java") for line in result.lines())
     logged = MlflowClient().get_run(trained.run_id).data.metrics
     assert logged["export_tflite_batch1_ms"] == pytest.approx(result.latency["tflite_batch1_ms"])
+    assert logged["export_java_batch1_ms"] == pytest.approx(result.latency["java_batch1_ms"])
+    assert MlflowClient().get_run(trained.run_id).data.tags["caspar.java"] == "verified"

@@ -1,0 +1,527 @@
+import java.io.BufferedReader;
+import java.io.DataInputStream;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * A CASPAR model exported by caspar-trainer, computed in plain Java (no dependency beyond the JDK).
+ *
+ * <p>Load it from an export folder and score candidate paths with their raw feature values; the
+ * model applies the game's min-max normalisation itself:
+ *
+ * <pre>
+ *   CasparModel model = CasparModel.load(Path.of("data/ai/brains/model-v1"));
+ *   if (!model.featureSet().equals(EXPECTED_FEATURE_SET)) { ... }   // the game's feature code must match
+ *   float reward = model.predict(rawFeatures);                          // one candidate path
+ * </pre>
+ *
+ * <p>The folder holds {@code model.caspar} (the layers and their weights, format below) and
+ * {@code min_max_feature_normalization.csv} (lines {@code index,min,max}); each input becomes
+ * clamp((x - min) / (max - min), 0, 1). From a shell, {@code java CasparModel.java FOLDER < rows.csv}
+ * prints one prediction per line for rows of comma-separated raw feature values.
+ *
+ * <p>{@code model.caspar}: text lines up to a line {@code data}, then every array in the order its
+ * {@code array} line names it, little-endian, float32 ({@code f32}) or int32 ({@code i32}):
+ * <pre>
+ *   caspar-model 1
+ *   feature_set HASH
+ *   inputs N
+ *   layer TYPE PARAMETERS...          (in the order the network applies them)
+ *   array NAME f32|i32 COUNT          (the arrays of the layer above)
+ *   output clip|sigmoid               (trees + network clipped to [0, 1], or a sigmoid unit)
+ *   data
+ * </pre>
+ * Layers: {@code periodic F K D}, {@code piecewise F B}, {@code adapter M W}, {@code dense M IN OUT
+ * ACTIVATION}, {@code batchensemble M IN OUT ACTIVATION}, {@code affine M W} (batch normalisation,
+ * folded), {@code heads M W} (the ensemble's outputs, averaged), and {@code trees T NODES} (applied to
+ * the normalised inputs, added to the network's output). An array of M members holds member after
+ * member.
+ */
+public final class CasparModel {
+    public static final String MODEL_FILE = "model.caspar";
+    public static final String NORMALIZATION_FILE = "min_max_feature_normalization.csv";
+    private static final int FORMAT = 1;
+
+    private final String featureSet;
+    private final int inputWidth;
+    private final float[] minimum;
+    private final float[] maximum;
+    private final List<Layer> layers;
+    private final Trees trees;
+    private final boolean sigmoidOutput;
+
+    private CasparModel(String featureSet, int inputWidth, float[] minimum, float[] maximum, List<Layer> layers,
+                        Trees trees, boolean sigmoidOutput) {
+        this.featureSet = featureSet;
+        this.inputWidth = inputWidth;
+        this.minimum = minimum;
+        this.maximum = maximum;
+        this.layers = layers;
+        this.trees = trees;
+        this.sigmoidOutput = sigmoidOutput;
+    }
+
+    /** The feature-set version the model was trained on (schema.json's "version"). */
+    public String featureSet() {
+        return featureSet;
+    }
+
+    /** How many raw feature values {@link #predict(float[])} takes. */
+    public int inputWidth() {
+        return inputWidth;
+    }
+
+    /** The predicted reward (0 to 1) of one candidate path, from its raw feature values. */
+    public float predict(float[] rawFeatures) {
+        if (rawFeatures.length != inputWidth) {
+            throw new IllegalArgumentException("expected " + inputWidth + " features, got " + rawFeatures.length);
+        }
+        float[] x = normalise(rawFeatures);
+        float[] values = x;
+        for (Layer layer : layers) {
+            values = layer.apply(values);
+        }
+        float network = values[0];
+        if (trees == null) {
+            return sigmoidOutput ? sigmoid(network) : network;
+        }
+        return Math.min(1f, Math.max(0f, trees.apply(x) + network));
+    }
+
+    /** The predicted rewards of several candidate paths, one row of raw feature values each. */
+    public float[] predict(float[][] rawRows) {
+        float[] predictions = new float[rawRows.length];
+        for (int row = 0; row < rawRows.length; row++) {
+            predictions[row] = predict(rawRows[row]);
+        }
+        return predictions;
+    }
+
+    /** The game's normalisation: in double, as MegaMek computes it, then float for the network. */
+    private float[] normalise(float[] raw) {
+        float[] x = new float[raw.length];
+        for (int i = 0; i < raw.length; i++) {
+            double scaled = ((double) raw[i] - minimum[i]) / ((double) maximum[i] - minimum[i]);
+            x[i] = (float) Math.min(1.0, Math.max(0.0, scaled));
+        }
+        return x;
+    }
+
+    // --- Loading -------------------------------------------------------------------------------------
+
+    /** Reads model.caspar and the normalisation CSV of an export folder; fails on anything unknown. */
+    public static CasparModel load(Path folder) throws IOException {
+        float[][] bounds = readNormalization(folder.resolve(NORMALIZATION_FILE));
+        try (DataInputStream in = new DataInputStream(Files.newInputStream(folder.resolve(MODEL_FILE)))) {
+            return read(in, bounds, folder.resolve(MODEL_FILE).toString());
+        }
+    }
+
+    private static CasparModel read(DataInputStream in, float[][] bounds, String file) throws IOException {
+        List<String[]> header = new ArrayList<>();
+        for (String line = readLine(in); !line.equals("data"); line = readLine(in)) {
+            header.add(line.trim().split(" +"));
+        }
+        String[] first = header.get(0);
+        if (!first[0].equals("caspar-model") || Integer.parseInt(first[1]) != FORMAT) {
+            throw new IOException(file + ": not a caspar-model " + FORMAT + " file (" + String.join(" ", first) + ")");
+        }
+        String featureSet = null;
+        int inputWidth = -1;
+        boolean sigmoidOutput = false;
+        List<String[]> layerLines = new ArrayList<>();
+        List<Map<String, Object>> layerArrays = new ArrayList<>();
+        for (String[] line : header.subList(1, header.size())) {
+            switch (line[0]) {
+                case "feature_set" -> featureSet = line[1];
+                case "inputs" -> inputWidth = Integer.parseInt(line[1]);
+                case "output" -> sigmoidOutput = switch (line[1]) {
+                    case "sigmoid" -> true;
+                    case "clip" -> false;
+                    default -> throw new IOException(file + ": unknown output " + line[1]);
+                };
+                case "layer" -> {
+                    layerLines.add(line);
+                    layerArrays.add(new HashMap<>());
+                }
+                case "array" -> layerArrays.get(layerArrays.size() - 1).put(line[1], readArray(in, line[2], Integer.parseInt(line[3])));
+                default -> throw new IOException(file + ": unknown line " + String.join(" ", line));
+            }
+        }
+        if (bounds[0].length != inputWidth) {
+            throw new IOException(NORMALIZATION_FILE + " has " + bounds[0].length + " features, the model " + inputWidth);
+        }
+        List<Layer> layers = new ArrayList<>();
+        Trees trees = null;
+        for (int i = 0; i < layerLines.size(); i++) {
+            String[] line = layerLines.get(i);
+            Map<String, Object> arrays = layerArrays.get(i);
+            if (line[1].equals("trees")) {
+                trees = new Trees(arrays);
+            } else {
+                layers.add(layer(line, arrays, file));
+            }
+        }
+        if (trees == null && !sigmoidOutput) {
+            throw new IOException(file + ": output clip needs trees");
+        }
+        return new CasparModel(featureSet, inputWidth, bounds[0], bounds[1], layers, trees, sigmoidOutput);
+    }
+
+    private static Layer layer(String[] line, Map<String, Object> arrays, String file) throws IOException {
+        int[] n = new int[line.length - 2];
+        String activation = "linear";
+        for (int i = 2; i < line.length; i++) {
+            if (line[i].matches("-?\\d+")) {
+                n[i - 2] = Integer.parseInt(line[i]);
+            } else {
+                activation = line[i];
+            }
+        }
+        return switch (line[1]) {
+            case "periodic" -> new Periodic(n[0], n[1], n[2], f32(arrays, "coefficients"), f32(arrays, "kernel"), f32(arrays, "bias"));
+            case "piecewise" -> new Piecewise(n[0], n[1], f32(arrays, "lower"), f32(arrays, "width"));
+            case "adapter" -> new Adapter(n[0], n[1], f32(arrays, "scale"));
+            case "dense" -> new Dense(n[0], n[1], n[2], activation(activation, file), null, f32(arrays, "kernel"), null, f32(arrays, "bias"));
+            case "batchensemble" -> new Dense(n[0], n[1], n[2], activation(activation, file), f32(arrays, "r"), f32(arrays, "kernel"),
+                    f32(arrays, "s"), f32(arrays, "bias"));
+            case "affine" -> new Affine(n[0], n[1], f32(arrays, "scale"), f32(arrays, "shift"));
+            case "heads" -> new Heads(n[0], n[1], f32(arrays, "kernel"), f32(arrays, "bias"));
+            default -> throw new IOException(file + ": unknown layer " + line[1] + " (this CasparModel.java is older than the model)");
+        };
+    }
+
+    private static Activation activation(String name, String file) throws IOException {
+        return switch (name) {
+            case "linear" -> x -> x;
+            case "relu" -> x -> Math.max(0f, x);
+            case "sigmoid" -> CasparModel::sigmoid;
+            case "tanh" -> x -> (float) Math.tanh(x);
+            case "silu", "swish" -> x -> x * sigmoid(x);
+            case "elu" -> x -> x > 0 ? x : (float) Math.expm1(x);
+            case "gelu" -> x -> (float) (0.5 * x * (1.0 + erf(x / Math.sqrt(2.0))));
+            default -> throw new IOException(file + ": unknown activation " + name);
+        };
+    }
+
+    private static String readLine(DataInputStream in) throws IOException {
+        StringBuilder line = new StringBuilder();
+        for (int b = in.read(); b != '\n'; b = in.read()) {
+            if (b < 0) {
+                throw new IOException("model file ends before its data");
+            }
+            line.append((char) b);
+        }
+        return line.toString();
+    }
+
+    private static Object readArray(DataInputStream in, String type, int count) throws IOException {
+        byte[] bytes = in.readNBytes(4 * count);
+        if (bytes.length != 4 * count) {
+            throw new IOException("model file ends inside an array");
+        }
+        ByteBuffer buffer = ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN);
+        if (type.equals("f32")) {
+            float[] values = new float[count];
+            buffer.asFloatBuffer().get(values);
+            return values;
+        }
+        if (type.equals("i32")) {
+            int[] values = new int[count];
+            buffer.asIntBuffer().get(values);
+            return values;
+        }
+        throw new IOException("unknown array type " + type);
+    }
+
+    private static float[] f32(Map<String, Object> arrays, String name) throws IOException {
+        Object array = arrays.get(name);
+        if (!(array instanceof float[] values)) {
+            throw new IOException("missing float array " + name);
+        }
+        return values;
+    }
+
+    private static float[][] readNormalization(Path path) throws IOException {
+        List<String> lines = Files.readAllLines(path, StandardCharsets.UTF_8);
+        int width = lines.size() - 1;  // header: feature,min,max
+        float[][] bounds = new float[2][width];
+        for (int i = 0; i < width; i++) {
+            String[] cells = lines.get(i + 1).split(",");
+            if (Integer.parseInt(cells[0].trim()) != i) {
+                throw new IOException(path + " line " + (i + 2) + ": expected feature " + i);
+            }
+            bounds[0][i] = Float.parseFloat(cells[1]);
+            bounds[1][i] = Float.parseFloat(cells[2]);
+        }
+        return bounds;
+    }
+
+    // --- The layers ----------------------------------------------------------------------------------
+
+    private interface Layer {
+        float[] apply(float[] x);
+    }
+
+    private interface Activation {
+        float apply(float x);
+    }
+
+    /** PLR-lite embedding: per input, cos and sin of 2 pi c x for K frequencies, then a shared dense + ReLU. */
+    private record Periodic(int features, int frequencies, int dimension, float[] coefficients, float[] kernel, float[] bias)
+            implements Layer {
+        public float[] apply(float[] x) {
+            float[] out = new float[features * dimension];
+            float[] angles = new float[2 * frequencies];
+            for (int j = 0; j < features; j++) {
+                float turned = (float) (2 * Math.PI) * x[j];
+                for (int f = 0; f < frequencies; f++) {
+                    float angle = turned * coefficients[j * frequencies + f];
+                    angles[f] = (float) Math.cos(angle);
+                    angles[frequencies + f] = (float) Math.sin(angle);
+                }
+                for (int d = 0; d < dimension; d++) {
+                    float sum = bias[d];
+                    for (int a = 0; a < 2 * frequencies; a++) {
+                        sum += angles[a] * kernel[a * dimension + d];
+                    }
+                    out[j * dimension + d] = Math.max(0f, sum);
+                }
+            }
+            return out;
+        }
+    }
+
+    /** Piecewise-linear encoding: per input and bin, how far the input has gone through the bin. */
+    private record Piecewise(int features, int bins, float[] lower, float[] width) implements Layer {
+        public float[] apply(float[] x) {
+            float[] out = new float[features * bins];
+            for (int j = 0; j < features; j++) {
+                for (int b = 0; b < bins; b++) {
+                    int i = j * bins + b;
+                    out[i] = Math.min(1f, Math.max(0f, (x[j] - lower[i]) / width[i]));
+                }
+            }
+            return out;
+        }
+    }
+
+    /** TabM-mini's adapter: M copies of the input, each scaled by its member's vector. */
+    private record Adapter(int members, int width, float[] scale) implements Layer {
+        public float[] apply(float[] x) {
+            float[] out = new float[members * width];
+            for (int m = 0; m < members; m++) {
+                for (int i = 0; i < width; i++) {
+                    out[m * width + i] = x[i] * scale[m * width + i];
+                }
+            }
+            return out;
+        }
+    }
+
+    /**
+     * Dense layer applied to each of M members with shared weights; with r and s (BatchEnsemble, full
+     * TabM) each member scales its inputs by r and its outputs by s, and has its own bias.
+     */
+    private record Dense(int members, int in, int out, Activation activation, float[] r, float[] kernel, float[] s,
+                         float[] bias) implements Layer {
+        public float[] apply(float[] x) {
+            float[] result = new float[members * out];
+            float[] sum = new float[out];
+            for (int m = 0; m < members; m++) {
+                Arrays.fill(sum, 0f);
+                for (int i = 0; i < in; i++) {
+                    float value = r == null ? x[m * in + i] : x[m * in + i] * r[m * in + i];
+                    if (value == 0f) {
+                        continue;  // most encoded inputs are 0
+                    }
+                    int row = i * out;
+                    for (int o = 0; o < out; o++) {
+                        sum[o] += value * kernel[row + o];
+                    }
+                }
+                int own = bias.length == out ? 0 : m * out;  // one bias for all members, or one each
+                for (int o = 0; o < out; o++) {
+                    float pre = s == null ? sum[o] + bias[own + o] : sum[o] * s[m * out + o] + bias[own + o];
+                    result[m * out + o] = activation.apply(pre);
+                }
+            }
+            return result;
+        }
+    }
+
+    /** Batch normalisation at inference, folded: x * scale + shift, per feature, for every member. */
+    private record Affine(int members, int width, float[] scale, float[] shift) implements Layer {
+        public float[] apply(float[] x) {
+            float[] out = new float[members * width];
+            for (int m = 0; m < members; m++) {
+                for (int i = 0; i < width; i++) {
+                    out[m * width + i] = x[m * width + i] * scale[i] + shift[i];
+                }
+            }
+            return out;
+        }
+    }
+
+    /** One linear output per member, averaged: [M, W] to one value. */
+    private record Heads(int members, int width, float[] kernel, float[] bias) implements Layer {
+        public float[] apply(float[] x) {
+            float total = 0f;
+            for (int m = 0; m < members; m++) {
+                float sum = 0f;
+                for (int i = 0; i < width; i++) {
+                    sum += x[m * width + i] * kernel[m * width + i];
+                }
+                total += sum + bias[m];
+            }
+            return new float[] {total / members};
+        }
+    }
+
+    /** Gradient-boosted regression trees, walked node by node: the sum of the leaves each row reaches. */
+    private static final class Trees {
+        private final int[] roots;
+        private final int[] feature;
+        private final float[] threshold;
+        private final int[] left;
+        private final int[] right;
+        private final float[] value;
+
+        Trees(Map<String, Object> arrays) throws IOException {
+            roots = i32(arrays, "roots");
+            feature = i32(arrays, "feature");
+            threshold = f32(arrays, "threshold");
+            left = i32(arrays, "left");
+            right = i32(arrays, "right");
+            value = f32(arrays, "value");
+        }
+
+        float apply(float[] x) {
+            double sum = 0;
+            for (int root : roots) {
+                int node = root;
+                while (left[node] >= 0) {
+                    node = x[feature[node]] <= threshold[node] ? left[node] : right[node];
+                }
+                sum += value[node];
+            }
+            return (float) sum;
+        }
+
+        private static int[] i32(Map<String, Object> arrays, String name) throws IOException {
+            Object array = arrays.get(name);
+            if (!(array instanceof int[] values)) {
+                throw new IOException("missing int array " + name);
+            }
+            return values;
+        }
+    }
+
+    private static float sigmoid(float x) {
+        return (float) (1.0 / (1.0 + Math.exp(-x)));
+    }
+
+    /** The error function, from Numerical Recipes' Chebyshev fit of erfc (fractional error below 1.2e-7). */
+    static double erf(double x) {
+        double z = Math.abs(x);
+        double t = 1.0 / (1.0 + 0.5 * z);
+        double erfc = t * Math.exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418
+                + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
+                + t * (-0.82215223 + t * 0.17087277)))))))));
+        return x >= 0 ? 1.0 - erfc : erfc - 1.0;
+    }
+
+    // --- From a shell ------------------------------------------------------------------------------
+
+    /**
+     * {@code java CasparModel.java FOLDER < rows.csv}: one prediction per line of comma-separated raw
+     * features (a header line that is not numbers is skipped). {@code --benchmark}: median time per
+     * call at batch 1 and per batch of 256, on this thread, after a warm-up.
+     */
+    public static void main(String[] args) throws IOException {
+        if (args.length < 1) {
+            System.err.println("usage: java CasparModel.java EXPORT_FOLDER [--benchmark] < rows.csv");
+            System.exit(2);
+        }
+        CasparModel model;
+        try {
+            model = load(Path.of(args[0]));
+        } catch (IOException | RuntimeException error) {
+            System.err.println("CasparModel: cannot load " + args[0] + ": " + error.getMessage());
+            System.exit(2);
+            return;
+        }
+        if (args.length > 1 && args[1].equals("--benchmark")) {
+            benchmark(model);
+            return;
+        }
+        StringBuilder out = new StringBuilder();
+        BufferedReader reader = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
+        int number = 0;
+        for (String line = reader.readLine(); line != null; line = reader.readLine()) {
+            number++;
+            if (line.isBlank() || (number == 1 && !line.trim().matches("^[-+0-9.eE, ]+$"))) {
+                continue;
+            }
+            String[] cells = line.split(",");
+            float[] row = new float[model.inputWidth()];
+            if (cells.length < row.length) {
+                System.err.println("line " + number + ": " + cells.length + " values, the model takes " + row.length);
+                System.exit(2);
+            }
+            for (int i = 0; i < row.length; i++) {
+                row[i] = Float.parseFloat(cells[i].trim());
+            }
+            out.append(model.predict(row)).append('\n');
+        }
+        System.out.print(out);
+    }
+
+    private static void benchmark(CasparModel model) {
+        java.util.Random random = new java.util.Random(0);
+        float[][] rows = new float[256][model.inputWidth()];
+        for (float[] row : rows) {
+            for (int i = 0; i < row.length; i++) {
+                row[i] = model.minimum[i] + random.nextFloat() * (model.maximum[i] - model.minimum[i]);
+            }
+        }
+        float sink = 0;
+        long warmUpEnds = System.nanoTime() + 1_500_000_000L;  // the JIT compiles the hot loops
+        for (int i = 0; i < 200 || System.nanoTime() < warmUpEnds; i++) {
+            sink += model.predict(rows[i % 256]);
+        }
+        double[] single = new double[1000];
+        for (int i = 0; i < single.length; i++) {
+            long started = System.nanoTime();
+            sink += model.predict(rows[i % 256]);
+            single[i] = (System.nanoTime() - started) / 1e6;
+        }
+        double[] batch = new double[10];
+        for (int i = 0; i < batch.length; i++) {
+            long started = System.nanoTime();
+            sink += model.predict(rows)[0];
+            batch[i] = (System.nanoTime() - started) / 1e6;
+        }
+        System.out.println("batch1_ms " + median(single));
+        System.out.println("batch256_ms " + median(batch));
+        if (Float.isNaN(sink)) {
+            System.out.println("nan");
+        }
+    }
+
+    private static double median(double[] values) {
+        double[] sorted = values.clone();
+        Arrays.sort(sorted);
+        return sorted[sorted.length / 2];
+    }
+}

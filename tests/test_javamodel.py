@@ -1,0 +1,128 @@
+"""The plain-Java model (java/CasparModel.java): compiled by the JDK, run on every family the search
+space can build, compared with Keras within the export's tolerance."""
+import numpy as np
+import pytest
+
+from caspar import javamodel
+from caspar.export import TOLERANCE, JavaModel, write_java, write_test_inputs
+from caspar.model import Normalizer, build_mlp, fit_trees
+
+WIDTH = 12
+
+needs_jdk = pytest.mark.skipif(not javamodel.java_available(), reason="no JDK (javac, java)")
+
+
+@pytest.fixture(scope="module")
+def classes(tmp_path_factory):
+    """CasparModel compiled with javac --release 17 -Xlint:all -Werror (a warning fails it)."""
+    if not javamodel.java_available():
+        pytest.skip("no JDK (javac, java)")
+    folder = tmp_path_factory.mktemp("classes")
+    javamodel.compiled(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    """Raw rows with thresholds a tree and an encoding can find, and their rewards."""
+    rng = np.random.default_rng(0)
+    raw = (rng.random((300, WIDTH)) * 10).astype(np.float32)
+    raw[:, 5] = 3.0  # a constant feature (max = min + 1 in the normalisation)
+    reward = (0.04 * raw[:, 0] + 0.3 * (raw[:, 3] > 5)).astype(np.float32)
+    return raw, reward
+
+
+FAMILIES = {  # what the search space can build: trees or none, each encoding, ensemble kinds and sizes
+    "plain": {},
+    "piecewise-linear": {"encoding_bins": 8},
+    "periodic": {"periodic_frequencies": 4},
+    "TabM-mini": {"ensemble_size": 4, "encoding_bins": 8},
+    "full TabM": {"ensemble_size": 4, "ensemble_kind": "full", "hidden_layers": [16, 8]},
+    "trees": {"trees": 25},
+    "trees, TabM-mini, piecewise-linear": {"trees": 25, "ensemble_size": 4, "encoding_bins": 8},
+    "trees, full TabM, periodic": {"trees": 25, "ensemble_size": 4, "ensemble_kind": "full", "periodic_frequencies": 4},
+}
+ACTIVATIONS = ["relu", "gelu", "swish", "elu", "tanh", "sigmoid"]
+
+
+def trained_model(rows, family: dict, activation: str):
+    raw, reward = rows
+    normalizer = Normalizer.fit(raw)
+    x = normalizer.transform(raw)
+    options = {"hidden_layers": [16], "dropout_rate": 0.1} | family
+    trees = fit_trees(x, reward, options.pop("trees"), seed=0) if "trees" in options else None
+    model = build_mlp(WIDTH, options.pop("hidden_layers"), options.pop("dropout_rate"), activation, train_inputs=x,
+                      trees=trees, **options)
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, reward, epochs=2, batch_size=32, verbose=0)  # batch norm's statistics move off their start
+    return model, normalizer
+
+
+def java_difference(model, normalizer, raw, folder, classes) -> float:
+    normalizer.write_csv(str(folder / "min_max_feature_normalization.csv"))
+    expected = model.predict(normalizer.transform(raw), verbose=0).reshape(-1)
+    write_test_inputs(str(folder / "test_inputs.csv"), raw, expected)
+    javamodel.write(model, str(folder / javamodel.MODEL_FILE), "v1-test")
+    java = javamodel.predict(str(folder), str(folder / "test_inputs.csv"), classes)
+    assert len(java) == len(raw) and np.ptp(expected) > 0  # a constant would hide a wrong layer
+    return float(np.max(np.abs(java - expected)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_computes_in_java_what_keras_computes(family, classes, rows, tmp_path):
+    model, normalizer = trained_model(rows, FAMILIES[family], "relu")
+    assert java_difference(model, normalizer, rows[0], tmp_path, classes) <= TOLERANCE
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_activation_computes_in_java_what_keras_computes(activation, classes, rows, tmp_path):
+    model, normalizer = trained_model(rows, {"ensemble_size": 4, "ensemble_kind": "full", "trees": 25}, activation)
+    assert java_difference(model, normalizer, rows[0], tmp_path, classes) <= TOLERANCE
+
+
+def test_the_tree_walk_reads_back_the_trees_matrix_form(rows):
+    """Node arrays rebuilt from the TreeEnsemble's matrices give scikit-learn's predictions."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from caspar.layers import TreeEnsemble
+
+    raw, reward = rows
+    x = Normalizer.fit(raw).transform(raw)
+    fitted = HistGradientBoostingRegressor(max_iter=25, early_stopping=False, random_state=0).fit(x, reward)
+    nodes = javamodel.tree_nodes(TreeEnsemble.from_sklearn(fitted).arrays)
+    walked = np.zeros(len(x))
+    for root in nodes["roots"]:
+        node = np.full(len(x), root)
+        while (nodes["left"][node] >= 0).any():
+            inner = nodes["left"][node] >= 0
+            goes_left = x[np.arange(len(x)), nodes["feature"][node]] <= nodes["threshold"][node]
+            node = np.where(inner, np.where(goes_left, nodes["left"][node], nodes["right"][node]), node)
+        walked += nodes["value"][node]
+    np.testing.assert_allclose(walked, fitted.predict(x), atol=1e-5)
+
+
+def test_a_layer_java_does_not_know_is_refused_in_one_line_and_the_rest_exports(rows, tmp_path):
+    import keras
+
+    inputs = keras.Input((WIDTH,))
+    model = keras.Model(inputs, keras.layers.Activation("sigmoid")(keras.layers.LayerNormalization()(inputs)[:, :1]))
+    result = write_java(model, str(tmp_path), "v1-test", classes=None)
+    assert result == JavaModel(False, False, note=result.note) and "has no Java counterpart" in result.note
+    assert "\n" not in result.note and not (tmp_path / javamodel.MODEL_FILE).exists()
+
+
+def test_without_a_jdk_the_java_files_are_written_and_marked_unverified(rows, tmp_path):
+    model, normalizer = trained_model(rows, {"trees": 25}, "relu")
+    result = write_java(model, str(tmp_path), "v1-test", classes=None)
+    assert result.written and not result.verified and "no JDK" in result.note
+    assert (tmp_path / javamodel.MODEL_FILE).exists() and (tmp_path / "CasparModel.java").exists()
+
+
+@needs_jdk
+def test_the_java_model_refuses_a_file_it_does_not_know(rows, tmp_path, classes):
+    model, normalizer = trained_model(rows, {}, "relu")
+    java_difference(model, normalizer, rows[0], tmp_path, classes)
+    content = (tmp_path / javamodel.MODEL_FILE).read_bytes().replace(b"layer dense", b"layer conv2d", 1)
+    (tmp_path / javamodel.MODEL_FILE).write_bytes(content)
+    with pytest.raises(javamodel.UserError, match="unknown layer conv2d"):
+        javamodel.predict(str(tmp_path), str(tmp_path / "test_inputs.csv"), classes)
