@@ -172,6 +172,7 @@ public final class CasparModel {
                 layers.add(layer(line, arrays, file));
             }
         }
+        layers = fuseEncodedInputs(layers);
         if (trees == null && !sigmoidOutput) {
             throw new IOException(file + ": output clip needs trees");
         }
@@ -199,6 +200,23 @@ public final class CasparModel {
             case "heads" -> new Heads(n[0], n[1], f32(arrays, "kernel"), f32(arrays, "bias"));
             default -> throw new IOException(file + ": unknown layer " + line[1] + " (this CasparModel.java is older than the model)");
         };
+    }
+
+    /**
+     * The piecewise-linear encoding, the ensemble's adapter and the first dense layer as one layer
+     * (the same sums, about ten times faster; see EncodedDense).
+     */
+    private static List<Layer> fuseEncodedInputs(List<Layer> layers) {
+        List<Layer> fused = new ArrayList<>(layers);
+        if (fused.size() >= 2 && fused.get(0) instanceof Piecewise encoding) {
+            Adapter adapter = fused.get(1) instanceof Adapter a ? a : null;
+            int next = adapter == null ? 1 : 2;
+            if (fused.size() > next && fused.get(next) instanceof Dense dense && dense.r() == null) {
+                fused.subList(0, next + 1).clear();
+                fused.add(0, new EncodedDense(encoding, adapter, dense));
+            }
+        }
+        return fused;
     }
 
     private static Activation activation(String name, String file) throws IOException {
@@ -357,6 +375,86 @@ public final class CasparModel {
                 }
             }
             return result;
+        }
+    }
+
+    /**
+     * Piecewise-linear encoding, [adapter,] dense, computed together. An encoded input is 1 for the
+     * bins its value has passed, a fraction in the bin it lies in and 0 above: so the dense layer's
+     * sum over one feature's bins is a precomputed sum of the kernel rows of the passed bins
+     * (scaled by the member's adapter), plus the one partial bin, instead of B products per row.
+     */
+    private static final class EncodedDense implements Layer {
+        private final Piecewise encoding;
+        private final int members;
+        private final int out;
+        private final float[] scale;  // the adapter's, or null
+        private final Dense dense;
+        private final float[] passed;  // [feature][k][member][o]: kernel rows of bins 0..k-1, scaled and summed
+
+        EncodedDense(Piecewise encoding, Adapter adapter, Dense dense) {
+            this.encoding = encoding;
+            this.dense = dense;
+            this.members = dense.members();
+            this.out = dense.out();
+            this.scale = adapter == null ? null : adapter.scale();
+            int bins = encoding.bins();
+            int width = encoding.features() * bins;
+            int block = members * out;
+            passed = new float[encoding.features() * (bins + 1) * block];
+            for (int j = 0; j < encoding.features(); j++) {
+                for (int k = 1; k <= bins; k++) {
+                    int i = j * bins + k - 1;
+                    int to = (j * (bins + 1) + k) * block;
+                    for (int m = 0; m < members; m++) {
+                        float factor = scale == null ? 1f : scale[m * width + i];
+                        for (int o = 0; o < out; o++) {
+                            passed[to + m * out + o] = passed[to - block + m * out + o] + factor * dense.kernel()[i * out + o];
+                        }
+                    }
+                }
+            }
+        }
+
+        public float[] apply(float[] x) {
+            int bins = encoding.bins();
+            int width = encoding.features() * bins;
+            int block = members * out;
+            float[] kernel = dense.kernel();
+            float[] sum = new float[block];
+            for (int j = 0; j < encoding.features(); j++) {
+                int k = 0;
+                while (k < bins && encoded(x, j, k) == 1f) {
+                    k++;
+                }
+                int row = (j * (bins + 1) + k) * block;
+                for (int o = 0; k > 0 && o < block; o++) {
+                    sum[o] += passed[row + o];
+                }
+                for (int b = k; b < bins; b++) {
+                    float value = encoded(x, j, b);
+                    if (value == 0f) {
+                        continue;
+                    }
+                    int i = j * bins + b;
+                    for (int m = 0; m < members; m++) {
+                        float scaled = scale == null ? value : value * scale[m * width + i];
+                        for (int o = 0; o < out; o++) {
+                            sum[m * out + o] += scaled * kernel[i * out + o];
+                        }
+                    }
+                }
+            }
+            float[] result = new float[block];
+            for (int o = 0; o < block; o++) {
+                result[o] = dense.activation().apply(sum[o] + dense.bias()[o % out]);
+            }
+            return result;
+        }
+
+        private float encoded(float[] x, int feature, int bin) {
+            int i = feature * encoding.bins() + bin;
+            return Math.min(1f, Math.max(0f, (x[feature] - encoding.lower()[i]) / encoding.width()[i]));
         }
     }
 
