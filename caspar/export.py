@@ -3,6 +3,7 @@
 Writes, for a run named NAME, one folder (replaced as a whole, in one step):
 
     NAME/                              what goes into MegaMek's data/ai/brains/NAME/
+        model.caspar, CasparModel.java  the model in plain Java (java/CasparModel.java documents the format)
         saved_model.pb, variables/     TensorFlow SavedModel, signature `serving_default`
         NAME.tflite                    TFLite (LiteRT) flat buffer, float32 input [batch, F]
         min_max_feature_normalization.csv
@@ -342,6 +343,10 @@ def _write_readme(path: str, name: str, schema: dict) -> None:
         handle.write(f"""# CASPAR model `{name}`
 
 Copy this folder into your MegaMek install as `data/ai/brains/{name}/`.
+
+* `model.caspar`, `CasparModel.java`: the model in plain Java (JDK 17, no dependency):
+  `CasparModel.load(Path.of("data/ai/brains/{name}")).predict(rawFeatures)`; from a shell,
+  `java CasparModel.java . < test_inputs.csv` prints one prediction per row.
 
 * `{name}.tflite`: the same model for TensorFlow Lite (LiteRT).
 * `saved_model.pb`, `variables/`: TensorFlow SavedModel, signature `serving_default`, float32 input

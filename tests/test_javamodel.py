@@ -126,3 +126,21 @@ def test_the_java_model_refuses_a_file_it_does_not_know(rows, tmp_path, classes)
     (tmp_path / javamodel.MODEL_FILE).write_bytes(content)
     with pytest.raises(javamodel.UserError, match="unknown layer conv2d"):
         javamodel.predict(str(tmp_path), str(tmp_path / "test_inputs.csv"), classes)
+
+
+@needs_jdk
+def test_the_readme_shell_check_runs_as_written(rows, tmp_path, classes):
+    """`java CasparModel.java FOLDER < FOLDER/test_inputs.csv` (source-file mode, as the README says)
+    prints the outputs test_inputs.csv records."""
+    import shutil
+    import subprocess
+
+    model, normalizer = trained_model(rows, {"trees": 25, "encoding_bins": 8, "ensemble_size": 4}, "relu")
+    java_difference(model, normalizer, rows[0], tmp_path, classes)
+    shutil.copy(javamodel.SOURCE, tmp_path)
+    with open(tmp_path / "test_inputs.csv", "rb") as rows_csv:
+        result = subprocess.run(["java", "CasparModel.java", "."], cwd=tmp_path, stdin=rows_csv, capture_output=True,
+                                text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    recorded = np.loadtxt(tmp_path / "test_inputs.csv", delimiter=",", skiprows=1)[:, -1]
+    np.testing.assert_allclose(np.array(result.stdout.split(), float), recorded, atol=TOLERANCE)
