@@ -390,7 +390,9 @@ public final class CasparModel {
         private final int out;
         private final float[] scale;  // the adapter's, or null
         private final Dense dense;
-        private final float[] passed;  // [feature][k][member][o]: kernel rows of bins 0..k-1, scaled and summed
+        private final int[] used;  // per feature: its bins an input in [0, 1] can reach (they start at 1 or below)
+        private final int[] first;  // per feature: its first row in `passed`
+        private final float[] passed;  // per feature, k = 0..used, member, output: the scaled kernel rows of bins 0..k-1, summed
 
         EncodedDense(Piecewise encoding, Adapter adapter, Dense dense) {
             this.encoding = encoding;
@@ -398,14 +400,30 @@ public final class CasparModel {
             this.members = dense.members();
             this.out = dense.out();
             this.scale = adapter == null ? null : adapter.scale();
+            int features = encoding.features();
             int bins = encoding.bins();
-            int width = encoding.features() * bins;
+            int width = features * bins;
             int block = members * out;
-            passed = new float[encoding.features() * (bins + 1) * block];
-            for (int j = 0; j < encoding.features(); j++) {
-                for (int k = 1; k <= bins; k++) {
+            used = new int[features];
+            first = new int[features];
+            int rows = 0;
+            for (int j = 0; j < features; j++) {
+                while (used[j] < bins && encoding.lower()[j * bins + used[j]] <= 1f) {
+                    used[j]++;
+                }
+                for (int b = used[j]; b < bins; b++) {
+                    if (encoding.lower()[j * bins + b] <= 1f) {
+                        throw new IllegalArgumentException("piecewise encoding: feature " + j + "'s bins are not in order");
+                    }
+                }
+                first[j] = rows;
+                rows += used[j] + 1;
+            }
+            passed = new float[rows * block];
+            for (int j = 0; j < features; j++) {
+                for (int k = 1; k <= used[j]; k++) {
                     int i = j * bins + k - 1;
-                    int to = (j * (bins + 1) + k) * block;
+                    int to = (first[j] + k) * block;
                     for (int m = 0; m < members; m++) {
                         float factor = scale == null ? 1f : scale[m * width + i];
                         for (int o = 0; o < out; o++) {
@@ -424,14 +442,14 @@ public final class CasparModel {
             float[] sum = new float[block];
             for (int j = 0; j < encoding.features(); j++) {
                 int k = 0;
-                while (k < bins && encoded(x, j, k) == 1f) {
+                while (k < used[j] && encoded(x, j, k) == 1f) {
                     k++;
                 }
-                int row = (j * (bins + 1) + k) * block;
+                int row = (first[j] + k) * block;
                 for (int o = 0; k > 0 && o < block; o++) {
                     sum[o] += passed[row + o];
                 }
-                for (int b = k; b < bins; b++) {
+                for (int b = k; b < used[j]; b++) {
                     float value = encoded(x, j, b);
                     if (value == 0f) {
                         continue;
@@ -544,7 +562,8 @@ public final class CasparModel {
     /**
      * {@code java CasparModel.java FOLDER < rows.csv}: one prediction per line of comma-separated raw
      * features (a header line that is not numbers is skipped). {@code --benchmark}: median time per
-     * call at batch 1 and per batch of 256, on this thread, after a warm-up.
+     * call at batch 1 and per batch of 256, on this thread, after a warm-up, on the folder's
+     * test_inputs.csv rows.
      */
     public static void main(String[] args) throws IOException {
         if (args.length < 1) {
@@ -560,7 +579,7 @@ public final class CasparModel {
             return;
         }
         if (args.length > 1 && args[1].equals("--benchmark")) {
-            benchmark(model);
+            benchmark(model, Path.of(args[0]));
             return;
         }
         StringBuilder out = new StringBuilder();
@@ -585,12 +604,14 @@ public final class CasparModel {
         System.out.print(out);
     }
 
-    private static void benchmark(CasparModel model) {
-        java.util.Random random = new java.util.Random(0);
+    /** Times predict on the export's test_inputs.csv rows (real moves), 256 of them. */
+    private static void benchmark(CasparModel model, Path folder) throws IOException {
+        List<String> lines = Files.readAllLines(folder.resolve("test_inputs.csv"), StandardCharsets.UTF_8);
         float[][] rows = new float[256][model.inputWidth()];
-        for (float[] row : rows) {
-            for (int i = 0; i < row.length; i++) {
-                row[i] = model.minimum[i] + random.nextFloat() * (model.maximum[i] - model.minimum[i]);
+        for (int r = 0; r < rows.length; r++) {
+            String[] cells = lines.get(1 + r % (lines.size() - 1)).split(",");
+            for (int i = 0; i < model.inputWidth(); i++) {
+                rows[r][i] = Float.parseFloat(cells[i]);
             }
         }
         float sink = 0;
