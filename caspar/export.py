@@ -39,6 +39,7 @@ LATENCY_BUDGET_MS = 0.5  # TFLite, batch 1, one thread: the game calls the model
 SIZE_BUDGET_MB = 20.0
 TEST_INPUTS_FILE = "test_inputs.csv"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+LOGGED_MODEL = re.compile(r"^models:/m-[0-9a-f]+$")
 
 
 class ExportError(UserError):
@@ -59,6 +60,13 @@ def find_model(ref: str, experiment_name: str | None = None) -> Source:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
+    if LOGGED_MODEL.match(ref):  # what train and tune print: the model as logged in its run
+        try:
+            run = client.get_run(client.get_logged_model(ref[len("models:/"):]).source_run_id)
+        except MlflowException:
+            raise ExportError(f"no logged model {ref}") from None
+        _check_verdict(run)
+        return Source(run.info.run_id, _safe_name(run.info.run_name or ref[len("models:/"):]), ref)
     if ref.startswith("models:/"):
         name, _, rest = ref[len("models:/"):].partition("/")
         name, _, alias = name.partition("@")
@@ -178,6 +186,9 @@ class Exported:
 
 def export(ref: str, output: str = "exports", experiment_name: str | None = None) -> Exported:
     import mlflow
+
+    tracking.configure()
+    source = find_model(ref, experiment_name)  # an unknown run is reported before TensorFlow loads
     import tensorflow as tf
 
     try:  # latency as one game thread sees it (not possible once TensorFlow has run in this process)
@@ -185,8 +196,6 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         pass
-    tracking.configure()
-    source = find_model(ref, experiment_name)
     folder = os.path.join(output, source.name)
     tflite_name = f"{source.name}.tflite"
     with tempfile.TemporaryDirectory() as downloads:

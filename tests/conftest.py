@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-GAMELOGS = SHARED / "gamelogs"
+SHARED = ROOT.parent / "shared"  # the developers' copy of the corpus and its reference vectors, beside the project
+GAMELOGS = Path(os.environ.get("CASPAR_GAMELOGS", SHARED / "gamelogs"))
 
 
 def needs_shared_logs():
-    return pytest.mark.skipif(not GAMELOGS.is_dir(), reason="../shared/gamelogs not present")
+    return pytest.mark.skipif(not GAMELOGS.is_dir(), reason="no real corpus (CASPAR_GAMELOGS)")
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +84,7 @@ def corpus_dataset(ray_local, tmp_path_factory):
     from caspar.config import PrepareConfig
 
     if not GAMELOGS.is_dir():
-        pytest.skip("../shared/gamelogs not present")
+        pytest.skip("no real corpus (CASPAR_GAMELOGS)")
     folder = tmp_path_factory.mktemp("corpus") / "prepared"
     summary = dataset.prepare(PrepareConfig(input=str(GAMELOGS), output=str(folder)))
     return str(folder), summary

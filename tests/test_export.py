@@ -113,6 +113,12 @@ def test_a_run_left_running_does_not_hide_the_finished_one(trained, tmp_path):
     client.delete_run(killed)
 
 
+def test_the_model_uri_train_prints_is_exportable(trained, tmp_path):
+    assert trained.model_uri.startswith("models:/m-")
+    result = export.export(trained.model_uri, str(tmp_path))
+    assert result.source.run_id == trained.run_id and result.folder == str(tmp_path / "export-me")
+
+
 def test_export_compares_with_the_outputs_training_recorded(trained, tmp_path, monkeypatch):
     """Not only with the model as reloaded: a model whose stored copy no longer gives what training
     recorded in test_inputs.csv is not exported."""
