@@ -10,9 +10,11 @@ import threading
 from collections.abc import Callable
 
 # Lines that TensorFlow (absl, C++), Ray and MLflow write straight to the stderr file descriptor,
-# bypassing Python's logging: on a CPU-only machine they look like errors but are not.
+# bypassing Python's logging: on a CPU-only machine they look like errors but are not. Native error
+# lines (E....) pass, but for the one every CPU-only machine prints.
 NATIVE_NOISE = re.compile(
-    rb"^([IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\]"
+    rb"^([IW]\d{4} [\d:.]+ +\d+ \S+:\d+\]"
+    rb"|E\d{4} [\d:.]+ +\d+ cuda_(platform|executor|driver)\.cc:\d+\] failed call to cuInit"  # no GPU: not an error here
     rb"|INFO: Created TensorFlow Lite XNNPACK delegate"
     rb"|WARNING: All log messages before absl::InitializeLog"
     rb"|Successfully registered model '|Created version '\d+' of model |Registered model '.*' already exists"
@@ -29,6 +31,14 @@ class UserError(Exception):
     """A problem the user can fix (bad input, a server that does not answer); one-line message."""
 
 
+class Interrupted(Exception):
+    """The job was interrupted (Ctrl-C) and has cleaned up; `lines` say what it kept."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__(lines[-1] if lines else "interrupted")
+        self.lines = lines
+
+
 def in_ray_job() -> bool:
     """True when this process is the entrypoint of `ray job submit` (it runs on the cluster, in a
     copy of --working-dir without its git-ignored folders)."""
@@ -37,7 +47,8 @@ def in_ray_job() -> bool:
 
 def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
     """Run `work`; print its lines (exit 0), or one `job: error: ...` line (exit 2 for a UserError,
-    1 when MLflow failed). Without `verbose`, the libraries' own log lines are hidden."""
+    1 when MLflow failed); interrupted (Ctrl-C), what it says (exit 130). Without `verbose`, the
+    libraries' own log lines are hidden."""
     quiet = contextlib.nullcontext() if verbose else quiet_libraries()
     with quiet:
         try:
@@ -45,6 +56,13 @@ def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
         except UserError as error:
             print(f"{job}: error: {error}", file=sys.stderr)
             return 2
+        except Interrupted as stop:
+            for line in stop.lines:
+                print(line, flush=True)
+            return 130
+        except KeyboardInterrupt:
+            print(f"{job}: interrupted", file=sys.stderr)
+            return 130
         except Exception as error:
             mlflow_errors = sys.modules.get("mlflow.exceptions")  # only jobs that track import MLflow
             if mlflow_errors is None or not isinstance(error, mlflow_errors.MlflowException):

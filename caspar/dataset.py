@@ -281,6 +281,7 @@ def prepare(config: PrepareConfig, parallelism: int | None = None) -> Summary:
             load_unit_points(mekfile=config.mekfile)
         except (OSError, ValueError) as error:
             raise InputError(f"--mekfile: {error}") from None
+    _check_input_outside_output(config.input, config.output)
     inputs = find_logs(config.input)
     out_fs, out_path = storage.resolve(config.output)
     _check_replaceable(out_fs, out_path, config.output)
@@ -374,6 +375,7 @@ def _staging(filesystem, path: str, uri: str):
         return
     staging = f"{path}.staging-{uuid.uuid4().hex[:8]}"
     try:
+        storage.mark_owned(filesystem, staging, "the dataset")
         yield staging
         _remove(filesystem, path)
         files = storage.list_files(filesystem, staging, uri)
@@ -406,14 +408,21 @@ def _manifest(entries, source, settings, root, filesystem, staging) -> dict:
     }
 
 
+DATASET_NAMES = {ROWS_FOLDER, "schema.json", "manifest.json"}
+
+
 def _check_replaceable(filesystem, path, uri) -> None:
     """Refuse to replace a folder that is not an earlier dataset (it may hold anything)."""
-    if storage.info(filesystem, path, uri).type == pafs.FileType.NotFound:
+    storage.check_owned(filesystem, path, uri, "a prepared dataset", DATASET_NAMES)
+
+
+def _check_input_outside_output(source: str, output: str) -> None:
+    if storage.is_s3(source) != storage.is_s3(output):
         return
-    if storage.info(filesystem, storage.join(path, "manifest.json"), uri).type == pafs.FileType.File:
-        return
-    if storage.list_files(filesystem, path, uri):
-        raise InputError(f"output {uri} exists and is not a prepared dataset (no manifest.json); not replacing it")
+    inner, outer = (os.path.realpath(p) if not storage.is_s3(p) else p.rstrip("/") for p in (source, output))
+    if inner == outer or inner.startswith(outer + "/"):
+        raise InputError(f"--input {source} lies inside --output {output}: replacing the dataset would delete the logs; "
+                         "choose another output")
 
 
 def _remove(filesystem, path: str) -> None:

@@ -186,6 +186,7 @@ class Exported:
 
 def export(ref: str, output: str = "exports", experiment_name: str | None = None) -> Exported:
     import mlflow
+    import pyarrow.fs as pafs
 
     tracking.configure()
     source = find_model(ref, experiment_name)  # an unknown run is reported before TensorFlow loads
@@ -205,6 +206,7 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
 
         keras_model = mlflow.keras.load_model(source.model_uri)
         with javamodel.classes() as classes:
+            storage.check_owned(pafs.LocalFileSystem(), folder, folder, "an export", export_names(source.name))
             with storage.replacing(folder, "the export") as staging:  # verified before it replaces anything
                 keras_model.export(staging, format="tf_saved_model", verbose=False)
                 for artifact in (NORMALIZATION_FILE, TEST_INPUTS_FILE, "schema.json"):
@@ -231,6 +233,12 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
                               if name != tflite_name}
                            | {"export_tflite_mb": sizes[tflite_name] / 2**20})
     return Exported(source, tflite_path, folder, difference, schema["width"], sizes, latency, java)
+
+
+def export_names(name: str) -> set[str]:
+    """What an export folder holds (an older export without the owner marker is recognised by it)."""
+    return {"saved_model.pb", "variables", "assets", "fingerprint.pb", f"{name}.tflite", NORMALIZATION_FILE,
+            TEST_INPUTS_FILE, "schema.json", "README.md", javamodel.MODEL_FILE, "CasparModel.java"}
 
 
 def write_java(keras_model, staging: str, feature_set: str, classes: str | None) -> JavaModel:

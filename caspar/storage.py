@@ -92,6 +92,36 @@ def first_line(error: Exception) -> str:
     return text[0] if text else type(error).__name__
 
 
+# --- Outputs a job owns --------------------------------------------------------------------------
+
+OWNER_MARKER = ".caspar-output"  # written into every output folder a job creates: the job may replace it
+
+
+def check_owned(filesystem: pafs.FileSystem, path: str, uri: str, what: str, names: set[str]) -> None:
+    """Refuses (StorageError, one line) to replace `path` unless it is absent, empty, or a folder a
+    job of this project wrote: it holds the owner marker, or (written before the marker existed)
+    nothing but the `names` the job writes. A symbolic link counts as its target."""
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        path = os.path.realpath(path)
+    found = info(filesystem, path, uri)
+    if found.type == pafs.FileType.NotFound:
+        return
+    if found.type != pafs.FileType.Directory:
+        raise StorageError(f"{uri} is a file, not {what}: not replacing it")
+    entries = {posixpath.relpath(i.path, path).split("/")[0] for i in list_files(filesystem, path, uri)}
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        entries = set(os.listdir(path))
+    if OWNER_MARKER in entries or entries <= names | {OWNER_MARKER}:
+        return
+    foreign = ", ".join(sorted(entries - names)[:3])
+    raise StorageError(f"{uri} exists and is not {what} (it holds {foreign}{', …' if len(entries - names) > 3 else ''}): "
+                       "not replacing it; choose another output")
+
+
+def mark_owned(filesystem: pafs.FileSystem, folder: str, what: str) -> None:
+    write_bytes(filesystem, join(folder, OWNER_MARKER), f"{what}, written by caspar-trainer; replaced as a whole\n".encode())
+
+
 # --- Replacing a local output in one step ------------------------------------------------------
 
 @contextlib.contextmanager
@@ -99,8 +129,9 @@ def replacing(path: str, what: str) -> Iterator[str]:
     """Yields an empty staging folder beside `path`; when the block succeeds, the staging folder
     takes `path`'s place in one atomic step (readers see the old or the new version, never a
     missing or mixed one). One writer at a time: a second is refused with a StorageError. Staging
-    folders that a killed run left behind are removed by the next run."""
-    path = os.path.abspath(path)
+    folders that a killed run left behind are removed by the next run. The new folder holds the
+    owner marker (see check_owned, which the caller runs first)."""
+    path = os.path.realpath(path)  # a symbolic link (e.g. into MegaMek's data/ai/brains/) stays; its target is replaced
     parent, name = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
     with _exclusive_lock(os.path.join(parent, f".{name}.lock"), f"another job is writing {what} {path}"):
@@ -110,6 +141,7 @@ def replacing(path: str, what: str) -> Iterator[str]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary folder
+        mark_owned(pafs.LocalFileSystem(), staging, what)
         try:
             yield staging
             fault_point("before-swap")

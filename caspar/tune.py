@@ -163,11 +163,12 @@ class Study:
     stopped_early: int
     unfinished: int  # cut off by the time budget or an interrupt
     errored: int
-    run_id: str
+    run_id: str | None  # None: interrupted, nothing registered
     registered_version: str | None
     verdict: evaluate.Verdict
     fit_on: str
     seconds: float
+    interrupted: bool
     tracking_uri: str
     path: str
     core_utilisation: float  # CPU seconds of trials in this session / (wall seconds of the search x cluster CPUs)
@@ -175,9 +176,7 @@ class Study:
     mean_startup_seconds: float  # trial function entered -> first epoch
 
     def lines(self) -> list[str]:
-        m = self.metrics
         config = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.best_config.items())
-        registered = f", registered version {self.registered_version}" if self.registered_version else ""
         return [
             f"{self.trials} trials in {self.seconds:.0f} s: {self.stopped_early} stopped early by ASHA, "
             f"{self.unfinished} unfinished (time budget or interrupt), {self.errored} failed",
@@ -185,11 +184,21 @@ class Study:
             f"other and idle {max(0.0, 1 - self.core_utilisation - self.driver_share):.2f}), "
             f"trial start-up {self.mean_startup_seconds:.1f} s, {3600 * self.trials / max(self.seconds, 1):.0f} trials per hour",
             f"best: {config}",
+            *self.outcome_lines(),
+            f"study stored in {self.path} (resume with --resume)",
+            tracking.ui_hint(self.tracking_uri),
+        ]
+
+    def outcome_lines(self) -> list[str]:
+        if self.run_id is None:
+            return [f"interrupted after {self.trials} trials, best val_loss {self.best_val_loss:.5f}: nothing registered; "
+                    "--resume continues the study (with --register-partial, an interrupted study registers its best)"]
+        m = self.metrics
+        registered = f", registered version {self.registered_version}" if self.registered_version else ""
+        return [
             f"best val_loss {self.best_val_loss:.5f}; refitted on {self.fit_on}: {evaluate.summary_line(m, self.fit_on)}",
             f"best model: run {self.run_id}{registered}",
             *([f"warning: {self.verdict.message}"] if self.verdict.message else []),
-            f"study stored in {self.path} (resume with --resume)",
-            tracking.ui_hint(self.tracking_uri),
         ]
 
 
@@ -208,6 +217,16 @@ def study_storage(settings: TuneConfig):
 def default_storage() -> str:
     """./ray_results; in a Ray job ~/ray_results, outside the job's temporary copy of --working-dir."""
     return os.path.expanduser("~/ray_results") if in_ray_job() else os.path.abspath("ray_results")
+
+
+def check_cpus(settings: TuneConfig) -> None:
+    """A trial needs one node with --cpus-per-trial CPUs: without one, Ray would wait for it forever."""
+    import ray
+
+    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    if settings.cpus_per_trial > largest:
+        raise UserError(f"--cpus-per-trial {settings.cpus_per_trial:g}: no node of this cluster has that many "
+                        f"CPUs (the largest has {largest:g})")
 
 
 def check_storage(settings: TuneConfig) -> None:
@@ -235,6 +254,7 @@ def tune_study(settings: TuneConfig, prepared: Prepared, verbose: bool = False) 
     if not ray.is_initialized():
         ray.init(logging_level="WARNING", log_to_driver=verbose)
     check_storage(settings)
+    check_cpus(settings)
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.INFO if verbose else logging.ERROR)
     normalizer = Normalizer.fit(prepared.splits["train"][0])
@@ -256,20 +276,31 @@ def tune_study(settings: TuneConfig, prepared: Prepared, verbose: bool = False) 
         summary = summarise(results, best, settings, search_started, cpu_capacity)
         summary["driver_share"] = driver_cpu / max(cpu_capacity, 1e-9)
         log_study(results, best, summary)
+        interrupted = was_interrupted(results, summary, settings, time.time() - search_started)
+        mlflow.set_tag("caspar.interrupted", str(interrupted).lower())
+    counts = {"trials": len(results), "stopped_early": summary["stopped_early"], "unfinished": summary["unfinished"],
+              "errored": len(results.errors), "tracking_uri": uri, "path": study_path(settings),
+              "core_utilisation": summary["core_utilisation"], "driver_share": summary["driver_share"],
+              "mean_startup_seconds": summary["mean_trial_startup_seconds"], "fit_on": settings.fit_on,
+              "best_val_loss": summary["best_val_loss"], "best_config": {k: best.config[k] for k in SEARCH_SPACE}}
+    if interrupted and not settings.register_partial:
+        return Study(**counts, metrics={}, run_id=None, registered_version=None, verdict=evaluate.Verdict(""),
+                     seconds=time.perf_counter() - started, interrupted=True)
     best_config = TrainConfig(**hyperparameters(best.config), data=settings.data, experiment_name=settings.experiment_name,
                               run_name=settings.run_name, model_name=settings.model_name, alias=settings.alias,
                               fit_on=settings.fit_on)
     metrics, run_id, version, verdict = log_best(best, normalizer, prepared, best_config, parent)
     if verdict.kind == evaluate.REFUSED:
         raise UserError(f"{verdict.message} (run {run_id}, tagged caspar.verdict=refused)")
-    return Study(best_config={k: best.config[k] for k in SEARCH_SPACE}, best_val_loss=summary["best_val_loss"],
-                 metrics=metrics, trials=len(results), stopped_early=summary["stopped_early"],
-                 unfinished=summary["unfinished"], errored=len(results.errors),
-                 run_id=run_id, registered_version=version, verdict=verdict, fit_on=settings.fit_on,
-                 seconds=time.perf_counter() - started, tracking_uri=uri,
-                 path=study_path(settings), core_utilisation=summary["core_utilisation"],
-                 driver_share=summary["driver_share"],
-                 mean_startup_seconds=summary["mean_trial_startup_seconds"])
+    return Study(**counts, metrics=metrics, run_id=run_id, registered_version=version, verdict=verdict,
+                 seconds=time.perf_counter() - started, interrupted=interrupted)
+
+
+def was_interrupted(results, summary: dict, settings: TuneConfig, elapsed: float) -> bool:
+    """Ctrl-C ended the search: not every trial finished, and the time budget was not what ended it."""
+    complete = len(results) >= settings.n_trials and summary["unfinished"] == 0
+    budget_spent = settings.time_budget is not None and elapsed >= 0.95 * settings.time_budget
+    return not complete and not budget_spent
 
 
 def study_trees(settings: TuneConfig, x_train, y_train) -> dict[int, dict]:

@@ -20,7 +20,10 @@ def tune_job(settings: config.TuneConfig, verbose: bool) -> list[str]:
     prepared = dataset.load_prepared(settings.data)
     from caspar.tune import tune_study
 
-    return tune_study(settings, prepared, verbose).lines()
+    study = tune_study(settings, prepared, verbose)
+    if study.interrupted and study.run_id is None:
+        raise cli.Interrupted(study.lines())
+    return study.lines()
 
 
 if __name__ == "__main__":

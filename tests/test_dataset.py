@@ -98,9 +98,38 @@ def test_zip_input_and_bot_moves(ray_local, sample_logs, tmp_path):
 
 def test_refuses_to_replace_a_folder_that_is_not_a_dataset(ray_local, sample_logs, tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
-    with pytest.raises(dataset.InputError, match="not a prepared dataset"):
+    with pytest.raises(dataset.UserError, match="not a prepared dataset"):
         dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(tmp_path)))
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_a_manifest_alone_does_not_make_a_folder_a_dataset(ray_local, sample_logs, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "manifest.json").write_text("{}")
+    (site / "index.html").write_text("hi")
+    with pytest.raises(dataset.UserError, match=r"is not a prepared dataset \(it holds index.html\)"):
+        dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(site)))
+    assert sorted(p.name for p in site.iterdir()) == ["index.html", "manifest.json"]
+
+
+def test_refuses_an_input_inside_the_output(ray_local, sample_logs, tmp_path):
+    import shutil
+
+    shutil.copytree(sample_logs, tmp_path / "D" / "logs")
+    before = sorted(p.name for p in (tmp_path / "D" / "logs").rglob("*.tsv"))
+    with pytest.raises(dataset.UserError, match="lies inside --output"):
+        dataset.prepare(PrepareConfig(input=str(tmp_path / "D" / "logs"), output=str(tmp_path / "D")))
+    assert sorted(p.name for p in (tmp_path / "D" / "logs").rglob("*.tsv")) == before
+
+
+def test_a_linked_dataset_folder_stays_a_link_to_the_new_dataset(ray_local, sample_logs, tmp_path):
+    dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(tmp_path / "real"), seed=6))
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    summary = dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(tmp_path / "linked"), seed=7))
+    assert (tmp_path / "linked").is_symlink() and (tmp_path / "real" / ".caspar-output").is_file()
+    assert json.loads((tmp_path / "real" / "manifest.json").read_text())["settings"]["seed"] == 7
+    assert sum(summary.rows.values()) > 0 and not list(tmp_path.glob(".*staging*"))
 
 
 def run_prepare(*args, env=None):

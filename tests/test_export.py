@@ -113,6 +113,25 @@ def test_a_run_left_running_does_not_hide_the_finished_one(trained, tmp_path):
     client.delete_run(killed)
 
 
+def test_export_never_replaces_a_folder_it_did_not_write(trained, tmp_path):
+    (tmp_path / "export-me").mkdir()
+    (tmp_path / "export-me" / "notes.txt").write_text("mine")
+    with pytest.raises(export.UserError, match=r"is not an export \(it holds notes.txt\)"):
+        export.export("export-me", str(tmp_path))
+    assert [p.name for p in (tmp_path / "export-me").iterdir()] == ["notes.txt"]
+
+
+def test_a_linked_export_folder_stays_a_link_to_the_new_export(trained, tmp_path):
+    """MegaMek's data/ai/brains/NAME may be a link to the export: the link stays, its target is replaced."""
+    first = export.export("export-me", str(tmp_path / "real"))
+    (tmp_path / "brains").mkdir()
+    (tmp_path / "brains" / "export-me").symlink_to(first.folder)
+    export.export("export-me", str(tmp_path / "brains"))
+    assert (tmp_path / "brains" / "export-me").is_symlink()
+    assert (tmp_path / "real" / "export-me" / "model.caspar").is_file()
+    assert not [p for p in (tmp_path / "brains").iterdir() if p.name != "export-me"]
+
+
 def test_the_model_uri_train_prints_is_exportable(trained, tmp_path):
     assert trained.model_uri.startswith("models:/m-")
     result = export.export(trained.model_uri, str(tmp_path))

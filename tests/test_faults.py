@@ -280,3 +280,28 @@ def test_resume_without_a_study_is_one_line(good, tmp_path):
                                "--storage-path", str(tmp_path / "ray"),
                                env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}), "tune")
     assert "--resume: no study named 'never-ran'" in error
+
+
+def test_native_error_lines_reach_the_user_and_the_cpu_only_noise_does_not():
+    from caspar.cli import NATIVE_NOISE
+
+    noise = [b"I0000 00:00:1795942570.116074    3617 cudart_stub.cc:31] Could not find cuda drivers on your machine\n",
+             b"W0000 00:00:1795942570.116074    3617 some_file.cc:12] a warning\n",
+             b"E0000 00:00:1795944738.429014   29779 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"]
+    errors = [b"E0000 00:00:1795944738.429014   29779 saved_model_loader.cc:99] Could not open the model file\n",
+              b"F0000 00:00:1795944738.429014   29779 check.cc:1] Check failed: index < size\n"]
+    assert all(NATIVE_NOISE.match(line) for line in noise)
+    assert not any(NATIVE_NOISE.match(line) for line in errors)
+
+
+def test_a_trial_no_node_can_hold_is_refused_at_once(ray_local, sample_dataset, tmp_path, monkeypatch):
+    """The session's Ray node has 2 CPUs: a trial of 3 would wait forever."""
+    from caspar.config import TuneConfig
+    from caspar.dataset import load_prepared
+    from caspar.tune import tune_study
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    refused = r"--cpus-per-trial 3: no node of this cluster has that many CPUs \(the largest has 2\)"
+    with pytest.raises(dataset.UserError, match=refused):
+        tune_study(TuneConfig(data=sample_dataset, cpus_per_trial=3, storage_path=str(tmp_path / "ray")),
+                   load_prepared(sample_dataset))

@@ -89,6 +89,10 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
     first.wait(timeout=120)
     reader.join(timeout=10)
     output = "".join(printed)
+    assert first.returncode == 130 and "nothing registered" in output, output[-3000:]  # an interrupted study ships nothing
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(env["MLFLOW_TRACKING_URI"]).search_model_versions("name = 'CASPAR'") == []
     finished_ids = set(FINISHED_LINE.findall(output))
     trials, unfinished = map(int, re.search(r"(\d+) trials in .* (\d+) unfinished", output).groups())
     assert unfinished + len(finished_ids) == trials  # an interrupted trial is not "stopped by ASHA"
@@ -103,8 +107,6 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
     for trial in finished_ids:  # the trials the first session reported finished were not run again
         assert after_by_id[trial] == before[trial]
     # one MLflow run per trial, one study run (closed), figures of the resumed session only
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("resume-test").experiment_id], "tags.study = 'resumable'")
     trials = [r.data.tags["trial_name"] for r in runs if "trial_name" in r.data.tags]
