@@ -48,7 +48,7 @@ class Normalizer:
 
 
 def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, activation: str,
-              encoding_bins: int = 0, train_inputs: np.ndarray | None = None, batch_norm: bool = True,
+              encoding_bins: int = 0, train_inputs: np.ndarray | None = None,
               ensemble_size: int = 1, trees=None, seed: int = 0, periodic_frequencies: int = 0,
               ensemble_kind: str = "mini", ensemble_loss: str = "average"):
     """[Periodic (PLR) or piecewise-linear encoding of each input,] [k ensemble members: TabM-mini,
@@ -79,8 +79,7 @@ def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, ac
     full = ensemble_size > 1 and ensemble_kind == "full"
     for units in hidden_layers:
         x = (BatchEnsembleDense if full else keras.layers.Dense)(units, activation=activation)(x)
-        if batch_norm:
-            x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization()(x)
         if dropout_rate > 0:
             x = keras.layers.Dropout(dropout_rate)(x)
     initializer = "zeros" if trees is not None else "glorot_uniform"
