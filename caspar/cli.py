@@ -18,12 +18,14 @@ NATIVE_NOISE = re.compile(
     rb"|INFO: Created TensorFlow Lite XNNPACK delegate"
     rb"|WARNING: All log messages before absl::InitializeLog"
     rb"|Successfully registered model '|Created version '\d+' of model |Registered model '.*' already exists"
-    rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\tINFO )")
+    rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\tINFO "
+    rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\tWARNING authentication_token_setup\.py:\d+ -- Token authentication is enabled)")
 QUIET_ENVIRONMENT = {
     "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "CRITICAL", "RAY_DATA_LOG_LEVEL": "WARNING",
     "RAY_AIR_NEW_OUTPUT": "0",  # Tune's classic reporter, silent at RunConfig(verbose=0)
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # two "View run" lines per run (per trial of a study)
 }
 
 

@@ -287,7 +287,9 @@ def test_native_error_lines_reach_the_user_and_the_cpu_only_noise_does_not():
 
     noise = [b"I0000 00:00:1795942570.116074    3617 cudart_stub.cc:31] Could not find cuda drivers on your machine\n",
              b"W0000 00:00:1795942570.116074    3617 some_file.cc:12] a warning\n",
-             b"E0000 00:00:1795944738.429014   29779 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"]
+             b"E0000 00:00:1795944738.429014   29779 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n",
+             b"2026-11-29 08:55:46,897\tWARNING authentication_token_setup.py:85 -- Token authentication is enabled for "
+             b"this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.\n"]
     errors = [b"E0000 00:00:1795944738.429014   29779 saved_model_loader.cc:99] Could not open the model file\n",
               b"F0000 00:00:1795944738.429014   29779 check.cc:1] Check failed: index < size\n"]
     assert all(NATIVE_NOISE.match(line) for line in noise)
