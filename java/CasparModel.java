@@ -619,13 +619,13 @@ public final class CasparModel {
         for (int i = 0; i < 200 || System.nanoTime() < warmUpEnds; i++) {
             sink += model.predict(rows[i % 256]);
         }
-        double[] single = new double[1000];
+        double[] single = new double[500];
         for (int i = 0; i < single.length; i++) {
             long started = System.nanoTime();
             sink += model.predict(rows[i % 256]);
             single[i] = (System.nanoTime() - started) / 1e6;
         }
-        double[] batch = new double[10];
+        double[] batch = new double[5];
         for (int i = 0; i < batch.length; i++) {
             long started = System.nanoTime();
             sink += model.predict(rows)[0];

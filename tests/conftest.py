@@ -23,6 +23,7 @@ def ray_local():
     temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
              logging_level="WARNING", log_to_driver=False)
+    ray.test_temp_dir = temp_dir  # tests that kill this node's workers find them by it (pytest-xdist runs other nodes)
     yield ray
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)

@@ -133,7 +133,8 @@ def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_pat
         while time.monotonic() < deadline and not killed:
             # the trial actor's process, once it has trained for a moment (Ray titles it after the class)
             titles = ("ray::Trial", "ray::ResourceTrainable")  # Ray titles a trial actor after its class (and wrapper)
-            actors = [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []).startswith(titles)]
+            actors = [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []).startswith(titles)
+                      and ray_local.test_temp_dir in " ".join(_parent_cmdline(p))]  # this test's node only
             before = {p.pid: p.cpu_times().user for p in actors}
             time.sleep(0.3)
             running = [p for p in actors if p.cpu_times().user - before[p.pid] > 0.1]  # training, not idle
@@ -154,6 +155,15 @@ def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_pat
     assert all(rows[-1]["epoch"] == 30 for rows in results.values())
     state = "".join(open(p).read() for p in glob.glob(str(storage / "killed" / "experiment_state-*.json")))
     assert re.search(r'num_failures\\*": 1', state)
+
+
+def _parent_cmdline(process) -> list[str]:
+    import psutil
+
+    try:
+        return process.parent().cmdline()
+    except (psutil.Error, AttributeError):
+        return []
 
 
 def readme_block(after_heading: str) -> list[str]:
