@@ -15,7 +15,7 @@ from pathlib import Path
 from caspar.cli import UserError, in_ray_job
 
 PROJECT = Path(__file__).resolve().parents[1]
-HEALTH_TIMEOUT_S = 5
+HEALTH_TIMEOUT_S = 10  # a server that accepts the connection but does not answer (a refused one fails at once)
 
 
 class TrackingError(UserError):

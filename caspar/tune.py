@@ -269,14 +269,13 @@ def tune_study(settings: TuneConfig, prepared: Prepared, verbose: bool = False) 
                                                                  "cpus_per_trial")})
         tuner = build_tuner(settings, data, uri, parent.info.run_id, verbose)
         search_started, driver_cpu = time.time(), time.process_time()
-        results = tuner.fit()
+        results, interrupted = fit_noting_interrupt(tuner)
         driver_cpu = time.process_time() - driver_cpu  # the driver's threads: Tune, Optuna, MLflow logging
         cpu_capacity = (time.time() - search_started) * ray.cluster_resources().get("CPU", 1)
         best = best_result(results)
         summary = summarise(results, best, settings, search_started, cpu_capacity)
         summary["driver_share"] = driver_cpu / max(cpu_capacity, 1e-9)
         log_study(results, best, summary)
-        interrupted = was_interrupted(results, summary, settings, time.time() - search_started)
         mlflow.set_tag("caspar.interrupted", str(interrupted).lower())
     counts = {"trials": len(results), "stopped_early": summary["stopped_early"], "unfinished": summary["unfinished"],
               "errored": len(results.errors), "tracking_uri": uri, "path": study_path(settings),
@@ -296,11 +295,20 @@ def tune_study(settings: TuneConfig, prepared: Prepared, verbose: bool = False) 
                  seconds=time.perf_counter() - started, interrupted=interrupted)
 
 
-def was_interrupted(results, summary: dict, settings: TuneConfig, elapsed: float) -> bool:
-    """Ctrl-C ended the search: not every trial finished, and the time budget was not what ended it."""
-    complete = len(results) >= settings.n_trials and summary["unfinished"] == 0
-    budget_spent = settings.time_budget is not None and elapsed >= 0.95 * settings.time_budget
-    return not complete and not budget_spent
+def fit_noting_interrupt(tuner):
+    """(results, interrupted). Tune catches the first Ctrl-C itself: it ends the search, keeping its
+    state for --resume, and puts back the SIGINT handler it found; without an interrupt its own
+    handler stays. So the handler after the search says whether it was interrupted."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or os.environ.get("TUNE_DISABLE_SIGINT_HANDLER"):
+        return tuner.fit(), False  # Tune does not catch Ctrl-C here
+    before = signal.getsignal(signal.SIGINT)
+    results = tuner.fit()
+    interrupted = signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, before)
+    return results, interrupted
 
 
 def study_trees(settings: TuneConfig, x_train, y_train) -> dict[int, dict]:

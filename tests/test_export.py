@@ -17,7 +17,7 @@ def trained(mlflow_url, sample_dataset):
     """A small model trained into the session's MLflow server, registered as CASPAR-export-test."""
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_url
-    result = train(TrainConfig(hidden_layers=[24, 12], epochs=2, data=sample_dataset, experiment_name="test-export",
+    result = train(TrainConfig(hidden_layers=[24, 12], epochs=2, trees=50, data=sample_dataset, experiment_name="test-export",
                                run_name="export-me", model_name="CASPAR-export-test"))
     yield result
     if saved is None:
