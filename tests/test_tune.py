@@ -92,7 +92,8 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
     assert first.returncode == 130 and "nothing registered" in output, output[-3000:]  # an interrupted study ships nothing
     from mlflow.tracking import MlflowClient
 
-    assert MlflowClient(env["MLFLOW_TRACKING_URI"]).search_model_versions("name = 'CASPAR'") == []
+    store = env["MLFLOW_TRACKING_URI"]  # the registry too: an earlier test may have set this process's default
+    assert MlflowClient(store, registry_uri=store).search_model_versions("name = 'CASPAR'") == []
     finished_ids = set(FINISHED_LINE.findall(output))
     trials, unfinished = map(int, re.search(r"(\d+) trials in .* (\d+) unfinished", output).groups())
     assert unfinished + len(finished_ids) == trials  # an interrupted trial is not "stopped by ASHA"
