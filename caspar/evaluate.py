@@ -72,8 +72,7 @@ def verdict(results: dict[str, float]) -> Verdict:
 def summary_line(results: dict[str, float], fit_on: str = "train") -> str:
     """The model's test R² beside its baselines, all fitted on the same rows."""
     trees = f"own trees alone {results['baseline_trees_test_r2']:.4f}, " if "baseline_trees_test_r2" in results else ""
-    how = {"train": "", "train+val": "",
-           "all": " (fitted on every game; the figures are the same recipe's fitted on train + validation)"}[fit_on]
+    how = " (fitted on every game; the figures are the same recipe's fitted on train + validation)" if fit_on == "all" else ""
     return (f"test R² {results['test_r2']:.4f} (MSE {results['test_mse']:.5f}, MAE {results['test_mae']:.4f}); "
             f"baselines on the same rows: {trees}GBDT {results['baseline_gbdt_test_r2']:.4f}, "
             f"train mean {results['baseline_mean_test_r2']:.4f}{how}")

@@ -108,9 +108,10 @@ def check_owned(filesystem: pafs.FileSystem, path: str, uri: str, what: str, nam
         return
     if found.type != pafs.FileType.Directory:
         raise StorageError(f"{uri} is a file, not {what}: not replacing it")
-    entries = {posixpath.relpath(i.path, path).split("/")[0] for i in list_files(filesystem, path, uri)}
     if isinstance(filesystem, pafs.LocalFileSystem):
         entries = set(os.listdir(path))
+    else:  # an object store has no folders: the first part of every key below the prefix
+        entries = {posixpath.relpath(i.path, path).split("/")[0] for i in list_files(filesystem, path, uri)}
     if OWNER_MARKER in entries or entries <= names | {OWNER_MARKER}:
         return
     foreign = ", ".join(sorted(entries - names)[:3])
