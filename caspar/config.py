@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from caspar.cli import UserError
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("plateau", "cosine")
 ENSEMBLE_KINDS = ("mini", "full")
 ENSEMBLE_LOSSES = ("average", "members")
@@ -28,11 +28,13 @@ RESERVED_ALIAS = re.compile(r"^(v\d+|latest)$", re.IGNORECASE)  # MLflow's own n
 
 
 def setting(default, help: str, *, choices=None, minimum=None, maximum=None, above=None, below=None,
-            also=(), required: bool = False):
+            also=(), required: bool = False, search=None):
     """A field with its command-line help and allowed values: [minimum, maximum], (above, below),
-    `choices`, plus any values in `also` (e.g. -1 meaning "automatic")."""
+    `choices`, plus any values in `also` (e.g. -1 meaning "automatic"). `search`: its domain in
+    the tune search space, as (Ray Tune sampler, *arguments), e.g. ("choice", [0, 8]) or
+    ("loguniform", 1e-4, 1e-2)."""
     metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "above": above,
-                "below": below, "also": tuple(also), "required": required}
+                "below": below, "also": tuple(also), "required": required, "search": search}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -59,32 +61,58 @@ class PrepareConfig:
 @dataclass
 class Hyperparameters:
     """What a model is trained with: logged as MLflow parameters by train runs, tune trials and
-    tuned best runs alike, and sampled by name by the tune search space."""
-    hidden_layers: list[int] = setting([128, 128], "units per hidden layer", minimum=1)
-    dropout_rate: float = setting(0.3, "dropout after each hidden layer", minimum=0, below=1)
-    learning_rate: float = setting(1e-3, "initial learning rate", above=0, maximum=10)
-    batch_size: int = setting(128, "samples per gradient step", minimum=1)
+    tuned best runs alike. A field with a `search` domain is sampled by the tune search space
+    (seeded TPE); the study fixes the others."""
+    hidden_layers: list[int] = setting([128, 128], "units per hidden layer", minimum=1,
+                                       search=("choice", [[128], [256], [128, 128], [256, 256], [354, 354], [512, 512],
+                                                          [256, 256, 256], [354, 354, 354, 354]]))
+    dropout_rate: float = setting(0.3, "dropout after each hidden layer", minimum=0, below=1, search=("uniform", 0.0, 0.4))
+    learning_rate: float = setting(1e-3, "initial learning rate", above=0, maximum=10, search=("loguniform", 1e-4, 1e-2))
+    batch_size: int = setting(128, "samples per gradient step", minimum=1, search=("choice", [32, 64, 128, 256]))
     epochs: int = setting(200, "at most; early stopping ends sooner", minimum=1)
     patience: int = setting(25, "epochs without a better validation loss before stopping", minimum=1)
-    activation: str = setting("relu", "activation of the hidden layers", choices=ACTIVATIONS)
-    optimizer: str = setting("adam", "sgd is SGD with Nesterov momentum 0.9", choices=OPTIMIZERS)
-    weight_decay: float = setting(0.0, "decoupled weight decay of the optimizer (0: none)", minimum=0, maximum=1)
-    lr_schedule: str = setting("plateau", "plateau: halve the learning rate when val_loss stalls; cosine: warm up, then "
+    activation: str = setting("relu", "activation of the hidden layers", choices=ACTIVATIONS,
+                              search=("choice", ["relu", "gelu", "swish", "sigmoid"]))
+    optimizer: str = setting("adam", "adam (with --weight-decay: AdamW's decoupled decay); sgd: SGD with Nesterov "
+                             "momentum 0.9", choices=OPTIMIZERS)
+    weight_decay: float = setting(0.0, "decoupled weight decay of the optimizer (0: none)", minimum=0, maximum=1,
+                                  search=("choice", [0.0, 1e-5, 1e-4, 1e-3]))
+    lr_schedule: str = setting("plateau", "plateau: cut the learning rate when val_loss stalls; cosine: warm up, then "
                                "cosine decay to 0 at the last epoch (RealMLP's recipe)",
-                               choices=LR_SCHEDULES)
+                               choices=LR_SCHEDULES, search=("choice", ["plateau", "cosine"]))
+    plateau_factor: float = setting(0.5, "plateau schedule: the learning rate is multiplied by this when val_loss stalls",
+                                    above=0, below=1)
+    plateau_patience: int = setting(0, "plateau schedule: epochs without a better val_loss before the cut "
+                                    "(0: a third of --patience, at least 2)", minimum=0)
+    plateau_floor: float = setting(0.01, "plateau schedule: the lowest learning rate, as a share of --learning-rate",
+                                   minimum=0, maximum=1)
+    warmup_share: float = setting(0.05, "cosine schedule: share of all training steps spent warming up", minimum=0, below=1)
     encoding_bins: int = setting(16, "piecewise-linear encoding bins per input; 0 feeds the inputs as they are",
-                                 minimum=0, maximum=256)
+                                 minimum=0, maximum=256, search=("choice", [0, 8, 16]))
     periodic_frequencies: int = setting(0, "periodic (PLR) embedding of each input with this many frequencies, "
-                                        "instead of the piecewise-linear encoding (0: off)", minimum=0, maximum=64)
+                                        "instead of the piecewise-linear encoding (0: off)", minimum=0, maximum=64,
+                                        search=("choice", [0, 16]))
+    periodic_dimension: int = setting(8, "periodic embedding: values per input after its linear map", minimum=1, maximum=64)
+    periodic_sigma: float = setting(1.0, "periodic embedding: standard deviation of the initial frequencies", above=0)
     ensemble_size: int = setting(4, "members of a TabM-style ensemble sharing the hidden layers (1: one network)",
-                                 minimum=1, maximum=64)
+                                 minimum=1, maximum=64, search=("choice", [1, 4]))
     ensemble_kind: str = setting("mini", "mini: TabM-mini, one adapter on the inputs, then shared hidden layers; full: TabM, "
-                                 "BatchEnsemble adapters in every hidden layer", choices=ENSEMBLE_KINDS)
+                                 "BatchEnsemble adapters in every hidden layer", choices=ENSEMBLE_KINDS,
+                                 search=("choice", ["mini", "full"]))
     ensemble_loss: str = setting("average", "average: the loss of the members' average prediction; members: the mean of "
-                                 "the members' own losses (TabM's)", choices=ENSEMBLE_LOSSES)
+                                 "the members' own losses (TabM's)", choices=ENSEMBLE_LOSSES,
+                                 search=("choice", ["average", "members"]))
     trees: int = setting(600, "gradient-boosted trees inside the network, which learns their correction (0: none)",
-                         minimum=0, maximum=2000)
+                         minimum=0, maximum=2000, search=("choice", [0, 600]))
+    tree_learning_rate: float = setting(0.03, "learning rate of the trees' boosting (scikit-learn's default: 0.1)",
+                                        above=0, maximum=1)
+    tree_min_leaf: int = setting(10, "fewest training rows in a leaf of the trees (scikit-learn's default: 20)", minimum=1)
     seed: int = setting(42, "seed of weights, shuffling and the GBDT baseline")
+
+
+def search_space() -> dict[str, tuple]:
+    """The searched fields of Hyperparameters: {name: (Ray Tune sampler, *arguments)}."""
+    return {f.name: f.metadata["search"] for f in dataclasses.fields(Hyperparameters) if f.metadata["search"]}
 
 
 @dataclass
@@ -127,6 +155,9 @@ class TuneConfig(Tracking):
     seed: int = setting(42, "seed of the search and of every trial's training")
     max_failures: int = setting(2, "retries of a trial whose worker died", minimum=0)
     keep_checkpoints: int = setting(2, "checkpoints kept per trial (the best ones)", minimum=1)
+    reduction_factor: int = setting(3, "ASHA keeps the best 1/this of the trials at each of its milestones", minimum=2)
+    report_seconds: float = setting(10.0, "a trial reports at least this often (at an epoch's end), so that little is "
+                                          "lost when the study's time is up", above=0)
 
     def trial_hyperparameters(self) -> Hyperparameters:
         """What every trial starts from before the search space overrides its sampled fields:
@@ -138,7 +169,7 @@ class TuneConfig(Tracking):
 class ExportConfig:
     run: str = setting(None, required=True, help="run name, run id, models:/NAME/VERSION, models:/NAME@ALIAS, or the "
                        "models:/m-… URI a train or tune run printed")
-    output: str = setting("exports", "folder for NAME.tflite and NAME/")
+    output: str = setting("exports", "folder to write NAME/ into (the model in every format, NAME = the run's name)")
     experiment_name: str | None = setting(None, "look for the run name in this experiment only")
 
 
@@ -151,7 +182,10 @@ def hyperparameters(config) -> dict:
 # --- Command lines from the dataclasses ----------------------------------------------------------
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    def _get_help_string(self, action):  # "(default: …)" only where there is a default to show
+        if action.required or action.default in (None, False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -214,6 +248,8 @@ def check(config) -> None:
 
 
 def _out_of_range(value, meta) -> str | None:
+    if meta.get("choices") is not None and value is not None:
+        return None if value in meta["choices"] else f"must be one of {', '.join(map(str, meta['choices']))}"
     if value is None or isinstance(value, (bool, str)) or value in meta.get("also", ()):
         return None
     if isinstance(value, float) and not math.isfinite(value):

@@ -47,11 +47,10 @@ class Normalizer:
         return cls(np.array([float(r[1]) for r in rows], np.float32), np.array([float(r[2]) for r in rows], np.float32))
 
 
-def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, activation: str,
-              encoding_bins: int = 0, train_inputs: np.ndarray | None = None,
-              ensemble_size: int = 1, trees=None, seed: int = 0, periodic_frequencies: int = 0,
-              ensemble_kind: str = "mini", ensemble_loss: str = "average"):
-    """[Periodic (PLR) or piecewise-linear encoding of each input,] [k ensemble members: TabM-mini,
+def build_mlp(hp, train_inputs: np.ndarray, trees=None):
+    """The network of these Hyperparameters for inputs like `train_inputs` (normalised; the
+    piecewise-linear encoding takes its bins from them):
+    [periodic (PLR) or piecewise-linear encoding of each input,] [k ensemble members: TabM-mini,
     one adapter on the inputs, or TabM, BatchEnsemble adapters in every hidden layer,] then dense
     -> batch norm -> dropout per hidden layer, then the output. Without trees, one sigmoid unit (rewards lie in
     [0, 1]). With `trees` (a TreeEnsemble layer), the network learns a correction to the trees'
@@ -68,23 +67,23 @@ def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, ac
         PiecewiseLinearEncoding,
     )
 
-    inputs = keras.Input(shape=(n_features,), name="features")
+    inputs = keras.Input(shape=(train_inputs.shape[1],), name="features")
     x = inputs
-    if periodic_frequencies:
-        x = PeriodicEmbedding(periodic_frequencies)(x)
-    elif encoding_bins:
-        x = PiecewiseLinearEncoding.from_inputs(train_inputs, encoding_bins)(x)
-    if ensemble_size > 1:
-        x = EnsembleAdapter(ensemble_size, seed=seed)(x)
-    full = ensemble_size > 1 and ensemble_kind == "full"
-    for units in hidden_layers:
-        x = (BatchEnsembleDense if full else keras.layers.Dense)(units, activation=activation)(x)
+    if hp.periodic_frequencies:
+        x = PeriodicEmbedding(hp.periodic_frequencies, hp.periodic_dimension, hp.periodic_sigma)(x)
+    elif hp.encoding_bins:
+        x = PiecewiseLinearEncoding.from_inputs(train_inputs, hp.encoding_bins)(x)
+    if hp.ensemble_size > 1:
+        x = EnsembleAdapter(hp.ensemble_size, seed=hp.seed)(x)
+    full = hp.ensemble_size > 1 and hp.ensemble_kind == "full"
+    for units in hp.hidden_layers:
+        x = (BatchEnsembleDense if full else keras.layers.Dense)(units, activation=hp.activation)(x)
         x = keras.layers.BatchNormalization()(x)
-        if dropout_rate > 0:
-            x = keras.layers.Dropout(dropout_rate)(x)
+        if hp.dropout_rate > 0:
+            x = keras.layers.Dropout(hp.dropout_rate)(x)
     initializer = "zeros" if trees is not None else "glorot_uniform"
-    if ensemble_size > 1:
-        x = EnsembleHeads(kernel_initializer=initializer, member_losses=ensemble_loss == "members")(x)
+    if hp.ensemble_size > 1:
+        x = EnsembleHeads(kernel_initializer=initializer, member_losses=hp.ensemble_loss == "members")(x)
     else:
         x = keras.layers.Dense(1, kernel_initializer=initializer)(x)
     if trees is None:
@@ -94,19 +93,15 @@ def build_mlp(n_features: int, hidden_layers: list[int], dropout_rate: float, ac
     return keras.Model(inputs, outputs, name="caspar_mlp")
 
 
-TREE_LEARNING_RATE = 0.03  # the baseline's defaults: 0.1 and 20; these fit the validation split better (R² 0.9111 vs 0.9087)
-TREE_MIN_SAMPLES_LEAF = 10
-
-
-def fit_trees(x_train: np.ndarray, y_train: np.ndarray, count: int, seed: int):
-    """`count` gradient-boosted trees (scikit-learn's HistGradientBoostingRegressor, as the GBDT
-    baseline, with a smaller learning rate and smaller leaves) as a TreeEnsemble layer."""
+def fit_trees(x_train: np.ndarray, y_train: np.ndarray, hp):
+    """hp.trees gradient-boosted trees (scikit-learn's HistGradientBoostingRegressor, as the GBDT
+    baseline, with hp's learning rate and smallest leaf) as a TreeEnsemble layer."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     from caspar.layers import TreeEnsemble
 
-    trees = HistGradientBoostingRegressor(max_iter=count, learning_rate=TREE_LEARNING_RATE, early_stopping=False,
-                                          min_samples_leaf=TREE_MIN_SAMPLES_LEAF, random_state=seed)
+    trees = HistGradientBoostingRegressor(max_iter=hp.trees, learning_rate=hp.tree_learning_rate, early_stopping=False,
+                                          min_samples_leaf=hp.tree_min_leaf, random_state=hp.seed)
     return TreeEnsemble.from_sklearn(trees.fit(x_train, y_train))
 
 
@@ -117,9 +112,7 @@ def make_optimizer(name: str, learning_rate, weight_decay: float = 0.0):
     decay = weight_decay or None  # Keras applies any weight decay decoupled (AdamW's), for every optimizer
     if name == "sgd":  # the seed's choice
         return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=decay)
-    if name == "adam":
+    if name == "adam":  # with a weight decay, this is AdamW: keras.optimizers.AdamW only changes the default decay
         return keras.optimizers.Adam(learning_rate, weight_decay=decay)
-    if name == "adamw":  # AdamW needs a number: 0 is no decay
-        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r} (sgd, adam, adamw)")
+    raise ValueError(f"unknown optimizer {name!r} (sgd, adam)")
 

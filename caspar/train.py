@@ -1,6 +1,7 @@
 """Train one model on a prepared dataset and record everything about it in MLflow."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -12,7 +13,7 @@ import numpy as np
 
 from caspar import evaluate, tracking
 from caspar.cli import UserError
-from caspar.config import Hyperparameters, TrainConfig, check, hyperparameters
+from caspar.config import Hyperparameters, TrainConfig, check
 from caspar.dataset import Prepared, load_prepared
 from caspar.export import TEST_INPUTS_FILE, write_test_inputs
 from caspar.model import NORMALIZATION_FILE, Normalizer, build_mlp, fit_trees, make_optimizer
@@ -20,7 +21,6 @@ from caspar.model import NORMALIZATION_FILE, Normalizer, build_mlp, fit_trees, m
 TEST_ROWS_KEPT = 256  # test rows logged with the model, for checking an export
 STEPS_PER_EXECUTION = 32
 PREFETCH_BATCHES = 2
-WARMUP_SHARE = 0.05  # of all training steps, with the cosine schedule
 
 
 def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
@@ -46,11 +46,8 @@ def compiled_model(hp: Hyperparameters, x_train, y_train, trees=None):
 
     keras.utils.set_random_seed(hp.seed)
     if hp.trees and trees is None:
-        trees = fit_trees(x_train, y_train, hp.trees, hp.seed)
-    model = build_mlp(x_train.shape[1], hp.hidden_layers, hp.dropout_rate, hp.activation, hp.encoding_bins, x_train,
-                      ensemble_size=hp.ensemble_size, trees=trees if hp.trees else None, seed=hp.seed,
-                      periodic_frequencies=hp.periodic_frequencies, ensemble_kind=hp.ensemble_kind,
-                      ensemble_loss=hp.ensemble_loss)
+        trees = fit_trees(x_train, y_train, hp)
+    model = build_mlp(hp, x_train, trees if hp.trees else None)
     # Several steps per call into TensorFlow: small batches are otherwise bound by per-step overhead.
     optimizer = make_optimizer(hp.optimizer, learning_rate(hp, len(x_train)), hp.weight_decay)
     model.compile(optimizer=optimizer, loss="mse", metrics=["mae"], steps_per_execution=STEPS_PER_EXECUTION)
@@ -59,26 +56,28 @@ def compiled_model(hp: Hyperparameters, x_train, y_train, trees=None):
 
 def learning_rate(hp: Hyperparameters, train_rows: int):
     """The optimizer's learning rate: a number (the plateau schedule changes it from a callback),
-    or with lr_schedule "cosine", a linear warm-up over the first WARMUP_SHARE of all steps, then
+    or with lr_schedule "cosine", a linear warm-up over the first hp.warmup_share of all steps, then
     a cosine decay to 0 at the last epoch."""
     import keras
 
     if hp.lr_schedule != "cosine":
         return hp.learning_rate
     steps = math.ceil(train_rows / hp.batch_size) * hp.epochs
-    warmup = max(1, int(WARMUP_SHARE * steps))
+    warmup = max(1, int(hp.warmup_share * steps))
     return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, steps - warmup), warmup_target=hp.learning_rate,
                                                   warmup_steps=warmup)
 
 
 def schedule_callbacks(hp: Hyperparameters) -> list:
-    """The plateau schedule: halve the learning rate when val_loss stalls for a third of the
-    patience. The cosine schedule is the optimizer's own: no callback."""
+    """The plateau schedule: cut the learning rate when val_loss stalls. The cosine schedule is the
+    optimizer's own: no callback."""
     from caspar.callbacks import Plateau
 
     if hp.lr_schedule == "cosine":
         return []
-    return [Plateau(monitor="val_loss", factor=0.5, patience=max(2, hp.patience // 3), min_lr=hp.learning_rate / 100)]
+    patience = hp.plateau_patience or max(2, hp.patience // 3)
+    return [Plateau(monitor="val_loss", factor=hp.plateau_factor, patience=patience,
+                    min_lr=hp.learning_rate * hp.plateau_floor)]
 
 
 def validation_loss(model, val) -> float:
@@ -278,8 +277,8 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
     x_train, y_train = prepared.splits["train"]
     experiment = tracking.experiment_id(config.experiment_name)
     with mlflow.start_run(experiment_id=experiment, run_name=config.run_name, tags=run_tags(prepared)) as run:
-        mlflow.log_params(hyperparameters(config) | {"fit_on": config.fit_on, "data": config.data,
-                                                     "rows_train": len(y_train), "n_features": x_train.shape[1]})
+        mlflow.log_params(dataclasses.asdict(config) | evaluate.baseline_parameters()
+                          | {"rows_train": len(y_train), "n_features": x_train.shape[1]})
         progress = [EpochPrinter(config.epochs)] if show_progress else []
         model, history = fit(config, normalizer.transform(x_train), y_train, normalizer.transform(x_val), y_val,
                              callbacks=[MlflowEpochLogger(), *progress])

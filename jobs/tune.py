@@ -9,18 +9,18 @@ from caspar import cli, config
 
 
 def main(argv=None) -> int:
-    settings, verbose = config.parse(config.TuneConfig, __doc__, argv)
-    return cli.run("tune", lambda: tune_job(settings, verbose), verbose)
+    tune_config, verbose = config.parse(config.TuneConfig, __doc__, argv)
+    return cli.run("tune", lambda: tune_job(tune_config, verbose), verbose)
 
 
-def tune_job(settings: config.TuneConfig, verbose: bool) -> list[str]:
+def tune_job(tune_config: config.TuneConfig, verbose: bool) -> list[str]:
     from caspar import dataset, tracking
 
     tracking.configure()  # the server and the dataset are checked before Ray and TensorFlow start
-    prepared = dataset.load_prepared(settings.data)
+    prepared = dataset.load_prepared(tune_config.data)
     from caspar.tune import tune_study
 
-    study = tune_study(settings, prepared, verbose)
+    study = tune_study(tune_config, prepared, verbose)
     if study.interrupted and study.run_id is None:
         raise cli.Interrupted(study.lines())
     return study.lines()

@@ -9,7 +9,6 @@ from conftest import ROOT
 
 from caspar import config
 from caspar.features import markdown
-from caspar.tune import SEARCH_SPACE
 
 
 def run_job(job, *args, env=None):
@@ -22,6 +21,8 @@ def test_help_shows_every_setting_with_its_default():
     for f in dataclasses.fields(config.TrainConfig):
         assert f"--{f.name.replace('_', '-')}" in text
     assert "(default: 0.3)" in text and "(default: [128, 128])" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: None)" not in config.parser_for(config.ExportConfig, "").format_help()
 
 
 def test_parsed_values_reach_the_configuration():
@@ -55,10 +56,27 @@ def test_a_bad_option_is_one_line_before_anything_loads(job, args, named, tmp_pa
 
 
 def test_the_search_space_samples_hyperparameters_by_their_own_names():
-    names = {f.name for f in dataclasses.fields(config.Hyperparameters)}
-    assert set(SEARCH_SPACE) <= names
+    space = config.search_space()
+    assert {"hidden_layers", "learning_rate", "trees"} <= set(space)
     trial = config.TuneConfig(epochs=7, seed=3).trial_hyperparameters()
     assert (trial.epochs, trial.patience, trial.seed) == (7, 7, 3)
+
+
+def test_every_searched_domain_lies_inside_its_allowed_values():
+    fields = {f.name: f for f in dataclasses.fields(config.Hyperparameters)}
+    for name, (kind, *args) in config.search_space().items():
+        values = args[0] if kind == "choice" else args  # a choice's values; a range's ends
+        for value in values:
+            config.check(dataclasses.replace(config.Hyperparameters(), **{name: value}))  # raises if outside
+        assert kind in ("choice", "uniform", "loguniform"), name
+        assert fields[name].metadata["search"] == (kind, *args)
+
+
+def test_a_value_outside_a_fields_choices_is_refused_by_the_same_check():
+    with pytest.raises(config.UserError, match="--activation softmax: must be one of relu"):
+        config.check(config.Hyperparameters(activation="softmax"))
+    with pytest.raises(config.UserError, match=r"--dropout-rate 1.2: must be in \[0, 1\)"):
+        config.check(config.Hyperparameters(dropout_rate=1.2))
 
 
 def test_feature_documentation_is_current():

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from caspar import javamodel
+from caspar.config import Hyperparameters
 from caspar.export import TOLERANCE, JavaModel, write_java, write_test_inputs
 from caspar.model import Normalizer, build_mlp, fit_trees
 
@@ -49,10 +50,9 @@ def trained_model(rows, family: dict, activation: str):
     raw, reward = rows
     normalizer = Normalizer.fit(raw)
     x = normalizer.transform(raw)
-    options = {"hidden_layers": [16], "dropout_rate": 0.1} | family
-    trees = fit_trees(x, reward, options.pop("trees"), seed=0) if "trees" in options else None
-    model = build_mlp(WIDTH, options.pop("hidden_layers"), options.pop("dropout_rate"), activation, train_inputs=x,
-                      trees=trees, **options)
+    hp = Hyperparameters(**({"hidden_layers": [16], "dropout_rate": 0.1, "activation": activation, "encoding_bins": 0,
+                             "ensemble_size": 1, "trees": 0, "seed": 0} | family))
+    model = build_mlp(hp, x, fit_trees(x, reward, hp) if hp.trees else None)
     model.compile(optimizer="adam", loss="mse")
     model.fit(x, reward, epochs=2, batch_size=32, verbose=0)  # batch norm's statistics move off their start
     return model, normalizer

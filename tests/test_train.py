@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from caspar.config import Hyperparameters, TrainConfig
+from caspar.config import OPTIMIZERS, Hyperparameters, TrainConfig
 from caspar.dataset import load_prepared
 from caspar.model import NORMALIZATION_FILE, Normalizer
 from caspar.train import train
@@ -137,7 +137,7 @@ def test_trees_are_saved_as_weights_and_old_configs_still_load(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.random((300, 12)).astype("float32")
     y = 0.3 * (x[:, 0] > 0.5) + 0.2 * x[:, 3]
-    trees = fit_trees(x, y, 30, seed=0)
+    trees = fit_trees(x, y, Hyperparameters(trees=30, seed=0))
     inputs = keras.Input((12,))
     model = keras.Model(inputs, trees(inputs))
     expected = model.predict(x, verbose=0)
@@ -197,14 +197,14 @@ def test_trees_layer_computes_what_scikit_learn_predicts_on_the_real_corpus(corp
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     from caspar.layers import TreeEnsemble
-    from caspar.model import TREE_LEARNING_RATE, TREE_MIN_SAMPLES_LEAF
 
     prepared = load_prepared(corpus_dataset[0])
     normalizer = Normalizer.fit(prepared.splits["train"][0])
     x_train = normalizer.transform(prepared.splits["train"][0])
     x_all = normalizer.transform(np.concatenate([prepared.splits[s][0] for s in ("train", "val", "test")]))
-    trees = HistGradientBoostingRegressor(max_iter=200, learning_rate=TREE_LEARNING_RATE, early_stopping=False,
-                                          min_samples_leaf=TREE_MIN_SAMPLES_LEAF, random_state=0)
+    hp = Hyperparameters()
+    trees = HistGradientBoostingRegressor(max_iter=200, learning_rate=hp.tree_learning_rate, early_stopping=False,
+                                          min_samples_leaf=hp.tree_min_leaf, random_state=0)
     trees.fit(x_train, prepared.splits["train"][1])
     layer = TreeEnsemble.from_sklearn(trees)
     ours = np.asarray(layer(x_all)).reshape(-1)
@@ -222,7 +222,8 @@ def test_the_output_keeps_a_gradient_when_every_prediction_is_out_of_range(tmp_p
     rng = np.random.default_rng(0)
     x = rng.random((200, 6)).astype("float32")
     y = (0.5 * x[:, 0] + 0.2).astype("float32")
-    model = build_mlp(6, [8], 0.0, "relu", trees=fit_trees(x, y, 5, seed=0))
+    hp = Hyperparameters(hidden_layers=[8], dropout_rate=0.0, encoding_bins=0, ensemble_size=1, trees=5, seed=0)
+    model = build_mlp(hp, x, fit_trees(x, y, hp))
     index, bias = next((i, w) for i, w in enumerate(model.trainable_variables)
                        if w.path.endswith("bias") and tuple(w.shape) == (1,))
     bias.assign([5.0])
@@ -233,7 +234,7 @@ def test_the_output_keeps_a_gradient_when_every_prediction_is_out_of_range(tmp_p
     assert float(gradient[0]) > 1.0
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_with_its_defaults_takes_a_step(optimizer):
     import keras
 

@@ -243,12 +243,12 @@ def test_the_summary_tells_trials_stopped_by_asha_from_trials_cut_off():
     import pandas as pd
 
     from caspar.config import TuneConfig
-    from caspar.tune import summarise
+    from caspar.study import summarise
 
     def trial(epoch, done, error=None):
         frame = pd.DataFrame({"best_val_loss": [0.1], "cpu_seconds": [1.0], "startup_seconds": [0.2], "timestamp": [100]})
         return SimpleNamespace(metrics={"epoch": epoch, "done": done}, error=error, metrics_dataframe=frame)
 
     results = [trial(30, True), trial(10, True), trial(20, False), trial(10, False), trial(10, False, error=RuntimeError())]
-    summary = summarise(results, results[0], TuneConfig(data="unused", epochs=30), session_started=0, cpu_capacity=10)
+    summary = summarise(results, TuneConfig(data="unused", epochs=30), session_started=0, cpu_capacity=10)
     assert (summary["stopped_early"], summary["unfinished"]) == (1, 2)
