@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT
 
 from caspar import dataset
+from caspar.cli import UserError
 from caspar.config import TrainConfig
 from caspar.features import featurize, load_unit_points
 from caspar.gamelog import read_log
@@ -280,6 +281,19 @@ def test_resume_without_a_study_is_one_line(good, tmp_path):
                                "--storage-path", str(tmp_path / "ray"),
                                env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}), "tune")
     assert "--resume: no study named 'never-ran'" in error
+
+
+def test_resume_refuses_a_changed_study_option_and_the_study_logs_every_option():
+    import dataclasses
+
+    from caspar.config import TuneConfig
+    from caspar.tune import check_same_study, study_parameters
+
+    logged = {k: str(v) for k, v in study_parameters(TuneConfig(epochs=30)).items()}
+    assert {f.name for f in dataclasses.fields(TuneConfig)} <= set(logged)
+    check_same_study(TuneConfig(epochs=30, time_budget=60), logged)  # a new session's budget may change
+    with pytest.raises(UserError, match="--epochs 8 differs from the study's 30"):
+        check_same_study(TuneConfig(epochs=8), logged)
 
 
 def test_native_error_lines_reach_the_user_and_the_cpu_only_noise_does_not():

@@ -1,5 +1,6 @@
 """The train job against a real MLflow server and a real prepared dataset."""
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -34,6 +35,9 @@ def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
     run = client.get_run(result.run_id)
     assert run.info.run_name == "tracked"
     assert run.data.params["hidden_layers"] == "[32, 16]" and run.data.params["batch_size"] == "64"
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(run.data.params)  # every setting, by name
+    assert run.data.params["tree_learning_rate"] == str(TrainConfig().tree_learning_rate)
+    assert "HistGradientBoostingRegressor" in run.data.params["baseline_gbdt"]
     for key in ("loss", "val_loss", "val_mae"):
         assert len(client.get_metric_history(result.run_id, key)) == result.epochs
     for key in ("test_mse", "test_mae", "test_r2", "baseline_mean_test_r2", "baseline_gbdt_test_r2",

@@ -252,3 +252,41 @@ def test_the_summary_tells_trials_stopped_by_asha_from_trials_cut_off():
     results = [trial(30, True), trial(10, True), trial(20, False), trial(10, False), trial(10, False, error=RuntimeError())]
     summary = summarise(results, TuneConfig(data="unused", epochs=30), session_started=0, cpu_capacity=10)
     assert (summary["stopped_early"], summary["unfinished"]) == (1, 2)
+
+
+def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
+    """A trial restored from its checkpoint (after its worker died) has its epoch, its best epoch,
+    that epoch's loss and weights, and its current model; the best weights load with the figure
+    the trial reported for them."""
+    import numpy as np
+
+    from caspar.config import TuneConfig
+    from caspar.train import tf_datasets, validation_loss
+    from caspar.trial import Trial, load_best_model
+
+    rng = np.random.default_rng(0)
+    x = rng.random((400, 8)).astype("float32")
+    y = (0.6 * x[:, 0] + 0.3 * x[:, 1] * x[:, 2]).astype("float32")
+    data = {"x_train": x[:300], "y_train": y[:300], "x_val": x[300:], "y_val": y[300:]}
+    config = dict(vars(TuneConfig(epochs=6).trial_hyperparameters()), hidden_layers=[16], trees=0, ensemble_size=1,
+                  encoding_bins=0, batch_size=32, learning_rate=0.01)
+
+    def trial():
+        made = object.__new__(Trial)  # the Trainable without a Ray worker: its own methods only
+        made.data, made.milestones, made.report_seconds, made.node = data, [2, 4, 6], 60.0, "local"
+        made.start(config)
+        return made
+
+    first = trial()
+    result = first.step()
+    first.save_checkpoint(str(tmp_path))
+    restored = trial()
+    restored.load_checkpoint(str(tmp_path))
+    assert restored.epoch == first.epoch == result["epoch"] == 2
+    assert (restored.best.best, restored.best.best_epoch) == (result["best_val_loss"], result["best_epoch"])
+    for mine, theirs in zip(restored.model.get_weights(), first.model.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    best = load_best_model(str(tmp_path))
+    _, val = tf_datasets(data["x_train"], data["y_train"], data["x_val"], data["y_val"], 32, 0)
+    assert abs(validation_loss(best, val) - result["best_val_loss"]) < 1e-6
+    assert restored.step()["epoch"] == 4  # and it goes on from there
