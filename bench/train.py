@@ -24,8 +24,8 @@ import tempfile
 import time
 
 from caspar.config import FIT_ON, Hyperparameters, TrainConfig
-from caspar.dataset import load_prepared
 from caspar.model import Normalizer
+from caspar.prepared import load_prepared
 
 DEFAULTS = Hyperparameters()
 

@@ -18,13 +18,10 @@ import functools
 import hashlib
 import json
 import os
+import posixpath
 import resource
-import shutil
-import tempfile
 import time
-import uuid
-import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -32,15 +29,12 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from caspar import storage
-from caspar.cli import UserError, in_ray_job
 from caspar.config import PrepareConfig, check
 from caspar.features import feature_names, featurize, load_unit_points, schema
-from caspar.gamelog import read_game, split_part
-from caspar.gamelog.reader import SPLIT_PARTS
+from caspar.gamelog import read_game
+from caspar.logfiles import InputError, Inputs, found_logs
+from caspar.prepared import ROWS_FOLDER, SPLITS
 
-LOG_SUFFIX = ".tsv"
-SPLITS = ("train", "val", "test")
-ROWS_FOLDER = "rows"
 FILES_PER_BLOCK = 8
 PROBLEMS_KEPT = 20  # per file in the manifest; the rest are counted
 ID_COLUMNS = [
@@ -50,83 +44,11 @@ ID_COLUMNS = [
 ]
 
 
-class InputError(UserError):
-    """Input or output that cannot be used; the message is one line for the user."""
-
-
 def row_schema() -> pa.Schema:
     """Identity columns, the feature vector as one fixed-size list (order and names: schema.json)
     and the reward."""
     width = len(feature_names())
     return pa.schema(ID_COLUMNS + [("features", pa.list_(pa.float32(), width)), ("reward", pa.float32())])
-
-
-# --- Finding the logs -----------------------------------------------------------------------
-
-@dataclass
-class Inputs:
-    filesystem: pafs.FileSystem
-    paths: list[str]
-    root: str
-    games: dict[str, list[str]] = field(default_factory=dict)  # game name -> its files (four for a split game)
-    cleanup: str | None = None  # a temporary folder to remove when done
-    skipped: dict[str, str] = field(default_factory=dict)  # path -> why it was not read
-
-
-def find_logs(source: str) -> Inputs:
-    """All `*.tsv` logs under a folder (recursively), in a `.zip`, or under an s3:// prefix."""
-    if not storage.is_s3(source) and source.endswith(".zip") and os.path.isfile(source):
-        folder = tempfile.mkdtemp(prefix="caspar-zip-")
-        try:
-            with zipfile.ZipFile(source) as archive:
-                archive.extractall(folder)
-        except (zipfile.BadZipFile, OSError) as error:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise InputError(f"{source}: not a readable zip archive ({error})") from None
-        inputs = find_logs(folder)
-        inputs.cleanup = folder
-        return inputs
-    filesystem, root = storage.resolve(source)
-    kind = storage.info(filesystem, root, source).type
-    if kind == pafs.FileType.NotFound and not storage.is_s3(source):
-        raise InputError(f"input path does not exist: {source}")
-    if kind == pafs.FileType.File:
-        paths = [root]
-        root = os.path.dirname(root)
-    else:
-        paths = [i.path for i in storage.list_files(filesystem, root, source) if i.base_name.endswith(LOG_SUFFIX)]
-    if not paths:
-        raise InputError(f"no game logs (*{LOG_SUFFIX}) found in {storage.describe(source)}")
-    inputs = Inputs(filesystem, [], root)
-    seen: dict[str, str] = {}
-    for path in paths:  # `file` identifies a row, so a file name may appear once
-        name = os.path.basename(path)
-        if name in seen:
-            inputs.skipped[path] = f"same file name as {seen[name]}; skipped"
-        else:
-            seen[name] = path
-            inputs.paths.append(path)
-    _group_games(inputs)
-    return inputs
-
-
-def _group_games(inputs: Inputs) -> None:
-    """One game per log file, except the four files of a split game (same timestamp), which are
-    one game; a split game with a file missing is reported and not read."""
-    split: dict[str, dict[str, str]] = {}
-    for path in inputs.paths:
-        part = split_part(os.path.basename(path))
-        if part:
-            split.setdefault(part[1], {})[part[0]] = path
-        else:
-            inputs.games[os.path.basename(path)] = [path]
-    for game, parts in sorted(split.items()):
-        missing = [p for p in SPLIT_PARTS if p not in parts]
-        if missing:
-            for path in parts.values():
-                inputs.skipped[path] = f"split game {game} lacks its {' and '.join(missing)} file; not read"
-        else:
-            inputs.games[game] = [parts[p] for p in SPLIT_PARTS]
 
 
 # --- One file -> rows -------------------------------------------------------------------------
@@ -282,23 +204,18 @@ def prepare(config: PrepareConfig, parallelism: int | None = None) -> Summary:
         except (OSError, ValueError) as error:
             raise InputError(f"--mekfile: {error}") from None
     _check_input_outside_output(config.input, config.output)
-    inputs = find_logs(config.input)
     out_fs, out_path = storage.resolve(config.output)
     _check_replaceable(out_fs, out_path, config.output)
     settings = {"mekfile": os.path.abspath(config.mekfile) if config.mekfile else None,
                 "include_bots": config.include_bots, "seed": config.seed, "test_size": config.test_size,
                 "validation_size": config.validation_size}
-    try:
-        with _staging(out_fs, out_path, config.output) as staging:
-            ray_seconds = _start_ray()
-            entries = _write_rows(inputs, settings, out_fs, staging, parallelism)
-            manifest = _manifest(entries, config.input, settings, inputs.root, out_fs, staging)
-            _check_usable(manifest, config)
-            storage.write_bytes(out_fs, storage.join(staging, "schema.json"), json.dumps(schema(), indent=1).encode())
-            storage.write_bytes(out_fs, storage.join(staging, "manifest.json"), json.dumps(manifest, indent=1).encode())
-    finally:
-        if inputs.cleanup:
-            shutil.rmtree(inputs.cleanup, ignore_errors=True)
+    with found_logs(config.input) as inputs, _staging(out_fs, out_path, config.output) as staging:
+        ray_seconds = _start_ray()
+        entries = _write_rows(inputs, settings, out_fs, staging, parallelism)
+        manifest = _manifest(entries, config.input, settings, inputs.root, out_fs, staging)
+        _check_usable(manifest, config)
+        storage.write_bytes(out_fs, storage.join(staging, "schema.json"), json.dumps(schema(), indent=1).encode())
+        storage.write_bytes(out_fs, storage.join(staging, "manifest.json"), json.dumps(manifest, indent=1).encode())
     dropped: dict[str, int] = {}
     for entry in entries:
         for reason, count in entry.get("dropped", {}).items():
@@ -368,21 +285,13 @@ def _first_problem(manifest: dict) -> str:
 @contextlib.contextmanager
 def _staging(filesystem, path: str, uri: str):
     """A staging location that replaces `path` when the block succeeds: atomically on a local
-    disk; on an object store (no rename) the objects are replaced with manifest.json last."""
+    disk; on an object store, object by object with the manifest (which names the rest) last."""
     if isinstance(filesystem, pafs.LocalFileSystem):
         with storage.replacing(path, "the dataset") as staging:
             yield staging
-        return
-    staging = f"{path}.staging-{uuid.uuid4().hex[:8]}"
-    try:
-        storage.mark_owned(filesystem, staging, "the dataset")
-        yield staging
-        _remove(filesystem, path)
-        files = storage.list_files(filesystem, staging, uri)
-        for info in sorted(files, key=lambda i: i.base_name == "manifest.json"):
-            filesystem.copy_file(info.path, storage.join(path, os.path.relpath(info.path, staging)))
-    finally:
-        _remove(filesystem, staging)
+    else:
+        with storage.replacing_objects(filesystem, path, uri, "the dataset", last="manifest.json") as staging:
+            yield staging
 
 
 def _manifest(entries, source, settings, root, filesystem, staging) -> dict:
@@ -395,15 +304,18 @@ def _manifest(entries, source, settings, root, filesystem, staging) -> dict:
                 entry["parts"] = [os.path.relpath(part, root) for part in entry["parts"]]
         files.append(entry)
     rows = storage.join(staging, ROWS_FOLDER)
-    counts = {}
+    counts, row_files = {}, []
     if filesystem.get_file_info(rows).type == pafs.FileType.Directory:  # absent when no log gave a row
-        splits = pads.dataset(rows, filesystem=filesystem, format="parquet").to_table(columns=["split"])["split"]
+        parquet = pads.dataset(rows, filesystem=filesystem, format="parquet")
+        splits = parquet.to_table(columns=["split"])["split"]
         counts = dict(zip(*np.unique(splits.to_numpy(zero_copy_only=False), return_counts=True)))
+        row_files = sorted(posixpath.relpath(file, staging) for file in parquet.files)
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "input": source, "schema_version": schema()["version"],
         "settings": {k: v for k, v in settings.items() if k != "mekfile"} | {"mekfile": settings["mekfile"]},
         "rows": {split: int(counts.get(split, 0)) for split in SPLITS},
+        "row_files": row_files,  # readers read these, not whatever else lies in rows/
         "files": files,
     }
 
@@ -423,89 +335,3 @@ def _check_input_outside_output(source: str, output: str) -> None:
     if inner == outer or inner.startswith(outer + "/"):
         raise InputError(f"--input {source} lies inside --output {output}: replacing the dataset would delete the logs; "
                          "choose another output")
-
-
-def _remove(filesystem, path: str) -> None:
-    try:
-        if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
-            filesystem.delete_dir(path)
-    except OSError:
-        pass
-
-
-# --- Reading a prepared dataset ---------------------------------------------------------------
-
-@dataclass
-class Prepared:
-    """A prepared dataset in memory: (features [n, F] float32, reward [n] float32) per split, and
-    the log file of each row (to group rows by game)."""
-    uri: str
-    splits: dict[str, tuple[np.ndarray, np.ndarray]]
-    schema: dict
-    manifest: dict
-    files: dict[str, np.ndarray]
-
-    @property
-    def version(self) -> str:
-        """Changes when the features or the input logs change."""
-        files = sorted(f.get("sha256", "") for f in self.manifest.get("files", []))
-        body = json.dumps([self.schema.get("version"), self.manifest.get("settings"), files], sort_keys=True)
-        return hashlib.sha256(body.encode()).hexdigest()[:16]
-
-    @property
-    def feature_names(self) -> list[str]:
-        return [name for f in self.schema["features"] for name in f["columns"]]
-
-
-def load_prepared(uri: str) -> Prepared:
-    """Read a dataset written by `prepare`, checked first: a missing, stale or damaged dataset is
-    an InputError naming the file and what is wrong."""
-    filesystem, path = storage.resolve(uri)
-    manifest_path, schema_path = storage.join(path, "manifest.json"), storage.join(path, "schema.json")
-    if storage.info(filesystem, manifest_path, uri).type != pafs.FileType.File:
-        if in_ray_job() and not storage.is_s3(uri):
-            raise InputError(f"--data {uri}: not on the cluster (a Ray job runs in a copy of --working-dir without "
-                             "git-ignored folders such as data/): use s3://BUCKET/prefix or an absolute path every node reads")
-        raise InputError(f"no prepared dataset at {storage.describe(uri)}: run jobs/prepare.py first")
-    manifest = _read_json(filesystem, manifest_path)
-    if storage.info(filesystem, schema_path, uri).type != pafs.FileType.File:
-        raise InputError(f"{schema_path}: missing; run jobs/prepare.py again")
-    prepared_schema = _read_json(filesystem, schema_path)
-    expected = schema()
-    if (prepared_schema.get("version"), prepared_schema.get("width")) != (expected["version"], expected["width"]):
-        raise InputError(f"{schema_path}: feature set {prepared_schema.get('version')} ({prepared_schema.get('width')} "
-                         f"values), but this code computes {expected['version']} ({expected['width']} values): "
-                         "run jobs/prepare.py again")
-    files = [i.path for i in storage.list_files(filesystem, storage.join(path, ROWS_FOLDER), uri)
-             if i.base_name.endswith(".parquet")]
-    if not files:
-        raise InputError(f"{storage.join(path, ROWS_FOLDER)}: no Parquet files; run jobs/prepare.py again")
-    table = pa.concat_tables([_read_rows(filesystem, file, expected["width"]) for file in files])
-    features = table["features"].combine_chunks().flatten().to_numpy().reshape(-1, expected["width"])
-    reward = table["reward"].to_numpy()
-    split = table["split"].to_numpy(zero_copy_only=False)
-    splits = {name: (features[split == name], reward[split == name]) for name in SPLITS}
-    log_files = table["file"].to_numpy(zero_copy_only=False)
-    if any(len(splits[name][1]) == 0 for name in SPLITS):
-        sizes = {name: len(splits[name][1]) for name in SPLITS}
-        raise InputError(f"dataset {uri} has an empty split ({sizes}): add logs or change --test-size/--validation-size")
-    return Prepared(uri, splits, prepared_schema, manifest, {name: log_files[split == name] for name in SPLITS})
-
-
-def _read_json(filesystem, path: str):
-    try:
-        return json.loads(storage.read_bytes(filesystem, path))
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: unreadable ({error}); run jobs/prepare.py again") from None
-
-
-def _read_rows(filesystem, path: str, width: int) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path, filesystem=filesystem, columns=["file", "split", "features", "reward"])
-    except (OSError, pa.ArrowException) as error:
-        raise InputError(f"{path}: unreadable Parquet ({storage.first_line(error)}); run jobs/prepare.py again") from None
-    if table["features"].type != pa.list_(pa.float32(), width):
-        raise InputError(f"{path}: features are {table['features'].type}, expected {width} float32 values each")
-    return table

@@ -13,8 +13,8 @@ import glob
 import os
 import posixpath
 import shutil
-import signal
 import tempfile
+import uuid
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
@@ -123,6 +123,38 @@ def mark_owned(filesystem: pafs.FileSystem, folder: str, what: str) -> None:
     write_bytes(filesystem, join(folder, OWNER_MARKER), f"{what}, written by caspar-trainer; replaced as a whole\n".encode())
 
 
+# --- Replacing an output on an object store -----------------------------------------------------
+
+@contextlib.contextmanager
+def replacing_objects(filesystem: pafs.FileSystem, path: str, uri: str, what: str, last: str) -> Iterator[str]:
+    """Yields a staging prefix beside `path`; when the block succeeds, its objects are copied
+    under `path`, `last` (the object that makes the output whole, e.g. its manifest) after every
+    other, and only then are the objects of the previous version that the new one does not have
+    deleted. An object store has no rename: a reader that follows `last` (which names the other
+    objects) sees the old or the new version; a failed copy leaves the old one whole."""
+    staging = f"{path}.staging-{uuid.uuid4().hex[:8]}"
+    try:
+        mark_owned(filesystem, staging, what)
+        yield staging
+        new = {posixpath.relpath(i.path, staging) for i in list_files(filesystem, staging, uri)}
+        old = {posixpath.relpath(i.path, path) for i in list_files(filesystem, path, uri)}
+        for name in sorted(new, key=lambda n: n == last):
+            filesystem.copy_file(join(staging, name), join(path, name))
+        for name in old - new:
+            filesystem.delete_file(join(path, name))
+    finally:
+        remove(filesystem, staging)
+
+
+def remove(filesystem: pafs.FileSystem, path: str) -> None:
+    """Deletes a folder or prefix if it is there; a failure to delete is not an error."""
+    try:
+        if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+            filesystem.delete_dir(path)
+    except OSError:
+        pass
+
+
 # --- Replacing a local output in one step ------------------------------------------------------
 
 @contextlib.contextmanager
@@ -145,21 +177,37 @@ def replacing(path: str, what: str) -> Iterator[str]:
         mark_owned(pafs.LocalFileSystem(), staging, what)
         try:
             yield staging
-            fault_point("before-swap")
             exchange(staging, path)  # staging now holds the previous version, if there was one
-            fault_point("after-swap")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def _exclusive_lock(lock_path: str, message: str) -> Iterator[None]:
-    with open(lock_path, "a") as lock:
+    """An flock on `lock_path`, removed when done. A process killed while holding it leaves the
+    file, but not the lock (it ends with the process)."""
+    while True:
+        lock = open(lock_path, "a")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            lock.close()
             raise StorageError(message) from None
-        yield  # the lock ends with the process, however it ends
+        if _same_file(lock, lock_path):
+            break
+        lock.close()  # the holder before us removed the file once done: lock the one now there
+    try:
+        yield
+    finally:
+        os.unlink(lock_path)  # while still holding it, so that nobody else holds this file
+        lock.close()
+
+
+def _same_file(handle, path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 _RENAME_EXCHANGE = 2  # Linux renameat2 flag
@@ -188,9 +236,3 @@ def exchange(source: str, target: str) -> None:
     os.rename(target, aside)
     os.rename(source, target)
     os.rename(aside, source)
-
-
-def fault_point(name: str) -> None:
-    """Tests kill the process here (CASPAR_KILL_AT=name) to check what a crash at that instant leaves."""
-    if os.environ.get("CASPAR_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -14,9 +14,9 @@ import numpy as np
 from caspar import evaluate, tracking
 from caspar.cli import UserError
 from caspar.config import Hyperparameters, TrainConfig, check
-from caspar.dataset import Prepared, load_prepared
 from caspar.export import TEST_INPUTS_FILE, write_test_inputs
 from caspar.model import NORMALIZATION_FILE, Normalizer, build_mlp, fit_trees, make_optimizer
+from caspar.prepared import Prepared, load_prepared
 
 TEST_ROWS_KEPT = 256  # test rows logged with the model, for checking an export
 STEPS_PER_EXECUTION = 32

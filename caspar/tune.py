@@ -17,8 +17,8 @@ import warnings
 from caspar import evaluate, storage, tracking
 from caspar.cli import UserError, in_ray_job
 from caspar.config import TrainConfig, TuneConfig, check, hyperparameters, search_space
-from caspar.dataset import Prepared
 from caspar.model import Normalizer
+from caspar.prepared import Prepared
 from caspar.study import METRIC, MODE, Study, TrialPrinter, TrialRuns, best_checkpoint, best_history, log_study, summarise
 from caspar.trial import load_best_model
 

@@ -14,10 +14,11 @@ def main(argv=None) -> int:
 
 
 def train_job(settings: config.TrainConfig) -> list[str]:
-    from caspar import dataset, tracking
+    from caspar import tracking
+    from caspar.prepared import load_prepared
 
     tracking.configure()  # the server and the dataset are checked before TensorFlow loads
-    prepared = dataset.load_prepared(settings.data)
+    prepared = load_prepared(settings.data)
     from caspar.train import train
 
     return train(settings, prepared, show_progress=True).lines()

@@ -14,10 +14,11 @@ def main(argv=None) -> int:
 
 
 def tune_job(tune_config: config.TuneConfig, verbose: bool) -> list[str]:
-    from caspar import dataset, tracking
+    from caspar import tracking
+    from caspar.prepared import load_prepared
 
     tracking.configure()  # the server and the dataset are checked before Ray and TensorFlow start
-    prepared = dataset.load_prepared(tune_config.data)
+    prepared = load_prepared(tune_config.data)
     from caspar.tune import tune_study
 
     study = tune_study(tune_config, prepared, verbose)

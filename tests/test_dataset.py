@@ -1,5 +1,6 @@
 """The prepare job: split by game, Parquet + schema + manifest, replacement, inputs, errors."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -10,7 +11,8 @@ import pyarrow.dataset as pads
 import pytest
 from conftest import ROOT
 
-from caspar import dataset
+from caspar import dataset, prepared
+from caspar.cli import UserError
 from caspar.config import PrepareConfig
 from caspar.features import feature_bounds, featurize, load_unit_points, schema
 from caspar.gamelog import read_log
@@ -69,7 +71,7 @@ def test_prepare_writes_rows_schema_and_manifest(ray_local, sample_logs, tmp_pat
     assert not frame.duplicated(["file", "move_index"]).any()
     features = np.stack(table["features"].to_numpy(zero_copy_only=False))
     assert features.shape[1] == 354 and np.isfinite(features).all()
-    loaded = dataset.load_prepared(str(out))  # each row's log file, for grouping by game
+    loaded = prepared.load_prepared(str(out))  # each row's log file, for grouping by game
     for name in ("train", "val", "test"):
         assert len(loaded.files[name]) == len(loaded.splits[name][1])
         assert sorted(loaded.files[name]) == sorted(frame.loc[frame["split"] == name, "file"])
@@ -81,7 +83,7 @@ def test_rerun_replaces_the_dataset(ray_local, sample_logs, tmp_path):
     first = read_rows(out).num_rows
     dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(out), seed=6))
     assert read_rows(out).num_rows == first
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".prepared.lock", "prepared"]  # no staging or old copies left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]  # no staging, old copy or lock file left
 
 
 def test_zip_input_and_bot_moves(ray_local, sample_logs, tmp_path):
@@ -98,7 +100,7 @@ def test_zip_input_and_bot_moves(ray_local, sample_logs, tmp_path):
 
 def test_refuses_to_replace_a_folder_that_is_not_a_dataset(ray_local, sample_logs, tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
-    with pytest.raises(dataset.UserError, match="not a prepared dataset"):
+    with pytest.raises(UserError, match="not a prepared dataset"):
         dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(tmp_path)))
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
@@ -108,7 +110,7 @@ def test_a_manifest_alone_does_not_make_a_folder_a_dataset(ray_local, sample_log
     site.mkdir()
     (site / "manifest.json").write_text("{}")
     (site / "index.html").write_text("hi")
-    with pytest.raises(dataset.UserError, match=r"is not a prepared dataset \(it holds index.html\)"):
+    with pytest.raises(UserError, match=r"is not a prepared dataset \(it holds index.html\)"):
         dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(site)))
     assert sorted(p.name for p in site.iterdir()) == ["index.html", "manifest.json"]
 
@@ -118,7 +120,7 @@ def test_refuses_an_input_inside_the_output(ray_local, sample_logs, tmp_path):
 
     shutil.copytree(sample_logs, tmp_path / "D" / "logs")
     before = sorted(p.name for p in (tmp_path / "D" / "logs").rglob("*.tsv"))
-    with pytest.raises(dataset.UserError, match="lies inside --output"):
+    with pytest.raises(UserError, match="lies inside --output"):
         dataset.prepare(PrepareConfig(input=str(tmp_path / "D" / "logs"), output=str(tmp_path / "D")))
     assert sorted(p.name for p in (tmp_path / "D" / "logs").rglob("*.tsv")) == before
 
@@ -187,3 +189,80 @@ def test_real_corpus(corpus_dataset):
     assert (features >= bounds[:, 0] - 1e-6).all() and (features <= bounds[:, 1] + 1e-6).all()
     assert ((reward >= 0) & (reward <= 1)).all()
     assert abs(reward.mean() - 0.556) < 0.001
+
+
+def test_the_listing_visits_each_real_folder_once_and_names_odd_file_names(tmp_path):
+    from caspar.logfiles import find_logs
+
+    root = tmp_path / "logs"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "game.tsv").write_text("x")
+    (root / "a" / "loop").symlink_to(root)  # two symbolic-link loops
+    (root / "b").symlink_to(root / "a")
+    with open(os.fsencode(root) + b"/caf\xe9.tsv", "wb") as handle:  # a Windows-1252 name
+        handle.write(b"x")
+    inputs = find_logs(str(root))
+    assert [os.path.basename(p) for p in inputs.paths] == ["game.tsv"]
+    [(odd, why)] = inputs.skipped.items()
+    assert odd.endswith("caf\\xe9.tsv") and "not UTF-8" in why
+
+
+def test_a_zip_input_has_a_size_cap_and_no_unpacked_copy_outlives_its_run(tmp_path, monkeypatch):
+    import tempfile
+
+    from caspar import logfiles
+
+    archive = tmp_path / "logs.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("game.tsv", "x" * 5000)
+    abandoned = tempfile.mkdtemp(prefix=f"{logfiles.ZIP_FOLDER_PREFIX}{2**22 + 1}-")  # its process is gone
+    with logfiles.found_logs(str(archive)) as inputs:
+        unpacked = inputs.root
+        assert os.path.isfile(os.path.join(unpacked, "game.tsv"))
+    assert not os.path.exists(unpacked) and not os.path.exists(abandoned)
+    monkeypatch.setattr(logfiles, "ZIP_LIMIT_BYTES", 4000)
+    with pytest.raises(UserError, match=r"logs.zip: unpacks to 0.0 GiB, more than"):
+        logfiles.unpack(str(archive))
+
+
+class FailingCopies:
+    """A local filesystem whose copies fail from the `fail_from`-th on (an object store going down)."""
+
+    def __init__(self, fail_from):
+        import pyarrow.fs as pafs
+
+        self.local, self.fail_from, self.copies = pafs.LocalFileSystem(), fail_from, 0
+
+    def copy_file(self, source, target):
+        self.copies += 1
+        if self.copies >= self.fail_from:
+            raise OSError("connection reset")
+        self.local.create_dir(os.path.dirname(target))
+        self.local.copy_file(source, target)
+
+    def __getattr__(self, name):
+        return getattr(self.local, name)
+
+
+@pytest.mark.parametrize("fail_from", [1, 2, 3, 99])
+def test_object_store_replacement_keeps_the_old_version_whole_until_the_new_is(tmp_path, fail_from):
+    from caspar import storage
+
+    live = tmp_path / "dataset"
+    (live / "rows").mkdir(parents=True)
+    (live / "rows" / "old.parquet").write_text("old rows")
+    (live / "manifest.json").write_text('{"row_files": ["rows/old.parquet"]}')
+    filesystem = FailingCopies(fail_from)
+    try:
+        with storage.replacing_objects(filesystem, str(live), str(live), "the dataset", last="manifest.json") as staging:
+            os.makedirs(f"{staging}/rows")
+            storage.write_bytes(filesystem.local, f"{staging}/rows/new.parquet", b"new rows")
+            storage.write_bytes(filesystem.local, f"{staging}/manifest.json", b'{"row_files": ["rows/new.parquet"]}')
+    except OSError:
+        manifest = json.loads((live / "manifest.json").read_text())
+        assert manifest["row_files"] == ["rows/old.parquet"] and (live / "rows" / "old.parquet").read_text() == "old rows"
+    else:
+        assert fail_from == 99
+        assert json.loads((live / "manifest.json").read_text())["row_files"] == ["rows/new.parquet"]
+        assert not (live / "rows" / "old.parquet").exists() and (live / "rows" / "new.parquet").read_text() == "new rows"
+    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]  # the staging prefix is gone either way

@@ -10,11 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT
 
-from caspar import dataset
+from caspar import dataset, prepared
 from caspar.cli import UserError
 from caspar.config import TrainConfig
 from caspar.features import featurize, load_unit_points
 from caspar.gamelog import read_log
+from caspar.logfiles import InputError
 from caspar.samples import write_samples
 
 
@@ -117,11 +118,33 @@ def test_non_finite_numbers_are_problems_never_feature_values(tmp_path):
 
 # --- Atomic replacement ------------------------------------------------------------------------------
 
+KILLER = """
+import os, signal
+from caspar import storage
+
+def exchange(source, target, _exchange=storage.exchange):
+    if os.environ["CASPAR_KILL_AT"] == "before-swap":
+        os.kill(os.getpid(), signal.SIGKILL)
+    _exchange(source, target)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+storage.exchange = exchange
+"""
+
+
+def killed_at(point, folder):
+    """The environment of a job that kills itself (SIGKILL) just before or after it swaps its new
+    output in: a sitecustomize module, loaded at start-up, wraps the swap."""
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(KILLER)
+    return {"CASPAR_KILL_AT": point, "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)])}
+
+
 @pytest.mark.parametrize("kill_at, expect_new", [("before-swap", False), ("after-swap", True)])
-def test_a_killed_prepare_leaves_a_whole_dataset(good, existing, kill_at, expect_new):
+def test_a_killed_prepare_leaves_a_whole_dataset(good, existing, kill_at, expect_new, tmp_path):
     before = snapshot(existing)
     result = job("prepare", "--input", str(good / "raw"), "--output", str(existing), "--seed", "7",
-                 env={"CASPAR_KILL_AT": kill_at})
+                 env=killed_at(kill_at, tmp_path / "killer"))
     assert result.returncode == -9
     after = snapshot(existing)
     assert set(after) >= {"manifest.json", "schema.json"} and any(k.startswith("rows/") for k in after)
@@ -168,7 +191,7 @@ def damage_other_feature_set(folder):
 def damage_no_rows(folder):
     for part in (folder / "rows").glob("*.parquet"):
         part.unlink()
-    return "no Parquet files"
+    return "missing, though manifest.json names it"
 
 
 def damage_wrong_width(folder):
@@ -181,12 +204,43 @@ def damage_wrong_width(folder):
     return "expected 354 float32 values"
 
 
+def damage_reward_type(folder):
+    import pyarrow as pa
+
+    part = next((folder / "rows").glob("*.parquet"))
+    table = pq.read_table(part)
+    pq.write_table(table.set_column(table.schema.get_field_index("reward"), "reward", table["reward"].cast(pa.float64())), part)
+    return f"{part.name}: column reward is double, expected float32"
+
+
+def damage_not_finite(folder):
+    import pyarrow as pa
+
+    part = next((folder / "rows").glob("*.parquet"))
+    table = pq.read_table(part)
+    reward = table["reward"].to_numpy().copy()
+    reward[0] = np.nan
+    pq.write_table(table.set_column(table.schema.get_field_index("reward"), "reward", pa.array(reward)), part)
+    return f"{part.name}: 1 reward values are NaN or infinite"
+
+
+def damage_schema_a_list(folder):
+    (folder / "schema.json").write_text("[]")
+    return "schema.json: not a dataset's schema.json"
+
+
+def damage_schema_without_features(folder):
+    (folder / "schema.json").write_text(json.dumps({"version": "x"}))
+    return "schema.json: not a dataset's schema.json"
+
+
 @pytest.mark.parametrize("damage", [damage_truncated_parquet, damage_missing_schema, damage_other_feature_set,
-                                    damage_no_rows, damage_wrong_width])
+                                    damage_no_rows, damage_wrong_width, damage_reward_type, damage_not_finite,
+                                    damage_schema_a_list, damage_schema_without_features])
 def test_a_damaged_dataset_is_one_line_naming_the_file(existing, damage):
     named = damage(existing)
-    with pytest.raises(dataset.InputError) as error:
-        dataset.load_prepared(str(existing))
+    with pytest.raises(InputError) as error:
+        prepared.load_prepared(str(existing))
     assert named in str(error.value) and "\n" not in str(error.value)
 
 
@@ -313,11 +367,11 @@ def test_native_error_lines_reach_the_user_and_the_cpu_only_noise_does_not():
 def test_a_trial_no_node_can_hold_is_refused_at_once(ray_local, sample_dataset, tmp_path, monkeypatch):
     """The session's Ray node has 2 CPUs: a trial of 3 would wait forever."""
     from caspar.config import TuneConfig
-    from caspar.dataset import load_prepared
+    from caspar.prepared import load_prepared
     from caspar.tune import tune_study
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
     refused = r"--cpus-per-trial 3: no node of this cluster has that many CPUs \(the largest has 2\)"
-    with pytest.raises(dataset.UserError, match=refused):
+    with pytest.raises(UserError, match=refused):
         tune_study(TuneConfig(data=sample_dataset, cpus_per_trial=3, storage_path=str(tmp_path / "ray")),
                    load_prepared(sample_dataset))

@@ -11,8 +11,8 @@ import pytest
 from conftest import ROOT
 
 from caspar.config import OPTIMIZERS, Hyperparameters, TrainConfig
-from caspar.dataset import load_prepared
 from caspar.model import NORMALIZATION_FILE, Normalizer
+from caspar.prepared import load_prepared
 from caspar.train import train
 
 SMALL = {"hidden_layers": [32, 16], "epochs": 3, "batch_size": 64, "patience": 5}

@@ -120,7 +120,7 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
 
 def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_path, monkeypatch):
     from caspar.config import TuneConfig
-    from caspar.dataset import load_prepared
+    from caspar.prepared import load_prepared
     from caspar.tune import tune_study
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
@@ -222,7 +222,7 @@ def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tm
 def test_reused_trial_processes_lose_no_trial(ray_local, sample_dataset, tmp_path, monkeypatch):
     """Trials run one after another in reused processes; ASHA stops most of them mid-study."""
     from caspar.config import TuneConfig
-    from caspar.dataset import load_prepared
+    from caspar.prepared import load_prepared
     from caspar.tune import tune_study
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
