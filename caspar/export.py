@@ -19,10 +19,8 @@ earlier one stays) and the job fails.
 from __future__ import annotations
 
 import csv
-import difflib
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -30,109 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from caspar import javamodel, storage, tracking
-from caspar.cli import UserError
 from caspar.model import NORMALIZATION_FILE, Normalizer
+from caspar.registry import ExportError, Source, find_model
 
 TOLERANCE = 1e-5
 LATENCY_CALLS = 300  # at batch 1; the median is reported
 LATENCY_BUDGET_MS = 0.5  # TFLite, batch 1, one thread: the game calls the model once per candidate path
 SIZE_BUDGET_MB = 20.0
 TEST_INPUTS_FILE = "test_inputs.csv"
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-LOGGED_MODEL = re.compile(r"^models:/m-[0-9a-f]+$")
-
-
-class ExportError(UserError):
-    """The export cannot be done; the message is one line for the user."""
-
-
-@dataclass
-class Source:
-    run_id: str
-    name: str  # file stem of the export
-    model_uri: str
-    note: str = ""  # e.g. that a name matched several runs
-
-
-def find_model(ref: str, experiment_name: str | None = None) -> Source:
-    """A run name, a run id, or a registry URI (models:/NAME/VERSION, models:/NAME@ALIAS)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    if LOGGED_MODEL.match(ref):  # what train and tune print: the model as logged in its run
-        try:
-            run = client.get_run(client.get_logged_model(ref[len("models:/"):]).source_run_id)
-        except MlflowException:
-            raise ExportError(f"no logged model {ref}") from None
-        _check_verdict(run)
-        return Source(run.info.run_id, _safe_name(run.info.run_name or ref[len("models:/"):]), ref)
-    if ref.startswith("models:/"):
-        name, _, rest = ref[len("models:/"):].partition("/")
-        name, _, alias = name.partition("@")
-        try:
-            version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, rest)
-        except MlflowException:
-            raise ExportError(f"no registered model {ref}") from None
-        run = client.get_run(version.run_id)
-        return Source(version.run_id, _safe_name(run.info.run_name or f"{name}-v{version.version}"), ref)
-    if RUN_ID.match(ref):
-        try:
-            run = client.get_run(ref)
-        except MlflowException:
-            run = None  # not an id after all: try it as a name
-        if run is not None:
-            _check_verdict(run)
-            if not _has_model(client, ref):
-                raise ExportError(f"run {ref} has no model (it failed or is still running)")
-            return Source(ref, _safe_name(run.info.run_name or ref), f"runs:/{ref}/model")
-    experiments = _experiments(client, experiment_name)
-    runs = client.search_runs([e.experiment_id for e in experiments], f"attributes.run_name = '{_quoted(ref)}'",
-                              order_by=["attributes.start_time DESC"])
-    with_model = [r for r in runs if r.info.status == "FINISHED" and _has_model(client, r.info.run_id)]
-    where = f" in experiment {experiment_name}" if experiment_name else ""
-    if runs and not with_model:
-        raise ExportError(f"{len(runs)} runs are named {ref!r}{where} but none finished with a model "
-                          "(they failed or are still running)")
-    runs = with_model
-    if not runs:
-        names = {r.info.run_name for r in client.search_runs([e.experiment_id for e in experiments], max_results=1000)}
-        close = difflib.get_close_matches(ref, sorted(n for n in names if n and n != ref), n=5, cutoff=0.4)
-        hint = f"; closest names: {', '.join(close)}" if close else ""
-        raise ExportError(f"no run named {ref!r}{where}{hint}")
-    _check_verdict(runs[0])
-    note = f"{len(runs)} runs are named {ref!r}; exporting the newest, {runs[0].info.run_id}" if len(runs) > 1 else ""
-    return Source(runs[0].info.run_id, _safe_name(ref), f"runs:/{runs[0].info.run_id}/model", note)
-
-
-def _check_verdict(run) -> None:
-    """A run whose model does not beat the mean baseline was not registered; it is not exported either."""
-    if run.data.tags.get("caspar.verdict") == "refused":
-        raise ExportError(f"run {run.info.run_id} ({run.info.run_name}) is not exported: "
-                          f"{run.data.tags.get('caspar.verdict_reason', 'its model did not beat the mean baseline')}")
-
-
-def _experiments(client, name: str | None):
-    if name is None:
-        return client.search_experiments()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        raise ExportError(f"no experiment named {name!r}")
-    return [experiment]
-
-
-def _has_model(client, run_id: str) -> bool:
-    return any(a.path == NORMALIZATION_FILE for a in client.list_artifacts(run_id))
-
-
-def _quoted(text: str) -> str:
-    return text.replace("'", "\\'")
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
-
-
 @dataclass
 class JavaModel:
     """The plain-Java model of an export: model.caspar and CasparModel.java, run by the JDK."""
@@ -211,7 +114,8 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
                 keras_model.export(staging, format="tf_saved_model", verbose=False)
                 for artifact in (NORMALIZATION_FILE, TEST_INPUTS_FILE, "schema.json"):
                     shutil.copy(os.path.join(downloads, artifact), staging)
-                schema = json.load(open(os.path.join(staging, "schema.json")))
+                with open(os.path.join(staging, "schema.json")) as handle:
+                    schema = json.load(handle)
                 _write_readme(os.path.join(staging, "README.md"), source.name, schema)
                 with open(os.path.join(staging, tflite_name), "wb") as handle:
                     handle.write(_to_tflite(staging))

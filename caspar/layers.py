@@ -49,7 +49,17 @@ class PiecewiseLinearEncoding(keras.layers.Layer):
         return (input_shape[0], int(np.prod(self.lower_values.shape)))
 
     def get_config(self):
-        return {**super().get_config(), "lower": self.lower_values.tolist(), "width": self.width_values.tolist()}
+        """The bins' shape only: the edges are weights, saved in binary with the model's weights."""
+        features, bins = self.lower_values.shape
+        return {**super().get_config(), "features": features, "bins": bins}
+
+    @classmethod
+    def from_config(cls, config):
+        if "lower" in config:  # saved with the edges in the config
+            return cls(**config)
+        config = dict(config)
+        shape = (config.pop("features"), config.pop("bins"))
+        return cls(np.zeros(shape), np.ones(shape), **config)  # the saved weights replace them
 
 
 @keras.saving.register_keras_serializable(package="caspar")

@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 from caspar import storage
 from caspar.cli import UserError
 from caspar.gamelog import split_part
-from caspar.gamelog.reader import SPLIT_PARTS
+from caspar.gamelog.split import SPLIT_PARTS
 
 LOG_SUFFIX = ".tsv"
 ZIP_LIMIT_BYTES = 4 << 30  # what a .zip input may unpack to

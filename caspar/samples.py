@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from caspar.gamelog.reader import ATTACK_COLUMNS, MINEFIELD_COLUMNS, MOVE_COLUMNS, STATE_COLUMNS
+from caspar.gamelog.log import ATTACK_COLUMNS, MINEFIELD_COLUMNS, MOVE_COLUMNS, STATE_COLUMNS
 
 UNITS = [  # chassis, model, type, role, max range, damage, armour, internal, BV
     ("Atlas", "AS7-D", "BipedMek", "JUGGERNAUT", 18, 60, 304, 152, 1897),
@@ -44,80 +44,96 @@ def game_log(seed: int, *, wide: bool = True, crlf: bool = False, decimal_comma:
     """One synthetic log as text. With `second_game`, the board is logged again (taller) and a
     second game starts at round 1, as in real logs that hold two games."""
     rng = random.Random(seed)
-    comma = decimal_comma
     units = []
     for entity in range(1, rng.randint(4, 7) + 1):
         team = 1 + entity % 2
         x = rng.randrange(0, 3) if team == 1 else rng.randrange(width - 3, width)
         units.append(_Unit(entity, team - 1, team, rng.choice(UNITS), x, rng.randrange(height)))
-    state_columns = WIDE_STATE if wide else NARROW_STATE
-    lines = [f"# Log file created at 2025-01-01T00:00:{seed % 60:02d}.000000000"]
-
-    def board_block(height):
-        lines.extend(["BOARD_NAME\tWIDTH\tHEIGHT", f"Synthetic #{seed}\t{width}\t{height}"])
-        lines.append("\t".join(f"COL_{i}" for i in range(width)) + "\t")
-        for x in range(width):
-            cells = [f"Level: {rng.randint(0, 2)}  Features: " + rng.choice(["", "Light Woods; foliage_elev(2, 0); ",
-                                                                             "Water, depth: 1; "])
-                     for _ in range(height)]
-            lines.append(f"ROW_{x}\t" + "\t".join(cells) + "\t")
-        lines.extend(["THEME\tCITY_TYPE\tMAP_SIZE\tMAP_WIDTH\tMAP_HEIGHT", "\tNONE\t1\t1"])
-        lines.extend(["TEMPERATURE\tWEATHER\tGRAVITY\tWIND\tATMOSPHERE\tFOG\tLIGHT",
-                      f"25\tCLEAR\t{_number(1, comma)}\tCalm\tStandard\tNone\tDaylight"])
-
-    board_block(height)
-
-    def state_block(round_, phase):
-        lines.append("\t".join(state_columns))
-        for u in units:
-            if u.destroyed:
-                continue
-            values = [round_, phase, u.player, u.entity, u.chassis, u.model, u.type, u.role, u.x, u.y,
-                      u.facing, _number(u.mp, comma), _number(0, comma), 0, 0, 0, 0, 0,
-                      _number(u.armor_p, comma), _number(u.internal_p, comma), 1, u.range, u.damage, u.team,
-                      _number(u.full_armor * u.armor_p, comma), _number(u.full_internal * u.internal_p, comma),
-                      _number(u.bv, comma)]
-            lines.append("\t".join(str(v) for v in values[:len(state_columns)]))
-
-    state_block(0, "DEPLOYMENT")
-    lines.append("\t".join(MINEFIELD_COLUMNS))
-    lines.append(f"1\tDEPLOY_MINEFIELDS\tMINEFIELD\t{width // 2}\t{height // 2}")
+    log = _SyntheticLog(seed, rng, units, WIDE_STATE if wide else NARROW_STATE, decimal_comma, width)
+    log.board(height)
+    log.states(0, "DEPLOYMENT")
+    log.lines.append("\t".join(MINEFIELD_COLUMNS))
+    log.lines.append(f"1\tDEPLOY_MINEFIELDS\tMINEFIELD\t{width // 2}\t{height // 2}")
     game_rounds = [*range(1, rounds + 1)] * (2 if second_game else 1)
     for number, round_ in enumerate(game_rounds):
         if second_game and number == rounds:
             height += 4
-            board_block(height)
-        for u in [u for u in units if not u.destroyed]:
-            from_x, from_y = u.x, u.y
-            steps = rng.randint(0, 5)
-            u.x = min(max(u.x + rng.randint(-steps, steps), 0), width - 1)
-            u.y = min(max(u.y + rng.randint(-steps, steps), 0), height - 1)
-            u.facing, u.mp = rng.randrange(6), steps
-            hexes = max(abs(u.x - from_x), abs(u.y - from_y))
-            move = [u.player, u.entity, u.chassis, u.model, u.facing, from_x, from_y, u.x, u.y, hexes, 0,
-                    steps, 5, _number(steps / 5, comma), _number(0, comma), _number(u.armor_p, comma),
-                    _number(u.internal_p, comma), 0, 0, 1, " ".join(["FORWARDS"] * hexes), u.team,
-                    _number(0, comma), int(u.player == 1 and rng.random() < 0.5)]
-            lines += ["\t".join(MOVE_COLUMNS), "\t".join(str(v) for v in move)]
-            state_block(round_, "MOVEMENT")
-        attackers = [u for u in units if not u.destroyed]
-        lines.append("\t".join(ATTACK_COLUMNS))
+            log.board(height)
+        for unit in [u for u in units if not u.destroyed]:
+            log.move(unit, height)
+            log.states(round_, "MOVEMENT")
+        log.attacks(round_)
+        log.states(round_, "FIRING")
+    newline = "\r\n" if crlf else "\n"
+    return newline.join(log.lines) + newline
+
+
+class _SyntheticLog:
+    """The lines of one synthetic log, block by block, with the units' random walk."""
+
+    def __init__(self, seed: int, rng: random.Random, units: list, state_columns: list[str], comma: bool, width: int):
+        self.seed, self.rng, self.units, self.state_columns, self.comma, self.width = \
+            seed, rng, units, state_columns, comma, width
+        self.lines = [f"# Log file created at 2025-01-01T00:00:{seed % 60:02d}.000000000"]
+
+    def number(self, value) -> str:
+        return _number(value, self.comma)
+
+    def board(self, height: int) -> None:
+        rng, width = self.rng, self.width
+        self.lines.extend(["BOARD_NAME\tWIDTH\tHEIGHT", f"Synthetic #{self.seed}\t{width}\t{height}"])
+        self.lines.append("\t".join(f"COL_{i}" for i in range(width)) + "\t")
+        for x in range(width):
+            cells = [f"Level: {rng.randint(0, 2)}  Features: " + rng.choice(["", "Light Woods; foliage_elev(2, 0); ",
+                                                                             "Water, depth: 1; "])
+                     for _ in range(height)]
+            self.lines.append(f"ROW_{x}\t" + "\t".join(cells) + "\t")
+        self.lines.extend(["THEME\tCITY_TYPE\tMAP_SIZE\tMAP_WIDTH\tMAP_HEIGHT", "\tNONE\t1\t1"])
+        self.lines.extend(["TEMPERATURE\tWEATHER\tGRAVITY\tWIND\tATMOSPHERE\tFOG\tLIGHT",
+                           f"25\tCLEAR\t{self.number(1)}\tCalm\tStandard\tNone\tDaylight"])
+
+    def states(self, round_: int, phase: str) -> None:
+        n = self.number
+        self.lines.append("\t".join(self.state_columns))
+        for u in self.units:
+            if u.destroyed:
+                continue
+            values = [round_, phase, u.player, u.entity, u.chassis, u.model, u.type, u.role, u.x, u.y,
+                      u.facing, n(u.mp), n(0), 0, 0, 0, 0, 0, n(u.armor_p), n(u.internal_p), 1, u.range, u.damage,
+                      u.team, n(u.full_armor * u.armor_p), n(u.full_internal * u.internal_p), n(u.bv)]
+            self.lines.append("\t".join(str(v) for v in values[:len(self.state_columns)]))
+
+    def move(self, u, height: int) -> None:
+        rng, n = self.rng, self.number
+        from_x, from_y = u.x, u.y
+        steps = rng.randint(0, 5)
+        u.x = min(max(u.x + rng.randint(-steps, steps), 0), self.width - 1)
+        u.y = min(max(u.y + rng.randint(-steps, steps), 0), height - 1)
+        u.facing, u.mp = rng.randrange(6), steps
+        hexes = max(abs(u.x - from_x), abs(u.y - from_y))
+        move = [u.player, u.entity, u.chassis, u.model, u.facing, from_x, from_y, u.x, u.y, hexes, 0,
+                steps, 5, n(steps / 5), n(0), n(u.armor_p), n(u.internal_p), 0, 0, 1, " ".join(["FORWARDS"] * hexes), u.team,
+                n(0), int(u.player == 1 and rng.random() < 0.5)]
+        self.lines += ["\t".join(MOVE_COLUMNS), "\t".join(str(v) for v in move)]
+
+    def attacks(self, round_: int) -> None:
+        """Each unit fires at a random enemy, which loses armour, then structure, and may be destroyed."""
+        rng = self.rng
+        attackers = [u for u in self.units if not u.destroyed]
+        self.lines.append("\t".join(ATTACK_COLUMNS))
         for u in attackers:
             targets = [t for t in attackers if t.team != u.team]
             if not targets:
                 continue
             t = rng.choice(targets)
-            lines.append("\t".join(str(v) for v in [
+            self.lines.append("\t".join(str(v) for v in [
                 round_, u.player, u.entity, u.type, u.role, u.x, u.y, u.facing, t.player, t.entity, t.type,
                 t.role, t.x, t.y, t.facing, -1, "NONE", rng.randint(1, 9), -1, 0, 0, 1, 0,
-                _number(rng.randint(4, 11), comma), 0, -1]))
+                self.number(rng.randint(4, 11)), 0, -1]))
             t.armor_p = max(0.0, round(t.armor_p - rng.random() * 0.3, 2))
             if t.armor_p == 0:
                 t.internal_p = max(0.0, round(t.internal_p - 0.5, 2))
                 t.destroyed = t.internal_p == 0
-        state_block(round_, "FIRING")
-    newline = "\r\n" if crlf else "\n"
-    return newline.join(lines) + newline
 
 
 def write_samples(folder: str | Path, count: int = 24, seed: int = 0) -> list[Path]:

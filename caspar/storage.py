@@ -187,7 +187,7 @@ def _exclusive_lock(lock_path: str, message: str) -> Iterator[None]:
     """An flock on `lock_path`, removed when done. A process killed while holding it leaves the
     file, but not the lock (it ends with the process)."""
     while True:
-        lock = open(lock_path, "a")
+        lock = open(lock_path, "a")  # noqa: SIM115  (held past this block, until the output is written)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

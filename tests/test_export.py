@@ -9,6 +9,7 @@ from conftest import ROOT
 
 from caspar import export
 from caspar.config import TrainConfig
+from caspar.registry import ExportError
 from caspar.train import train
 
 
@@ -91,7 +92,7 @@ def test_failed_verification_keeps_the_earlier_export(trained, tmp_path, monkeyp
     earlier = export.export("export-me", str(tmp_path))
     files = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # nothing can pass
-    with pytest.raises(export.ExportError, match="verification failed"):
+    with pytest.raises(ExportError, match="verification failed"):
         export.export("export-me", str(tmp_path))
     assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
     assert sorted(p.name for p in tmp_path.iterdir()) == [".export-me.lock", os.path.basename(earlier.folder)]
@@ -148,7 +149,7 @@ def test_export_compares_with_the_outputs_training_recorded(trained, tmp_path, m
         return raw, recorded + 1e-3
 
     monkeypatch.setattr(export, "read_test_inputs", recorded_otherwise)
-    with pytest.raises(export.ExportError, match="differs from the outputs training recorded"):
+    with pytest.raises(ExportError, match="differs from the outputs training recorded"):
         export.export("export-me", str(tmp_path))
     assert not (tmp_path / "export-me").exists()
 

@@ -157,6 +157,26 @@ def test_trees_are_saved_as_weights_and_old_configs_still_load(tmp_path):
     np.testing.assert_array_equal(old_model.predict(x, verbose=0), expected)
 
 
+def test_the_encodings_bins_are_saved_as_weights_and_old_configs_still_load(tmp_path):
+    import keras
+
+    from caspar.layers import PiecewiseLinearEncoding
+
+    x = np.random.default_rng(0).random((300, 12)).astype("float32")
+    encoding = PiecewiseLinearEncoding.from_inputs(x, 8)
+    inputs = keras.Input((12,))
+    model = keras.Model(inputs, encoding(inputs))
+    expected = model.predict(x, verbose=0)
+    model.save(tmp_path / "encoding.keras")
+    config = encoding.get_config()
+    assert (config["features"], config["bins"]) == (12, 8) and "lower" not in config
+    np.testing.assert_array_equal(keras.models.load_model(tmp_path / "encoding.keras").predict(x, verbose=0), expected)
+    old = {k: v for k, v in config.items() if k not in ("features", "bins")}
+    old |= {"lower": encoding.lower_values.tolist(), "width": encoding.width_values.tolist()}
+    old_model = keras.Model(inputs, PiecewiseLinearEncoding.from_config(old)(inputs))
+    np.testing.assert_array_equal(old_model.predict(x, verbose=0), expected)
+
+
 def test_missing_dataset_says_to_prepare_first(tmp_path):
     result = run_train("--data", str(tmp_path / "nothing"), env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
     assert result.returncode == 2 and "run jobs/prepare.py first" in result.stderr

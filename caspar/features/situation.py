@@ -16,7 +16,7 @@ import pyarrow as pa
 from caspar.features import hexgrid
 from caspar.features.units import UnitPoints
 from caspar.gamelog import GameLog
-from caspar.gamelog.reader import column_numbers as _numbers
+from caspar.gamelog.log import column_numbers as _numbers
 
 ROLES = [
     "UNDETERMINED", "NONE", "AMBUSHER", "BRAWLER", "JUGGERNAUT", "MISSILE_BOAT", "SCOUT",

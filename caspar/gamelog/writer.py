@@ -13,7 +13,8 @@ import math
 import numpy as np
 import pyarrow as pa
 
-from caspar.gamelog.reader import Board, GameLog, read_log
+from caspar.gamelog.log import Board, GameLog
+from caspar.gamelog.reader import read_log
 
 VERSION_SUFFIX = ".31052025"
 STATE = ("ID PHASE TEAM_ID ROUND PLAYER_ID CHASSIS MODEL TYPE ROLE X Y FACING MP HEAT PRONE AIRBORNE OFF_BOARD "
