@@ -69,7 +69,7 @@ def _unit_points(mekfile: str | None):
     return load_unit_points(mekfile=mekfile)
 
 
-def rows_of_game(files: dict[str, bytes], name: str, settings: dict) -> tuple[pa.Table, dict]:
+def rows_of_game(files: dict[str, bytes], name: str, recipe: dict) -> tuple[pa.Table, dict]:
     """Featurise one game (a log, or the four files of a split game): its rows as an Arrow table,
     and its manifest entry."""
     digest = hashlib.sha256()
@@ -80,7 +80,7 @@ def rows_of_game(files: dict[str, bytes], name: str, settings: dict) -> tuple[pa
     try:
         log = read_game(files, name)
         entry["format"] = log.format
-        rows = featurize(log, _unit_points(settings["mekfile"]), settings["include_bots"])
+        rows = featurize(log, _unit_points(recipe["mekfile"]), recipe["include_bots"])
     except Exception as error:  # a file that cannot be read at all is reported, not fatal
         entry["problems"].append({"line": 0, "reason": f"unreadable: {type(error).__name__}: {error}"})
         return row_schema().empty_table(), entry
@@ -89,7 +89,7 @@ def rows_of_game(files: dict[str, bytes], name: str, settings: dict) -> tuple[pa
     if len(log.problems) > PROBLEMS_KEPT:
         entry["more_problems"] = len(log.problems) - PROBLEMS_KEPT
     entry.update(rows=len(rows), moves=rows.moves_read, human_moves=rows.human_moves, dropped=rows.dropped)
-    split = split_of(name, rows.segment, settings["seed"], settings["test_size"], settings["validation_size"])
+    split = split_of(name, rows.segment, recipe["seed"], recipe["test_size"], recipe["validation_size"])
     columns = {
         "file": pa.array([name] * len(rows), pa.string()), "segment": rows.segment,
         "round": rows.round, "player_id": rows.player_id, "team_id": rows.team_id,
@@ -104,7 +104,7 @@ def rows_of_game(files: dict[str, bytes], name: str, settings: dict) -> tuple[pa
 
 # --- The Ray Data job ------------------------------------------------------------------------
 
-def _featurize_batch(batch: dict, filesystem, settings: dict, collector) -> pa.Table:
+def _featurize_batch(batch: dict, filesystem, recipe: dict, collector) -> pa.Table:
     import ray
 
     tables, recorded = [], []
@@ -116,7 +116,7 @@ def _featurize_batch(batch: dict, filesystem, settings: dict, collector) -> pa.T
             table = row_schema().empty_table()
             entry = {"file": name, "rows": 0, "problems": [{"line": 0, "reason": f"unreadable: {error}"}]}
         else:
-            table, entry = rows_of_game(files, name, settings)
+            table, entry = rows_of_game(files, name, recipe)
         entry["path"] = paths[0] if len(paths) == 1 else os.path.join(os.path.dirname(paths[0]), name)
         if len(paths) > 1:
             entry["parts"] = paths
@@ -206,13 +206,14 @@ def prepare(config: PrepareConfig, parallelism: int | None = None) -> Summary:
     _check_input_outside_output(config.input, config.output)
     out_fs, out_path = storage.resolve(config.output)
     _check_replaceable(out_fs, out_path, config.output)
-    settings = {"mekfile": os.path.abspath(config.mekfile) if config.mekfile else None,
+    # the options that shape the rows (the manifest records them as "settings")
+    recipe = {"mekfile": os.path.abspath(config.mekfile) if config.mekfile else None,
                 "include_bots": config.include_bots, "seed": config.seed, "test_size": config.test_size,
                 "validation_size": config.validation_size}
     with found_logs(config.input) as inputs, _staging(out_fs, out_path, config.output) as staging:
         ray_seconds = _start_ray()
-        entries = _write_rows(inputs, settings, out_fs, staging, parallelism)
-        manifest = _manifest(entries, config.input, settings, inputs.root, out_fs, staging)
+        entries = _write_rows(inputs, recipe, out_fs, staging, parallelism)
+        manifest = _manifest(entries, config.input, recipe, inputs.root, out_fs, staging)
         _check_usable(manifest, config)
         storage.write_bytes(out_fs, storage.join(staging, "schema.json"), json.dumps(schema(), indent=1).encode())
         storage.write_bytes(out_fs, storage.join(staging, "manifest.json"), json.dumps(manifest, indent=1).encode())
@@ -241,7 +242,7 @@ def _start_ray() -> float:
     return time.perf_counter() - started
 
 
-def _write_rows(inputs: Inputs, settings: dict, out_fs, staging: str, parallelism: int | None) -> list[dict]:
+def _write_rows(inputs: Inputs, recipe: dict, out_fs, staging: str, parallelism: int | None) -> list[dict]:
     """Ray Data: read the logs in blocks of a few files, featurise, write Parquet; returns the
     manifest entry of every input file."""
     import ray
@@ -254,7 +255,7 @@ def _write_rows(inputs: Inputs, settings: dict, out_fs, staging: str, parallelis
     dataset = ray.data.from_items(games, override_num_blocks=max(2 * workers, -(-len(games) // FILES_PER_BLOCK)))
     dataset = dataset.map_batches(
         _featurize_batch, batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
-        fn_kwargs={"filesystem": inputs.filesystem, "settings": settings, "collector": collector})
+        fn_kwargs={"filesystem": inputs.filesystem, "recipe": recipe, "collector": collector})
     dataset.write_parquet(storage.join(staging, ROWS_FOLDER), filesystem=out_fs)
     entries = ray.get(collector.all.remote())
     return entries + [{"file": os.path.basename(p), "path": p, "rows": 0, "problems": [{"line": 0, "reason": why}]}
@@ -294,7 +295,7 @@ def _staging(filesystem, path: str, uri: str):
             yield staging
 
 
-def _manifest(entries, source, settings, root, filesystem, staging) -> dict:
+def _manifest(entries, source, recipe, root, filesystem, staging) -> dict:
     files = []
     for entry in entries:
         entry = dict(entry)
@@ -313,7 +314,7 @@ def _manifest(entries, source, settings, root, filesystem, staging) -> dict:
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "input": source, "schema_version": schema()["version"],
-        "settings": {k: v for k, v in settings.items() if k != "mekfile"} | {"mekfile": settings["mekfile"]},
+        "settings": {k: v for k, v in recipe.items() if k != "mekfile"} | {"mekfile": recipe["mekfile"]},
         "rows": {split: int(counts.get(split, 0)) for split in SPLITS},
         "row_files": row_files,  # readers read these, not whatever else lies in rows/
         "files": files,

@@ -5,21 +5,22 @@
 """
 import sys
 
-from caspar import cli, config
+from caspar import cli
+from caspar.config import ExportConfig, parse
 
 
 def main(argv=None) -> int:
-    settings, verbose = config.parse(config.ExportConfig, __doc__, argv)
-    return cli.run("export", lambda: export_job(settings), verbose)
+    config, verbose = parse(ExportConfig, __doc__, argv)
+    return cli.run("export", lambda: export_job(config), verbose)
 
 
-def export_job(settings: config.ExportConfig) -> list[str]:
+def export_job(config: ExportConfig) -> list[str]:
     from caspar import tracking
 
     tracking.configure()  # the server is checked before TensorFlow loads
     from caspar.export import export
 
-    return export(settings.run, settings.output, settings.experiment_name).lines()
+    return export(config.run, config.output, config.experiment_name).lines()
 
 
 if __name__ == "__main__":

@@ -5,18 +5,19 @@
 """
 import sys
 
-from caspar import cli, config
+from caspar import cli
+from caspar.config import PrepareConfig, parse
 
 
 def main(argv=None) -> int:
-    settings, verbose = config.parse(config.PrepareConfig, __doc__, argv)
-    return cli.run("prepare", lambda: prepare_job(settings), verbose)
+    config, verbose = parse(PrepareConfig, __doc__, argv)
+    return cli.run("prepare", lambda: prepare_job(config), verbose)
 
 
-def prepare_job(settings: config.PrepareConfig) -> list[str]:
+def prepare_job(config: PrepareConfig) -> list[str]:
     from caspar import dataset
 
-    return dataset.prepare(settings).lines()
+    return dataset.prepare(config).lines()
 
 
 if __name__ == "__main__":

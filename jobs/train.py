@@ -5,23 +5,24 @@
 """
 import sys
 
-from caspar import cli, config
+from caspar import cli
+from caspar.config import TrainConfig, parse
 
 
 def main(argv=None) -> int:
-    settings, verbose = config.parse(config.TrainConfig, __doc__, argv)
-    return cli.run("train", lambda: train_job(settings), verbose)
+    config, verbose = parse(TrainConfig, __doc__, argv)
+    return cli.run("train", lambda: train_job(config), verbose)
 
 
-def train_job(settings: config.TrainConfig) -> list[str]:
+def train_job(config: TrainConfig) -> list[str]:
     from caspar import tracking
     from caspar.prepared import load_prepared
 
     tracking.configure()  # the server and the dataset are checked before TensorFlow loads
-    prepared = load_prepared(settings.data)
+    prepared = load_prepared(config.data)
     from caspar.train import train
 
-    return train(settings, prepared, show_progress=True).lines()
+    return train(config, prepared, show_progress=True).lines()
 
 
 if __name__ == "__main__":

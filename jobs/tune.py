@@ -5,23 +5,24 @@
 """
 import sys
 
-from caspar import cli, config
+from caspar import cli
+from caspar.config import TuneConfig, parse
 
 
 def main(argv=None) -> int:
-    tune_config, verbose = config.parse(config.TuneConfig, __doc__, argv)
-    return cli.run("tune", lambda: tune_job(tune_config, verbose), verbose)
+    config, verbose = parse(TuneConfig, __doc__, argv)
+    return cli.run("tune", lambda: tune_job(config, verbose), verbose)
 
 
-def tune_job(tune_config: config.TuneConfig, verbose: bool) -> list[str]:
+def tune_job(config: TuneConfig, verbose: bool) -> list[str]:
     from caspar import tracking
     from caspar.prepared import load_prepared
 
     tracking.configure()  # the server and the dataset are checked before Ray and TensorFlow start
-    prepared = load_prepared(tune_config.data)
+    prepared = load_prepared(config.data)
     from caspar.tune import tune_study
 
-    study = tune_study(tune_config, prepared, verbose)
+    study = tune_study(config, prepared, verbose)
     if study.interrupted and study.run_id is None:
         raise cli.Interrupted(study.lines())
     return study.lines()
