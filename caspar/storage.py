@@ -167,7 +167,7 @@ def replacing(path: str, what: str) -> Iterator[str]:
     path = os.path.realpath(path)  # a symbolic link (e.g. into MegaMek's data/ai/brains/) stays; its target is replaced
     parent, name = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
-    with _exclusive_lock(os.path.join(parent, f".{name}.lock"), f"another job is writing {what} {path}"):
+    with exclusive_lock(os.path.join(parent, f".{name}.lock"), f"another job is writing {what} {path}"):
         for leftover in glob.glob(os.path.join(parent, f".{name}.staging-*")):
             shutil.rmtree(leftover, ignore_errors=True)
         staging = tempfile.mkdtemp(prefix=f".{name}.staging-", dir=parent)
@@ -183,16 +183,17 @@ def replacing(path: str, what: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _exclusive_lock(lock_path: str, message: str) -> Iterator[None]:
-    """An flock on `lock_path`, removed when done. A process killed while holding it leaves the
+def exclusive_lock(lock_path: str, busy: str | None = None) -> Iterator[None]:
+    """An flock on `lock_path`, removed when done. If another process holds it: a StorageError
+    saying `busy`, or without `busy`, wait for it. A process killed while holding it leaves the
     file, but not the lock (it ends with the process)."""
     while True:
-        lock = open(lock_path, "a")  # noqa: SIM115  (held past this block, until the output is written)
+        lock = open(lock_path, "a")  # noqa: SIM115  (held past this block)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
         except BlockingIOError:
             lock.close()
-            raise StorageError(message) from None
+            raise StorageError(busy) from None
         if _same_file(lock, lock_path):
             break
         lock.close()  # the holder before us removed the file once done: lock the one now there

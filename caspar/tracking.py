@@ -34,6 +34,8 @@ def configure() -> str:
                             "'{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"http://HOST:5000\"}}'")
     if not uri:
         uri = f"sqlite:///{PROJECT / 'mlflow.db'}"
+    if uri.startswith("sqlite:///"):
+        create_sqlite_store(uri)
     elif uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -41,6 +43,27 @@ def configure() -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def create_sqlite_store(uri: str) -> None:
+    """Creates (or migrates) an SQLite store one job at a time: jobs started together on a new
+    store would otherwise each run MLflow's migrations on it, and leave it half-migrated."""
+    import mlflow
+
+    from caspar.storage import exclusive_lock
+
+    database = Path(sqlite_path(uri))
+    if not database.parent.is_dir():
+        raise TrackingError(f"MLFLOW_TRACKING_URI {uri}: no folder {database.parent}")
+    with exclusive_lock(str(database.parent / f".{database.name}.lock")):
+        client = mlflow.MlflowClient(uri, registry_uri=uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+
+
+def sqlite_path(uri: str) -> str:
+    """The database file of a sqlite:/// URI (also in SQLite's URI form, sqlite:///file:PATH?mode=ro)."""
+    return uri[len("sqlite:///"):].split("?")[0].removeprefix("file:")
 
 
 def check_server(uri: str) -> None:
@@ -90,8 +113,7 @@ def experiment_id(name: str) -> str:
     location = None
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):  # an embedded store keeps its artefacts beside its database
-        database = uri[len("sqlite:///"):].split("?")[0].removeprefix("file:")
-        location = (Path(database).resolve().parent / "mlartifacts").as_uri()
+        location = (Path(sqlite_path(uri)).resolve().parent / "mlartifacts").as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -20,10 +21,12 @@ from caspar.samples import write_samples
 
 
 def job(name, *args, env=None, timeout=300):
+    """A job run as a user runs it, in a folder of its own (whatever it writes beside it stays there)."""
     environment = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
     environment.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / f"{name}.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, env=environment)
+    with tempfile.TemporaryDirectory() as folder:
+        return subprocess.run([sys.executable, str(ROOT / "jobs" / f"{name}.py"), *args], capture_output=True, text=True,
+                              timeout=timeout, env=environment, cwd=folder)
 
 
 def snapshot(folder):
@@ -375,3 +378,17 @@ def test_a_trial_no_node_can_hold_is_refused_at_once(ray_local, sample_dataset, 
     with pytest.raises(UserError, match=refused):
         tune_study(TuneConfig(data=sample_dataset, cpus_per_trial=3, storage_path=str(tmp_path / "ray")),
                    load_prepared(sample_dataset))
+
+
+def test_jobs_started_together_on_a_new_sqlite_store_all_work(tmp_path):
+    """MLflow migrates a new SQLite store on first use; jobs that start together take turns."""
+    code = "import sys; from caspar import tracking; tracking.configure(); print(tracking.experiment_id(sys.argv[1]))"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
+    starts = [subprocess.Popen([sys.executable, "-c", code, f"e{i}"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for i in range(3)]
+    outcomes = [process.communicate(timeout=120) + (process.returncode,) for process in starts]
+    assert all(code == 0 for *_, code in outcomes), [err[-500:] for _, err, _ in outcomes]
+    later = subprocess.run([sys.executable, "-c", code, "e3"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+    assert later.returncode == 0, later.stderr[-500:]
+    assert not list(tmp_path.glob(".*.lock"))

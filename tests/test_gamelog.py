@@ -44,6 +44,17 @@ def test_utf8_names_survive():
     assert column(log.states, "CHASSIS") == ["Kōjin Mech"] and column(log.states, "MODEL") == ["KJ-1 ü"]
 
 
+def test_bytes_that_are_not_utf8_cost_at_most_their_line():
+    data = text(board(5, 5) + [STATE27, unit(1, 1, 1, 1, chassis="Caf\x00", model="A"), unit(1, 1, 2, 1, model="B")])
+    data = data.encode() if isinstance(data, str) else data
+    data = data.replace(b"Caf\x00", b"Caf\xe9")  # a Windows-1252 e-acute
+    log = read_log(data, "cp1252.tsv")
+    assert column(log.states, "CHASSIS")[0] == "Caf\ufffd" and column(log.states, "MODEL") == ["A", "B"]
+    [problem] = log.problems
+    assert "not UTF-8" in problem.reason and problem.line == data.split(b"\n").index(next(
+        line for line in data.split(b"\n") if b"Caf\xe9" in line)) + 1
+
+
 def test_24_column_states_have_no_points():
     log = read_log(basic_game(wide=False), "narrow.tsv")
     assert log.problems == [] and not log.has_armor_columns

@@ -82,7 +82,7 @@ class LogParser:
 
     def feed(self, data: bytes) -> None:
         """Every line of `data` into the groups of data rows, boards and problems."""
-        headerish = self.index_lines(data)
+        headerish = self.index_lines(self.as_utf8(data))
         self.known_headers: dict[bytes, _Group] = {}
         self.rejected = {k: _Group(k, ()) for k in REQUIRED_COLUMNS}  # rows under a header lacking a required column
         self.latest: dict[str, _Group] = {}  # versioned files: the last header of each kind
@@ -95,6 +95,23 @@ class LogParser:
                 self.header_line(i)
             previous = i
         self.data_run(max(previous + 1, self.consumed + 1), len(self.starts))
+
+    def as_utf8(self, data: bytes) -> bytes:
+        """`data`, with any byte that is not UTF-8 (a log saved as Windows-1252, say) replaced by
+        U+FFFD and reported on its line: it costs at most that line's text, never the file."""
+        try:
+            data.decode("utf-8")
+            return data
+        except UnicodeDecodeError:
+            pass
+        lines = data.split(b"\n")
+        for number, line in enumerate(lines):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                lines[number] = line.decode("utf-8", errors="replace").encode("utf-8")
+                self.problems.append(Problem(self.name, number + 1, "bytes that are not UTF-8, read as U+FFFD"))
+        return b"\n".join(lines)
 
     def index_lines(self, data: bytes) -> np.ndarray:
         """Where each line starts and stops, which lines are blank and which hold data; returns the
