@@ -110,9 +110,47 @@ class Hyperparameters:
     seed: int = setting(42, "seed of weights, shuffling and the GBDT baseline")
 
 
-def search_space() -> dict[str, tuple]:
-    """The searched fields of Hyperparameters: {name: (Ray Tune sampler, *arguments)}."""
-    return {f.name: f.metadata["search"] for f in dataclasses.fields(Hyperparameters) if f.metadata["search"]}
+def search_space(changes: list[str] = ()) -> dict[str, tuple]:
+    """The searched fields of Hyperparameters: {name: (Ray Tune sampler, *arguments)}, with the
+    `changes` of tune's --search applied (see parse_search)."""
+    space = {f.name: f.metadata["search"] for f in dataclasses.fields(Hyperparameters) if f.metadata["search"]}
+    return space | dict(parse_search(change) for change in changes)
+
+
+RANGES = ("uniform", "loguniform")
+
+
+def parse_search(change: str) -> tuple[str, tuple]:
+    """NAME=V1,V2,… (a choice; a list of hidden layers as 256x256), or NAME=uniform:LOW,HIGH or
+    NAME=loguniform:LOW,HIGH: (name, domain), every value checked as the option's own."""
+    name, _, domain = change.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(Hyperparameters)}
+    if name not in fields or not domain:
+        raise UserError(f"--search {change}: expected NAME=V1,V2 or NAME=uniform:LOW,HIGH with NAME one of "
+                        f"{', '.join(fields)}")
+    kind, _, values = domain.rpartition(":")
+    if kind and kind not in RANGES:
+        raise UserError(f"--search {change}: {kind!r} is not uniform or loguniform")
+    convert = _types(Hyperparameters)[name]
+    try:
+        if typing.get_origin(convert) is list:
+            parsed = [[int(units) for units in value.split("x")] for value in values.split(",")]
+        else:
+            parsed = [convert(value) for value in values.split(",")]
+    except ValueError:
+        raise UserError(f"--search {change}: values of --{name.replace('_', '-')} are {convert.__name__} numbers") from None
+    for value in parsed:
+        problem = _out_of_range(value, fields[name].metadata) if not isinstance(value, list) else next(
+            filter(None, (_out_of_range(v, fields[name].metadata) for v in value)), None)
+        if problem:
+            raise UserError(f"--search {change}: {value} {problem}")
+    if kind:
+        if convert is not float:
+            raise UserError(f"--search {change}: --{name.replace('_', '-')} takes a list of values, not a range")
+        if len(parsed) != 2 or not parsed[0] < parsed[1] or (kind == "loguniform" and parsed[0] <= 0):
+            raise UserError(f"--search {change}: a range is LOW,HIGH with LOW < HIGH (and LOW > 0 for loguniform)")
+        return name, (kind, *parsed)
+    return name, ("choice", parsed)
 
 
 @dataclass
@@ -155,9 +193,16 @@ class TuneConfig(Tracking):
     seed: int = setting(42, "seed of the search and of every trial's training")
     max_failures: int = setting(2, "retries of a trial whose worker died", minimum=0)
     keep_checkpoints: int = setting(2, "checkpoints kept per trial (the best ones)", minimum=1)
+    search: list[str] = setting([], "change the search space: NAME=V1,V2 (a choice; hidden layers as 256x256) or "
+                                "NAME=uniform:LOW,HIGH or NAME=loguniform:LOW,HIGH, NAME a train option (e.g. "
+                                "trees=0,100 learning_rate=loguniform:1e-4,1e-2)")
     reduction_factor: int = setting(3, "ASHA keeps the best 1/this of the trials at each of its milestones", minimum=2)
     report_seconds: float = setting(10.0, "a trial reports at least this often (at an epoch's end), so that little is "
                                           "lost when the study's time is up", above=0)
+
+    def check(self) -> None:
+        super().check()
+        search_space(self.search)  # every change is valid
 
     def trial_hyperparameters(self) -> Hyperparameters:
         """What every trial starts from before the search space overrides its sampled fields:

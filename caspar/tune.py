@@ -28,7 +28,7 @@ def param_space(config: TuneConfig) -> dict:
     from ray import tune
 
     fixed = dataclasses.asdict(config.trial_hyperparameters())
-    return fixed | {name: getattr(tune, kind)(*args) for name, (kind, *args) in search_space().items()}
+    return fixed | {name: getattr(tune, kind)(*args) for name, (kind, *args) in search_space(config.search).items()}
 
 
 def study_path(config: TuneConfig) -> str:
@@ -91,7 +91,7 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     with mlflow.start_run(run_id=previous_run, experiment_id=experiment, run_name=f"{config.run_name}-study",
                           tags={"study": config.run_name, "caspar.kind": "study"}) as parent:
         if previous_run is None:
-            mlflow.log_dict({k: list(v) for k, v in search_space().items()}, "search_space.json")
+            mlflow.log_dict({k: list(v) for k, v in search_space(config.search).items()}, "search_space.json")
             mlflow.log_params(study_parameters(config))
         tuner = build_tuner(config, data, uri, parent.info, verbose)
         search_started, driver_cpu = time.time(), time.process_time()
@@ -108,7 +108,7 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
               "errored": len(results.errors), "tracking_uri": uri, "path": study_path(config),
               "core_utilisation": summary["core_utilisation"], "driver_share": summary["driver_share"],
               "mean_startup_seconds": summary["mean_trial_startup_seconds"], "fit_on": config.fit_on,
-              "best_val_loss": summary["best_val_loss"], "best_config": {k: best.config[k] for k in search_space()}}
+              "best_val_loss": summary["best_val_loss"], "best_config": {k: best.config[k] for k in search_space(config.search)}}
     if interrupted and not config.register_partial:
         return Study(**counts, metrics={}, run_id=None, registered_version=None, verdict=evaluate.Verdict(""),
                      seconds=time.perf_counter() - started, interrupted=True)
@@ -135,12 +135,12 @@ def quiet_libraries(verbose: bool) -> None:
 
 # What defines a study: --resume refuses to continue one with other values (the rest may change).
 STUDY_DEFINING = ("data", "n_trials", "epochs", "grace_period", "seed", "cpus_per_trial", "reduction_factor",
-                  "report_seconds")
+                  "report_seconds", "search")
 
 
 def study_parameters(config: TuneConfig) -> dict:
     return dataclasses.asdict(config) | {f"trial_{k}": v for k, v in dataclasses.asdict(config.trial_hyperparameters()).items()
-                                         if k not in search_space()}
+                                         if k not in search_space(config.search)}
 
 
 def fit_noting_interrupt(tuner):
@@ -164,9 +164,9 @@ def study_trees(config: TuneConfig, x_train, y_train) -> dict[int, dict]:
     from caspar.model import fit_trees
 
     fixed = config.trial_hyperparameters()
-    counts = set(search_space()["trees"][1]) | {fixed.trees}
+    counts = search_space(config.search).get("trees", ("choice", [fixed.trees]))[1]
     return {n: dict(fit_trees(x_train, y_train, dataclasses.replace(fixed, trees=n)).arrays)  # not Keras's TrackedDict
-            for n in sorted(counts - {0})}
+            for n in sorted(set(counts) - {0})}
 
 
 def find_study_run(config: TuneConfig, experiment: str) -> str:

@@ -83,3 +83,19 @@ def test_feature_documentation_is_current():
     with open(ROOT / "docs" / "features.md") as handle:
         assert handle.read() == markdown(), "docs/features.md is stale: run `make docs`"
     assert "| `strategic_goal` |" in markdown() and "|  |" not in markdown()  # every feature described
+
+
+def test_search_changes_replace_domains_and_are_checked_like_options():
+    space = config.search_space(["trees=0,50", "learning_rate=loguniform:1e-4,1e-2", "hidden_layers=64,128x128"])
+    assert space["trees"] == ("choice", [0, 50]) and space["learning_rate"] == ("loguniform", 1e-4, 1e-2)
+    assert space["hidden_layers"] == ("choice", [[64], [128, 128]])
+    for bad, named in [("trees=5000", r"5000 must be in \[0, 2000\]"), ("activation=softmax", "must be one of"),
+                       ("nothing=1", "NAME one of"), ("trees=uniform:0,9", "not a range"),
+                       ("dropout_rate=uniform:0.3,0.1", "LOW < HIGH"), ("trees=many", "int numbers")]:
+        with pytest.raises(config.UserError, match=named):
+            config.check(config.TuneConfig(search=[bad]))
+
+
+def test_a_bad_search_change_is_one_line_before_anything_loads(tmp_path):
+    result = run_job("tune", "--search", "trees=5000", "--data", str(tmp_path / "x"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--search trees=5000" in result.stderr

@@ -156,7 +156,8 @@ def test_end_to_end_on_the_stack(stack, tmp_path, monkeypatch):
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     env = without_s3_credentials(MLFLOW_TRACKING_URI=stack["mlflow"], **SIGNED_IN)  # artefacts go through the server
     tuned, _ = job("tune", "--data", str(tmp_path / "prepared"), "--n-trials", "3", "--epochs", "2",
-                   "--grace-period", "1", "--storage-path", str(tmp_path / "ray"), "--run-name", "stack-model",
+                   "--grace-period", "1", "--search", "trees=0,50", "--storage-path", str(tmp_path / "ray"),
+                   "--run-name", "stack-model",
                    "--experiment-name", "stack", "--model-name", "CASPAR-stack", env=env)
     assert tuned.returncode == 0, tuned.stdout[-2000:] + tuned.stderr[-2000:]
     exported, _ = job("export", "--run", "stack-model", "--output", str(tmp_path / "exports"), env=env)
@@ -221,7 +222,7 @@ def test_s3_down_while_logging_leaves_no_good_looking_model(sample_dataset, tmp_
         dead_endpoint = f"http://127.0.0.1:{free_port()}"  # the S3 server is down
         with compose_mlflow(dead_endpoint, pg_port) as url:
             env = without_s3_credentials(MLFLOW_TRACKING_URI=url, **SIGNED_IN)
-            result, _ = job("train", "--data", sample_dataset, "--epochs", "1", "--run-name", "half",
+            result, _ = job("train", "--data", sample_dataset, "--epochs", "1", "--trees", "20", "--run-name", "half",
                             "--model-name", "CASPAR-half", env=env, timeout=300)
             assert result.returncode != 0
             assert "train: error:" in result.stderr and "Traceback" not in result.stderr

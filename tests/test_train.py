@@ -15,7 +15,7 @@ from caspar.model import NORMALIZATION_FILE, Normalizer
 from caspar.prepared import load_prepared
 from caspar.train import train
 
-SMALL = {"hidden_layers": [32, 16], "epochs": 3, "batch_size": 64, "patience": 5}
+SMALL = {"hidden_layers": [32, 16], "epochs": 3, "batch_size": 64, "patience": 5, "trees": 25}
 
 
 def test_normalizer_constant_feature_and_clamping():

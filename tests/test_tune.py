@@ -14,7 +14,7 @@ from conftest import ROOT
 from services import ray_cluster
 
 FINISHED_LINE = re.compile(r"^trial \d+/\d+ \((\w+)\):", re.MULTILINE)
-TINY = ["--n-trials", "6", "--epochs", "4", "--grace-period", "1", "--cpus-per-trial", "1"]
+TINY = ["--n-trials", "6", "--epochs", "4", "--grace-period", "1", "--cpus-per-trial", "1", "--search", "trees=0,25"]
 
 
 def trial_results(study_path) -> dict[str, list[dict]]:
@@ -61,7 +61,10 @@ def test_tune_job_on_a_two_node_cluster(mlflow_url, sample_dataset, tmp_path):
     assert "stopped early by ASHA" in job.stdout
     results = trial_results(storage / "cluster-study")
     assert len(results) == 6
-    assert any(rows[-1]["epoch"] < 4 for rows in results.values())  # ASHA stopped some trials early
+    stopped = [rows for rows in results.values() if rows[-1]["epoch"] < 4]
+    assert stopped and all(rows[-1]["epoch"] in (1, 3) for rows in stopped)  # ASHA stopped some, at its milestones
+    pids = [rows[0]["pid"] for rows in results.values()]
+    assert len(set(pids)) < len(pids)  # later trials ran in an earlier trial's process
     client = MlflowClient(mlflow_url, registry_uri=mlflow_url)
     experiment = client.get_experiment_by_name("cluster-test")
     runs = client.search_runs([experiment.experiment_id], "tags.study = 'cluster-study'")
@@ -87,6 +90,7 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
     env.pop("RAY_ADDRESS", None)
     # Trials long enough (30 epochs each) that the interrupt lands while the third one runs.
     args = ["--data", sample_dataset, "--n-trials", "4", "--epochs", "30", "--grace-period", "30", "--n-jobs", "1",
+            "--search", "trees=0,25",
             "--storage-path", str(storage), "--run-name", "resumable", "--experiment-name", "resume-test"]
     first = run_tune(args, env, start_new_session=True)
     printed, two_finished = [], threading.Event()
@@ -161,7 +165,7 @@ def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_pat
 
     killer = threading.Thread(target=kill_one_trial_worker, daemon=True)
     killer.start()
-    study = tune_study(TuneConfig(data=sample_dataset, n_trials=2, n_jobs=1, epochs=30, grace_period=30,
+    study = tune_study(TuneConfig(data=sample_dataset, n_trials=2, n_jobs=1, epochs=30, grace_period=30, search=["trees=0,25"],
                                   storage_path=str(storage), run_name="killed", experiment_name="kill-test",
                                   model_name="CASPAR-kill-test"), load_prepared(sample_dataset))
     killer.join(timeout=5)
@@ -232,24 +236,6 @@ def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tm
     exported = re.search(r"exported run ([0-9a-f]{32})", result.stdout).group(1)  # printed by export, here
     assert trained == exported
     assert (checkout / "exports" / "model-v1" / "model-v1.tflite").is_file()
-
-
-def test_reused_trial_processes_lose_no_trial(ray_local, sample_dataset, tmp_path, monkeypatch):
-    """Trials run one after another in reused processes; ASHA stops most of them mid-study."""
-    from caspar.config import TuneConfig
-    from caspar.prepared import load_prepared
-    from caspar.tune import tune_study
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    study = tune_study(TuneConfig(data=sample_dataset, n_trials=6, n_jobs=1, epochs=4, grace_period=1,
-                                  storage_path=str(tmp_path / "ray"), run_name="reuse", experiment_name="reuse-test",
-                                  model_name="CASPAR-reuse-test"), load_prepared(sample_dataset))
-    assert study.trials == 6 and study.errored == 0 and study.stopped_early >= 1
-    results = trial_results(tmp_path / "ray" / "reuse")
-    pids = [rows[0]["pid"] for rows in results.values()]
-    assert len(results) == 6 and len(set(pids)) < len(pids)  # later trials ran in an earlier trial's process
-    stopped = [rows for rows in results.values() if rows[-1]["epoch"] < 4]
-    assert stopped and all(rows[-1]["epoch"] in (1, 3) for rows in stopped)  # at ASHA's milestones
 
 
 def test_the_summary_tells_trials_stopped_by_asha_from_trials_cut_off():
