@@ -44,7 +44,8 @@ def setting(default, help: str, *, choices=None, minimum=None, maximum=None, abo
 
 @dataclass
 class PrepareConfig:
-    input: str = setting("data/raw", "folder (searched recursively), .zip or s3://bucket/prefix of *.tsv logs")
+    input: str = setting("data/raw", "folder (searched recursively), .zip or s3://bucket/prefix of *.tsv logs; or "
+                         "corpus:caspar-2025 (the public corpus) or URL#sha256=HEX, downloaded once into a cache")
     output: str = setting("data/prepared", "dataset folder or s3://bucket/prefix (replaced as a whole)")
     test_size: float = setting(0.1, "share of games in the test split", above=0, below=1)
     validation_size: float = setting(0.1, "share of games in the validation split", above=0, below=1)

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from caspar import storage
+from caspar import corpus, storage
 from caspar.config import PrepareConfig, check
 from caspar.features import feature_names, featurize, load_unit_points, schema
 from caspar.gamelog import read_game
@@ -330,7 +330,7 @@ def _check_replaceable(filesystem, path, uri) -> None:
 
 
 def _check_input_outside_output(source: str, output: str) -> None:
-    if storage.is_s3(source) != storage.is_s3(output):
+    if corpus.is_remote(source) or storage.is_s3(source) != storage.is_s3(output):
         return
     inner, outer = (os.path.realpath(p) if not storage.is_s3(p) else p.rstrip("/") for p in (source, output))
     if inner == outer or inner.startswith(outer + "/"):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from caspar import storage
+from caspar import corpus, storage
 from caspar.cli import UserError
 from caspar.gamelog import split_part
 from caspar.gamelog.split import SPLIT_PARTS
@@ -38,7 +38,10 @@ class Inputs:
 
 @contextlib.contextmanager
 def found_logs(source: str) -> Iterator[Inputs]:
-    """The logs of `source`; a `.zip` is unpacked into a temporary folder for the block's duration."""
+    """The logs of `source`; a `.zip` (also one downloaded: corpus:NAME, URL#sha256=HEX) is unpacked
+    into a temporary folder for the block's duration."""
+    if corpus.is_remote(source):
+        source = corpus.archive(source)
     if storage.is_s3(source) or not (source.endswith(".zip") and os.path.isfile(source)):
         yield find_logs(source)
         return

@@ -266,3 +266,52 @@ def test_object_store_replacement_keeps_the_old_version_whole_until_the_new_is(t
         assert json.loads((live / "manifest.json").read_text())["row_files"] == ["rows/new.parquet"]
         assert not (live / "rows" / "old.parquet").exists() and (live / "rows" / "new.parquet").read_text() == "new rows"
     assert [p.name for p in tmp_path.iterdir()] == ["dataset"]  # the staging prefix is gone either way
+
+
+def test_a_published_archive_is_downloaded_once_checked_and_prepared(tmp_path, monkeypatch):
+    """--input URL#sha256=HEX against a local HTTP server: downloaded into the cache, checked,
+    prepared; a second run needs no server; a wrong hash keeps nothing."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    from caspar import corpus
+
+    served = tmp_path / "served"
+    write_samples(tmp_path / "logs", count=30, seed=11)
+    served.mkdir()
+    with zipfile.ZipFile(served / "logs.zip", "w") as archive:
+        for path in sorted((tmp_path / "logs").rglob("*.tsv")):
+            archive.write(path, f"corpus/{path.name}")
+    digest = hashlib.sha256((served / "logs.zip").read_bytes()).hexdigest()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/logs.zip"
+    env = {"CASPAR_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
+    try:
+        wrong = prepare_job("--input", f"{url}#sha256={'0' * 64}", "--output", str(tmp_path / "bad"), env=env)
+        assert wrong.returncode == 2 and f"has sha256 {digest}, not {'0' * 64}; nothing kept" in wrong.stderr
+        assert not list((tmp_path / "cache").iterdir())
+        first = prepare_job("--input", f"{url}#sha256={digest}", "--output", str(tmp_path / "a"), *SPLITS, env=env)
+        assert first.returncode == 0, first.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{digest}.zip"]
+    again = prepare_job("--input", f"{url}#sha256={digest}", "--output", str(tmp_path / "b"), *SPLITS, env=env)  # no server
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["rows"] == \
+        json.loads((tmp_path / "a" / "manifest.json").read_text())["rows"]
+    assert corpus.resolve("corpus:caspar-2025") == corpus.CORPORA["caspar-2025"]
+    with pytest.raises(UserError, match="no corpus named 'nope'"):
+        corpus.resolve("corpus:nope")
+
+
+SPLITS = ["--test-size", "0.2", "--validation-size", "0.2", "--seed", "1"]  # as the sample dataset
+
+
+def prepare_job(*args, env):
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / "prepare.py"), *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **env})
