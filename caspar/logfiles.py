@@ -103,7 +103,8 @@ def find_logs(source: str) -> Inputs:
     elif isinstance(filesystem, pafs.LocalFileSystem):
         paths = local_logs(root, skipped)
     else:
-        paths = [i.path for i in storage.list_files(filesystem, root, source) if i.base_name.endswith(LOG_SUFFIX)]
+        paths = [i.path for i in storage.list_files(filesystem, root, source)
+                 if i.base_name.endswith(LOG_SUFFIX) and not is_mac_metadata(i.path)]
     if not paths:
         raise InputError(f"no game logs (*{LOG_SUFFIX}) found in {storage.describe(source)}")
     inputs = Inputs(filesystem, [], root, skipped=skipped)
@@ -134,9 +135,14 @@ def local_logs(root: str, skipped: dict[str, str]) -> list[str]:
             path = os.path.join(folder, name)
             if not _is_utf8(path):
                 skipped[printable(path)] = "its name is not UTF-8; rename it to read it"
-            elif name.endswith(LOG_SUFFIX) and os.path.isfile(path):
+            elif name.endswith(LOG_SUFFIX) and not is_mac_metadata(path) and os.path.isfile(path):
                 paths.append(path)
     return paths
+
+
+def is_mac_metadata(path: str) -> bool:
+    """What macOS adds to an archive beside each file (`__MACOSX/…/._NAME`): not a log."""
+    return os.path.basename(path).startswith("._") or "__MACOSX" in path.split("/")
 
 
 def _is_utf8(path: str) -> bool:

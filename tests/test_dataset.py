@@ -284,6 +284,7 @@ def test_a_published_archive_is_downloaded_once_checked_and_prepared(tmp_path, m
     with zipfile.ZipFile(served / "logs.zip", "w") as archive:
         for path in sorted((tmp_path / "logs").rglob("*.tsv")):
             archive.write(path, f"corpus/{path.name}")
+            archive.writestr(f"__MACOSX/corpus/._{path.name}", b"\x00\x05\x16\x07 macOS metadata")  # as the public archive has
     digest = hashlib.sha256((served / "logs.zip").read_bytes()).hexdigest()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -300,6 +301,8 @@ def test_a_published_archive_is_downloaded_once_checked_and_prepared(tmp_path, m
         server.shutdown()
         server.server_close()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{digest}.zip"]
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert len(manifest["files"]) == 30 and not any(f["problems"] for f in manifest["files"])  # no ._ files
     again = prepare_job("--input", f"{url}#sha256={digest}", "--output", str(tmp_path / "b"), *SPLITS, env=env)  # no server
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["rows"] == \
