@@ -36,6 +36,7 @@ from caspar.logfiles import InputError, Inputs, found_logs
 from caspar.prepared import ROWS_FOLDER, SPLITS
 
 FILES_PER_BLOCK = 8
+SYNTHETIC_BOARD = "Synthetic #"  # the board name of caspar.samples' logs (make demo)
 PROBLEMS_KEPT = 20  # per file in the manifest; the rest are counted
 ID_COLUMNS = [
     ("file", pa.string()), ("segment", pa.int32()), ("round", pa.int32()), ("player_id", pa.int32()),
@@ -80,6 +81,7 @@ def rows_of_game(files: dict[str, bytes], name: str, recipe: dict) -> tuple[pa.T
     try:
         log = read_game(files, name)
         entry["format"] = log.format
+        entry["synthetic"] = any(board.name.startswith(SYNTHETIC_BOARD) for board in log.boards)
         rows = featurize(log, _unit_points(recipe["mekfile"]), recipe["include_bots"])
     except Exception as error:  # a file that cannot be read at all is reported, not fatal
         entry["problems"].append({"line": 0, "reason": f"unreadable: {type(error).__name__}: {error}"})
@@ -172,6 +174,7 @@ class Summary:
     human_moves: int
     dropped: dict[str, int]  # moves that did not become rows, by reason
     formats: dict[str, int]  # games per log format (FORMATS)
+    synthetic: int  # games written by caspar.samples, not by MegaMek
     seconds: float
     ray_start_seconds: float
     output: str
@@ -186,6 +189,9 @@ class Summary:
         ]
         if dropped:
             lines.append(f"moves that did not become rows: {dropped}")
+        if 0 < self.synthetic < self.files:
+            lines.append(f"warning: {self.synthetic} of the {self.files} games are synthetic sample logs (boards named "
+                         f"'{SYNTHETIC_BOARD}…', written by make demo): keep them apart from real logs")
         if self.files_with_problems:
             lines.append(f"{self.files_with_problems} files had problems ({self.unreadable_files} unreadable): "
                          f"see {storage.join(self.output, 'manifest.json')}")
@@ -225,7 +231,7 @@ def prepare(config: PrepareConfig, parallelism: int | None = None) -> Summary:
         files=len(entries), files_with_problems=sum(1 for e in entries if e["problems"]),
         unreadable_files=sum(1 for e in entries if any(p["line"] == 0 for p in e["problems"])),
         rows=manifest["rows"], human_moves=sum(e.get("human_moves", 0) for e in entries), dropped=dropped,
-        formats=_count_formats(entries),
+        formats=_count_formats(entries), synthetic=sum(1 for e in entries if e.get("synthetic")),
         seconds=time.perf_counter() - started, ray_start_seconds=ray_seconds, output=config.output)
 
 

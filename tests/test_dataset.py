@@ -318,3 +318,15 @@ SPLITS = ["--test-size", "0.2", "--validation-size", "0.2", "--seed", "1"]  # as
 def prepare_job(*args, env):
     return subprocess.run([sys.executable, str(ROOT / "jobs" / "prepare.py"), *args], capture_output=True, text=True,
                           timeout=300, env={**os.environ, **env})
+
+
+def test_a_folder_mixing_synthetic_and_real_games_is_named_in_one_warning(ray_local, tmp_path):
+    write_samples(tmp_path / "raw", count=30, seed=11)
+    config = PrepareConfig(input=str(tmp_path / "raw"), output=str(tmp_path / "out"), test_size=0.2, validation_size=0.2,
+                           seed=1)
+    assert not [line for line in dataset.prepare(config).lines() if "warning" in line]  # all synthetic: the demo
+    for log in sorted((tmp_path / "raw").rglob("*.tsv"))[:3]:  # three games from a real board
+        log.write_text(log.read_text().replace("Synthetic #", "Grasslands #"))
+    warnings = [line for line in dataset.prepare(config).lines() if "warning" in line]
+    assert warnings == ["warning: 27 of the 30 games are synthetic sample logs (boards named 'Synthetic #…', written by "
+                        "make demo): keep them apart from real logs"]
