@@ -47,6 +47,21 @@ def in_ray_job() -> bool:
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
 
 
+def start_ray(log_to_driver: bool = False) -> None:
+    """Connect to the Ray cluster of RAY_ADDRESS (a Ray job's own), or start a local one. A local
+    Ray gets a token of this process's own (Ray's token authentication is on by default, and would
+    otherwise write one into ~/.ray of the user's home)."""
+    import secrets
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not os.environ.get("RAY_ADDRESS") and not os.environ.get("RAY_AUTH_MODE") and not os.environ.get("RAY_AUTH_TOKEN"):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    ray.init(logging_level="WARNING", log_to_driver=log_to_driver)
+
+
 def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
     """Run `work`; print its lines (exit 0), or one `job: error: ...` line (exit 2 for a UserError,
     1 when MLflow failed); interrupted (Ctrl-C), what it says (exit 130). Without `verbose`, the

@@ -29,6 +29,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from caspar import corpus, storage
+from caspar.cli import start_ray
 from caspar.config import PrepareConfig, check
 from caspar.features import feature_names, featurize, load_unit_points, schema
 from caspar.gamelog import read_game
@@ -240,11 +241,8 @@ def _count_formats(entries: list[dict]) -> dict[str, int]:
 
 
 def _start_ray() -> float:
-    import ray
-
     started = time.perf_counter()
-    if not ray.is_initialized():
-        ray.init(logging_level="WARNING", log_to_driver=False)
+    start_ray()
     return time.perf_counter() - started
 
 

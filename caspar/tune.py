@@ -15,7 +15,7 @@ import time
 import warnings
 
 from caspar import evaluate, storage, tracking
-from caspar.cli import UserError, in_ray_job
+from caspar.cli import UserError, in_ray_job, start_ray
 from caspar.config import TrainConfig, TuneConfig, check, hyperparameters, search_space
 from caspar.model import Normalizer
 from caspar.prepared import Prepared
@@ -79,8 +79,7 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     uri = tracking.configure()
     experiment = tracking.experiment_id(config.experiment_name)
     previous_run = find_study_run(config, experiment) if config.resume else None
-    if not ray.is_initialized():
-        ray.init(logging_level="WARNING", log_to_driver=verbose)
+    start_ray(log_to_driver=verbose)
     check_storage(config)
     check_cpus(config)
     quiet_libraries(verbose)

@@ -330,3 +330,15 @@ def test_a_folder_mixing_synthetic_and_real_games_is_named_in_one_warning(ray_lo
     warnings = [line for line in dataset.prepare(config).lines() if "warning" in line]
     assert warnings == ["warning: 27 of the 30 games are synthetic sample logs (boards named 'Synthetic #…', written by "
                         "make demo): keep them apart from real logs"]
+
+
+def test_a_local_ray_writes_nothing_into_the_users_home(sample_logs, tmp_path):
+    """Ray's token authentication is on by default; the local Ray of a job uses a token of its own
+    instead of writing one into ~/.ray."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(tmp_path / "home")}
+    (tmp_path / "home").mkdir()
+    result = subprocess.run([sys.executable, str(ROOT / "jobs" / "prepare.py"), "--input", str(sample_logs / "nested"),
+                             "--output", str(tmp_path / "out"), "--test-size", "0.3", "--validation-size", "0.3"],
+                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not list((tmp_path / "home").iterdir())
