@@ -103,18 +103,24 @@ def _credentials_message(uri: str, code: int) -> str:
     return f"MLflow server {uri} requires signing in (401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
 
 
+# MLflow 3's UI opens an experiment of this kind on its training runs (without it, on a GenAI overview).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(name: str) -> str:
     """The experiment's id, created if new (embedded store: artefacts in the project folder)."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        if not set(EXPERIMENT_KIND) & set(experiment.tags):
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return experiment.experiment_id
     location = None
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):  # an embedded store keeps its artefacts beside its database
         location = (Path(sqlite_path(uri)).resolve().parent / "mlartifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
 
 
 def ui_hint(uri: str) -> str:

@@ -38,6 +38,8 @@ def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(run.data.params)  # every setting, by name
     assert run.data.params["tree_learning_rate"] == str(TrainConfig().tree_learning_rate)
     assert "HistGradientBoostingRegressor" in run.data.params["baseline_gbdt"]
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on training runs
     for key in ("loss", "val_loss", "val_mae"):
         assert len(client.get_metric_history(result.run_id, key)) == result.epochs
     for key in ("test_mse", "test_mae", "test_r2", "baseline_mean_test_r2", "baseline_gbdt_test_r2",
