@@ -98,6 +98,18 @@ def best_checkpoint(results):
     return min(saved, key=lambda item: item[2]["best_val_loss"])
 
 
+def prune_checkpoints(results, keep) -> int:
+    """Deletes every trial's checkpoints but `keep` (the best model's) once a study has ended: a
+    finished trial is never resumed. Returns how many were deleted."""
+    deleted = 0
+    for result in results:
+        for checkpoint, _ in result.best_checkpoints or []:
+            if checkpoint.path != keep.path:
+                checkpoint.filesystem.delete_dir(checkpoint.path)
+                deleted += 1
+    return deleted
+
+
 def best_history(result, checkpoint_metrics: dict) -> dict:
     """The best trial's run up to its checkpoint, as `caspar.train.fit` reports one: every epoch's
     losses and learning rate, and the epoch of its best validation loss (0: its untrained model,

@@ -19,7 +19,18 @@ from caspar.cli import UserError, in_ray_job, start_ray
 from caspar.config import TrainConfig, TuneConfig, check, hyperparameters, search_space
 from caspar.model import Normalizer
 from caspar.prepared import Prepared
-from caspar.study import METRIC, MODE, Study, TrialPrinter, TrialRuns, best_checkpoint, best_history, log_study, summarise
+from caspar.study import (
+    METRIC,
+    MODE,
+    Study,
+    TrialPrinter,
+    TrialRuns,
+    best_checkpoint,
+    best_history,
+    log_study,
+    prune_checkpoints,
+    summarise,
+)
 from caspar.trial import load_best_model
 
 
@@ -116,6 +127,8 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
                                fit_on=config.fit_on)
     with checkpoint.as_directory() as folder:
         model = load_best_model(folder)
+    if not interrupted:
+        prune_checkpoints(results, keep=checkpoint)
     history = best_history(best, checkpoint_metrics)
     metrics, run_id, version, verdict = log_best(model, history, best, normalizer, prepared, train_config, parent.info)
     if verdict.kind == evaluate.REFUSED:

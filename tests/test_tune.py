@@ -173,6 +173,7 @@ def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_pat
     assert study.trials == 2 and study.errored == 0
     results = trial_results(storage / "killed")
     assert all(rows[-1]["epoch"] == 30 for rows in results.values())
+    assert len(glob.glob(str(storage / "killed" / "*" / "checkpoint_*"))) == 1  # the study ended: the best model's only
     state = "".join(open(p).read() for p in glob.glob(str(storage / "killed" / "experiment_state-*.json")))
     assert re.search(r'num_failures\\*": 1', state)
 
