@@ -54,7 +54,9 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def describe(uri: str) -> str:
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    return f"{uri} (endpoint {endpoint})" if is_s3(uri) and endpoint else str(uri)
+    if not is_s3(uri):
+        return str(uri)
+    return f"{uri} (endpoint {endpoint})" if endpoint else f"{uri} (AWS; AWS_ENDPOINT_URL is not set)"
 
 
 def info(filesystem: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
@@ -134,6 +136,7 @@ def replacing_objects(filesystem: pafs.FileSystem, path: str, uri: str, what: st
     objects) sees the old or the new version; a failed copy leaves the old one whole."""
     staging = f"{path}.staging-{uuid.uuid4().hex[:8]}"
     try:
+        filesystem.create_dir(staging)  # and the bucket, if it is missing
         mark_owned(filesystem, staging, what)
         yield staging
         new = {posixpath.relpath(i.path, staging) for i in list_files(filesystem, staging, uri)}

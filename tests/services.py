@@ -166,14 +166,15 @@ def _stop_group(process: subprocess.Popen, timeout: float = 10) -> None:
 
 
 @contextmanager
-def ray_cluster(nodes: int = 2, cpus_per_node: int = 1, token: str | None = None):
+def ray_cluster(nodes: int = 2, cpus_per_node: int = 1, token: str | None = None, env: dict | None = None):
     """A real Ray cluster on this host: a head and `nodes - 1` more raylets, all on 127.0.0.1 with
-    their own ports and temp dir; with `token`, Ray's token authentication. Yields the dashboard
-    (job submission) address."""
+    their own ports and temp dir; with `token`, Ray's token authentication; `env`: more variables
+    of the nodes' environment (as cluster.yaml's start commands set). Yields the dashboard (job
+    submission) address."""
     ray = str(Path(sys.executable).with_name("ray"))
     temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token} if token else {"RAY_AUTH_MODE": "disabled"}
-    env = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0",
+    env = {**os.environ, **(env or {}), **auth, "RAY_USAGE_STATS_ENABLED": "0",
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}  # as if the venv were active
     gcs, dashboard = free_port(), free_port()
 

@@ -21,6 +21,9 @@ def test_cluster_yaml_is_valid_for_the_ray_launcher():
     starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
     assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)  # token authentication everywhere
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # the nodes get the token
+    assert config["file_mounts"]["~/caspar-trainer/cluster.env"] == "./cluster.env"  # and the MLflow and S3 settings
+    assert all(". ~/caspar-trainer/cluster.env" in c for c in starts)  # in Ray's environment, so in every job's
+    assert "cluster.env" in (ROOT / ".gitignore").read_text().split()
 
 
 def test_a_head_with_token_authentication_runs_only_jobs_that_present_the_token(tmp_path):

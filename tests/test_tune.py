@@ -196,17 +196,20 @@ def readme_block(after_heading: str) -> list[str]:
 
 def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tmp_path):
     """A fresh local Ray head with token authentication, then the README's cluster block verbatim
-    (HEAD_IP, MLFLOW_HOST and BUCKET filled in; `ray up` is the head this test starts), from a
+    (HEAD_IP and BUCKET filled in, cluster.env filled in as a user would; `ray up` is the head this
+    test starts with cluster.env in its environment, as cluster.yaml's start command does), from a
     copy of the checkout, and the export on the submitting machine."""
 
     import shutil
 
-    from services import s3_client
+    from services import S3_KEY, S3_SECRET, s3_client
 
     from caspar.samples import write_samples
 
     commands = readme_block("### A Ray cluster")
-    assert commands[0].startswith("ray get-auth-token --generate") and commands[1].startswith("ray up cluster.yaml")
+    assert commands[0].startswith("cp cluster.env.example cluster.env")
+    assert commands[1].startswith("ray get-auth-token --generate") and commands[2].startswith("ray up cluster.yaml")
+    assert not [c for c in commands if "SECRET" in c or "runtime-env" in c]  # no secret on a command line
     checkout = tmp_path / "checkout"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split()
@@ -215,28 +218,33 @@ def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tm
             (checkout / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, checkout / name)
     write_samples(checkout / "data" / "raw", count=40)
-    s3_client(s3_endpoint).create_bucket(Bucket="cluster-test")
     home = tmp_path / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "AWS_"))}
     env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}:{env['PATH']}", RAY_USAGE_STATS_ENABLED="0")
 
     def shell(command, address=None):
-        command = command.replace("http://MLFLOW_HOST:5000", mlflow_url).replace("BUCKET", "cluster-test")
+        command = command.replace("BUCKET", "cluster-test")
         if address:
             command = command.replace("http://HEAD_IP:8265", address)
         return subprocess.run(["bash", "-c", command], cwd=checkout, env=env, capture_output=True, text=True, timeout=900)
 
     assert shell(commands[0]).returncode == 0
+    filled = {"MLFLOW_TRACKING_URI": mlflow_url, "AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": S3_KEY,
+              "AWS_SECRET_ACCESS_KEY": S3_SECRET}  # what the user writes into cluster.env
+    settings = "".join(f"{line.split('=')[0]}={filled[line.split('=')[0]]}\n" if line.split("=")[0] in filled else line + "\n"
+                       for line in (checkout / "cluster.env").read_text().splitlines())
+    (checkout / "cluster.env").write_text(settings)
+    assert shell(commands[1]).returncode == 0
     token = (home / ".ray" / "auth_token").read_text().strip()
-    with ray_cluster(nodes=1, cpus_per_node=2, token=token) as address:
-        script = "set -e\n" + "\n".join(commands[2:])
-        result = shell(script, address)
+    with ray_cluster(nodes=1, cpus_per_node=2, token=token, env=filled) as address:
+        result = shell("set -e\n" + "\n".join(commands[3:]), address)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     trained = re.search(r"best model: run ([0-9a-f]{32})", result.stdout).group(1)  # printed by the job
     exported = re.search(r"exported run ([0-9a-f]{32})", result.stdout).group(1)  # printed by export, here
     assert trained == exported
     assert (checkout / "exports" / "model-v1" / "model-v1.tflite").is_file()
+    assert "cluster-test" in [b["Name"] for b in s3_client(s3_endpoint).list_buckets()["Buckets"]]  # created by prepare
 
 
 def test_the_summary_tells_trials_stopped_by_asha_from_trials_cut_off():
