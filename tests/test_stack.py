@@ -52,6 +52,11 @@ def test_compose_wiring():
     assert services["mlflow"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
     assert services["mlflow"]["ports"] == ["${BIND_ADDRESS:-127.0.0.1}:5000:5000"]
     assert services["ray-head"]["ports"] == ["${BIND_ADDRESS:-127.0.0.1}:8265:8265"]
+    for name in ("ray-head", "ray-worker"):  # jobs find MLflow and S3 in their nodes' environment, secrets from .env
+        environment = services[name]["environment"]
+        assert environment["AWS_SECRET_ACCESS_KEY"].startswith("${MINIO_ROOT_PASSWORD")
+        assert environment["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD")
+        assert environment["AWS_ENDPOINT_URL"] == "http://minio:9000"
     command = services["mlflow"]["command"]
     assert "--serve-artifacts" in command and any(p.startswith("postgresql://") for p in command)
     assert any(p.startswith("s3://") for p in command) and "--allowed-hosts" in command

@@ -206,7 +206,7 @@ def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tm
 
     from caspar.samples import write_samples
 
-    commands = readme_block("### A Ray cluster")
+    commands = readme_block("## A Ray cluster")
     assert commands[0].startswith("cp cluster.env.example cluster.env")
     assert commands[1].startswith("ray get-auth-token --generate") and commands[2].startswith("ray up cluster.yaml")
     assert not [c for c in commands if "SECRET" in c or "runtime-env" in c]  # no secret on a command line
