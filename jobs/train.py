@@ -18,8 +18,8 @@ def train_job(config: TrainConfig) -> list[str]:
     from caspar import tracking
     from caspar.prepared import load_prepared
 
-    tracking.configure()  # the server and the dataset are checked before TensorFlow loads
-    prepared = load_prepared(config.data)
+    prepared = load_prepared(config.data)  # the dataset, then the server, are checked before TensorFlow loads
+    tracking.configure()
     from caspar.train import train
 
     return train(config, prepared, show_progress=True).lines()

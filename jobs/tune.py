@@ -18,8 +18,8 @@ def tune_job(config: TuneConfig, verbose: bool) -> list[str]:
     from caspar import tracking
     from caspar.prepared import load_prepared
 
-    tracking.configure()  # the server and the dataset are checked before Ray and TensorFlow start
-    prepared = load_prepared(config.data)
+    prepared = load_prepared(config.data)  # the dataset, then the server, are checked before Ray and TensorFlow start
+    tracking.configure()
     from caspar.tune import tune_study
 
     study = tune_study(config, prepared, verbose)
