@@ -121,6 +121,21 @@ def search_space(changes: list[str] = ()) -> dict[str, tuple]:
 RANGES = ("uniform", "loguniform")
 
 
+def parse_logged(cls, name: str, text: str | None):
+    """A field's value from its MLflow parameter (str() of the value); None if it does not parse."""
+    import json
+
+    if text is None:
+        return None
+    kind = _types(cls)[name]
+    try:
+        if typing.get_origin(kind) is list:
+            return [int(v) for v in json.loads(text)]
+        return kind(text) if kind is not bool else text == "True"
+    except (ValueError, TypeError):
+        return None
+
+
 def parse_search(change: str) -> tuple[str, tuple]:
     """NAME=V1,V2,… (a choice; a list of hidden layers as 256x256), or NAME=uniform:LOW,HIGH or
     NAME=loguniform:LOW,HIGH: (name, domain), every value checked as the option's own."""
@@ -194,6 +209,9 @@ class TuneConfig(Tracking):
     seed: int = setting(42, "seed of the search and of every trial's training")
     max_failures: int = setting(2, "retries of a trial whose worker died", minimum=0)
     keep_checkpoints: int = setting(2, "checkpoints kept per trial (the best ones)", minimum=1)
+    warm_start: str | None = setting(None, "seed the search with the best trials of an earlier study (its --run-name, "
+                                           "in this experiment): their configurations and results, where this search "
+                                           "space holds them")
     search: list[str] = setting([], "change the search space: NAME=V1,V2 (a choice; hidden layers as 256x256) or "
                                 "NAME=uniform:LOW,HIGH or NAME=loguniform:LOW,HIGH, NAME a train option (e.g. "
                                 "trees=0,100 learning_rate=loguniform:1e-4,1e-2)")

@@ -33,13 +33,53 @@ from caspar.study import (
 )
 from caspar.trial import load_best_model
 
+WARM_START_TRIALS = 20  # the best trials of an earlier study that seed a new one
 
-def param_space(config: TuneConfig) -> dict:
-    """Every Hyperparameters field: the study's fixed values, with the searched ones as domains."""
+
+def searcher(config: TuneConfig, earlier: tuple[list[dict], list[float]] = ([], [])):
+    """(search algorithm, Tune's param space): seeded TPE (Optuna) over the searched fields of
+    Hyperparameters, the study's values for the others. `earlier`: configurations of an earlier
+    study and their results, which TPE is told before it proposes (--warm-start)."""
     from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
 
-    fixed = dataclasses.asdict(config.trial_hyperparameters())
-    return fixed | {name: getattr(tune, kind)(*args) for name, (kind, *args) in search_space(config.search).items()}
+    domains = {name: getattr(tune, kind)(*args) for name, (kind, *args) in search_space(config.search).items()}
+    fixed = {k: v for k, v in dataclasses.asdict(config.trial_hyperparameters()).items() if k not in domains}
+    points, results = earlier
+    if not config.warm_start:
+        return OptunaSearch(seed=config.seed), fixed | domains
+    # Optuna takes results of earlier trials only with the space given to it, not through Tune's.
+    return OptunaSearch(space=OptunaSearch.convert_search_space(domains), metric=METRIC, mode=MODE, seed=config.seed,
+                        points_to_evaluate=points or None, evaluated_rewards=results or None), fixed
+
+
+def earlier_trials(config: TuneConfig, experiment: str) -> tuple[list[dict], list[float]]:
+    """The best finished trials of the study --warm-start names whose configuration this search
+    space holds: (configurations of the searched fields, their best validation losses)."""
+    import mlflow
+
+    from caspar.config import Hyperparameters, parse_logged
+
+    runs = mlflow.MlflowClient().search_runs([experiment], f"tags.study = '{config.warm_start}'", max_results=5000)
+    trials = [r for r in runs if "trial_name" in r.data.tags and "best_val_loss" in r.data.metrics]
+    if not trials:
+        raise UserError(f"--warm-start {config.warm_start}: no study of that name with finished trials in experiment "
+                        f"{config.experiment_name!r}")
+    space = search_space(config.search)
+    seeds = []
+    for run in sorted(trials, key=lambda r: r.data.metrics["best_val_loss"]):
+        point = {name: parse_logged(Hyperparameters, name, run.data.params.get(name)) for name in space}
+        if all(in_domain(point[name], domain) for name, domain in space.items()):
+            seeds.append((point, run.data.metrics["best_val_loss"]))
+    seeds = seeds[:WARM_START_TRIALS]
+    return [point for point, _ in seeds], [loss for _, loss in seeds]
+
+
+def in_domain(value, domain: tuple) -> bool:
+    kind, *args = domain
+    if value is None:
+        return False
+    return value in args[0] if kind == "choice" else args[0] <= value <= args[1]
 
 
 def study_path(config: TuneConfig) -> str:
@@ -101,10 +141,14 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     data["trees"] = study_trees(config, data["x_train"], data["y_train"])
     with mlflow.start_run(run_id=previous_run, experiment_id=experiment, run_name=f"{config.run_name}-study",
                           tags={"study": config.run_name, "caspar.kind": "study"}) as parent:
+        earlier = earlier_trials(config, experiment) if config.warm_start and previous_run is None else ([], [])
         if previous_run is None:
             mlflow.log_dict({k: list(v) for k, v in search_space(config.search).items()}, "search_space.json")
             mlflow.log_params(study_parameters(config))
-        tuner = build_tuner(config, data, uri, parent.info, verbose)
+            mlflow.log_metric("warm_start_trials", len(earlier[0]))
+            if config.warm_start:
+                mlflow.set_tag("caspar.warm_start", config.warm_start)
+        tuner = build_tuner(config, data, uri, parent.info, verbose, earlier)
         search_started, driver_cpu = time.time(), time.process_time()
         results, interrupted = fit_noting_interrupt(tuner)
         driver_cpu = time.process_time() - driver_cpu  # the driver's threads: Tune, Optuna, MLflow logging
@@ -153,7 +197,7 @@ STATE_SAVE_SECONDS = "2"
 
 # What defines a study: --resume refuses to continue one with other values (the rest may change).
 STUDY_DEFINING = ("data", "n_trials", "epochs", "grace_period", "seed", "cpus_per_trial", "reduction_factor",
-                  "report_seconds", "search")
+                  "report_seconds", "search", "warm_start")
 
 
 def study_parameters(config: TuneConfig) -> dict:
@@ -212,11 +256,11 @@ def check_same_study(config: TuneConfig, logged: dict[str, str]) -> None:
                             "resume with the study's value or start a new --run-name")
 
 
-def build_tuner(config: TuneConfig, data: dict, tracking_uri: str, parent, verbose: bool):
-    """The Tuner of a new study, or of the stored one with --resume. `parent`: the study run's info."""
+def build_tuner(config: TuneConfig, data: dict, tracking_uri: str, parent, verbose: bool, earlier=([], [])):
+    """The Tuner of a new study, or of the stored one with --resume. `parent`: the study run's info;
+    `earlier`: trials of an earlier study to seed the search with."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from caspar.trial import Trial, milestones
 
@@ -227,9 +271,10 @@ def build_tuner(config: TuneConfig, data: dict, tracking_uri: str, parent, verbo
     if not verbose:
         callbacks.append(TrialPrinter(config))
     filesystem, folder = study_storage(config)
-    if config.resume:  # the callbacks come back from the stored study
+    search_alg, param_space = searcher(config, earlier)
+    if config.resume:  # the callbacks and the search's state come back from the stored study
         return tune.Tuner.restore(storage.join(folder, config.run_name), trainable=trainable, resume_errored=True,
-                                  param_space=param_space(config), storage_filesystem=filesystem)
+                                  param_space=param_space, storage_filesystem=filesystem)
     run_config = tune.RunConfig(
         name=config.run_name, storage_path=folder, storage_filesystem=filesystem, callbacks=callbacks,
         stop={"epoch": config.epochs},
@@ -238,11 +283,11 @@ def build_tuner(config: TuneConfig, data: dict, tracking_uri: str, parent, verbo
         checkpoint_config=tune.CheckpointConfig(num_to_keep=config.keep_checkpoints,
                                                 checkpoint_score_attribute="best_val_loss", checkpoint_score_order=MODE))
     return tune.Tuner(
-        trainable, param_space=param_space(config), run_config=run_config,
+        trainable, param_space=param_space, run_config=run_config,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=config.n_trials,
             max_concurrent_trials=concurrency(config.n_jobs, config.cpus_per_trial),
-            search_alg=OptunaSearch(seed=config.seed),
+            search_alg=search_alg,
             reuse_actors=True,  # a new trial reuses a finished one's process: no TensorFlow start-up
             scheduler=ASHAScheduler(time_attr="epoch", max_t=config.epochs, grace_period=min(config.grace_period, config.epochs),
                                     reduction_factor=config.reduction_factor),

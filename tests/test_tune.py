@@ -300,3 +300,30 @@ def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
     _, val = tf_datasets(data["x_train"], data["y_train"], data["x_val"], data["y_val"], 32, 0)
     assert abs(validation_loss(best, val) - result["best_val_loss"]) < 1e-6
     assert restored.step()["epoch"] == 4  # and it goes on from there
+
+
+def test_a_study_starts_from_the_best_trials_of_an_earlier_one(ray_local, sample_dataset, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from caspar.config import TuneConfig
+    from caspar.prepared import load_prepared
+    from caspar.tune import earlier_trials, tune_study
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    common = {"data": sample_dataset, "epochs": 1, "grace_period": 1, "n_jobs": 1, "experiment_name": "warm",
+              "model_name": "CASPAR-warm", "storage_path": str(tmp_path / "ray"), "search": ["trees=25"]}
+    prepared = load_prepared(sample_dataset)
+    tune_study(TuneConfig(**common, n_trials=3, run_name="first"), prepared)
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("warm").experiment_id
+    points, losses = earlier_trials(TuneConfig(**common, warm_start="first"), experiment)
+    assert len(points) == 3 and losses == sorted(losses) and set(points[0]) == {
+        "hidden_layers", "dropout_rate", "learning_rate", "batch_size", "activation", "encoding_bins", "weight_decay",
+        "lr_schedule", "ensemble_size", "ensemble_kind", "ensemble_loss", "periodic_frequencies", "trees"}
+    narrow = TuneConfig(**{**common, "search": ["trees=25", "batch_size=7"]}, warm_start="first")
+    assert earlier_trials(narrow, experiment) == ([], [])  # no earlier configuration lies in this space
+    study = tune_study(TuneConfig(**common, n_trials=1, run_name="second", warm_start="first"), prepared)
+    assert study.trials == 1 and study.errored == 0
+    [run] = client.search_runs([experiment], "tags.study = 'second' and tags.`caspar.kind` = 'study'")
+    assert run.data.tags["caspar.warm_start"] == "first" and run.data.metrics["warm_start_trials"] == 3
