@@ -96,7 +96,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(sample_d
     prepared = load_prepared(sample_dataset)
     normalizer = Normalizer.fit(prepared.splits["train"][0])
     (x, y), (x_val, y_val) = ([normalizer.transform(prepared.splits[s][0]), prepared.splits[s][1]] for s in ("train", "val"))
-    hp = Hyperparameters(**{**SMALL, "epochs": 4}, learning_rate=0.01, lr_schedule="cosine", trees=0)
+    hp = Hyperparameters(**{**SMALL, "epochs": 4, "trees": 0}, learning_rate=0.01, lr_schedule="cosine")
     schedule = learning_rate(hp, len(x))
     assert float(schedule(0)) == 0.0 and float(schedule(schedule.warmup_steps)) == pytest.approx(0.01)
 
