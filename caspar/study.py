@@ -12,10 +12,10 @@ import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from ray import tune
 
-from caspar import evaluate, tracking
+from caspar import cpu, evaluate, tracking
 from caspar.cli import UserError
 from caspar.config import TuneConfig
-from caspar.trial import EPOCH_METRICS, PER_EPOCH, STEP_METRICS
+from caspar.trial import EPOCH_METRICS, PER_EPOCH, PHASES, STEP_METRICS
 
 METRIC, MODE = "val_loss", "min"
 
@@ -121,35 +121,38 @@ def best_history(result, checkpoint_metrics: dict) -> dict:
     return history
 
 
-def summarise(results, config: TuneConfig, session_started: float, cpu_capacity: float) -> dict:
-    """Figures of this session only (a resumed study's earlier sessions are not counted)."""
-    cpu_seconds, startups = 0.0, []
+def summarise(results, config: TuneConfig, session_started: float) -> dict:
+    """Figures of this session only (a resumed study's earlier sessions are not counted): trial
+    counts, the trials' CPU seconds per phase (`trial_phases`) and the processes that ran them."""
+    phases: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+    by_process: dict[int, dict] = {}
+    startups = []
     for result in results:
         frame = result.metrics_dataframe
-        if frame is None or "cpu_seconds" not in frame:
+        if frame is None or "cpu_training" not in frame:
             continue
-        previous = 0.0
-        for cpu, startup, timestamp in zip(frame["cpu_seconds"], frame["startup_seconds"], frame["timestamp"]):
-            restarted = cpu < previous or previous == 0.0  # a new process ran the trial from here
-            if timestamp >= int(session_started):
-                cpu_seconds += cpu if restarted else cpu - previous
-                if restarted:
-                    startups.append(startup)
-            previous = cpu
+        frame = frame[frame["timestamp"] >= int(session_started)]
+        for row in frame.to_dict("records"):
+            by_process[int(row["pid"])] = row  # the cumulative figures of a process: its last report
+        startups += frame.drop_duplicates("trial_id")["startup_seconds"].tolist()
+    for row in by_process.values():
+        for phase in PHASES:
+            phases[phase] += float(row.get(f"cpu_{phase}", 0.0))
     return {
         "trials": len(results),
         # ASHA's stop marks the trial's last result done; the time budget and an interrupt do not
         "stopped_early": sum(1 for r in results if not r.error and (r.metrics or {}).get("done")
                              and r.metrics.get("epoch", 0) < config.epochs),
         "unfinished": sum(1 for r in results if not r.error and not (r.metrics or {}).get("done")),
-        "core_utilisation": cpu_seconds / max(cpu_capacity, 1e-9),
         "mean_trial_startup_seconds": float(np.mean(startups)) if startups else 0.0,
+        "trial_phases": phases, "worker_pids": set(by_process),
     }
 
 
-def log_study(results, best_config: dict, summary: dict) -> None:
+def log_study(results, best_config: dict, summary: dict, cpu_parts: dict[str, float]) -> None:
     mlflow.log_dict(best_config, "best_config.json")
-    mlflow.log_metrics(summary)
+    mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    mlflow.log_metrics({f"cpu_share_{name}": value for name, value in cpu.shares(cpu_parts).items()})
     log_val_loss_plot(results)
 
 
@@ -193,8 +196,7 @@ class Study:
     interrupted: bool
     tracking_uri: str
     path: str
-    core_utilisation: float  # CPU seconds of trials in this session / (wall seconds of the search x cluster CPUs)
-    driver_share: float  # the driver's CPU seconds, same denominator
+    cpu_parts: dict  # CPU seconds of this machine over the study, per part (caspar.cpu)
     mean_startup_seconds: float  # trial function entered -> first epoch
 
     def lines(self) -> list[str]:
@@ -202,8 +204,7 @@ class Study:
         return [
             f"{self.trials} trials in {self.seconds:.0f} s: {self.stopped_early} stopped early by ASHA, "
             f"{self.unfinished} unfinished (time budget or interrupt), {self.errored} failed",
-            f"core utilisation {self.core_utilisation:.2f} (trials training; driver and bookkeeping {self.driver_share:.2f}, "
-            f"other and idle {max(0.0, 1 - self.core_utilisation - self.driver_share):.2f}), "
+            cpu.line(self.cpu_parts),
             f"trial start-up {self.mean_startup_seconds:.1f} s, {3600 * self.trials / max(self.seconds, 1):.0f} trials per hour",
             f"best: {config}",
             *self.outcome_lines(),

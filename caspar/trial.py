@@ -16,6 +16,7 @@ BEST_WEIGHTS_FILE = "best_weights.npz"  # the weights of its best epoch so far
 STATE_FILE = "state.json"  # epochs trained, best validation loss and its epoch
 EPOCH_METRICS = ("loss", "val_loss", "val_mae", "learning_rate")  # per epoch, in MLflow
 STEP_METRICS = ("best_val_loss", "cpu_seconds", "startup_seconds")  # per result, in MLflow
+PHASES = ("worker_start", "setup", "training", "checkpoint")  # this process's CPU seconds in each, reported as cpu_<phase>
 PER_EPOCH = "_per_epoch"  # a result's list of every epoch's value since the previous result
 
 
@@ -44,6 +45,8 @@ class Trial(tune.Trainable):
         threads = max(1, int(cpus_per_trial))
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
+        # The process's CPU so far: Ray's worker start and TensorFlow's import. Counted once per process.
+        self.process_cpu = dict.fromkeys(PHASES, 0.0) | {"worker_start": time.process_time()}
         self.data, self.milestones, self.report_seconds = data, sorted(milestones), report_seconds
         self.node = ray.get_runtime_context().get_node_id()
         self.start(config)
@@ -53,6 +56,7 @@ class Trial(tune.Trainable):
         from caspar.train import compiled_model, schedule_callbacks, tf_datasets, validation_loss
 
         self.started, self.cpu_started, self.startup = time.perf_counter(), time.process_time(), None
+        setup_started = time.process_time()
         hp = Hyperparameters(**config)
         check(hp)  # a sampled configuration passes the checks a command line does
         self.model = compiled_model(hp, self.data["x_train"], self.data["y_train"], trees=self.trees(hp))
@@ -62,6 +66,7 @@ class Trial(tune.Trainable):
         self.callbacks = [*schedule_callbacks(hp), self.best,
                           StopAfterSeconds(lambda: self.step_started, self.report_seconds)]
         self.epoch, self.saved_best = 0, None
+        self.process_cpu["setup"] += time.process_time() - setup_started
 
     def trees(self, hp: Hyperparameters):
         """The study's trees (fitted once, on the driver) for a trial that has them."""
@@ -75,24 +80,28 @@ class Trial(tune.Trainable):
             self.startup = time.perf_counter() - self.started
         train, val = self.batches
         until = next(m for m in self.milestones if m > self.epoch)
-        self.step_started = time.perf_counter()
+        self.step_started, cpu = time.perf_counter(), time.process_time()
         history = self.model.fit(train, validation_data=val, initial_epoch=self.epoch, epochs=until,
                                  verbose=0, shuffle=False, callbacks=self.callbacks).history
+        self.process_cpu["training"] += time.process_time() - cpu
         self.epoch += len(history["loss"])
         per_epoch = {f"{k}{PER_EPOCH}": [float(v) for v in history[k]] for k in EPOCH_METRICS if k in history}
         return {**{k: float(history[k][-1]) for k in EPOCH_METRICS if k in history}, **per_epoch,
                 "epoch": self.epoch, "best_val_loss": self.best.best, "best_epoch": self.best.best_epoch,
                 "cpu_seconds": time.process_time() - self.cpu_started, "startup_seconds": self.startup,
+                **{f"cpu_{phase}": seconds for phase, seconds in self.process_cpu.items()},
                 "node_id": self.node,  # not a number, not in MLflow
                 "should_checkpoint": self.epoch in self.milestones or self.best.best != self.saved_best}
 
     def save_checkpoint(self, checkpoint_dir):
+        cpu = time.process_time()
         self.model.save(os.path.join(checkpoint_dir, MODEL_FILE))
         np.savez(os.path.join(checkpoint_dir, BEST_WEIGHTS_FILE), *self.best.best_weights)
         state = {"epoch": self.epoch, "best_val_loss": self.best.best, "best_epoch": self.best.best_epoch}
         with open(os.path.join(checkpoint_dir, STATE_FILE), "w") as handle:
             json.dump(state, handle)
         self.saved_best = self.best.best
+        self.process_cpu["checkpoint"] += time.process_time() - cpu
 
     def load_checkpoint(self, checkpoint_dir):
         """The trial as it was: its current model (optimizer included), its best epoch so far and

@@ -17,6 +17,7 @@ import warnings
 from caspar import evaluate, storage, tracking
 from caspar.cli import UserError, in_ray_job, start_ray
 from caspar.config import TrainConfig, TuneConfig, check, hyperparameters, search_space
+from caspar.cpu import CpuMeter
 from caspar.model import Normalizer
 from caspar.prepared import Prepared
 from caspar.study import (
@@ -123,7 +124,6 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     """Run the study; without `verbose`, one line per finished trial instead of Ray's tables and the
     trials' own output."""
     import mlflow
-    import ray
 
     check(config)
     started = time.perf_counter()
@@ -135,33 +135,31 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     check_storage(config)
     check_cpus(config)
     quiet_libraries(verbose)
-    normalizer = Normalizer.fit(prepared.splits["train"][0])
-    data = {"x_train": normalizer.transform(prepared.splits["train"][0]), "y_train": prepared.splits["train"][1],
-            "x_val": normalizer.transform(prepared.splits["val"][0]), "y_val": prepared.splits["val"][1]}
-    data["trees"] = study_trees(config, data["x_train"], data["y_train"])
     with mlflow.start_run(run_id=previous_run, experiment_id=experiment, run_name=f"{config.run_name}-study",
                           tags={"study": config.run_name, "caspar.kind": "study"}) as parent:
-        earlier = earlier_trials(config, experiment) if config.warm_start and previous_run is None else ([], [])
-        if previous_run is None:
-            mlflow.log_dict({k: list(v) for k, v in search_space(config.search).items()}, "search_space.json")
-            mlflow.log_params(study_parameters(config))
-            mlflow.log_metric("warm_start_trials", len(earlier[0]))
-            if config.warm_start:
-                mlflow.set_tag("caspar.warm_start", config.warm_start)
-        tuner = build_tuner(config, data, uri, parent.info, verbose, earlier)
-        search_started, driver_cpu = time.time(), time.process_time()
-        results, interrupted = fit_noting_interrupt(tuner)
-        driver_cpu = time.process_time() - driver_cpu  # the driver's threads: Tune, Optuna, MLflow logging
-        cpu_capacity = (time.time() - search_started) * ray.cluster_resources().get("CPU", 1)
+        with CpuMeter() as meter:  # the trees, the search and the driver's work
+            normalizer = Normalizer.fit(prepared.splits["train"][0])
+            data = {"x_train": normalizer.transform(prepared.splits["train"][0]), "y_train": prepared.splits["train"][1],
+                    "x_val": normalizer.transform(prepared.splits["val"][0]), "y_val": prepared.splits["val"][1]}
+            data["trees"] = study_trees(config, data["x_train"], data["y_train"])
+            earlier = earlier_trials(config, experiment) if config.warm_start and previous_run is None else ([], [])
+            if previous_run is None:
+                mlflow.log_dict({k: list(v) for k, v in search_space(config.search).items()}, "search_space.json")
+                mlflow.log_params(study_parameters(config))
+                mlflow.log_metric("warm_start_trials", len(earlier[0]))
+                if config.warm_start:
+                    mlflow.set_tag("caspar.warm_start", config.warm_start)
+            tuner = build_tuner(config, data, uri, parent.info, verbose, earlier)
+            search_started = time.time()
+            results, interrupted = fit_noting_interrupt(tuner)
         best, checkpoint, checkpoint_metrics = best_checkpoint(results)
-        summary = summarise(results, config, search_started, cpu_capacity)
-        summary["driver_share"] = driver_cpu / max(cpu_capacity, 1e-9)
+        summary = summarise(results, config, search_started)
+        cpu_parts = meter.breakdown(summary.pop("trial_phases"), summary.pop("worker_pids"))
         summary["best_val_loss"] = float(checkpoint_metrics["best_val_loss"])
-        log_study(results, dict(best.config), summary)
+        log_study(results, dict(best.config), summary, cpu_parts)
         mlflow.set_tag("caspar.interrupted", str(interrupted).lower())
     counts = {"trials": len(results), "stopped_early": summary["stopped_early"], "unfinished": summary["unfinished"],
-              "errored": len(results.errors), "tracking_uri": uri, "path": study_path(config),
-              "core_utilisation": summary["core_utilisation"], "driver_share": summary["driver_share"],
+              "errored": len(results.errors), "tracking_uri": uri, "path": study_path(config), "cpu_parts": cpu_parts,
               "mean_startup_seconds": summary["mean_trial_startup_seconds"], "fit_on": config.fit_on,
               "best_val_loss": summary["best_val_loss"], "best_config": {k: best.config[k] for k in search_space(config.search)}}
     if interrupted and not config.register_partial:

@@ -134,7 +134,7 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
     studies = [r for r in runs if r.data.tags.get("caspar.kind") == "study"]
     assert len(studies) == 1 and studies[0].info.status == "FINISHED"
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert 0 < float(re.search(r"core utilisation ([\d.]+)", output).group(1)) <= 1.0
+    assert 0 < float(re.search(r"training steps ([\d.]+)", output).group(1)) <= 1.0
 
 
 def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_path, monkeypatch):
@@ -255,13 +255,16 @@ def test_the_summary_tells_trials_stopped_by_asha_from_trials_cut_off():
     from caspar.config import TuneConfig
     from caspar.study import summarise
 
-    def trial(epoch, done, error=None):
-        frame = pd.DataFrame({"best_val_loss": [0.1], "cpu_seconds": [1.0], "startup_seconds": [0.2], "timestamp": [100]})
+    def trial(epoch, done, error=None, pid=1):
+        frame = pd.DataFrame({"best_val_loss": [0.1], "cpu_training": [float(epoch)], "cpu_setup": [1.0], "pid": [pid],
+                              "trial_id": [f"t{epoch}{done}{pid}"], "startup_seconds": [0.2], "timestamp": [100]})
         return SimpleNamespace(metrics={"epoch": epoch, "done": done}, error=error, metrics_dataframe=frame)
 
-    results = [trial(30, True), trial(10, True), trial(20, False), trial(10, False), trial(10, False, error=RuntimeError())]
-    summary = summarise(results, TuneConfig(data="unused", epochs=30), session_started=0, cpu_capacity=10)
+    results = [trial(30, True), trial(10, True), trial(20, False, pid=2), trial(10, False), trial(10, False, error=RuntimeError())]
+    summary = summarise(results, TuneConfig(data="unused", epochs=30), session_started=0)
     assert (summary["stopped_early"], summary["unfinished"]) == (1, 2)
+    # per process, its last cumulative report: process 1 reported 10 last, process 2 20
+    assert summary["trial_phases"]["training"] == 30.0 and summary["worker_pids"] == {1, 2}
 
 
 def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
@@ -272,7 +275,7 @@ def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
 
     from caspar.config import TuneConfig
     from caspar.train import tf_datasets, validation_loss
-    from caspar.trial import Trial, load_best_model
+    from caspar.trial import PHASES, Trial, load_best_model
 
     rng = np.random.default_rng(0)
     x = rng.random((400, 8)).astype("float32")
@@ -284,6 +287,7 @@ def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
     def trial():
         made = object.__new__(Trial)  # the Trainable without a Ray worker: its own methods only
         made.data, made.milestones, made.report_seconds, made.node = data, [2, 4, 6], 60.0, "local"
+        made.process_cpu = dict.fromkeys(PHASES, 0.0)
         made.start(config)
         return made
 
@@ -314,7 +318,15 @@ def test_a_study_starts_from_the_best_trials_of_an_earlier_one(ray_local, sample
     common = {"data": sample_dataset, "epochs": 1, "grace_period": 1, "n_jobs": 1, "experiment_name": "warm",
               "model_name": "CASPAR-warm", "storage_path": str(tmp_path / "ray"), "search": ["trees=25"]}
     prepared = load_prepared(sample_dataset)
-    tune_study(TuneConfig(**common, n_trials=3, run_name="first"), prepared)
+    first = tune_study(TuneConfig(**common, n_trials=3, run_name="first"), prepared)
+    # Where the machine's CPU went adds up to the wall time x its CPUs within 5%, and what the
+    # processes were measured to spend does not exceed what the machine counted busy
+    parts = first.cpu_parts
+    accounted = sum(v for k, v in parts.items() if k not in ("capacity", "machine_busy"))
+    assert abs(accounted - parts["capacity"]) <= 0.05 * parts["capacity"], parts
+    measured = accounted - parts["idle"] - parts["other"]
+    assert measured <= parts["machine_busy"] + 0.05 * parts["capacity"], parts
+    assert parts["trial_training"] > 0 and parts["trial_setup"] > 0 and parts["driver"] > 0, parts
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("warm").experiment_id
     points, losses = earlier_trials(TuneConfig(**common, warm_start="first"), experiment)
