@@ -10,7 +10,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
-	$(PY) -m pip install --quiet --no-deps --editable .
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps --editable .  # without setuptools' editable-install banner
 	touch $@
 
 # The whole pipeline on embedded defaults (local Ray, local MLflow store) on synthetic logs, kept
