@@ -56,9 +56,15 @@ def create_sqlite_store(uri: str) -> None:
     if not database.parent.is_dir():
         raise TrackingError(f"MLFLOW_TRACKING_URI {uri}: no folder {database.parent}")
     with exclusive_lock(str(database.parent / f".{database.name}.lock")):
-        client = mlflow.MlflowClient(uri, registry_uri=uri)
-        client.search_experiments(max_results=1)
-        client.search_registered_models(max_results=1)
+        try:
+            client = mlflow.MlflowClient(uri, registry_uri=uri)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
+        except Exception as error:  # SQLAlchemy's or MLflow's: the file is not a store this MLflow can use
+            from caspar.cli import mlflow_message
+
+            raise TrackingError(f"MLFLOW_TRACKING_URI {uri}: not an MLflow store this version can use "
+                                f"({mlflow_message(error)})") from None
 
 
 def sqlite_path(uri: str) -> str:
@@ -112,6 +118,9 @@ def experiment_id(name: str) -> str:
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise TrackingError(f"--experiment-name {name}: that experiment is deleted; restore it (mlflow experiments "
+                            f"restore --experiment-id {experiment.experiment_id}) or choose another name")
     if experiment is not None:
         if not set(EXPERIMENT_KIND) & set(experiment.tags):
             mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))

@@ -392,3 +392,18 @@ def test_jobs_started_together_on_a_new_sqlite_store_all_work(tmp_path):
                            timeout=120)
     assert later.returncode == 0, later.stderr[-500:]
     assert not list(tmp_path.glob(".*.lock"))
+
+
+def test_a_damaged_store_and_a_deleted_experiment_are_one_line(good, tmp_path):
+    import mlflow
+
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"not a database " * 100)
+    error = one_error_line(job("export", "--run", "x", env={"MLFLOW_TRACKING_URI": f"sqlite:///{damaged}"}), "export")
+    assert "not an MLflow store this version can use (tracking store: file is not a database)" in error
+    store = f"sqlite:///{tmp_path}/m.db"
+    client = mlflow.MlflowClient(store)
+    client.delete_experiment(client.create_experiment("gone"))
+    error = one_error_line(job("train", "--data", str(good / "prepared"), "--experiment-name", "gone",
+                               env={"MLFLOW_TRACKING_URI": store}), "train")
+    assert "--experiment-name gone: that experiment is deleted; restore it" in error
