@@ -48,8 +48,8 @@ def in_ray_job() -> bool:
 
 
 def start_ray(log_to_driver: bool = False) -> None:
-    """Connect to the Ray cluster of RAY_ADDRESS (a Ray job's own), or start a local one. A local
-    Ray gets a token of this process's own (Ray's token authentication is on by default, and would
+    """Connect to the Ray cluster of RAY_ADDRESS (a Ray job's own), or start a local one, without a
+    dashboard. A local Ray gets a token of this process's own (Ray's token authentication is on by default, and would
     otherwise write one into ~/.ray of the user's home)."""
     import secrets
 
@@ -57,9 +57,13 @@ def start_ray(log_to_driver: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    if not os.environ.get("RAY_ADDRESS") and not os.environ.get("RAY_AUTH_MODE") and not os.environ.get("RAY_AUTH_TOKEN"):
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level="WARNING", log_to_driver=log_to_driver)
+        return
+    if not os.environ.get("RAY_AUTH_MODE") and not os.environ.get("RAY_AUTH_TOKEN"):
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    ray.init(logging_level="WARNING", log_to_driver=log_to_driver)
+    # Without the dashboard (3 s of every start): a local Ray lives as long as its job.
+    ray.init(logging_level="WARNING", log_to_driver=log_to_driver, include_dashboard=False)
 
 
 def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
@@ -80,6 +84,12 @@ def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
         except KeyboardInterrupt:
             print(f"{job}: interrupted", file=sys.stderr)
             return 130
+        except OSError as error:  # an output that cannot be written (read-only, disk full, no permission)
+            if verbose:
+                raise
+            where = f"{error.filename}: " if error.filename else ""
+            print(f"{job}: error: {where}{error.strerror or error}", file=sys.stderr)
+            return 2
         except Exception as error:
             mlflow_errors = sys.modules.get("mlflow.exceptions")  # only jobs that track import MLflow
             if mlflow_errors is None or not isinstance(error, mlflow_errors.MlflowException):

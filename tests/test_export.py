@@ -20,7 +20,7 @@ def trained(mlflow_url, sample_dataset):
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_url
     result = train(TrainConfig(hidden_layers=[24, 12], epochs=2, trees=50, data=sample_dataset, experiment_name="test-export",
-                               run_name="export-me", model_name="CASPAR-export-test"))
+                               run_name="export-me", model_name="CASPAR-export-test", alias="champion"))
     yield result
     if saved is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -64,6 +64,8 @@ def test_export_by_run_id_and_registry_uri(trained, tmp_path):
     by_uri = export.export(f"models:/CASPAR-export-test/{trained.registered_version}", str(tmp_path / "uri"))
     assert by_uri.source.run_id == trained.run_id
     check_export(by_uri, tmp_path / "uri")
+    by_alias = export.export("models:/CASPAR-export-test@champion", str(tmp_path / "alias"))  # train's --alias
+    assert by_alias.source.run_id == trained.run_id
 
 
 def test_saved_model_signature(trained, tmp_path):
@@ -155,12 +157,11 @@ def test_export_compares_with_the_outputs_training_recorded(trained, tmp_path, m
     assert not (tmp_path / "export-me").exists()
 
 
-FAMILIES = {
+FAMILIES = {  # every layer the models use, each exported at least once (tests/test_javamodel.py: every family in Java)
     "plain network": {"trees": 0, "ensemble_size": 1},
-    "TabM-mini ensemble": {"trees": 0, "ensemble_size": 4},
-    "full TabM ensemble": {"trees": 0, "ensemble_size": 4, "ensemble_kind": "full", "hidden_layers": [16, 16]},
-    "trees and an ensemble correcting them": {"trees": 20, "ensemble_size": 4, "encoding_bins": 0},
-    "periodic embeddings": {"trees": 0, "periodic_frequencies": 4},
+    "full TabM ensemble, periodic embeddings": {"trees": 0, "ensemble_size": 4, "ensemble_kind": "full",
+                                                "hidden_layers": [16, 16], "periodic_frequencies": 4},
+    "trees and a TabM-mini ensemble correcting them": {"trees": 20, "ensemble_size": 4},
 }
 
 

@@ -157,6 +157,8 @@ def test_a_killed_prepare_leaves_a_whole_dataset(good, existing, kill_at, expect
         assert after == before
     leftovers = [p for p in existing.parent.iterdir() if ".staging-" in p.name]
     assert leftovers  # what the killed run left behind ...
+    if expect_new:
+        return
     rerun = job("prepare", "--input", str(good / "raw"), "--output", str(existing), "--seed", "6")
     assert rerun.returncode == 0, rerun.stderr
     assert not [p for p in existing.parent.iterdir() if ".staging-" in p.name]  # ... the next run removes
@@ -407,3 +409,9 @@ def test_a_damaged_store_and_a_deleted_experiment_are_one_line(good, tmp_path):
     error = one_error_line(job("train", "--data", str(good / "prepared"), "--experiment-name", "gone",
                                env={"MLFLOW_TRACKING_URI": store}), "train")
     assert "--experiment-name gone: that experiment is deleted; restore it" in error
+
+
+def test_an_output_that_cannot_be_written_is_one_line(good):
+    # /sys refuses new folders to everyone, root included: as a read-only disk or a folder without permission would
+    error = one_error_line(job("prepare", "--input", str(good / "raw"), "--output", "/sys/caspar-test/prepared"), "prepare")
+    assert error == "prepare: error: /sys/caspar-test: Operation not permitted"

@@ -88,8 +88,8 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
     storage = tmp_path / "ray_results"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    # Trials long enough (30 epochs each) that the interrupt lands while the third one runs.
-    args = ["--data", sample_dataset, "--n-trials", "4", "--epochs", "30", "--grace-period", "30", "--n-jobs", "1",
+    # Trials long enough (12 epochs each) that the interrupt lands while the third one runs.
+    args = ["--data", sample_dataset, "--n-trials", "4", "--epochs", "12", "--grace-period", "12", "--n-jobs", "1",
             "--search", "trees=0,25",
             "--storage-path", str(storage), "--run-name", "resumable", "--experiment-name", "resume-test"]
     first = run_tune(args, env, start_new_session=True)
