@@ -159,7 +159,7 @@ def test_export_compares_with_the_outputs_training_recorded(trained, tmp_path, m
 
 FAMILIES = {  # every layer the models use, each exported at least once (tests/test_javamodel.py: every family in Java)
     "plain network": {"trees": 0, "ensemble_size": 1},
-    "full TabM ensemble, periodic embeddings": {"trees": 0, "ensemble_size": 4, "ensemble_kind": "full",
+    "full TabM ensemble with periodic embeddings": {"trees": 0, "ensemble_size": 4, "ensemble_kind": "full",
                                                 "hidden_layers": [16, 16], "periodic_frequencies": 4},
     "trees and a TabM-mini ensemble correcting them": {"trees": 20, "ensemble_size": 4},
 }
