@@ -160,11 +160,9 @@ def test_end_to_end_on_the_stack(stack, tmp_path, monkeypatch):
                       "--test-size", "0.2", "--validation-size", "0.2", env=reader_env)
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     env = without_s3_credentials(MLFLOW_TRACKING_URI=stack["mlflow"], **SIGNED_IN)  # artefacts go through the server
-    tuned, _ = job("tune", "--data", str(tmp_path / "prepared"), "--n-trials", "3", "--epochs", "2",
-                   "--grace-period", "1", "--search", "trees=0,50", "--storage-path", str(tmp_path / "ray"),
-                   "--run-name", "stack-model",
-                   "--experiment-name", "stack", "--model-name", "CASPAR-stack", env=env)
-    assert tuned.returncode == 0, tuned.stdout[-2000:] + tuned.stderr[-2000:]
+    trained, _ = job("train", "--data", str(tmp_path / "prepared"), "--epochs", "2", "--hidden-layers", "16", "--trees", "50",
+                     "--experiment-name", "stack", "--run-name", "stack-model", "--model-name", "CASPAR-stack", env=env)
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
     exported, _ = job("export", "--run", "stack-model", "--output", str(tmp_path / "exports"), env=env)
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert "verified" in exported.stdout
@@ -175,7 +173,6 @@ def test_end_to_end_on_the_stack(stack, tmp_path, monkeypatch):
     tracking = MlflowClient(stack["mlflow"], registry_uri=stack["mlflow"])
     experiment = tracking.get_experiment_by_name("stack")
     runs = tracking.search_runs([experiment.experiment_id])
-    assert len([r for r in runs if "trial_name" in r.data.tags]) == 3, [r.info.run_name for r in runs]
     best = next(r for r in runs if r.info.run_name == "stack-model")
     assert "test_r2" in best.data.metrics and tracking.search_model_versions("name = 'CASPAR-stack'")
     count = subprocess.run([_postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(stack["postgres_port"]), "-U", "postgres", "-d",
