@@ -57,13 +57,12 @@ def start_ray(log_to_driver: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level="WARNING", log_to_driver=log_to_driver)
-        return
-    if not os.environ.get("RAY_AUTH_MODE") and not os.environ.get("RAY_AUTH_TOKEN"):
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    # Without the dashboard (3 s of every start): a local Ray lives as long as its job.
-    ray.init(logging_level="WARNING", log_to_driver=log_to_driver, include_dashboard=False)
+    local = {}
+    if not os.environ.get("RAY_ADDRESS"):
+        if not os.environ.get("RAY_AUTH_MODE") and not os.environ.get("RAY_AUTH_TOKEN"):
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        local = {"include_dashboard": False}  # 3 s of every start; a local Ray lives as long as its job
+    ray.init(logging_level="WARNING", log_to_driver=log_to_driver, **local)
 
 
 def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
