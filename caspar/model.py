@@ -47,7 +47,39 @@ class Normalizer:
         return cls(np.array([float(r[1]) for r in rows], np.float32), np.array([float(r[2]) for r in rows], np.float32))
 
 
+@dataclass
+class Network:
+    """A model and what trains it. `model` takes the features and holds everything the game runs,
+    trees included. `trainer` is the same layers (shared weights) taking the trees' prediction as a
+    second input: the trees are fixed while the network trains, so their prediction is computed
+    once per row (`inputs`) instead of in every epoch's every step. Without trees, both are one model."""
+    model: object
+    trainer: object
+    trees: object = None  # the TreeEnsemble layer, if any
+
+    def inputs(self, features: np.ndarray, tree_predictions: np.ndarray | None = None):
+        """What `trainer` takes for these (normalised) features: the features, and with trees their
+        prediction (computed here unless given)."""
+        if self.trees is None:
+            return features
+        if tree_predictions is None:
+            tree_predictions = predict_trees(self.trees, features)
+        return features, tree_predictions
+
+
+def predict_trees(trees, features: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """The TreeEnsemble layer's own output for every row, shape [rows, 1], float32: exactly what
+    the model computes inside (in batches: the layer's intermediate arrays grow with trees x nodes)."""
+    return np.concatenate([np.asarray(trees(features[i:i + batch])) for i in range(0, len(features), batch)]
+                          or [np.zeros((0, 1), np.float32)])
+
+
 def build_mlp(hp, train_inputs: np.ndarray, trees=None):
+    """The model of build_network: what the game runs."""
+    return build_network(hp, train_inputs, trees).model
+
+
+def build_network(hp, train_inputs: np.ndarray, trees=None) -> Network:
     """The network of these Hyperparameters for inputs like `train_inputs` (normalised; the
     piecewise-linear encoding takes its bins from them):
     [periodic (PLR) or piecewise-linear encoding of each input,] [k ensemble members: TabM-mini,
@@ -58,39 +90,54 @@ def build_mlp(hp, train_inputs: np.ndarray, trees=None):
     the sum is clipped to [0, 1] for the game (while training it is not: a gradient everywhere)."""
     import keras
 
+    from caspar.layers import ClipForInference
+
+    inputs = keras.Input(shape=(train_inputs.shape[1],), name="features")
+    correction = correction_layers(hp, train_inputs, trees is not None)
+    x = inputs
+    for layer in correction:
+        x = layer(x)
+    if trees is None:
+        model = keras.Model(inputs, keras.layers.Activation("sigmoid", name="reward")(x), name="caspar_mlp")
+        return Network(model, model)
+    add, clip = keras.layers.Add(), ClipForInference(name="reward")
+    model = keras.Model(inputs, clip(add([trees(inputs), x])), name="caspar_mlp")
+    tree_prediction = keras.Input(shape=(1,), name="tree_prediction")
+    trainer = keras.Model([inputs, tree_prediction], clip(add([tree_prediction, x])), name="caspar_mlp_trainer")
+    return Network(model, trainer, trees)
+
+
+def correction_layers(hp, train_inputs: np.ndarray, zero_start: bool) -> list:
+    """The layers from the features to the network's output before its activation, in order."""
+    import keras
+
     from caspar.layers import (
         BatchEnsembleDense,
-        ClipForInference,
         EnsembleAdapter,
         EnsembleHeads,
         PeriodicEmbedding,
         PiecewiseLinearEncoding,
     )
 
-    inputs = keras.Input(shape=(train_inputs.shape[1],), name="features")
-    x = inputs
+    layers = []
     if hp.periodic_frequencies:
-        x = PeriodicEmbedding(hp.periodic_frequencies, hp.periodic_dimension, hp.periodic_sigma)(x)
+        layers.append(PeriodicEmbedding(hp.periodic_frequencies, hp.periodic_dimension, hp.periodic_sigma))
     elif hp.encoding_bins:
-        x = PiecewiseLinearEncoding.from_inputs(train_inputs, hp.encoding_bins)(x)
+        layers.append(PiecewiseLinearEncoding.from_inputs(train_inputs, hp.encoding_bins))
     if hp.ensemble_size > 1:
-        x = EnsembleAdapter(hp.ensemble_size, seed=hp.seed)(x)
+        layers.append(EnsembleAdapter(hp.ensemble_size, seed=hp.seed))
     full = hp.ensemble_size > 1 and hp.ensemble_kind == "full"
     for units in hp.hidden_layers:
-        x = (BatchEnsembleDense if full else keras.layers.Dense)(units, activation=hp.activation)(x)
-        x = keras.layers.BatchNormalization()(x)
+        layers.append((BatchEnsembleDense if full else keras.layers.Dense)(units, activation=hp.activation))
+        layers.append(keras.layers.BatchNormalization())
         if hp.dropout_rate > 0:
-            x = keras.layers.Dropout(hp.dropout_rate)(x)
-    initializer = "zeros" if trees is not None else "glorot_uniform"
+            layers.append(keras.layers.Dropout(hp.dropout_rate))
+    initializer = "zeros" if zero_start else "glorot_uniform"
     if hp.ensemble_size > 1:
-        x = EnsembleHeads(kernel_initializer=initializer, member_losses=hp.ensemble_loss == "members")(x)
+        layers.append(EnsembleHeads(kernel_initializer=initializer, member_losses=hp.ensemble_loss == "members"))
     else:
-        x = keras.layers.Dense(1, kernel_initializer=initializer)(x)
-    if trees is None:
-        outputs = keras.layers.Activation("sigmoid", name="reward")(x)
-    else:
-        outputs = ClipForInference(name="reward")(keras.layers.Add()([trees(inputs), x]))
-    return keras.Model(inputs, outputs, name="caspar_mlp")
+        layers.append(keras.layers.Dense(1, kernel_initializer=initializer))
+    return layers
 
 
 def fit_trees(x_train: np.ndarray, y_train: np.ndarray, hp):

@@ -15,7 +15,7 @@ from caspar import evaluate, tracking
 from caspar.cli import UserError
 from caspar.config import Hyperparameters, TrainConfig, check
 from caspar.export import TEST_INPUTS_FILE, write_test_inputs
-from caspar.model import NORMALIZATION_FILE, Normalizer, build_mlp, fit_trees, make_optimizer
+from caspar.model import NORMALIZATION_FILE, Network, Normalizer, build_network, fit_trees, make_optimizer
 from caspar.prepared import Prepared, load_prepared
 
 TEST_ROWS_KEPT = 256  # test rows logged with the model, for checking an export
@@ -24,7 +24,8 @@ PREFETCH_BATCHES = 2
 
 
 def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
-    """Batches through tf.data with prefetching: no Python loop per batch. tf.data's autotuning is
+    """Batches through tf.data with prefetching: no Python loop per batch. The inputs are arrays,
+    or tuples of arrays (a Network.trainer's inputs). tf.data's autotuning is
     off: with two training processes on two cores it left each process idle a fifth of the time
     (measured: 0.78 CPU-s per wall-s each, 0.99 without it), and batching arrays in memory has
     nothing to tune."""
@@ -33,25 +34,25 @@ def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
     options = tf.data.Options()
     options.autotune.enabled = False
     train = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
-             .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+             .shuffle(len(y_train), seed=seed, reshuffle_each_iteration=True)
              .batch(batch_size).prefetch(PREFETCH_BATCHES).with_options(options))
     val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(4096).prefetch(PREFETCH_BATCHES).with_options(options)
     return train, val
 
 
-def compiled_model(hp: Hyperparameters, x_train, y_train, trees=None):
-    """The network for these hyperparameters, compiled, with its initial weights seeded. With
-    hp.trees, the trees are fitted here unless given (a TreeEnsemble layer)."""
+def compiled_network(hp: Hyperparameters, x_train, y_train, trees=None) -> Network:
+    """The network for these hyperparameters, its trainer compiled, with its initial weights
+    seeded. With hp.trees, the trees are fitted here unless given (a TreeEnsemble layer)."""
     import keras
 
     keras.utils.set_random_seed(hp.seed)
     if hp.trees and trees is None:
         trees = fit_trees(x_train, y_train, hp)
-    model = build_mlp(hp, x_train, trees if hp.trees else None)
+    network = build_network(hp, x_train, trees if hp.trees else None)
     # Several steps per call into TensorFlow: small batches are otherwise bound by per-step overhead.
     optimizer = make_optimizer(hp.optimizer, learning_rate(hp, len(x_train)), hp.weight_decay)
-    model.compile(optimizer=optimizer, loss="mse", metrics=["mae"], steps_per_execution=STEPS_PER_EXECUTION)
-    return model
+    network.trainer.compile(optimizer=optimizer, loss="mse", metrics=["mae"], steps_per_execution=STEPS_PER_EXECUTION)
+    return network
 
 
 def learning_rate(hp: Hyperparameters, train_rows: int):
@@ -80,9 +81,9 @@ def schedule_callbacks(hp: Hyperparameters) -> list:
                     min_lr=hp.learning_rate * hp.plateau_floor)]
 
 
-def validation_loss(model, val) -> float:
-    """The loss of the model as it is on the validation batches (before training: its trees alone)."""
-    return float(model.evaluate(val, verbose=0, return_dict=True)["loss"])
+def validation_loss(trainer, val) -> float:
+    """The loss of a network's trainer as it is on the validation batches (before training: its trees alone)."""
+    return float(trainer.evaluate(val, verbose=0, return_dict=True)["loss"])
 
 
 def fit(hp: Hyperparameters, x_train, y_train, x_val, y_val, callbacks=()):
@@ -92,12 +93,12 @@ def fit(hp: Hyperparameters, x_train, y_train, x_val, y_val, callbacks=()):
 
     from caspar.callbacks import BestEpoch
 
-    model = compiled_model(hp, x_train, y_train)
-    train, val = tf_datasets(x_train, y_train, x_val, y_val, hp.batch_size, hp.seed)
-    best = BestEpoch(validation_loss(model, val), patience=hp.patience)
-    history = model.fit(train, validation_data=val, epochs=hp.epochs, verbose=0, shuffle=False,
+    network = compiled_network(hp, x_train, y_train)
+    train, val = tf_datasets(network.inputs(x_train), y_train, network.inputs(x_val), y_val, hp.batch_size, hp.seed)
+    best = BestEpoch(validation_loss(network.trainer, val), patience=hp.patience)
+    history = network.trainer.fit(train, validation_data=val, epochs=hp.epochs, verbose=0, shuffle=False,
                         callbacks=[*schedule_callbacks(hp), best, keras.callbacks.TerminateOnNaN(), *callbacks]).history
-    return model, {**history, "best_epoch": best.best_epoch}
+    return network.model, {**history, "best_epoch": best.best_epoch}
 
 
 def refit(hp: Hyperparameters, x, y, epochs: int, rates: list[float] | None = None, callbacks=()):
@@ -108,16 +109,16 @@ def refit(hp: Hyperparameters, x, y, epochs: int, rates: list[float] | None = No
 
     from caspar.callbacks import ReplayRates
 
-    model = compiled_model(hp, x, y)
+    network = compiled_network(hp, x, y)
     if epochs:
-        train, _ = tf_datasets(x, y, x[:1], y[:1], hp.batch_size, hp.seed)
+        train, _ = tf_datasets(network.inputs(x), y, network.inputs(x[:1]), y[:1], hp.batch_size, hp.seed)
         replay = [ReplayRates(rates)] if rates and hp.lr_schedule != "cosine" else []
-        history = model.fit(train, epochs=epochs, verbose=0, shuffle=False,
+        history = network.trainer.fit(train, epochs=epochs, verbose=0, shuffle=False,
                             callbacks=[*replay, keras.callbacks.TerminateOnNaN(), *callbacks]).history
         if not np.all(np.isfinite(history["loss"])):
             raise UserError(f"the refit on {len(y)} rows diverged (loss {history['loss'][-1]}): nothing registered; "
                             "try a lower --learning-rate or --fit-on train")
-    return model
+    return network.model
 
 
 def check_trained(history: dict) -> None:

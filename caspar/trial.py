@@ -11,7 +11,9 @@ from ray import tune
 
 from caspar.config import Hyperparameters, TuneConfig, check
 
-MODEL_FILE = "model.keras"  # the model as it is now, optimizer state included
+# A checkpoint holds no trees and no architecture: both come from the study and the trial's configuration.
+WEIGHTS_FILE = "weights.npz"  # the network's weights as they are now
+OPTIMIZER_FILE = "optimizer.npz"  # the optimizer's state (its step, learning rate and moments)
 BEST_WEIGHTS_FILE = "best_weights.npz"  # the weights of its best epoch so far
 STATE_FILE = "state.json"  # epochs trained, best validation loss and its epoch
 EPOCH_METRICS = ("loss", "val_loss", "val_mae", "learning_rate")  # per epoch, in MLflow
@@ -53,27 +55,23 @@ class Trial(tune.Trainable):
 
     def start(self, config):
         from caspar.callbacks import BestEpoch, StopAfterSeconds
-        from caspar.train import compiled_model, schedule_callbacks, tf_datasets, validation_loss
+        from caspar.train import compiled_network, schedule_callbacks, tf_datasets, validation_loss
 
         self.started, self.cpu_started, self.startup = time.perf_counter(), time.process_time(), None
         setup_started = time.process_time()
         hp = Hyperparameters(**config)
         check(hp)  # a sampled configuration passes the checks a command line does
-        self.model = compiled_model(hp, self.data["x_train"], self.data["y_train"], trees=self.trees(hp))
-        self.batches = tf_datasets(self.data["x_train"], self.data["y_train"], self.data["x_val"], self.data["y_val"],
+        data, trees = self.data, study_trees(self.data, hp)
+        self.network = compiled_network(hp, data["x_train"], data["y_train"], trees=trees and trees["layer"])
+        self.model = self.network.trainer
+        self.batches = tf_datasets(self.network.inputs(data["x_train"], trees and trees["train"]), data["y_train"],
+                                   self.network.inputs(data["x_val"], trees and trees["val"]), data["y_val"],
                                    hp.batch_size, hp.seed)
         self.best = BestEpoch(validation_loss(self.model, self.batches[1]), restore=False)
         self.callbacks = [*schedule_callbacks(hp), self.best,
                           StopAfterSeconds(lambda: self.step_started, self.report_seconds)]
         self.epoch, self.saved_best = 0, None
         self.process_cpu["setup"] += time.process_time() - setup_started
-
-    def trees(self, hp: Hyperparameters):
-        """The study's trees (fitted once, on the driver) for a trial that has them."""
-        from caspar.layers import TreeEnsemble
-
-        arrays = self.data.get("trees", {}).get(hp.trees)
-        return TreeEnsemble(**arrays) if arrays else None
 
     def step(self):
         if self.startup is None:
@@ -95,7 +93,10 @@ class Trial(tune.Trainable):
 
     def save_checkpoint(self, checkpoint_dir):
         cpu = time.process_time()
-        self.model.save(os.path.join(checkpoint_dir, MODEL_FILE))
+        np.savez(os.path.join(checkpoint_dir, WEIGHTS_FILE), *self.model.get_weights())
+        optimizer = {}
+        self.model.optimizer.save_own_variables(optimizer)
+        np.savez(os.path.join(checkpoint_dir, OPTIMIZER_FILE), **optimizer)
         np.savez(os.path.join(checkpoint_dir, BEST_WEIGHTS_FILE), *self.best.best_weights)
         state = {"epoch": self.epoch, "best_val_loss": self.best.best, "best_epoch": self.best.best_epoch}
         with open(os.path.join(checkpoint_dir, STATE_FILE), "w") as handle:
@@ -106,12 +107,17 @@ class Trial(tune.Trainable):
     def load_checkpoint(self, checkpoint_dir):
         """The trial as it was: its current model (optimizer included), its best epoch so far and
         that epoch's weights. (The shuffling order of later epochs is not restored.)"""
-        self.model = load_model(checkpoint_dir)
+        self.model.set_weights(saved_arrays(checkpoint_dir, WEIGHTS_FILE))
+        optimizer = self.model.optimizer
+        if not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        with np.load(os.path.join(checkpoint_dir, OPTIMIZER_FILE)) as saved:
+            optimizer.load_own_variables(dict(saved))
         with open(os.path.join(checkpoint_dir, STATE_FILE)) as handle:
             state = json.load(handle)
         self.epoch = state["epoch"]
         self.best.best, self.best.best_epoch = state["best_val_loss"], state["best_epoch"]
-        self.best.best_weights = best_weights(checkpoint_dir)
+        self.best.best_weights = saved_arrays(checkpoint_dir, BEST_WEIGHTS_FILE)
         self.saved_best = self.best.best
 
     def reset_config(self, new_config):
@@ -119,21 +125,27 @@ class Trial(tune.Trainable):
         return True
 
 
-def load_model(checkpoint_dir: str):
-    import keras
+def study_trees(data: dict, hp: Hyperparameters) -> dict | None:
+    """The study's trees for a trial that has them (fitted once, on the driver), as a TreeEnsemble
+    layer ("layer") with their predictions on the train and validation rows ("train", "val")."""
+    from caspar.layers import TreeEnsemble
 
-    import caspar.layers  # noqa: F401  (custom layers must be known before loading)
+    trees = data.get("trees", {}).get(hp.trees) if hp.trees else None
+    return trees and {"layer": TreeEnsemble(**trees["arrays"]), "train": trees["train"], "val": trees["val"]}
 
-    return keras.models.load_model(os.path.join(checkpoint_dir, MODEL_FILE))
 
-
-def best_weights(checkpoint_dir: str) -> list[np.ndarray]:
-    with np.load(os.path.join(checkpoint_dir, BEST_WEIGHTS_FILE)) as saved:
+def saved_arrays(checkpoint_dir: str, name: str) -> list[np.ndarray]:
+    with np.load(os.path.join(checkpoint_dir, name)) as saved:
         return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
-def load_best_model(checkpoint_dir: str):
-    """The model of a checkpoint with the weights of the trial's best epoch up to then."""
-    model = load_model(checkpoint_dir)
-    model.set_weights(best_weights(checkpoint_dir))
-    return model
+def load_best_model(checkpoint_dir: str, config: dict, data: dict):
+    """The model (what the game runs, trees included) of a trial's checkpoint, with the weights of
+    the trial's best epoch up to then. `config`: the trial's, `data`: the study's."""
+    from caspar.model import build_network
+
+    hp = Hyperparameters(**config)
+    trees = study_trees(data, hp)
+    network = build_network(hp, data["x_train"], trees and trees["layer"])
+    network.trainer.set_weights(saved_arrays(checkpoint_dir, BEST_WEIGHTS_FILE))
+    return network.model

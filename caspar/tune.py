@@ -141,7 +141,7 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
             normalizer = Normalizer.fit(prepared.splits["train"][0])
             data = {"x_train": normalizer.transform(prepared.splits["train"][0]), "y_train": prepared.splits["train"][1],
                     "x_val": normalizer.transform(prepared.splits["val"][0]), "y_val": prepared.splits["val"][1]}
-            data["trees"] = study_trees(config, data["x_train"], data["y_train"])
+            data["trees"] = fit_study_trees(config, data["x_train"], data["x_val"], data["y_train"])
             earlier = earlier_trials(config, experiment) if config.warm_start and previous_run is None else ([], [])
             if previous_run is None:
                 mlflow.log_dict({k: list(v) for k, v in search_space(config.search).items()}, "search_space.json")
@@ -169,7 +169,7 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
                                run_name=config.run_name, model_name=config.model_name, alias=config.alias,
                                fit_on=config.fit_on)
     with checkpoint.as_directory() as folder:
-        model = load_best_model(folder)
+        model = load_best_model(folder, best.config, data)
     if not interrupted:
         prune_checkpoints(results, keep=checkpoint)
     history = best_history(best, checkpoint_metrics)
@@ -219,14 +219,19 @@ def fit_noting_interrupt(tuner):
     return results, interrupted
 
 
-def study_trees(config: TuneConfig, x_train, y_train) -> dict[int, dict]:
-    """The trees of every tree count a trial may use, fitted once here: {count: TreeEnsemble arrays}."""
-    from caspar.model import fit_trees
+def fit_study_trees(config: TuneConfig, x_train, x_val, y_train) -> dict[int, dict]:
+    """The trees of every tree count a trial may use, fitted once here, and their predictions on
+    the train and validation rows: {count: {"arrays": TreeEnsemble arrays, "train": …, "val": …}}."""
+    from caspar.model import fit_trees, predict_trees
 
     fixed = config.trial_hyperparameters()
     counts = search_space(config.search).get("trees", ("choice", [fixed.trees]))[1]
-    return {n: dict(fit_trees(x_train, y_train, dataclasses.replace(fixed, trees=n)).arrays)  # not Keras's TrackedDict
-            for n in sorted(set(counts) - {0})}
+    fitted = {}
+    for n in sorted(set(counts) - {0}):
+        layer = fit_trees(x_train, y_train, dataclasses.replace(fixed, trees=n))
+        fitted[n] = {"arrays": dict(layer.arrays),  # not Keras's TrackedDict
+                     "train": predict_trees(layer, x_train), "val": predict_trees(layer, x_val)}
+    return fitted
 
 
 def find_study_run(config: TuneConfig, experiment: str) -> str:

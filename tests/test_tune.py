@@ -270,18 +270,20 @@ def test_the_summary_tells_trials_stopped_by_asha_from_trials_cut_off():
 def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
     """A trial restored from its checkpoint (after its worker died) has its epoch, its best epoch,
     that epoch's loss and weights, and its current model; the best weights load with the figure
-    the trial reported for them."""
+    the trial reported for them. With trees: the checkpoint holds none, the study's are used again."""
     import numpy as np
 
     from caspar.config import TuneConfig
-    from caspar.train import tf_datasets, validation_loss
-    from caspar.trial import PHASES, Trial, load_best_model
+    from caspar.trial import OPTIMIZER_FILE, PHASES, Trial, load_best_model
+    from caspar.tune import fit_study_trees
 
     rng = np.random.default_rng(0)
     x = rng.random((400, 8)).astype("float32")
     y = (0.6 * x[:, 0] + 0.3 * x[:, 1] * x[:, 2]).astype("float32")
     data = {"x_train": x[:300], "y_train": y[:300], "x_val": x[300:], "y_val": y[300:]}
-    config = dict(vars(TuneConfig(epochs=6).trial_hyperparameters()), hidden_layers=[16], trees=0, ensemble_size=1,
+    study = TuneConfig(epochs=6, search=["trees=20"])
+    data["trees"] = fit_study_trees(study, data["x_train"], data["x_val"], data["y_train"])
+    config = dict(vars(study.trial_hyperparameters()), hidden_layers=[16], trees=20, ensemble_size=1,
                   encoding_bins=0, batch_size=32, learning_rate=0.01)
 
     def trial():
@@ -298,11 +300,16 @@ def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
     restored.load_checkpoint(str(tmp_path))
     assert restored.epoch == first.epoch == result["epoch"] == 2
     assert (restored.best.best, restored.best.best_epoch) == (result["best_val_loss"], result["best_epoch"])
-    for mine, theirs in zip(restored.model.get_weights(), first.model.get_weights()):
+    for mine, theirs in zip(restored.model.get_weights(), first.model.get_weights(), strict=True):
         np.testing.assert_array_equal(mine, theirs)
-    best = load_best_model(str(tmp_path))
-    _, val = tf_datasets(data["x_train"], data["y_train"], data["x_val"], data["y_val"], 32, 0)
-    assert abs(validation_loss(best, val) - result["best_val_loss"]) < 1e-6
+    for mine, theirs in zip(restored.model.optimizer.variables, first.model.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    assert int(restored.model.optimizer.iterations.numpy()) > 0
+    assert os.path.getsize(tmp_path / OPTIMIZER_FILE) > 0 and not any("tree" in f.name for f in tmp_path.iterdir())
+    best = load_best_model(str(tmp_path), config, data)  # what the game runs: features in, the trees inside
+    assert [t.name for t in best.inputs] == ["features"]
+    loss = float(np.mean((best.predict(data["x_val"], verbose=0).ravel() - data["y_val"]) ** 2))
+    assert abs(loss - result["best_val_loss"]) < 1e-6
     assert restored.step()["epoch"] == 4  # and it goes on from there
 
 
