@@ -18,7 +18,7 @@ from caspar.cli import UserError
 
 MODEL_FILE = "model.caspar"
 SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "java", "CasparModel.java")
-FORMAT = 1
+FORMAT = 2  # 2: the piecewise encoding's inputs may have different numbers of bins
 
 
 class UnsupportedModel(UserError):
@@ -70,7 +70,9 @@ def _layer(layer, kind: str) -> tuple[str, list[tuple[str, np.ndarray]]]:
         return (f"layer periodic {width} {layer.frequencies} {layer.dimension}",
                 [("coefficients", w["coefficients"]), ("kernel", linear["kernel"]), ("bias", linear["bias"])])
     if kind == "PiecewiseLinearEncoding":
-        return f"layer piecewise {width} {w['lower'].shape[1]}", [("lower", w["lower"]), ("width", w["width"])]
+        start = np.concatenate([[0], np.cumsum(layer.bins_per_input)]).astype(np.int32)  # each input's first bin
+        return (f"layer piecewise {width} {int(start[-1])}",
+                [("start", start), ("lower", w["lower"].ravel()), ("width", w["width"].ravel())])
     if kind == "EnsembleAdapter":
         return f"layer adapter {layer.members} {width}", [("scale", w["scale"])]
     if kind == "Dense":

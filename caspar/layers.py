@@ -12,28 +12,31 @@ from keras import ops  # noqa: E402
 
 @keras.saving.register_keras_serializable(package="caspar")
 class PiecewiseLinearEncoding(keras.layers.Layer):
-    """Each input becomes `bins` values: how far it has gone through each of its bins, in [0, 1]
-    (bin edges: quantiles of the training inputs). A small MLP can then draw the sharp thresholds
-    that trees draw, which this data is full of. Constant inside the model: the game feeds the
-    same min-max-normalised inputs as before."""
+    """Each input becomes one value per bin: how far it has gone through the bin, in [0, 1] (bin
+    edges: distinct quantiles of the training inputs, so an input with few distinct values has few
+    bins, a binary one a single bin). A small MLP can then draw the sharp thresholds that trees
+    draw, which this data is full of. Constant inside the model: the game feeds the same
+    min-max-normalised inputs as before. The bins of all inputs lie side by side, input after
+    input: `bins_per_input` says how many each has."""
 
-    def __init__(self, lower, width, **kwargs):
+    def __init__(self, lower, width, bins_per_input, **kwargs):
         super().__init__(**kwargs)
         self.lower_values = np.asarray(lower, dtype=np.float32)
         self.width_values = np.asarray(width, dtype=np.float32)
+        self.bins_per_input = [int(n) for n in bins_per_input]
+        self.input_of_bin = np.repeat(np.arange(len(self.bins_per_input)), self.bins_per_input).astype(np.int32)
 
     @classmethod
     def from_inputs(cls, inputs: np.ndarray, bins: int) -> "PiecewiseLinearEncoding":
-        features = inputs.shape[1]
-        lower = np.full((features, bins), 2.0, np.float32)  # unused bins start above every input: always 0
-        width = np.ones((features, bins), np.float32)
-        for j in range(features):
-            edges = np.unique(np.quantile(inputs[:, j], np.linspace(0, 1, bins + 1)))
-            if len(edges) < 2:
+        lower, width, counts = [], [], []
+        for column in inputs.T:
+            edges = np.unique(np.quantile(column, np.linspace(0, 1, bins + 1)))
+            if len(edges) < 2:  # a constant input: one bin, [0, 1]
                 edges = np.array([0.0, 1.0])
-            lower[j, :len(edges) - 1] = edges[:-1]
-            width[j, :len(edges) - 1] = np.diff(edges)
-        return cls(lower, width)
+            lower.append(edges[:-1])
+            width.append(np.diff(edges))
+            counts.append(len(edges) - 1)
+        return cls(np.concatenate(lower), np.concatenate(width), counts)
 
     def build(self, input_shape):
         self.lower = self.add_weight(shape=self.lower_values.shape, trainable=False, name="lower",
@@ -42,24 +45,27 @@ class PiecewiseLinearEncoding(keras.layers.Layer):
                                      initializer=keras.initializers.Constant(self.width_values))
 
     def call(self, inputs):
-        encoded = ops.clip((ops.expand_dims(inputs, -1) - self.lower) / self.width, 0.0, 1.0)
-        return ops.reshape(encoded, (-1, int(np.prod(self.lower_values.shape))))
+        tested = ops.take(inputs, self.input_of_bin, axis=1)  # [batch, bins]: each bin's input
+        return ops.clip((tested - ops.reshape(self.lower, (-1,))) / ops.reshape(self.width, (-1,)), 0.0, 1.0)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], int(np.prod(self.lower_values.shape)))
+        return (input_shape[0], len(self.input_of_bin))
 
     def get_config(self):
-        """The bins' shape only: the edges are weights, saved in binary with the model's weights."""
-        features, bins = self.lower_values.shape
-        return {**super().get_config(), "features": features, "bins": bins}
+        """The bins' counts only: the edges are weights, saved in binary with the model's weights."""
+        return {**super().get_config(), "bins_per_input": self.bins_per_input}
 
     @classmethod
     def from_config(cls, config):
-        if "lower" in config:  # saved with the edges in the config
-            return cls(**config)
         config = dict(config)
-        shape = (config.pop("features"), config.pop("bins"))
-        return cls(np.zeros(shape), np.ones(shape), **config)  # the saved weights replace them
+        if "lower" in config:  # an older layer: every input had the same number of bins, edges in the config
+            lower, width = np.asarray(config.pop("lower")), np.asarray(config.pop("width"))
+            return cls(lower, width, [lower.shape[1]] * lower.shape[0], **config)
+        if "bins" in config:  # an older layer: every input had the same number of bins, saved as [inputs, bins]
+            shape = (config.pop("features"), config.pop("bins"))
+            return cls(np.zeros(shape), np.ones(shape), [shape[1]] * shape[0], **config)
+        counts = config.pop("bins_per_input")
+        return cls(np.zeros(sum(counts)), np.ones(sum(counts)), counts, **config)  # the saved weights replace them
 
 
 @keras.saving.register_keras_serializable(package="caspar")

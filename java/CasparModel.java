@@ -33,7 +33,7 @@ import java.util.Map;
  * <p>{@code model.caspar}: text lines up to a line {@code data}, then every array in the order its
  * {@code array} line names it, little-endian, float32 ({@code f32}) or int32 ({@code i32}):
  * <pre>
- *   caspar-model 1
+ *   caspar-model 2
  *   feature_set HASH
  *   inputs N
  *   layer TYPE PARAMETERS...          (in the order the network applies them)
@@ -41,7 +41,8 @@ import java.util.Map;
  *   output clip|sigmoid               (trees + network clipped to [0, 1], or a sigmoid unit)
  *   data
  * </pre>
- * Layers: {@code periodic F K D}, {@code piecewise F B}, {@code adapter M W}, {@code dense M IN OUT
+ * Layers: {@code periodic F K D}, {@code piecewise F BINS} (the bins of all F inputs, input after
+ * input; array {@code start}: each input's first bin, F + 1 values), {@code adapter M W}, {@code dense M IN OUT
  * ACTIVATION}, {@code batchensemble M IN OUT ACTIVATION}, {@code affine M W} (batch normalisation,
  * folded), {@code heads M W} (the ensemble's outputs, averaged), and {@code trees T NODES} (applied to
  * the normalised inputs, added to the network's output). An array of M members holds member after
@@ -50,7 +51,7 @@ import java.util.Map;
 public final class CasparModel {
     public static final String MODEL_FILE = "model.caspar";
     public static final String NORMALIZATION_FILE = "min_max_feature_normalization.csv";
-    private static final int FORMAT = 1;
+    private static final int FORMAT = 2;  // a format-1 model comes with the CasparModel.java of its export
 
     private final String featureSet;
     private final int inputWidth;
@@ -134,7 +135,8 @@ public final class CasparModel {
         }
         String[] first = header.get(0);
         if (!first[0].equals("caspar-model") || Integer.parseInt(first[1]) != FORMAT) {
-            throw new IOException(file + ": not a caspar-model " + FORMAT + " file (" + String.join(" ", first) + ")");
+            throw new IOException(file + ": not a caspar-model " + FORMAT + " file (" + String.join(" ", first)
+                    + "): use the CasparModel.java exported with it");
         }
         String featureSet = null;
         int inputWidth = -1;
@@ -191,7 +193,7 @@ public final class CasparModel {
         }
         return switch (line[1]) {
             case "periodic" -> new Periodic(n[0], n[1], n[2], f32(arrays, "coefficients"), f32(arrays, "kernel"), f32(arrays, "bias"));
-            case "piecewise" -> new Piecewise(n[0], n[1], f32(arrays, "lower"), f32(arrays, "width"));
+            case "piecewise" -> new Piecewise(n[0], starts(arrays, n[0], n[1]), f32(arrays, "lower"), f32(arrays, "width"));
             case "adapter" -> new Adapter(n[0], n[1], f32(arrays, "scale"));
             case "dense" -> new Dense(n[0], n[1], n[2], activation(activation, file), null, f32(arrays, "kernel"), null, f32(arrays, "bias"));
             case "batchensemble" -> new Dense(n[0], n[1], n[2], activation(activation, file), f32(arrays, "r"), f32(arrays, "kernel"),
@@ -320,17 +322,35 @@ public final class CasparModel {
         }
     }
 
+    /** Each input's first bin, and the end of the last input's: F + 1 increasing values from 0 to BINS. */
+    private static int[] starts(Map<String, Object> arrays, int features, int bins) throws IOException {
+        if (!(arrays.get("start") instanceof int[] start) || start.length != features + 1 || start[0] != 0
+                || start[features] != bins) {
+            throw new IOException("piecewise encoding: expected an int array start of " + (features + 1)
+                    + " values from 0 to " + bins);
+        }
+        for (int j = 0; j < features; j++) {
+            if (start[j + 1] <= start[j]) {
+                throw new IOException("piecewise encoding: input " + j + " has no bin");
+            }
+        }
+        return start;
+    }
+
     /** Piecewise-linear encoding: per input and bin, how far the input has gone through the bin. */
-    private record Piecewise(int features, int bins, float[] lower, float[] width) implements Layer {
+    private record Piecewise(int features, int[] start, float[] lower, float[] width) implements Layer {
         public float[] apply(float[] x) {
-            float[] out = new float[features * bins];
+            float[] out = new float[start[features]];
             for (int j = 0; j < features; j++) {
-                for (int b = 0; b < bins; b++) {
-                    int i = j * bins + b;
-                    out[i] = Math.min(1f, Math.max(0f, (x[j] - lower[i]) / width[i]));
+                for (int i = start[j]; i < start[j + 1]; i++) {
+                    out[i] = encoded(x, j, i);
                 }
             }
             return out;
+        }
+
+        float encoded(float[] x, int feature, int bin) {
+            return Math.min(1f, Math.max(0f, (x[feature] - lower[bin]) / width[bin]));
         }
     }
 
@@ -401,18 +421,19 @@ public final class CasparModel {
             this.out = dense.out();
             this.scale = adapter == null ? null : adapter.scale();
             int features = encoding.features();
-            int bins = encoding.bins();
-            int width = features * bins;
+            int[] start = encoding.start();
+            int width = start[features];
             int block = members * out;
             used = new int[features];
             first = new int[features];
             int rows = 0;
             for (int j = 0; j < features; j++) {
-                while (used[j] < bins && encoding.lower()[j * bins + used[j]] <= 1f) {
+                int bins = start[j + 1] - start[j];
+                while (used[j] < bins && encoding.lower()[start[j] + used[j]] <= 1f) {
                     used[j]++;
                 }
                 for (int b = used[j]; b < bins; b++) {
-                    if (encoding.lower()[j * bins + b] <= 1f) {
+                    if (encoding.lower()[start[j] + b] <= 1f) {
                         throw new IllegalArgumentException("piecewise encoding: feature " + j + "'s bins are not in order");
                     }
                 }
@@ -422,7 +443,7 @@ public final class CasparModel {
             passed = new float[rows * block];
             for (int j = 0; j < features; j++) {
                 for (int k = 1; k <= used[j]; k++) {
-                    int i = j * bins + k - 1;
+                    int i = start[j] + k - 1;
                     int to = (first[j] + k) * block;
                     for (int m = 0; m < members; m++) {
                         float factor = scale == null ? 1f : scale[m * width + i];
@@ -435,8 +456,8 @@ public final class CasparModel {
         }
 
         public float[] apply(float[] x) {
-            int bins = encoding.bins();
-            int width = encoding.features() * bins;
+            int[] start = encoding.start();
+            int width = start[encoding.features()];
             int block = members * out;
             float[] kernel = dense.kernel();
             float[] sum = new float[block];
@@ -454,7 +475,7 @@ public final class CasparModel {
                     if (value == 0f) {
                         continue;
                     }
-                    int i = j * bins + b;
+                    int i = start[j] + b;
                     for (int m = 0; m < members; m++) {
                         float scaled = scale == null ? value : value * scale[m * width + i];
                         for (int o = 0; o < out; o++) {
@@ -471,8 +492,7 @@ public final class CasparModel {
         }
 
         private float encoded(float[] x, int feature, int bin) {
-            int i = feature * encoding.bins() + bin;
-            return Math.min(1f, Math.max(0f, (x[feature] - encoding.lower()[i]) / encoding.width()[i]));
+            return encoding.encoded(x, feature, encoding.start()[feature] + bin);
         }
     }
 

@@ -29,6 +29,8 @@ def rows():
     rng = np.random.default_rng(0)
     raw = (rng.random((300, WIDTH)) * 10).astype(np.float32)
     raw[:, 5] = 3.0  # a constant feature (max = min + 1 in the normalisation)
+    raw[:, 6] = rng.integers(0, 2, 300)  # binary and three-valued: fewer encoding bins than the others
+    raw[:, 7] = rng.integers(0, 3, 300) * 2.5
     reward = (0.04 * raw[:, 0] + 0.3 * (raw[:, 3] > 5)).astype(np.float32)
     return raw, reward
 

@@ -165,17 +165,29 @@ def test_the_encodings_bins_are_saved_as_weights_and_old_configs_still_load(tmp_
     from caspar.layers import PiecewiseLinearEncoding
 
     x = np.random.default_rng(0).random((300, 12)).astype("float32")
+    x[:, 3] = np.round(x[:, 3])  # binary: one bin
     encoding = PiecewiseLinearEncoding.from_inputs(x, 8)
+    assert encoding.bins_per_input == [8, 8, 8, 1] + [8] * 8
     inputs = keras.Input((12,))
     model = keras.Model(inputs, encoding(inputs))
     expected = model.predict(x, verbose=0)
+    np.testing.assert_array_equal(expected[:, 24], x[:, 3])  # the binary input's one bin is the input itself
     model.save(tmp_path / "encoding.keras")
     config = encoding.get_config()
-    assert (config["features"], config["bins"]) == (12, 8) and "lower" not in config
+    assert config["bins_per_input"] == encoding.bins_per_input and "lower" not in config
     np.testing.assert_array_equal(keras.models.load_model(tmp_path / "encoding.keras").predict(x, verbose=0), expected)
-    old = {k: v for k, v in config.items() if k not in ("features", "bins")}
-    old |= {"lower": encoding.lower_values.tolist(), "width": encoding.width_values.tolist()}
-    old_model = keras.Model(inputs, PiecewiseLinearEncoding.from_config(old)(inputs))
+    # Layers saved before: 8 bins per input, an unreachable bin's lower edge at 2; edges in the config or as weights
+    x[:, 3] = x[:, 0]
+    uniform = PiecewiseLinearEncoding.from_inputs(x, 8)
+    assert uniform.bins_per_input == [8] * 12
+    lower, width = uniform.lower_values.reshape(12, 8), uniform.width_values.reshape(12, 8)
+    expected = keras.Model(inputs, uniform(inputs)).predict(x, verbose=0)
+    base = {k: v for k, v in config.items() if k != "bins_per_input"}
+    old = PiecewiseLinearEncoding.from_config(base | {"lower": lower.tolist(), "width": width.tolist()})
+    np.testing.assert_array_equal(keras.Model(inputs, old(inputs)).predict(x, verbose=0), expected)
+    old = PiecewiseLinearEncoding.from_config(base | {"features": 12, "bins": 8})
+    old_model = keras.Model(inputs, old(inputs))
+    old.set_weights([lower, width])
     np.testing.assert_array_equal(old_model.predict(x, verbose=0), expected)
 
 
