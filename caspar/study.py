@@ -17,7 +17,10 @@ from caspar.cli import UserError
 from caspar.config import TuneConfig
 from caspar.trial import EPOCH_METRICS, PER_EPOCH, PHASES, STEP_METRICS
 
-METRIC, MODE = "val_loss", "min"
+# What ASHA ranks trials by at its milestones, what TPE minimises and what chooses the best checkpoint:
+# a trial's best validation loss so far, the loss of the weights it would ship (its last epoch's
+# loss would let one noisy epoch stop the study's best trial).
+METRIC, MODE = "best_val_loss", "min"
 
 
 # --- While the study runs (Tune callbacks, on the driver) ----------------------------------------------
@@ -169,7 +172,7 @@ def log_val_loss_plot(results) -> None:
     for frame in frames:
         axis.plot(frame["timestamp"] - start, frame[METRIC], linewidth=1, marker=".")
     axis.set(xlabel="seconds since the study started", ylabel=METRIC, yscale="log",
-             title="Validation loss per trial over time")
+             title="Best validation loss per trial over time")
     figure.tight_layout()
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "val_loss_per_trial.png")
