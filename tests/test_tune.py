@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 from services import ray_cluster
 
@@ -37,6 +38,7 @@ def trial_worker_nodes(address: str) -> dict[str, set[str]]:
     return placed
 
 
+@pytest.mark.xdist_group("ray-clusters")
 def test_tune_job_on_a_two_node_cluster(mlflow_url, sample_dataset, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -84,6 +86,7 @@ def run_tune(args, env, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
+@pytest.mark.xdist_group("ray-clusters")
 def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
     storage = tmp_path / "ray_results"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "RAY_AUTH_MODE": "disabled"}
@@ -194,8 +197,9 @@ def readme_block(after_heading: str) -> list[str]:
     return [command.strip() for command in block.replace("\\\n", " ").splitlines() if command.strip()]
 
 
+@pytest.mark.xdist_group("ray-clusters")
 def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tmp_path):
-    """A fresh local Ray head with token authentication, then the README's cluster block verbatim
+    """A fresh local Ray head with token authentication (it refuses jobs without the token), then the README's cluster block verbatim
     (HEAD_IP and BUCKET filled in, cluster.env filled in as a user would; `ray up` is the head this
     test starts with cluster.env in its environment, as cluster.yaml's start command does), from a
     copy of the checkout, and the export on the submitting machine."""
@@ -238,7 +242,13 @@ def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tm
     assert shell(commands[1]).returncode == 0
     token = (home / ".ray" / "auth_token").read_text().strip()
     with ray_cluster(nodes=1, cpus_per_node=2, token=token, env=filled) as address:
+        # The head refuses a job without the token or with another one; the README's jobs present it.
+        submit = f"ray job submit --address {address} -- python -c 'print(6 * 7)'"
+        anonymous = shell(f"RAY_AUTH_MODE=disabled {submit}")
+        wrong = shell(f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN=guess {submit}")
         result = shell("set -e\n" + "\n".join(commands[3:]), address)
+    assert anonymous.returncode != 0 and "Missing authentication token" in anonymous.stdout + anonymous.stderr
+    assert wrong.returncode != 0 and "invalid or incorrect" in wrong.stdout + wrong.stderr
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     trained = re.search(r"best model: run ([0-9a-f]{32})", result.stdout).group(1)  # printed by the job
     exported = re.search(r"exported run ([0-9a-f]{32})", result.stdout).group(1)  # printed by export, here
