@@ -177,7 +177,6 @@ def test_s3_input_and_output(ray_local, s3_endpoint, sample_logs, tmp_path):
     assert read_rows(path, filesystem).num_rows == sum(summary.rows.values()) > 0
 
 
-@pytest.mark.xdist_group("corpus")  # one worker prepares the real corpus
 def test_real_corpus(corpus_dataset):
     folder, summary = corpus_dataset
     assert summary.files == 143 and summary.unreadable_files == 0

@@ -13,8 +13,6 @@ from caspar.config import TrainConfig
 from caspar.registry import ExportError
 from caspar.train import train
 
-pytestmark = pytest.mark.xdist_group("export")  # one worker: the module's servers and models are set up once
-
 
 @pytest.fixture(scope="module")
 def trained(mlflow_url, sample_dataset):

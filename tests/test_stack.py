@@ -25,8 +25,6 @@ from services import (
     seaweedfs,
 )
 
-pytestmark = pytest.mark.xdist_group("stack")  # one worker: the module's servers and models are set up once
-
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SCHEMA = ROOT / "tests" / ".cache" / "compose-spec.json"
 STACK_ENV = {"MINIO_ROOT_USER": S3_KEY, "MINIO_ROOT_PASSWORD": S3_SECRET, "MLFLOW_BUCKET": "mlflow",

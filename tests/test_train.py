@@ -210,7 +210,6 @@ def test_unreachable_tracking_server_fails_fast(sample_dataset):
 README_EXAMPLE = {"hidden_layers": [354, 354], "dropout_rate": 0.06, "learning_rate": 0.01}  # jobs/train.py's usage
 
 
-@pytest.mark.xdist_group("corpus")  # one worker prepares the real corpus
 def test_readme_example_on_the_real_corpus_is_at_least_its_own_trees(corpus_dataset, tracking_server):
     """The README's example (few epochs) trains into a registered model that is no worse than its own
     trees alone on the test games (it once trained into a constant that every check let through);
@@ -230,7 +229,6 @@ def test_readme_example_on_the_real_corpus_is_at_least_its_own_trees(corpus_data
     assert np.ptp(predictions) > 0.5  # not a constant
 
 
-@pytest.mark.xdist_group("corpus")  # one worker prepares the real corpus
 def test_trees_layer_computes_what_scikit_learn_predicts_on_the_real_corpus(corpus_dataset):
     """TreeEnsemble reads scikit-learn's fitted trees (private attributes): on every row of the real
     corpus it must give scikit-learn's own predictions."""

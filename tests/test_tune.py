@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from conftest import ROOT
 from services import ray_cluster
 
@@ -38,7 +37,6 @@ def trial_worker_nodes(address: str) -> dict[str, set[str]]:
     return placed
 
 
-@pytest.mark.xdist_group("ray-clusters")
 def test_tune_job_on_a_two_node_cluster(mlflow_url, sample_dataset, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -86,7 +84,6 @@ def run_tune(args, env, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
-@pytest.mark.xdist_group("ray-clusters")
 def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
     storage = tmp_path / "ray_results"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "RAY_AUTH_MODE": "disabled"}
@@ -197,7 +194,6 @@ def readme_block(after_heading: str) -> list[str]:
     return [command.strip() for command in block.replace("\\\n", " ").splitlines() if command.strip()]
 
 
-@pytest.mark.xdist_group("ray-clusters")
 def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tmp_path):
     """A fresh local Ray head with token authentication (it refuses jobs without the token), then the README's cluster block verbatim
     (HEAD_IP and BUCKET filled in, cluster.env filled in as a user would; `ray up` is the head this
