@@ -97,7 +97,8 @@ def fit(hp: Hyperparameters, x_train, y_train, x_val, y_val, callbacks=()):
     train, val = tf_datasets(network.inputs(x_train), y_train, network.inputs(x_val), y_val, hp.batch_size, hp.seed)
     best = BestEpoch(validation_loss(network.trainer, val), patience=hp.patience)
     history = network.trainer.fit(train, validation_data=val, epochs=hp.epochs, verbose=0, shuffle=False,
-                        callbacks=[*schedule_callbacks(hp), best, keras.callbacks.TerminateOnNaN(), *callbacks]).history
+                                  callbacks=[*schedule_callbacks(hp), best, keras.callbacks.TerminateOnNaN(),
+                                             *callbacks]).history
     return network.model, {**history, "best_epoch": best.best_epoch}
 
 
@@ -114,7 +115,7 @@ def refit(hp: Hyperparameters, x, y, epochs: int, rates: list[float] | None = No
         train, _ = tf_datasets(network.inputs(x), y, network.inputs(x[:1]), y[:1], hp.batch_size, hp.seed)
         replay = [ReplayRates(rates)] if rates and hp.lr_schedule != "cosine" else []
         history = network.trainer.fit(train, epochs=epochs, verbose=0, shuffle=False,
-                            callbacks=[*replay, keras.callbacks.TerminateOnNaN(), *callbacks]).history
+                                      callbacks=[*replay, keras.callbacks.TerminateOnNaN(), *callbacks]).history
         if not np.all(np.isfinite(history["loss"])):
             raise UserError(f"the refit on {len(y)} rows diverged (loss {history['loss'][-1]}): nothing registered; "
                             "try a lower --learning-rate or --fit-on train")
