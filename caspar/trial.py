@@ -62,10 +62,10 @@ class Trial(tune.Trainable):
         hp = Hyperparameters(**config)
         check(hp)  # a sampled configuration passes the checks a command line does
         data, trees = self.data, study_trees(self.data, hp)
-        self.network = compiled_network(hp, data["x_train"], data["y_train"], trees=trees and trees["layer"])
-        self.model = self.network.trainer
-        self.batches = tf_datasets(self.network.inputs(data["x_train"], trees and trees["train"]), data["y_train"],
-                                   self.network.inputs(data["x_val"], trees and trees["val"]), data["y_val"],
+        network = compiled_network(hp, data["x_train"], data["y_train"], trees=trees and trees["layer"])
+        self.model = network.trainer
+        self.batches = tf_datasets(network.inputs(data["x_train"], trees and trees["train"]), data["y_train"],
+                                   network.inputs(data["x_val"], trees and trees["val"]), data["y_val"],
                                    hp.batch_size, hp.seed)
         self.best = BestEpoch(validation_loss(self.model, self.batches[1]), restore=False)
         self.callbacks = [*schedule_callbacks(hp), self.best,
