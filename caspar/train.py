@@ -51,7 +51,12 @@ def compiled_network(hp: Hyperparameters, x_train, y_train, trees=None) -> Netwo
     network = build_network(hp, x_train, trees if hp.trees else None)
     # Several steps per call into TensorFlow: small batches are otherwise bound by per-step overhead.
     optimizer = make_optimizer(hp.optimizer, learning_rate(hp, len(x_train)), hp.weight_decay)
-    network.trainer.compile(optimizer=optimizer, loss="mse", metrics=["mae"], steps_per_execution=STEPS_PER_EXECUTION)
+    trainer = network.trainer
+    # The metric and the optimizer's variables are created here, not while Keras traces the first
+    # training and evaluation steps: a variable created there makes TensorFlow trace the step twice.
+    trainer.compile(optimizer=optimizer, loss="mse", metrics=[keras.metrics.MeanAbsoluteError(name="mae")],
+                    steps_per_execution=STEPS_PER_EXECUTION)
+    trainer.optimizer.build(trainer.trainable_variables)
     return network
 
 
