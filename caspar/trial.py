@@ -67,7 +67,8 @@ class Trial(tune.Trainable):
         self.batches = tf_datasets(network.inputs(data["x_train"], trees and trees["train"]), data["y_train"],
                                    network.inputs(data["x_val"], trees and trees["val"]), data["y_val"],
                                    hp.batch_size, hp.seed)
-        self.best = BestEpoch(validation_loss(self.model, self.batches[1]), restore=False)
+        self.best = BestEpoch(validation_loss(self.model, self.batches[1]), restore=False)  # traces evaluation
+        trace_training(self.model, self.batches[1])
         self.callbacks = [*schedule_callbacks(hp), self.best,
                           StopAfterSeconds(lambda: self.step_started, self.report_seconds)]
         self.epoch, self.saved_best = 0, None
@@ -123,6 +124,20 @@ class Trial(tune.Trainable):
     def reset_config(self, new_config):
         self.start(new_config)
         return True
+
+
+def trace_training(trainer, batches) -> None:
+    """Trace Keras's training step, and let TensorFlow optimise its graph, before training: a step
+    on one batch of `batches` (batches like the training ones; not those: drawing from them would
+    move their shuffling on), then every variable (weights, optimizer, metrics, dropout's random
+    state) put back as it was. fit() then runs training steps only, and the trial counts the
+    tracing as set-up."""
+    state = [*trainer.variables, *trainer.optimizer.variables, *trainer.metrics_variables]
+    saved = [variable.numpy() for variable in state]
+    trainer.make_train_function()
+    trainer.train_function(iter(batches.take(1)))
+    for variable, value in zip(state, saved):
+        variable.assign(value)
 
 
 def study_trees(data: dict, hp: Hyperparameters) -> dict | None:

@@ -319,6 +319,41 @@ def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
     assert restored.step()["epoch"] == 4  # and it goes on from there
 
 
+def test_a_trial_traces_its_training_step_in_set_up_and_then_trains_as_without(monkeypatch):
+    """The training step is traced in the trial's set-up, with every variable put back afterwards:
+    fit() uses that graph as it is, and trains to the very weights of a trial that did not trace."""
+    import numpy as np
+
+    from caspar import trial as trial_module
+    from caspar.config import Hyperparameters
+    from caspar.trial import PHASES, Trial
+
+    rng = np.random.default_rng(1)
+    x = rng.random((300, 6)).astype("float32")
+    y = (0.5 * x[:, 0] + 0.4 * x[:, 1] * x[:, 2]).astype("float32")
+    data = {"x_train": x[:200], "y_train": y[:200], "x_val": x[200:], "y_val": y[200:]}
+    # dropout, batch norm, an ensemble and the encoding: every kind of state training changes
+    config = dict(vars(Hyperparameters()), hidden_layers=[16], trees=0, ensemble_size=2, encoding_bins=4,
+                  batch_size=32, dropout_rate=0.3, epochs=2)
+
+    def trained():
+        made = object.__new__(Trial)
+        made.data, made.milestones, made.report_seconds, made.node = data, [2], 60.0, "local"
+        made.process_cpu = dict.fromkeys(PHASES, 0.0)
+        made.start(config)
+        traced = made.model.train_function
+        made.step()
+        return made.model, traced
+
+    model, traced = trained()
+    assert traced is not None and model.train_function is traced  # fit() traced nothing more
+    monkeypatch.setattr(trial_module, "trace_training", lambda trainer, batches: None)
+    untraced_model, untraced = trained()
+    assert untraced is None
+    for mine, theirs in zip(model.variables, untraced_model.variables, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+
+
 def test_a_study_starts_from_the_best_trials_of_an_earlier_one(ray_local, sample_dataset, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
