@@ -128,14 +128,14 @@ class Trial(tune.Trainable):
 
 def trace_training(trainer, batches) -> None:
     """Trace Keras's training step, and let TensorFlow optimise its graph, before training: a step
-    on one batch of `batches` (batches like the training ones; not those: drawing from them would
+    on one row of `batches` (batches like the training ones, not those: drawing from them would
     move their shuffling on), then every variable (weights, optimizer, metrics, dropout's random
     state) put back as it was. fit() then runs training steps only, and the trial counts the
     tracing as set-up."""
     state = [*trainer.variables, *trainer.optimizer.variables, *trainer.metrics_variables]
     saved = [variable.numpy() for variable in state]
     trainer.make_train_function()
-    trainer.train_function(iter(batches.take(1)))
+    trainer.train_function(iter(batches.unbatch().batch(1).take(1)))
     for variable, value in zip(state, saved):
         variable.assign(value)
 
