@@ -36,7 +36,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 test: lint $(COMPOSE_SCHEMA)
-	$(PY) -m pytest -q --durations=12 -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q --durations=12 tests
 
 # The feature documentation, generated from the feature registry (a test fails when it is stale).
 docs: $(VENV)/.installed

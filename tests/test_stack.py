@@ -25,11 +25,6 @@ from services import (
     seaweedfs,
 )
 
-# `make test` runs two pytest workers (--dist loadgroup): the tests of test_tune.py and
-# test_stack.py, which start Ray clusters, studies and servers, run one after another on one
-# of them, and the rest of the suite on the other meanwhile.
-pytestmark = pytest.mark.xdist_group("heavy")
-
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SCHEMA = ROOT / "tests" / ".cache" / "compose-spec.json"
 STACK_ENV = {"MINIO_ROOT_USER": S3_KEY, "MINIO_ROOT_PASSWORD": S3_SECRET, "MLFLOW_BUCKET": "mlflow",

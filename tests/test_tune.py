@@ -10,14 +10,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from conftest import ROOT
 from services import ray_cluster
-
-# `make test` runs two pytest workers (--dist loadgroup): the tests of test_tune.py and
-# test_stack.py, which start Ray clusters, studies and servers, run one after another on one
-# of them, and the rest of the suite on the other meanwhile.
-pytestmark = pytest.mark.xdist_group("heavy")
 
 FINISHED_LINE = re.compile(r"^trial \d+/\d+ \((\w+)\):", re.MULTILINE)
 TINY = ["--n-trials", "6", "--epochs", "4", "--grace-period", "1", "--cpus-per-trial", "1", "--search", "trees=0,25"]
