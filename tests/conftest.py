@@ -90,8 +90,3 @@ def corpus_dataset(ray_local, tmp_path_factory):
     summary = dataset.prepare(PrepareConfig(input=str(GAMELOGS), output=str(folder)))
     return str(folder), summary
 
-
-def pytest_collection_modifyitems(items):
-    """The tests marked xdist_group("heavy") first: `make test`'s two workers take them as one unit
-    in collection order, so one worker starts on them while the other runs the rest of the suite."""
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
