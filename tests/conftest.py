@@ -89,4 +89,3 @@ def corpus_dataset(ray_local, tmp_path_factory):
     folder = tmp_path_factory.mktemp("corpus") / "prepared"
     summary = dataset.prepare(PrepareConfig(input=str(GAMELOGS), output=str(folder)))
     return str(folder), summary
-
