@@ -1,6 +1,6 @@
 """Benchmark of training (printed figures, not a test).
 
-    python bench/train.py --data data/prepared [--cv-folds 5] [--fit-on train+val] [--set '{"trees": 0}']
+    python bench/train.py --data data/prepared [--cv-folds 5] [--flaml] [--set '{"trees": 0}']
                           [--skip-throughput] [--test-split --seeds 3]
 
 1. Throughput: samples per second of the seed architecture (4 x 354 sigmoid units, SGD with
@@ -8,11 +8,11 @@
    timed over whole epochs after a warm-up epoch.
 2. Quality, by cross-validation by game over the train and validation splits (the test split stays
    untouched, so defaults chosen this way never see it): each fold's games are scored by the model
-   `jobs/train.py` would ship when trained on the other games (a ninth of those held out for early
-   stopping, then refitted on all of them as --fit-on says), beside baselines fitted on the same
-   rows: the model's own trees alone, GBDT with scikit-learn's defaults, and the model before its
-   refit. Paired differences per fold, then their mean ± sd. --set tries other values (JSON of
-   Hyperparameters fields).
+   `jobs/train.py` would ship when trained on the other games (its trees fitted on all of them, its
+   network early-stopped on a ninth of them), beside tree models a user could fit by hand on the
+   same rows, its own trees alone and, with --flaml, FLAML's AutoML given the same time. Paired
+   differences per fold, then their mean ± sd. --set tries other values (JSON of Hyperparameters
+   fields).
 3. Only with --test-split: runs of the configuration through `caspar.train.train` with --seeds
    seeds, scored on the test split (a throw-away MLflow store). Report these; choose nothing by them.
 """
@@ -24,7 +24,6 @@ import tempfile
 import time
 
 from caspar.config import FIT_ON, Hyperparameters, TrainConfig
-from caspar.model import Normalizer
 from caspar.prepared import load_prepared
 
 DEFAULTS = Hyperparameters()
@@ -33,10 +32,12 @@ SEED_ARCHITECTURE = {"hidden_layers": [354] * 4, "activation": "sigmoid", "optim
                      "learning_rate": 0.01, "dropout_rate": 0.06, "trees": 0, "ensemble_size": 1}
 
 
-def throughput(config: dict, x, y, epochs: int = 3) -> float:
+def throughput(config: dict, splits: dict, epochs: int = 3) -> float:
+    """Training samples per second of the network alone (with trees, their prediction is an input
+    computed once: an epoch costs the same)."""
     import keras
 
-    from caspar.train import fit
+    from caspar.train import fit, fit_stage
 
     class Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -48,9 +49,9 @@ def throughput(config: dict, x, y, epochs: int = 3) -> float:
 
     timer = Timer()
     timer.seconds = []
-    fit(dataclasses.replace(DEFAULTS, **config, epochs=epochs + 1, patience=epochs + 1), x, y, x[:256], y[:256],
-        callbacks=[timer])
-    return len(x) * len(timer.seconds) / sum(timer.seconds)
+    hp = dataclasses.replace(DEFAULTS, **{**config, "trees": 0}, epochs=epochs + 1, patience=epochs + 1)
+    fit(hp, fit_stage(hp, splits, {}, "train"), splits, callbacks=[timer])
+    return len(splits["train"][1]) * len(timer.seconds) / sum(timer.seconds)
 
 
 def main() -> None:
@@ -59,38 +60,38 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--cv-folds", type=int, default=5, help="folds of the cross-validation by game (0: none)")
     parser.add_argument("--fit-on", default=TrainConfig.fit_on, choices=FIT_ON, help="as jobs/train.py --fit-on")
+    parser.add_argument("--flaml", action="store_true", help="also FLAML (pip install flaml[automl]) in each fold, "
+                        "with the time the model took there")
     parser.add_argument("--set", default="{}", help="JSON: Hyperparameters fields to change")
     parser.add_argument("--test-split", action="store_true", help="also score --seeds runs on the test split")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     changes = json.loads(args.set)
     prepared = load_prepared(args.data)
-    x, y = prepared.splits["train"]
-    normalizer = Normalizer.fit(x)
     if not args.skip_throughput:
-        print_throughput(normalizer.transform(x), y)
+        print_throughput(prepared.splits)
     if args.cv_folds:
-        cross_validation(prepared, changes, args.cv_folds, args.fit_on)
+        cross_validation(prepared, changes, args.cv_folds, args.flaml)
     if args.test_split:
-        test_split_runs(args.data, prepared, normalizer, changes, args.seeds, args.fit_on)
+        test_split_runs(args.data, prepared, changes, args.seeds, args.fit_on)
 
 
-def print_throughput(x, y) -> None:
-    seed_rate = throughput({**SEED_ARCHITECTURE, "batch_size": 34}, x, y)
+def print_throughput(splits) -> None:
+    x, y = splits["train"]
+    seed_rate = throughput({**SEED_ARCHITECTURE, "batch_size": 34}, splits)
     print(f"seed architecture (4 x 354, sigmoid, SGD), batch 34: {seed_rate:,.0f} samples/s", flush=True)
-    default_rate = throughput({}, x, y)
+    default_rate = throughput({}, splits)
     print(f"default configuration, batch {DEFAULTS.batch_size}: {default_rate:,.0f} samples/s", flush=True)
-    seed_default_batch = throughput({**SEED_ARCHITECTURE, "batch_size": DEFAULTS.batch_size}, x, y)
+    seed_default_batch = throughput({**SEED_ARCHITECTURE, "batch_size": DEFAULTS.batch_size}, splits)
     print(f"seed architecture, batch {DEFAULTS.batch_size}: {seed_default_batch:,.0f} samples/s", flush=True)
 
 
-def test_split_runs(data: str, prepared, normalizer, changes: dict, seeds: int, fit_on: str) -> None:
+def test_split_runs(data: str, prepared, changes: dict, seeds: int, fit_on: str) -> None:
     import numpy as np
 
     from caspar import evaluate
     from caspar.train import train
 
-    x_val, y_val = prepared.splits["val"]
     figures = []
     with tempfile.TemporaryDirectory() as store:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
@@ -106,47 +107,94 @@ def test_split_runs(data: str, prepared, normalizer, changes: dict, seeds: int, 
     print(f"{label}, fit on {fit_on}, test split over {seeds} seeds: R² {summary}")
 
 
-def cross_validation(prepared, changes: dict, folds: int, fit_on: str) -> None:
+# Tree models a user could fit by hand on the same rows: the recipe this project shipped before
+# (600 scikit-learn trees, rate 0.03, leaves >= 10), each library's defaults, LightGBM tuned by hand.
+SINGLES = {
+    "sklearn 600 trees (the old recipe)": ("sklearn", dict(max_iter=600, learning_rate=0.03, min_samples_leaf=10,
+                                                            early_stopping=False)),
+    "sklearn defaults": ("sklearn", dict(early_stopping=False)),
+    "LightGBM defaults": ("lightgbm", dict(verbose=-1)),
+    "LightGBM 1000 trees, rate 0.02, features 0.5, rows 0.8": ("lightgbm", dict(
+        n_estimators=1000, learning_rate=0.02, colsample_bytree=0.5, subsample=0.8, subsample_freq=1, verbose=-1)),
+}
+
+
+def single_model(kind: str, parameters: dict, seed: int):
+    if kind == "sklearn":
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        return HistGradientBoostingRegressor(**parameters, random_state=seed)
+    import lightgbm
+
+    return lightgbm.LGBMRegressor(**parameters, random_state=seed, deterministic=True, force_row_wise=True)
+
+
+def flaml_r2(x_fit, y_fit, x_test, y_test, seconds: float, seed: int) -> float:
+    """FLAML's AutoML (LightGBM, XGBoost, random forests, extra trees …) with a time budget, its
+    own holdout inside the rows it is given; refitted on them all (FLAML's default)."""
+    from flaml import AutoML
+    from sklearn.metrics import r2_score
+
+    automl = AutoML()
+    automl.fit(x_fit, y_fit, task="regression", metric="r2", time_budget=seconds, seed=seed, verbose=0, n_jobs=2)
+    return float(r2_score(y_test, automl.predict(x_test)))
+
+
+def cross_validation(prepared, changes: dict, folds: int, with_flaml: bool) -> None:
+    """Per fold by game: the model jobs/train.py ships (trees fitted on every other game, the network
+    early-stopped on a ninth of them), its own trees alone, each single tree model of SINGLES and
+    GBDT/LightGBM defaults fitted on the same rows, and FLAML with the same time."""
     import numpy as np
+    from sklearn.metrics import r2_score
     from sklearn.model_selection import GroupKFold
 
     from caspar import evaluate
-    from caspar.train import Fitted, fit, release, rows
+    from caspar.train import fit, fit_stage, release
 
     splits = ("train", "val")  # the test split stays out
     x = np.concatenate([prepared.splits[name][0] for name in splits])
     y = np.concatenate([prepared.splits[name][1] for name in splits])
     games = np.concatenate([prepared.files[name] for name in splits])
     hp = dataclasses.replace(DEFAULTS, **changes)
-    pairs = {"model − own trees": [], "model − GBDT": [], "model − before refit": []}
-    scores = []
+    table: dict[str, list[float]] = {}
     for fold, (rest, held_out) in enumerate(GroupKFold(folds).split(x, groups=games)):
+        started = time.perf_counter()
         rng = np.random.default_rng(hp.seed + fold)
         rest_games = np.unique(games[rest])
         stopping_games = rng.choice(rest_games, max(1, len(rest_games) // 9), replace=False)
         stopping = np.isin(games[rest], stopping_games)
         fold_splits = {"train": (x[rest[~stopping]], y[rest[~stopping]]), "val": (x[rest[stopping]], y[rest[stopping]]),
                        "test": (x[held_out], y[held_out])}
-        normalizer = Normalizer.fit(fold_splits["train"][0])
-        model, history = fit(hp, normalizer.transform(fold_splits["train"][0]), fold_splits["train"][1],
-                             normalizer.transform(fold_splits["val"][0]), fold_splits["val"][1])
-        chosen = Fitted(model, normalizer, ("train",))
-        scored, _ = release(hp, fold_splits, chosen, history, fit_on if fit_on != "all" else "train+val")
-        card = evaluate.scorecard(scored.model, scored.normalizer, *rows(fold_splits, scored.splits), x[held_out], y[held_out],
-                                  seed=hp.seed)
-        before = evaluate.scorecard(model, normalizer, *fold_splits["train"], x[held_out], y[held_out], seed=hp.seed)
-        scores.append(card["test_r2"])
-        trees = card.get("baseline_trees_test_r2", np.nan)
-        pairs["model − own trees"].append(card["test_r2"] - trees)
-        pairs["model − GBDT"].append(card["test_r2"] - card["baseline_gbdt_test_r2"])
-        pairs["model − before refit"].append(card["test_r2"] - before["test_r2"])
-        print(f"fold {fold + 1}/{folds}: {len(np.unique(games[held_out]))} games, {len(held_out)} rows, best epoch "
-              f"{history['best_epoch']}: model R² {card['test_r2']:.4f}, own trees {trees:.4f}, "
-              f"GBDT {card['baseline_gbdt_test_r2']:.4f}, before refit {before['test_r2']:.4f}", flush=True)
+        fold_files = {"train": games[rest[~stopping]], "val": games[rest[stopping]]}
+        stage = fit_stage(hp, fold_splits, fold_files, "train+val")
+        network, history = fit(hp, stage, fold_splits)
+        scored, _ = release(hp, fold_splits, network, history, stage, "train+val")
+        seconds = time.perf_counter() - started
+        n_fit, n_test = stage.normalizer.transform(x[rest]), stage.normalizer.transform(x[held_out])
+        row = {"model": r2_score(y[held_out], evaluate.predict(scored.model, n_test))}
+        trees = evaluate.own_trees(scored.model)
+        if trees is not None:
+            row["own trees alone"] = r2_score(y[held_out], np.clip(np.asarray(trees(n_test)).reshape(-1), 0, 1))
+        for name, (kind, parameters) in SINGLES.items():
+            row[name] = r2_score(y[held_out], single_model(kind, parameters, hp.seed).fit(n_fit, y[rest]).predict(n_test))
+        if with_flaml:
+            row["FLAML, same time"] = flaml_r2(n_fit, y[rest], n_test, y[held_out], seconds, hp.seed)
+        for name, value in row.items():
+            table.setdefault(name, []).append(float(value))
+        print(f"fold {fold + 1}/{folds}: {len(np.unique(games[held_out]))} games, {len(held_out)} rows, "
+              f"{seconds:.0f} s, best epoch {history['best_epoch']}: "
+              + ", ".join(f"{name} {value:.4f}" for name, value in row.items()), flush=True)
     label = "configuration" + (f" with {changes}" if changes else " as shipped")
-    differences = "; ".join(f"{name} {np.mean(values):+.4f} ± {np.std(values):.4f}" for name, values in pairs.items())
-    print(f"{label}, fit on {fit_on}, {folds}-fold cross-validation by game (train and validation splits): model R² "
-          f"{np.mean(scores):.4f} ± {np.std(scores):.4f}; {differences} (mean ± sd over folds)")
+    print(f"{label}, {folds}-fold cross-validation by game over the train and validation splits; R² per model "
+          "(mean ± sd over folds) and the model's paired difference with it (mean ± sd; folds where the model is ahead):")
+    model = np.array(table["model"])
+    singles = [name for name in table if name not in ("model", "own trees alone")]
+    best_single = max(singles, key=lambda name: np.mean(table[name]))
+    for name, values in table.items():
+        difference = model - np.array(values)
+        print(f"  {name}: {np.mean(values):.4f} ± {np.std(values):.4f}; model − it {np.mean(difference):+.4f} ± "
+              f"{np.std(difference):.4f} ({int(np.sum(difference > 0))}/{folds})"
+              + ("  <- the best single tree model" if name == best_single else ""))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ ENSEMBLE_KINDS = ("mini", "full")
 ENSEMBLE_LOSSES = ("average", "members")
 ACTIVATIONS = ("relu", "gelu", "swish", "elu", "tanh", "sigmoid")
 FIT_ON = ("train", "train+val", "all")
+TREE_LEARNERS = ("sklearn", "lightgbm", "sklearn+lightgbm")
 RESERVED_ALIAS = re.compile(r"^(v\d+|latest)$", re.IGNORECASE)  # MLflow's own names for versions
 
 
@@ -103,11 +104,21 @@ class Hyperparameters:
     ensemble_loss: str = setting("average", "average: the loss of the members' average prediction; members: the mean of "
                                  "the members' own losses (TabM's)", choices=ENSEMBLE_LOSSES,
                                  search=("choice", ["average", "members"]))
-    trees: int = setting(600, "gradient-boosted trees inside the network, which learns their correction (0: none)",
-                         minimum=0, maximum=2000, search=("choice", [0, 600]))
+    trees: int = setting(600, "boosting iterations of each tree model the network corrects (0: no trees, the network "
+                         "alone)", minimum=0, maximum=2000, search=("choice", [0, 600]))
+    tree_learners: str = setting("sklearn+lightgbm", "the tree models, averaged with weights chosen on their out-of-fold "
+                                 "predictions: scikit-learn's histogram GBDT, LightGBM, or both", choices=TREE_LEARNERS)
     tree_learning_rate: float = setting(0.03, "learning rate of the trees' boosting (scikit-learn's default: 0.1)",
                                         above=0, maximum=1)
-    tree_min_leaf: int = setting(10, "fewest training rows in a leaf of the trees (scikit-learn's default: 20)", minimum=1)
+    tree_leaves: int = setting(31, "most leaves of a tree", minimum=2, maximum=1024)
+    tree_min_leaf: int = setting(10, "fewest training rows in a leaf of the trees (scikit-learn's default: 20)", minimum=1,
+                                 maximum=10000)
+    tree_l2: float = setting(0.0, "L2 regularisation of the trees' leaf values", minimum=0, maximum=1000)
+    tree_feature_fraction: float = setting(0.5, "share of the features a split (scikit-learn) or a tree (LightGBM) may use",
+                                           above=0, maximum=1)
+    tree_row_fraction: float = setting(0.8, "share of the rows each LightGBM tree is fitted on (bagging)", above=0, maximum=1)
+    tree_folds: int = setting(5, "folds by game the trees are cross-fitted in: the network and the ensemble weights learn "
+                              "from the trees' predictions on games they were not fitted on", minimum=2, maximum=20)
     seed: int = setting(42, "seed of weights, shuffling and the GBDT baseline")
 
 
@@ -177,9 +188,9 @@ class Tracking:
     run_name: str | None = setting(None, "the name jobs/export.py --run finds the model by")
     model_name: str = setting("CASPAR", "registered model name")
     alias: str | None = setting(None, "registry alias to point at the new version (export with models:/NAME@ALIAS)")
-    fit_on: str = setting("train+val", "the games the shipped model is fitted on once validation has chosen its epochs: "
-                          "train (no refit), train+val (the test split scores it), all (every game; the figures "
-                          "are then those of the train+val fit)", choices=FIT_ON)
+    fit_on: str = setting("train+val", "the games the shipped model's trees are fitted on: train, train+val (the test "
+                          "split scores it), all (every game; the figures are then those of the train+val fit); the "
+                          "network always trains on train and is chosen on validation", choices=FIT_ON)
 
     def check(self) -> None:
         if self.alias is not None and RESERVED_ALIAS.match(self.alias):

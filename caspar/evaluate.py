@@ -19,24 +19,31 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str) -> dict[str, fl
             f"{prefix}_r2": float(r2_score(y_true, y_pred))}
 
 
-# The GBDT baseline: scikit-learn's defaults, with early stopping off (above 10,000 rows it would
-# hold out random rows, which leaks within games).
+# The outside baselines: scikit-learn's histogram GBDT and LightGBM with their defaults (early
+# stopping off: above 10,000 rows scikit-learn would hold out random rows, which leaks within games).
 BASELINE_GBDT = {"early_stopping": False}
+BASELINE_LIGHTGBM = {"verbose": -1, "deterministic": True, "force_row_wise": True}
 
 
 def baseline_parameters() -> dict[str, str]:
     """The baselines' recipe, for a run's MLflow parameters."""
+    import lightgbm
     import sklearn
 
     recipe = ", ".join(f"{k}={v}" for k, v in BASELINE_GBDT.items())
-    return {"baseline_gbdt": f"HistGradientBoostingRegressor({recipe}), scikit-learn {sklearn.__version__}"}
+    return {"baseline_gbdt": f"HistGradientBoostingRegressor({recipe}), scikit-learn {sklearn.__version__}",
+            "baseline_lightgbm": f"LGBMRegressor() with its defaults, LightGBM {lightgbm.__version__}"}
 
 
 def baselines(x_train, y_train, x_test, y_test, seed: int = 0) -> dict[str, float]:
-    """Always predicting the train mean, and the GBDT baseline on the same features."""
+    """Always predicting the train mean, and GBDT and LightGBM with their defaults, on the same features."""
+    import lightgbm
+
     mean = np.full(len(y_test), float(np.mean(y_train)))
-    trees = HistGradientBoostingRegressor(**BASELINE_GBDT, random_state=seed).fit(x_train, y_train)
-    return {**metrics(y_test, mean, "baseline_mean_test"), **metrics(y_test, trees.predict(x_test), "baseline_gbdt_test")}
+    gbdt = HistGradientBoostingRegressor(**BASELINE_GBDT, random_state=seed).fit(x_train, y_train)
+    light = lightgbm.LGBMRegressor(**BASELINE_LIGHTGBM, random_state=seed).fit(x_train, y_train)
+    return {**metrics(y_test, mean, "baseline_mean_test"), **metrics(y_test, gbdt.predict(x_test), "baseline_gbdt_test"),
+            **metrics(y_test, light.predict(x_test), "baseline_lightgbm_test")}
 
 
 def own_trees(model):
@@ -46,16 +53,19 @@ def own_trees(model):
     return next((layer for layer in model.layers if isinstance(layer, TreeEnsemble)), None)
 
 
-def scorecard(model, normalizer, x_fit, y_fit, x_test, y_test, seed: int = 0) -> dict[str, float]:
+def scorecard(model, normalizer, x_fit, y_fit, x_test, y_test, seed: int = 0, members=None) -> dict[str, float]:
     """Test metrics of the model and of every baseline fitted on the model's own rows (raw
-    `x_fit`, `y_fit`): the train mean, GBDT with defaults, and the model's own trees alone
-    (clipped to [0, 1] as the model's output is)."""
+    `x_fit`, `y_fit`): the train mean, GBDT and LightGBM with defaults, the model's own trees alone
+    (clipped to [0, 1] as the model's output is), and each of its tree models alone (`members`:
+    {name: fitted model}, e.g. baseline_trees_lightgbm_test_r2)."""
     n_fit, n_test = normalizer.transform(x_fit), normalizer.transform(x_test)
     results = {**metrics(y_test, predict(model, n_test), "test"), **baselines(n_fit, y_fit, n_test, y_test, seed)}
     trees = own_trees(model)
     if trees is not None:
         alone = np.clip(np.asarray(trees(n_test)).reshape(-1), 0.0, 1.0)
         results |= metrics(y_test, alone, "baseline_trees_test")
+    for name, member in (members or {}).items():
+        results |= metrics(y_test, np.clip(member.predict(n_test), 0.0, 1.0), f"baseline_trees_{name}_test")
     return results
 
 
@@ -65,27 +75,40 @@ REFUSED, WORSE_THAN_TREES, GOOD = "refused", "worse-than-its-trees", "good"
 @dataclass
 class Verdict:
     kind: str  # REFUSED: not registered, not exported; WORSE_THAN_TREES: registered with a warning
-    message: str = ""
+    message: str = ""  # the warning or the refusal, if any
+    reason: str = ""  # what was measured: the baselines beaten and not beaten (the tag caspar.verdict_reason)
+
+
+BASELINE_NAMES = {"baseline_trees_test_r2": "its own trees", "baseline_trees_sklearn_test_r2": "its sklearn trees alone",
+                  "baseline_trees_lightgbm_test_r2": "its LightGBM trees alone", "baseline_gbdt_test_r2": "GBDT (defaults)",
+                  "baseline_lightgbm_test_r2": "LightGBM (defaults)", "baseline_mean_test_r2": "the train mean"}
 
 
 def verdict(results: dict[str, float]) -> Verdict:
     r2, mean = results["test_r2"], results["baseline_mean_test_r2"]
+    beaten = [f"{name} {results[key]:.4f}" for key, name in BASELINE_NAMES.items() if key in results and r2 > results[key]]
+    not_beaten = [f"{name} {results[key]:.4f}" for key, name in BASELINE_NAMES.items()
+                  if key in results and not r2 > results[key]]
+    reason = (f"test R² {r2:.4f}; beats " + (", ".join(beaten) or "no baseline")
+              + ("; does not beat " + ", ".join(not_beaten) if not_beaten else ""))
     if not r2 > mean:
         return Verdict(REFUSED, f"not registered: test R² {r2:.4f} does not beat always predicting the train mean "
-                                f"(R² {mean:.4f}); try a lower --learning-rate, or the defaults")
+                                f"(R² {mean:.4f}); try a lower --learning-rate, or the defaults", reason)
     trees = results.get("baseline_trees_test_r2")
     if trees is not None and r2 < trees:
         return Verdict(WORSE_THAN_TREES, f"test R² {r2:.4f} is below the model's own trees alone ({trees:.4f}): the "
-                                         "network's correction did not carry over to the test games")
-    return Verdict(GOOD)
+                                         "network's correction did not carry over to the test games", reason)
+    return Verdict(GOOD, "", reason)
 
 
 def summary_line(results: dict[str, float], fit_on: str = "train") -> str:
     """The model's test R² beside its baselines, all fitted on the same rows."""
     trees = f"own trees alone {results['baseline_trees_test_r2']:.4f}, " if "baseline_trees_test_r2" in results else ""
-    how = " (fitted on every game; the figures are the same recipe's fitted on train + validation)" if fit_on == "all" else ""
+    light = f"LightGBM {results['baseline_lightgbm_test_r2']:.4f}, " if "baseline_lightgbm_test_r2" in results else ""
+    how = " (trees fitted on every game; the figures are the same recipe's fitted on train + validation)" \
+        if fit_on == "all" else ""
     return (f"test R² {results['test_r2']:.4f} (MSE {results['test_mse']:.5f}, MAE {results['test_mae']:.4f}); "
-            f"baselines on the same rows: {trees}GBDT {results['baseline_gbdt_test_r2']:.4f}, "
+            f"baselines on the same rows: {trees}GBDT {results['baseline_gbdt_test_r2']:.4f}, {light}"
             f"train mean {results['baseline_mean_test_r2']:.4f}{how}")
 
 

@@ -98,19 +98,30 @@ class TreeEnsemble(keras.layers.Layer):
     @classmethod
     def from_sklearn(cls, model) -> "TreeEnsemble":
         """From a fitted sklearn HistGradientBoostingRegressor (numerical features, squared error)."""
-        trees = [predictors[0].nodes for predictors in model._predictors]
-        internal = max(1, max(int((~t["is_leaf"].astype(bool)).sum()) for t in trees))
-        leaves = max(int(t["is_leaf"].sum()) for t in trees)
+        from caspar.trees import node_tables
+
+        trees, constant = node_tables(model)
+        return cls.from_node_tables([(trees, constant, 1.0)])
+
+    @classmethod
+    def from_node_tables(cls, models: list[tuple[list, float, float]]) -> "TreeEnsemble":
+        """The weighted sum of several tree models, each (trees as node tables, its constant, its
+        weight): every tree's leaves scaled by its model's weight, the weighted constants in the
+        first tree's leaves (caspar.trees.node_tables gives a model's tables)."""
+        trees = [(nodes, weight) for tables, _, weight in models for nodes in tables]
+        internal = max(1, max(int((~np.asarray(t["is_leaf"]).astype(bool)).sum()) for t, _ in trees))
+        leaves = max(int(np.asarray(t["is_leaf"]).sum()) for t, _ in trees)
         n = len(trees)
         features = np.zeros((n, internal), np.int32)
         thresholds = np.full((n, internal), np.inf, np.float32)  # padding nodes always "go left"
         paths = np.zeros((n, internal, leaves), np.float32)
         left_turns = np.full((n, leaves), -1.0, np.float32)  # padding leaves are never reached
-        values = np.zeros((n, leaves), np.float32)
-        for t, nodes in enumerate(trees):
+        values = np.zeros((n, leaves), np.float64)
+        for t, (nodes, weight) in enumerate(trees):
             _compile_tree(nodes, features[t], thresholds[t], paths[t], left_turns[t], values[t])
-        values[0] += np.float32(np.ravel(model._baseline_prediction)[0])  # the model's constant, in tree 0's leaves
-        return cls(features, thresholds, paths, left_turns, values)
+            values[t] *= weight
+        values[0] += sum(constant * weight for _, constant, weight in models)
+        return cls(features, thresholds, paths, left_turns, values.astype(np.float32))
 
     def build(self, input_shape):
         self.weights_by_name = {
@@ -147,7 +158,7 @@ class TreeEnsemble(keras.layers.Layer):
 
 
 def _compile_tree(nodes, features, thresholds, paths, left_turns, values) -> None:
-    """Fill one tree's rows of the TreeEnsemble arrays from sklearn's node table."""
+    """Fill one tree's rows of the TreeEnsemble arrays from its node table (caspar.trees.node_tables)."""
     inner: dict[int, int] = {}
     leaves: dict[int, int] = {}
 

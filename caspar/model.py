@@ -1,4 +1,5 @@
-"""The network: MegaMek's input normalisation and a Keras MLP with one sigmoid output."""
+"""The model: MegaMek's input normalisation, and a Keras network correcting the trees (or, without
+trees, ending in one sigmoid unit)."""
 from __future__ import annotations
 
 import csv
@@ -141,15 +142,24 @@ def correction_layers(hp, train_inputs: np.ndarray, zero_start: bool) -> list:
 
 
 def fit_trees(x_train: np.ndarray, y_train: np.ndarray, hp):
-    """hp.trees gradient-boosted trees (scikit-learn's HistGradientBoostingRegressor, as the GBDT
-    baseline, with hp's learning rate and smallest leaf) as a TreeEnsemble layer."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
+    """hp's tree recipes (caspar.trees) fitted on these rows and averaged with equal weights, as a
+    TreeEnsemble layer, without cross-fitting: for tests and checks of the layer."""
+    from caspar import trees
     from caspar.layers import TreeEnsemble
 
-    trees = HistGradientBoostingRegressor(max_iter=hp.trees, learning_rate=hp.tree_learning_rate, early_stopping=False,
-                                          min_samples_leaf=hp.tree_min_leaf, random_state=hp.seed)
-    return TreeEnsemble.from_sklearn(trees.fit(x_train, y_train))
+    fitted = [trees.node_tables(trees.fit(recipe, x_train, y_train)) for recipe in trees.recipes(hp)]
+    return TreeEnsemble.from_node_tables([(tables, constant, 1 / len(fitted)) for tables, constant in fitted])
+
+
+def trees_model(trees, width: int):
+    """The model of the trees alone (a TreeEnsemble layer), its output clipped to [0, 1]: what ships
+    when validation finds that no epoch of the network's correction beats the trees."""
+    import keras
+
+    from caspar.layers import ClipForInference
+
+    inputs = keras.Input(shape=(width,), name="features")
+    return keras.Model(inputs, ClipForInference(name="reward")(trees(inputs)), name="caspar_trees")
 
 
 def make_optimizer(name: str, learning_rate, weight_decay: float = 0.0):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -15,8 +16,9 @@ from caspar import evaluate, tracking
 from caspar.cli import UserError
 from caspar.config import Hyperparameters, TrainConfig, check
 from caspar.export import TEST_INPUTS_FILE, write_test_inputs
-from caspar.model import NORMALIZATION_FILE, Network, Normalizer, build_network, fit_trees, make_optimizer
+from caspar.model import NORMALIZATION_FILE, Network, Normalizer, build_network, make_optimizer, predict_trees, trees_model
 from caspar.prepared import Prepared, load_prepared
+from caspar.trees import CrossFitted, cross_fit, recipes
 
 TEST_ROWS_KEPT = 256  # test rows logged with the model, for checking an export
 STEPS_PER_EXECUTION = 32
@@ -40,14 +42,12 @@ def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
     return train, val
 
 
-def compiled_network(hp: Hyperparameters, x_train, y_train, trees=None) -> Network:
+def compiled_network(hp: Hyperparameters, x_train, trees=None) -> Network:
     """The network for these hyperparameters, its trainer compiled, with its initial weights
-    seeded. With hp.trees, the trees are fitted here unless given (a TreeEnsemble layer)."""
+    seeded; with hp.trees, correcting `trees` (a TreeEnsemble layer)."""
     import keras
 
     keras.utils.set_random_seed(hp.seed)
-    if hp.trees and trees is None:
-        trees = fit_trees(x_train, y_train, hp)
     network = build_network(hp, x_train, trees if hp.trees else None)
     # Several steps per call into TensorFlow: small batches are otherwise bound by per-step overhead.
     optimizer = make_optimizer(hp.optimizer, learning_rate(hp, len(x_train)), hp.weight_decay)
@@ -91,40 +91,61 @@ def validation_loss(trainer, val) -> float:
     return float(trainer.evaluate(val, verbose=0, return_dict=True)["loss"])
 
 
-def fit(hp: Hyperparameters, x_train, y_train, x_val, y_val, callbacks=()):
-    """Build and train the MLP on normalised inputs, keeping the epoch with the best validation
-    loss, the untrained model (its trees) counted as epoch 0. history["best_epoch"] says which."""
+@dataclass
+class Stage:
+    """What the networks of a run (or of a study's trials) are trained on: the normalisation, fitted
+    on the rows the trees are fitted on, and the trees with their predictions on the train and
+    validation rows, out of fold where the trees were fitted on those rows."""
+    normalizer: Normalizer
+    splits: tuple[str, ...]  # the rows the trees (and the normalisation) are fitted on
+    crossed: CrossFitted | None = None
+    layer: object = None  # the trees as a TreeEnsemble layer
+    train_trees: np.ndarray | None = None  # [train rows, 1]
+    val_trees: np.ndarray | None = None  # [validation rows, 1]
+    val_games: np.ndarray | None = None  # the game of every validation row
+
+
+def rows(splits: dict, names) -> tuple[np.ndarray, np.ndarray]:
+    """The (features, rewards) of the named splits of {name: (x, y)}, concatenated."""
+    return np.concatenate([splits[n][0] for n in names]), np.concatenate([splits[n][1] for n in names])
+
+
+def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=None) -> Stage:
+    """The normalisation and the trees for the shipped model's games (train, or train + validation
+    with fit_on train+val or all; the test split never): the trees' recipes cross-fitted by game
+    over those rows, weighted by ensemble selection on their out-of-fold predictions."""
+    names = FIT_ON["train" if fit_on == "train" else "train+val"]
+    x, y = rows(splits, names)
+    normalizer = Normalizer.fit(x)
+    if not hp.trees:
+        return Stage(normalizer, names)
+    groups = np.concatenate([files[n] for n in names])
+    crossed = cross_fit(recipes(hp), normalizer.transform(x), y, groups, hp.tree_folds, hp.seed, say)
+    layer = crossed.layer()
+    n_train = len(splits["train"][1])
+    val_trees = (crossed.prediction[n_train:] if "val" in names
+                 else predict_trees(layer, normalizer.transform(splits["val"][0])))
+    return Stage(normalizer, names, crossed, layer, crossed.prediction[:n_train], val_trees, files["val"])
+
+
+def fit(hp: Hyperparameters, stage: Stage, splits: dict, callbacks=()) -> tuple[Network, dict]:
+    """Build and train the network on the train split's normalised inputs (correcting the stage's
+    trees, from their out-of-fold predictions), keeping the epoch with the best validation loss,
+    the untrained network (the trees alone) counted as epoch 0. history["best_epoch"] says which."""
     import keras
 
     from caspar.callbacks import BestEpoch
 
-    network = compiled_network(hp, x_train, y_train)
-    train, val = tf_datasets(network.inputs(x_train), y_train, network.inputs(x_val), y_val, hp.batch_size, hp.seed)
+    (x_train, y_train), (x_val, y_val) = splits["train"], splits["val"]
+    x_train, x_val = stage.normalizer.transform(x_train), stage.normalizer.transform(x_val)
+    network = compiled_network(hp, x_train, stage.layer)
+    train, val = tf_datasets(network.inputs(x_train, stage.train_trees), y_train, network.inputs(x_val, stage.val_trees),
+                             y_val, hp.batch_size, hp.seed)
     best = BestEpoch(validation_loss(network.trainer, val), patience=hp.patience)
     history = network.trainer.fit(train, validation_data=val, epochs=hp.epochs, verbose=0, shuffle=False,
                                   callbacks=[*schedule_callbacks(hp), best, keras.callbacks.TerminateOnNaN(),
                                              *callbacks]).history
-    return network.model, {**history, "best_epoch": best.best_epoch}
-
-
-def refit(hp: Hyperparameters, x, y, epochs: int, rates: list[float] | None = None, callbacks=()):
-    """The chosen configuration fitted again on other rows, trees included, for the `epochs` that
-    validation chose, with the learning rate of each epoch as it was then (`rates`, for the plateau
-    schedule; the cosine schedule follows the steps by itself). No rows are held out."""
-    import keras
-
-    from caspar.callbacks import ReplayRates
-
-    network = compiled_network(hp, x, y)
-    if epochs:
-        train, _ = tf_datasets(network.inputs(x), y, network.inputs(x[:1]), y[:1], hp.batch_size, hp.seed)
-        replay = [ReplayRates(rates)] if rates and hp.lr_schedule != "cosine" else []
-        history = network.trainer.fit(train, epochs=epochs, verbose=0, shuffle=False,
-                                      callbacks=[*replay, keras.callbacks.TerminateOnNaN(), *callbacks]).history
-        if not np.all(np.isfinite(history["loss"])):
-            raise UserError(f"the refit on {len(y)} rows diverged (loss {history['loss'][-1]}): nothing registered; "
-                            "try a lower --learning-rate or --fit-on train")
-    return network.model
+    return network, {**history, "best_epoch": best.best_epoch}
 
 
 def check_trained(history: dict) -> None:
@@ -135,7 +156,35 @@ def check_trained(history: dict) -> None:
                         "nothing registered; try a lower --learning-rate")
 
 
-# --- The model that ships: fitted on more games once validation has chosen ---------------------------
+# --- The model that ships: only weights chosen on games they were not fitted on ---------------------
+
+def shipping_line(history: dict, stage: Stage) -> str:
+    gain = history.get("network_gain")
+    games = f"{gain['mean']:+.5f} ± {gain['standard_error']:.5f} MSE per game over {gain['games']} validation games" \
+        if gain else ""
+    if stage.layer is None:
+        return f"validation chose epoch {history['best_epoch']}"
+    if history["best_epoch"] == 0:
+        return "the trees alone ship: " + (f"the network's best epoch gains {games}, within noise" if gain
+                                             else "no epoch of the network beat them on validation")
+    return f"the trees with the network of epoch {history['best_epoch']} ship: it gains {games}"
+
+
+def network_gain(network: Network, stage: Stage, val: tuple) -> dict:
+    """How much the network's correction lowers the squared error of the trees alone on the
+    validation games, game by game: the mean of the games' differences, its standard error, and
+    whether it is more than twice that (beyond_noise). Picking the best of many epochs on a few
+    games favours a lucky epoch; a network ships only when the games agree it helps."""
+    x_val, y_val = val
+    inputs = network.inputs(stage.normalizer.transform(x_val), stage.val_trees)
+    with_network = (np.asarray(network.trainer.predict_on_batch(inputs)).reshape(-1) - y_val) ** 2
+    alone = (stage.val_trees.reshape(-1) - y_val) ** 2
+    games = np.unique(stage.val_games)
+    gains = np.array([np.mean(alone[stage.val_games == g] - with_network[stage.val_games == g]) for g in games])
+    error = float(np.std(gains, ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else float("inf")
+    return {"mean": float(np.mean(gains)), "standard_error": error, "games": len(games),
+            "beyond_noise": bool(np.mean(gains) > 2 * error)}
+
 
 FIT_ON = {"train": ("train",), "train+val": ("train", "val"), "all": ("train", "val", "test")}
 
@@ -144,31 +193,33 @@ FIT_ON = {"train": ("train",), "train+val": ("train", "val"), "all": ("train", "
 class Fitted:
     model: object
     normalizer: Normalizer
-    splits: tuple[str, ...]  # the rows it was fitted on
+    splits: tuple[str, ...]  # the rows its trees were fitted on
 
 
-def rows(splits: dict, names) -> tuple[np.ndarray, np.ndarray]:
-    """The (features, rewards) of the named splits of {name: (x, y)}, concatenated."""
-    return np.concatenate([splits[n][0] for n in names]), np.concatenate([splits[n][1] for n in names])
-
-
-def release(hp: Hyperparameters, splits: dict, chosen: Fitted, history: dict, fit_on: str,
-            callbacks=()) -> tuple[Fitted, Fitted]:
-    """(scored, shipped): the model the test split scores and the model that ships. `chosen` is the
-    model early-stopped on validation, `history` its run. fit_on "train" ships it; "train+val"
-    refits the configuration on train + validation for the chosen epochs, and ships and scores that;
-    "all" also refits on every game and ships that, scored by the train + validation refit (the
-    same recipe on games that exclude the test games)."""
-    if fit_on == "train":
-        return chosen, chosen
-    rates = history.get("learning_rate")
-    fitted = {}
-    for name in ("train+val", "all") if fit_on == "all" else ("train+val",):
-        x, y = rows(splits, FIT_ON[name])
-        normalizer = Normalizer.fit(x)
-        model = refit(hp, normalizer.transform(x), y, history["best_epoch"], rates, callbacks)
-        fitted[name] = Fitted(model, normalizer, FIT_ON[name])
-    return fitted["train+val"], fitted[fit_on]
+def release(hp: Hyperparameters, splits: dict, network: Network, history: dict, stage: Stage,
+            fit_on: str, say=None) -> tuple[Fitted, Fitted]:
+    """(scored, shipped): the model the test split scores and the model that ships. The network is
+    never fitted again: its weights are those validation chose (none at all when validation chose
+    epoch 0, the trees alone). fit_on "all" ships the same recipes and weights with the trees
+    fitted on every game, scored by the model whose trees exclude the test games."""
+    width = splits["train"][0].shape[1]
+    if stage.layer is not None and history["best_epoch"] > 0:
+        history["network_gain"] = network_gain(network, stage, splits["val"])
+        if not history["network_gain"]["beyond_noise"]:
+            history["best_epoch"] = 0  # the network's best epoch is within the noise of the validation games
+    model = network.model if history["best_epoch"] > 0 or stage.layer is None else trees_model(stage.layer, width)
+    scored = Fitted(model, stage.normalizer, stage.splits)
+    if fit_on != "all" or stage.crossed is None:
+        return scored, scored
+    if say:
+        say("trees: fitting the same recipes on every game (--fit-on all)")
+    x, y = rows(splits, FIT_ON["all"])
+    layer = stage.crossed.refitted(stage.normalizer.transform(x), y).layer()
+    if history["best_epoch"] == 0:
+        return scored, Fitted(trees_model(layer, width), stage.normalizer, FIT_ON["all"])
+    rebuilt = build_network(hp, stage.normalizer.transform(splits["train"][0]), layer)
+    rebuilt.trainer.set_weights(network.trainer.get_weights())  # the trainer holds every weight but the trees'
+    return scored, Fitted(rebuilt.model, stage.normalizer, FIT_ON["all"])
 
 
 @dataclass
@@ -196,8 +247,8 @@ class Result:
         return lines + [tracking.ui_hint(self.tracking_uri)]
 
 
-def log_model_run(chosen: Fitted, scored: Fitted, shipped: Fitted, prepared: Prepared, config: TrainConfig,
-                  history: dict) -> tuple[dict, str, evaluate.Verdict]:
+def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: TrainConfig, history: dict,
+                  stage: Stage) -> tuple[dict, str, evaluate.Verdict]:
     """Inside an active run: the test split's scorecard of `scored` (the model and every baseline
     fitted on its rows), the artefacts of `shipped` (normalisation, test inputs with its outputs)
     and the model itself, not yet registered. Returns (metrics, model URI, verdict)."""
@@ -205,15 +256,19 @@ def log_model_run(chosen: Fitted, scored: Fitted, shipped: Fitted, prepared: Pre
     from mlflow.models import infer_signature
 
     x_test, y_test = prepared.splits["test"]
+    members = {} if stage.crossed is None else stage.crossed.members()
     results = evaluate.scorecard(scored.model, scored.normalizer, *rows(prepared.splits, scored.splits), x_test, y_test,
-                                 seed=config.seed)
+                                 seed=config.seed, members=members)
     verdict = evaluate.verdict(results)
-    mlflow.log_metrics(results | {"best_epoch": history["best_epoch"]})
-    mlflow.set_tags({"caspar.verdict": verdict.kind, "caspar.verdict_reason": verdict.message or "beats every baseline",
+    gain = history.get("network_gain") or {}
+    mlflow.log_metrics(results | {"best_epoch": history["best_epoch"]}
+                       | {f"network_gain_{k}": v for k, v in gain.items() if k in ("mean", "standard_error")})
+    mlflow.set_tags({"caspar.verdict": verdict.kind, "caspar.verdict_reason": verdict.reason,
                      "caspar.fit_on": "+".join(shipped.splits)})
-    x_val, y_val = prepared.splits["val"]
     groups = [(f["name"], f["width"]) for f in prepared.schema["features"]]
-    importance = evaluate.group_importance(chosen.model, chosen.normalizer.transform(x_val), y_val, groups, seed=config.seed)
+    # on the test games: the trees were fitted on the validation games (it chooses nothing; it explains)
+    importance = evaluate.group_importance(scored.model, scored.normalizer.transform(x_test), y_test, groups,
+                                           seed=config.seed)
     n_test = shipped.normalizer.transform(x_test)
     shipped_predictions = evaluate.predict(shipped.model, n_test)
     with tempfile.TemporaryDirectory() as folder:
@@ -279,25 +334,22 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
     started = time.perf_counter()
     uri = tracking.configure()
     prepared = prepared or load_prepared(config.data)
-    normalizer = Normalizer.fit(prepared.splits["train"][0])
-    x_val, y_val = prepared.splits["val"]
     x_train, y_train = prepared.splits["train"]
     experiment = tracking.experiment_id(config.experiment_name)
+    say = functools.partial(print, flush=True) if show_progress else None
     with mlflow.start_run(experiment_id=experiment, run_name=config.run_name, tags=run_tags(prepared)) as run:
         mlflow.log_params(dataclasses.asdict(config) | evaluate.baseline_parameters()
                           | {"rows_train": len(y_train), "n_features": x_train.shape[1]})
+        stage = fit_stage(config, prepared.splits, prepared.files, config.fit_on, say)
+        if stage.crossed is not None:
+            mlflow.log_metrics(stage.crossed.describe(rows(prepared.splits, stage.splits)[1]))
         progress = [EpochPrinter(config.epochs)] if show_progress else []
-        model, history = fit(config, normalizer.transform(x_train), y_train, normalizer.transform(x_val), y_val,
-                             callbacks=[MlflowEpochLogger(), *progress])
+        network, history = fit(config, stage, prepared.splits, callbacks=[MlflowEpochLogger(), *progress])
         check_trained(history)
-        chosen = Fitted(model, normalizer, FIT_ON["train"])
-        if show_progress and config.fit_on != "train":
-            print(f"validation chose epoch {history['best_epoch']}; fitting again on {config.fit_on} "
-                  f"(trees included)", flush=True)
-        refit_progress = [EpochPrinter(history["best_epoch"], "refit epoch")] if show_progress else []
-        scored, shipped = release(config, prepared.splits, chosen, history, config.fit_on,
-                                  [MlflowEpochLogger("refit_"), *refit_progress])
-        results, model_uri, verdict = log_model_run(chosen, scored, shipped, prepared, config, history)
+        scored, shipped = release(config, prepared.splits, network, history, stage, config.fit_on, say)
+        if say:
+            say(shipping_line(history, stage))
+        results, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, stage)
         version = register(model_uri, config, results, verdict)
     if verdict.kind == evaluate.REFUSED:
         raise UserError(f"{verdict.message} (run {run.info.run_id}, tagged caspar.verdict=refused)")

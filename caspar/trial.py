@@ -62,7 +62,7 @@ class Trial(tune.Trainable):
         hp = Hyperparameters(**config)
         check(hp)  # a sampled configuration passes the checks a command line does
         data, trees = self.data, study_trees(self.data, hp)
-        network = compiled_network(hp, data["x_train"], data["y_train"], trees=trees and trees["layer"])
+        network = compiled_network(hp, data["x_train"], trees and trees["layer"])
         self.model = network.trainer
         self.batches = tf_datasets(network.inputs(data["x_train"], trees and trees["train"]), data["y_train"],
                                    network.inputs(data["x_val"], trees and trees["val"]), data["y_val"],
@@ -155,12 +155,12 @@ def saved_arrays(checkpoint_dir: str, name: str) -> list[np.ndarray]:
 
 
 def load_best_model(checkpoint_dir: str, config: dict, data: dict):
-    """The model (what the game runs, trees included) of a trial's checkpoint, with the weights of
-    the trial's best epoch up to then. `config`: the trial's, `data`: the study's."""
+    """The network (its model is what the game runs, trees included) of a trial's checkpoint, with
+    the weights of the trial's best epoch up to then. `config`: the trial's, `data`: the study's."""
     from caspar.model import build_network
 
     hp = Hyperparameters(**config)
     trees = study_trees(data, hp)
     network = build_network(hp, data["x_train"], trees and trees["layer"])
     network.trainer.set_weights(saved_arrays(checkpoint_dir, BEST_WEIGHTS_FILE))
-    return network.model
+    return network

@@ -9,6 +9,7 @@ The trial itself is `caspar.trial`; what the study records and prints, `caspar.s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -18,7 +19,6 @@ from caspar import evaluate, storage, tracking
 from caspar.cli import UserError, in_ray_job, start_ray
 from caspar.config import TrainConfig, TuneConfig, check, hyperparameters, search_space
 from caspar.cpu import CpuMeter
-from caspar.model import Normalizer
 from caspar.prepared import Prepared
 from caspar.study import (
     METRIC,
@@ -138,10 +138,13 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     with mlflow.start_run(run_id=previous_run, experiment_id=experiment, run_name=f"{config.run_name}-study",
                           tags={"study": config.run_name, "caspar.kind": "study"}) as parent:
         with CpuMeter() as meter:  # the trees, the search and the driver's work
-            normalizer = Normalizer.fit(prepared.splits["train"][0])
+            stages = fit_study_stages(config, prepared)
+            normalizer = next(iter(stages.values())).normalizer  # the same for every tree count
             data = {"x_train": normalizer.transform(prepared.splits["train"][0]), "y_train": prepared.splits["train"][1],
-                    "x_val": normalizer.transform(prepared.splits["val"][0]), "y_val": prepared.splits["val"][1]}
-            data["trees"] = fit_study_trees(config, data["x_train"], data["x_val"], data["y_train"])
+                    "x_val": normalizer.transform(prepared.splits["val"][0]), "y_val": prepared.splits["val"][1],
+                    "trees": {count: {"arrays": dict(stage.layer.arrays),  # not Keras's TrackedDict
+                                      "train": stage.train_trees, "val": stage.val_trees}
+                              for count, stage in stages.items() if count}}
             earlier = earlier_trials(config, experiment) if config.warm_start and previous_run is None else ([], [])
             if previous_run is None:
                 mlflow.log_dict({k: list(v) for k, v in search_space(config.search).items()}, "search_space.json")
@@ -169,11 +172,12 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
                                run_name=config.run_name, model_name=config.model_name, alias=config.alias,
                                fit_on=config.fit_on)
     with checkpoint.as_directory() as folder:
-        model = load_best_model(folder, best.config, data)
+        network = load_best_model(folder, best.config, data)
     if not interrupted:
         prune_checkpoints(results, keep=checkpoint)
     history = best_history(best, checkpoint_metrics)
-    metrics, run_id, version, verdict = log_best(model, history, best, normalizer, prepared, train_config, parent.info)
+    stage = stages[best.config["trees"]]
+    metrics, run_id, version, verdict = log_best(network, history, best, stage, prepared, train_config, parent.info)
     if verdict.kind == evaluate.REFUSED:
         raise UserError(f"{verdict.message} (run {run_id}, tagged caspar.verdict=refused)")
     return Study(**counts, metrics=metrics, run_id=run_id, registered_version=version, verdict=verdict,
@@ -219,19 +223,17 @@ def fit_noting_interrupt(tuner):
     return results, interrupted
 
 
-def fit_study_trees(config: TuneConfig, x_train, x_val, y_train) -> dict[int, dict]:
-    """The trees of every tree count a trial may use, fitted once here, and their predictions on
-    the train and validation rows: {count: {"arrays": TreeEnsemble arrays, "train": …, "val": …}}."""
-    from caspar.model import fit_trees, predict_trees
+def fit_study_stages(config: TuneConfig, prepared: Prepared) -> dict:
+    """The normalisation and the trees of every tree count a trial may use, cross-fitted once here
+    (caspar.train.fit_stage), with their out-of-fold predictions on the train and validation rows:
+    {count: Stage}, count 0 (no trees) included."""
+    from caspar.train import fit_stage
 
     fixed = config.trial_hyperparameters()
     counts = search_space(config.search).get("trees", ("choice", [fixed.trees]))[1]
-    fitted = {}
-    for n in sorted(set(counts) - {0}):
-        layer = fit_trees(x_train, y_train, dataclasses.replace(fixed, trees=n))
-        fitted[n] = {"arrays": dict(layer.arrays),  # not Keras's TrackedDict
-                     "train": predict_trees(layer, x_train), "val": predict_trees(layer, x_val)}
-    return fitted
+    say = functools.partial(print, flush=True)
+    return {n: fit_stage(dataclasses.replace(fixed, trees=n), prepared.splits, prepared.files, config.fit_on, say)
+            for n in sorted(set(counts) | {0})}
 
 
 def find_study_run(config: TuneConfig, experiment: str) -> str:
@@ -305,20 +307,20 @@ def concurrency(n_jobs: int, cpus_per_trial: float) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_trial))
 
 
-def log_best(model, history: dict, best, normalizer, prepared, config: TrainConfig, parent):
+def log_best(network, history: dict, best, stage, prepared, config: TrainConfig, parent):
     """The best trial's model as a run of its own, named --run-name, with a train run's artefacts
-    and parameters: refitted on the games of --fit-on for the epochs of its best validation loss,
-    scored with every baseline, registered unless the verdict refuses. `parent`: the study run's info."""
+    and parameters: its network as validation chose it (with its trees fitted on every game for
+    --fit-on all), scored with every baseline, registered unless the verdict refuses. `parent`: the
+    study run's info."""
     import mlflow
 
-    from caspar.train import Fitted, log_model_run, register, release, run_tags
+    from caspar.train import log_model_run, register, release, run_tags
 
-    chosen = Fitted(model, normalizer, ("train",))
     tags = {**run_tags(prepared), "study": config.run_name, "mlflow.parentRunId": parent.run_id}
     with mlflow.start_run(experiment_id=parent.experiment_id, run_name=config.run_name, tags=tags) as run:
         mlflow.log_params(dataclasses.asdict(config) | evaluate.baseline_parameters()
                           | {"trial_id": best.path.rstrip("/").split("/")[-1]})
-        scored, shipped = release(config, prepared.splits, chosen, history, config.fit_on)
-        metrics, model_uri, verdict = log_model_run(chosen, scored, shipped, prepared, config, history)
+        scored, shipped = release(config, prepared.splits, network, history, stage, config.fit_on)
+        metrics, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, stage)
         version = register(model_uri, config, metrics, verdict)
     return metrics, run.info.run_id, version, verdict

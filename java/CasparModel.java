@@ -92,7 +92,7 @@ public final class CasparModel {
         for (Layer layer : layers) {
             values = layer.apply(values);
         }
-        float network = values[0];
+        float network = layers.isEmpty() ? 0f : values[0];  // no layers: the trees alone
         if (trees == null) {
             return sigmoidOutput ? sigmoid(network) : network;
         }

@@ -76,6 +76,19 @@ def test_every_family_computes_in_java_what_keras_computes(family, classes, rows
     assert java_difference(model, normalizer, rows[0], tmp_path, classes) <= TOLERANCE
 
 
+def test_the_trees_alone_compute_in_java_what_keras_computes(classes, rows, tmp_path):
+    """What ships when the network does not beat its trees on validation: both learners' trees,
+    weighted, no network layer."""
+    from caspar.model import trees_model
+
+    raw, reward = rows
+    normalizer = Normalizer.fit(raw)
+    x = normalizer.transform(raw)
+    model = trees_model(fit_trees(x, reward, Hyperparameters(trees=25, seed=0)), WIDTH)
+    assert [type(layer).__name__ for layer in model.layers] == ["InputLayer", "TreeEnsemble", "ClipForInference"]
+    assert java_difference(model, normalizer, raw, tmp_path, classes) <= TOLERANCE
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_every_activation_computes_in_java_what_keras_computes(activation, classes, rows, tmp_path):
     model, normalizer = trained_model(rows, {"ensemble_size": 4, "ensemble_kind": "full", "trees": 25}, activation)

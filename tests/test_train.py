@@ -62,6 +62,17 @@ def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
     assert run.data.tags["caspar.fit_on"] == "train+val" and run.data.params["fit_on"] == "train+val"
 
 
+def test_the_same_data_options_and_seed_give_the_same_model(tracking_server, sample_dataset):
+    """Trees cross-fitted by game, their ensemble weights, the network and the choice between them:
+    two runs with the same seed ship the same model, byte for byte in its predictions."""
+    config = TrainConfig(**SMALL, data=sample_dataset, experiment_name="test-train", model_name="CASPAR-test")
+    first, second = train(config), train(config)
+    x = load_prepared(sample_dataset).splits["test"][0]
+    assert first.metrics == second.metrics
+    predictions = [result.model.predict(x, verbose=0) for result in (first, second)]
+    assert np.ptp(predictions[0]) > 0 and np.array_equal(*predictions)
+
+
 def test_normalization_csv_is_the_games_transform(tracking_server, sample_dataset, tmp_path):
     import mlflow
 
@@ -91,13 +102,11 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(sample_d
     import keras
 
     from caspar.config import Hyperparameters
-    from caspar.train import fit, learning_rate
+    from caspar.train import fit, fit_stage, learning_rate
 
     prepared = load_prepared(sample_dataset)
-    normalizer = Normalizer.fit(prepared.splits["train"][0])
-    (x, y), (x_val, y_val) = ([normalizer.transform(prepared.splits[s][0]), prepared.splits[s][1]] for s in ("train", "val"))
     hp = Hyperparameters(**{**SMALL, "epochs": 4, "trees": 0}, learning_rate=0.01, lr_schedule="cosine")
-    schedule = learning_rate(hp, len(x))
+    schedule = learning_rate(hp, len(prepared.splits["train"][1]))
     assert float(schedule(0)) == 0.0 and float(schedule(schedule.warmup_steps)) == pytest.approx(0.01)
 
     class Rates(keras.callbacks.Callback):
@@ -106,7 +115,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(sample_d
         def on_epoch_end(self, epoch, logs=None):
             self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
 
-    model, history = fit(hp, x, y, x_val, y_val, callbacks=[Rates()])
+    _, history = fit(hp, fit_stage(hp, prepared.splits, prepared.files, "train"), prepared.splits, callbacks=[Rates()])
     assert len(history["loss"]) == 4 and np.isfinite(history["val_loss"]).all()
     assert Rates.rates[0] > Rates.rates[1] > Rates.rates[2] > Rates.rates[3]
     assert Rates.rates[-1] == pytest.approx(0.0, abs=1e-7)  # no plateau callback changed it
@@ -286,21 +295,22 @@ def test_every_optimizer_with_its_defaults_takes_a_step(optimizer):
 
 def test_cross_validation_benchmark_holds_out_every_game_once(sample_dataset):
     """bench/train.py --cv-folds: every log file of the train and validation splits is scored in
-    exactly one fold, and the summary's paired differences are the means of the folds'."""
+    exactly one fold, and the summary's figures are the means of the folds'."""
     import re
 
     prepared = load_prepared(sample_dataset)
     games = set(prepared.files["train"]) | set(prepared.files["val"])  # the test split stays out
-    small = '{"epochs": 2, "hidden_layers": [8], "trees": 10, "ensemble_size": 1}'
+    small = '{"epochs": 2, "hidden_layers": [8], "trees": 10, "ensemble_size": 1, "tree_folds": 2}'
     result = subprocess.run([sys.executable, "bench/train.py", "--data", sample_dataset, "--skip-throughput",
                              "--cv-folds", "3", "--set", small],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    folds = re.findall(r"fold \d/3: (\d+) games, \d+ rows, best epoch \d+: model R² (\S+), own trees (\S+), GBDT (\S+),",
-                       result.stdout)
+    folds = re.findall(r"fold \d/3: (\d+) games, \d+ rows, \d+ s, best epoch \d+: model (\S+), own trees alone (\S+), "
+                       r"sklearn 600 trees \(the old recipe\) (\S+),", result.stdout)
     assert len(folds) == 3 and sum(int(fold[0]) for fold in folds) == len(games)
-    model, trees, gbdt = (np.array([float(fold[i]) for fold in folds]) for i in (1, 2, 3))
-    summary = re.search(r"model R² (\S+) ± \S+; model − own trees (\S+) ± \S+; model − GBDT (\S+) ±", result.stdout)
-    assert float(summary.group(1)) == pytest.approx(model.mean(), abs=2e-4)
-    assert float(summary.group(2)) == pytest.approx((model - trees).mean(), abs=2e-4)
-    assert float(summary.group(3)) == pytest.approx((model - gbdt).mean(), abs=2e-4)
+    model, trees, old = (np.array([float(fold[i].rstrip(",")) for fold in folds]) for i in (1, 2, 3))
+    for name, values in (("own trees alone", trees), ("sklearn 600 trees \\(the old recipe\\)", old)):
+        line = re.search(name + r": (\S+) ± \S+; model − it (\S+) ± \S+ \((\d)/3\)", result.stdout)
+        assert float(line.group(1)) == pytest.approx(values.mean(), abs=2e-4)
+        assert float(line.group(2)) == pytest.approx((model - values).mean(), abs=2e-4)
+        assert int(line.group(3)) == int(np.sum(model - values > 0))

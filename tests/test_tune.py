@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 from conftest import ROOT
@@ -281,14 +282,19 @@ def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
 
     from caspar.config import TuneConfig
     from caspar.trial import OPTIMIZER_FILE, PHASES, Trial, load_best_model
-    from caspar.tune import fit_study_trees
+    from caspar.tune import fit_study_stages
 
     rng = np.random.default_rng(0)
     x = rng.random((400, 8)).astype("float32")
     y = (0.6 * x[:, 0] + 0.3 * x[:, 1] * x[:, 2]).astype("float32")
-    data = {"x_train": x[:300], "y_train": y[:300], "x_val": x[300:], "y_val": y[300:]}
+    games = np.repeat([f"game{i}" for i in range(10)], 40)
+    prepared = types.SimpleNamespace(splits={"train": (x[:300], y[:300]), "val": (x[300:], y[300:])},
+                                     files={"train": games[:300], "val": games[300:]})
     study = TuneConfig(epochs=6, search=["trees=20"])
-    data["trees"] = fit_study_trees(study, data["x_train"], data["x_val"], data["y_train"])
+    stage = fit_study_stages(study, prepared)[20]
+    data = {"x_train": stage.normalizer.transform(x[:300]), "y_train": y[:300],
+            "x_val": stage.normalizer.transform(x[300:]), "y_val": y[300:],
+            "trees": {20: {"arrays": dict(stage.layer.arrays), "train": stage.train_trees, "val": stage.val_trees}}}
     config = dict(vars(study.trial_hyperparameters()), hidden_layers=[16], trees=20, ensemble_size=1,
                   encoding_bins=0, batch_size=32, learning_rate=0.01)
 
@@ -312,9 +318,11 @@ def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
         np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
     assert int(restored.model.optimizer.iterations.numpy()) > 0
     assert os.path.getsize(tmp_path / OPTIMIZER_FILE) > 0 and not any("tree" in f.name for f in tmp_path.iterdir())
-    best = load_best_model(str(tmp_path), config, data)  # what the game runs: features in, the trees inside
-    assert [t.name for t in best.inputs] == ["features"]
-    loss = float(np.mean((best.predict(data["x_val"], verbose=0).ravel() - data["y_val"]) ** 2))
+    best = load_best_model(str(tmp_path), config, data)
+    assert [t.name for t in best.model.inputs] == ["features"]  # what the game runs: features in, the trees inside
+    # the trial's figure: the network on the trees' out-of-fold predictions of the validation rows
+    inputs = best.inputs(data["x_val"], data["trees"][20]["val"])
+    loss = float(np.mean((best.trainer.predict(inputs, verbose=0).ravel() - data["y_val"]) ** 2))
     assert abs(loss - result["best_val_loss"]) < 1e-6
     assert restored.step()["epoch"] == 4  # and it goes on from there
 

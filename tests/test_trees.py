@@ -1,0 +1,94 @@
+"""The trees that carry the model (caspar/trees.py): recipes of both learners compiled into the
+TreeEnsemble layer, cross-fitting by game, and ensemble selection."""
+import numpy as np
+import pytest
+
+from caspar import trees
+from caspar.config import Hyperparameters
+from caspar.layers import TreeEnsemble
+from caspar.model import predict_trees
+
+
+@pytest.fixture(scope="module")
+def rows():
+    rng = np.random.default_rng(0)
+    x = rng.random((600, 10)).astype(np.float32)
+    x[:, 4] = rng.integers(0, 3, 600) / 2  # values that sit on split thresholds
+    y = (0.4 * (x[:, 0] > 0.5) + 0.3 * x[:, 1] * x[:, 4] + 0.05 * rng.normal(size=600)).astype(np.float32)
+    games = np.repeat([f"g{i:02d}" for i in range(20)], 30)
+    return x, y, games
+
+
+def recipe(learner: str) -> trees.Recipe:
+    hp = Hyperparameters(trees=40, tree_learning_rate=0.1, tree_min_leaf=5, tree_learners=learner, seed=3)
+    return trees.recipes(hp)[0]
+
+
+@pytest.mark.parametrize("learner", trees.LEARNERS)
+def test_each_learner_compiles_into_the_layer_exactly(learner, rows):
+    x, y, _ = rows
+    model = trees.fit(recipe(learner), x, y)
+    tables, constant = trees.node_tables(model)
+    layer = TreeEnsemble.from_node_tables([(tables, constant, 1.0)])
+    np.testing.assert_allclose(predict_trees(layer, x).ravel(), model.predict(x), atol=1e-5, rtol=0)
+
+
+def test_a_weighted_ensemble_is_the_weighted_sum_of_its_models(rows):
+    x, y, _ = rows
+    models = [trees.fit(recipe(learner), x, y) for learner in trees.LEARNERS]
+    layer = TreeEnsemble.from_node_tables([(*trees.node_tables(m), w) for m, w in zip(models, (0.3, 0.7))])
+    expected = 0.3 * models[0].predict(x) + 0.7 * models[1].predict(x)
+    np.testing.assert_allclose(predict_trees(layer, x).ravel(), expected, atol=1e-5, rtol=0)
+
+
+def test_game_folds_keep_games_whole_and_use_every_game(rows):
+    _, _, games = rows
+    fold = trees.game_folds(games, 5, seed=1)
+    assert sorted(set(fold)) == [0, 1, 2, 3, 4]
+    for game in np.unique(games):
+        assert len(set(fold[games == game])) == 1
+    assert np.array_equal(fold, trees.game_folds(games, 5, seed=1))
+    assert not np.array_equal(fold, trees.game_folds(games, 5, seed=2))
+    assert sorted(set(trees.game_folds(games[:60], 5, seed=1))) == [0, 1]  # two games: two folds
+
+
+def test_ensemble_selection_mixes_complementary_members_and_drops_a_useless_one():
+    rng = np.random.default_rng(0)
+    y = rng.random(500)
+    noise = rng.normal(scale=0.1, size=500)
+    members = np.stack([y + noise, y - noise + rng.normal(scale=0.02, size=500), rng.random(500)], axis=1)
+    weights = trees.ensemble_weights(members, y)
+    assert weights.sum() == pytest.approx(1.0) and weights[2] == 0
+    assert 0.3 <= weights[0] <= 0.7 and 0.3 <= weights[1] <= 0.7  # errors that cancel: an even mix
+    assert np.array_equal(weights, trees.ensemble_weights(members, y))
+    best_alone = trees.ensemble_weights(members[:, [2, 0]], y)
+    assert best_alone[1] >= 0.9  # the member worth having carries the average
+
+
+def test_out_of_fold_predictions_come_from_models_that_never_saw_the_game(rows):
+    x, y, games = rows
+    recipes = [recipe(learner) for learner in trees.LEARNERS]
+    crossed = trees.cross_fit(recipes, x, y, games, folds=4, seed=7)
+    fold = trees.game_folds(games, 4, seed=7)
+    held_out = fold == 2
+    again = trees.fit(recipes[1], x[~held_out], y[~held_out]).predict(x[held_out])
+    np.testing.assert_allclose(crossed.out_of_fold[held_out, 1], again)
+    # in-sample predictions would be closer to the rewards than out-of-fold ones
+    kept = int(np.argmax(crossed.weights))
+    in_sample = np.mean((crossed.models[kept].predict(x) - y) ** 2)
+    assert np.mean((crossed.out_of_fold[:, kept] - y) ** 2) > in_sample
+    assert crossed.weights.sum() == pytest.approx(1.0)
+    layer = crossed.layer()
+    expected = sum(w * m.predict(x) for w, m in zip(crossed.weights, crossed.models) if m is not None)
+    np.testing.assert_allclose(predict_trees(layer, x).ravel(), expected, atol=1e-5, rtol=0)
+    figures = crossed.describe(y)
+    assert set(figures) == {"trees_oof_r2", "trees_weight_sklearn", "trees_weight_lightgbm", "trees_oof_r2_sklearn",
+                            "trees_oof_r2_lightgbm"}
+
+
+def test_the_same_rows_and_seed_give_the_same_trees(rows):
+    x, y, games = rows
+    recipes = [recipe(learner) for learner in trees.LEARNERS]
+    first, second = (trees.cross_fit(recipes, x, y, games, folds=3, seed=1).layer() for _ in range(2))
+    for name, array in first.arrays.items():
+        np.testing.assert_array_equal(array, second.arrays[name])
