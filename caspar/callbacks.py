@@ -53,18 +53,6 @@ class Plateau(keras.callbacks.ReduceLROnPlateau):
             super().on_train_begin(logs)
 
 
-class ReplayRates(keras.callbacks.Callback):
-    """Sets the learning rate of each epoch from a list (a plateau schedule recorded on another run)."""
-
-    def __init__(self, rates: list[float]):
-        super().__init__()
-        self.rates = rates
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch < len(self.rates):
-            self.model.optimizer.learning_rate.assign(self.rates[epoch])
-
-
 class StopAfterSeconds(keras.callbacks.Callback):
     """Ends fit() at the first epoch's end after `seconds` since `started()` returned."""
 
@@ -103,7 +91,7 @@ def _duration(seconds: float) -> str:
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
-    """Per-epoch metrics to the active MLflow run, under `prefix` (e.g. "release_" for the refit)."""
+    """Per-epoch metrics to the active MLflow run, under `prefix`."""
 
     def __init__(self, prefix: str = ""):
         super().__init__()

@@ -215,7 +215,7 @@ class TuneConfig(Tracking):
     storage_path: str | None = setting(None, "study storage (folder or s3://; shared storage with several nodes); "
                                              "default ./ray_results")
     resume: bool = setting(False, "continue the interrupted study of this --run-name")
-    register_partial: bool = setting(False, "when the study is interrupted (Ctrl-C), still refit and register its best "
+    register_partial: bool = setting(False, "when the study is interrupted (Ctrl-C), still score and register its best "
                                             "trial (by default an interrupted study registers nothing)")
     seed: int = setting(42, "seed of the search and of every trial's training")
     max_failures: int = setting(2, "retries of a trial whose worker died", minimum=0)

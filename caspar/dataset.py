@@ -1,4 +1,5 @@
-"""The feature dataset: game logs -> Parquet rows, split by game, built in parallel by Ray Data.
+"""The feature dataset: game logs -> Parquet rows, split by game, built in parallel by Ray Data
+(a few local logs in this process).
 
 Layout of a prepared dataset (local folder or s3:// prefix):
 
@@ -37,6 +38,7 @@ from caspar.logfiles import InputError, Inputs, found_logs
 from caspar.prepared import ROWS_FOLDER, SPLITS
 
 FILES_PER_BLOCK = 8
+IN_PROCESS_GAMES = 48  # at most this many local games are prepared without Ray (starting it takes 4-6 s)
 SYNTHETIC_BOARD = "Synthetic #"  # the board name of caspar.samples' logs (make demo)
 PROBLEMS_KEPT = 20  # per file in the manifest; the rest are counted
 ID_COLUMNS = [
@@ -107,24 +109,31 @@ def rows_of_game(files: dict[str, bytes], name: str, recipe: dict) -> tuple[pa.T
 
 # --- The Ray Data job ------------------------------------------------------------------------
 
+def featurize_game(name: str, paths: list[str], filesystem, recipe: dict) -> tuple[pa.Table, dict]:
+    """The rows and the manifest entry of one game (its file, or the four files of a split game):
+    the work of every prepare, in a Ray worker or in this process."""
+    cpu = time.process_time()
+    try:
+        files = {os.path.basename(path): storage.read_bytes(filesystem, path) for path in paths}
+    except OSError as error:  # reported in the manifest; the other files go on
+        table = row_schema().empty_table()
+        entry = {"file": name, "rows": 0, "problems": [{"line": 0, "reason": f"unreadable: {error}"}]}
+    else:
+        table, entry = rows_of_game(files, name, recipe)
+    entry["path"] = paths[0] if len(paths) == 1 else os.path.join(os.path.dirname(paths[0]), name)
+    if len(paths) > 1:
+        entry["parts"] = paths
+    entry["cost"] = {"cpu_ms": round(1000 * (time.process_time() - cpu), 2), "worker_pid": os.getpid(),
+                     "worker_memory_mb": _private_memory_mb()}
+    return table, entry
+
+
 def _featurize_batch(batch: dict, filesystem, recipe: dict, collector) -> pa.Table:
     import ray
 
     tables, recorded = [], []
     for name, paths in zip(batch["game"].to_pylist(), batch["paths"].to_pylist()):
-        cpu = time.process_time()
-        try:
-            files = {os.path.basename(path): storage.read_bytes(filesystem, path) for path in paths}
-        except OSError as error:  # reported in the manifest; the other files go on
-            table = row_schema().empty_table()
-            entry = {"file": name, "rows": 0, "problems": [{"line": 0, "reason": f"unreadable: {error}"}]}
-        else:
-            table, entry = rows_of_game(files, name, recipe)
-        entry["path"] = paths[0] if len(paths) == 1 else os.path.join(os.path.dirname(paths[0]), name)
-        if len(paths) > 1:
-            entry["parts"] = paths
-        entry["cost"] = {"cpu_ms": round(1000 * (time.process_time() - cpu), 2), "worker_pid": os.getpid(),
-                         "worker_memory_mb": _private_memory_mb()}
+        table, entry = featurize_game(name, paths, filesystem, recipe)
         recorded.append(collector.add.remote(entry))
         tables.append(table)
     # Calls to an actor from different processes have no order: wait until this block's entries
@@ -196,13 +205,16 @@ class Summary:
         if self.files_with_problems:
             lines.append(f"{self.files_with_problems} files had problems ({self.unreadable_files} unreadable): "
                          f"see {storage.join(self.output, 'manifest.json')}")
-        lines.append(f"took {self.seconds:.1f} s ({self.ray_start_seconds:.1f} s of it starting Ray)")
+        ray = f" ({self.ray_start_seconds:.1f} s of it starting Ray)" if self.ray_start_seconds else " (in this process)"
+        lines.append(f"took {self.seconds:.1f} s{ray}")
         return lines
 
 
-def prepare(config: PrepareConfig, parallelism: int | None = None) -> Summary:
+def prepare(config: PrepareConfig, parallelism: int | None = None, in_process: bool | None = None) -> Summary:
     """Read every log under `config.input`, featurise in parallel and write the dataset to
-    `config.output`, replacing the previous one only when the new one is complete and usable."""
+    `config.output`, replacing the previous one only when the new one is complete and usable.
+    A few local logs (at most IN_PROCESS_GAMES) are featurised in this process, without starting
+    Ray (`in_process` decides otherwise): the same per-game work and the same dataset, seconds sooner."""
     started = time.perf_counter()
     check(config)
     if config.mekfile:
@@ -218,8 +230,13 @@ def prepare(config: PrepareConfig, parallelism: int | None = None) -> Summary:
                 "include_bots": config.include_bots, "seed": config.seed, "test_size": config.test_size,
                 "validation_size": config.validation_size}
     with found_logs(config.input) as inputs, _staging(out_fs, out_path, config.output) as staging:
-        ray_seconds = _start_ray()
-        entries = _write_rows(inputs, recipe, out_fs, staging, parallelism)
+        if in_process is None:
+            in_process = len(inputs.games) <= IN_PROCESS_GAMES and not storage.is_s3(config.input)
+        if in_process:
+            ray_seconds, entries = 0.0, _write_rows_in_process(inputs, recipe, out_fs, staging)
+        else:
+            ray_seconds = _start_ray()
+            entries = _write_rows(inputs, recipe, out_fs, staging, parallelism)
         manifest = _manifest(entries, config.input, recipe, inputs.root, out_fs, staging)
         _check_usable(manifest, config)
         storage.write_bytes(out_fs, storage.join(staging, "schema.json"), json.dumps(schema(), indent=1).encode())
@@ -264,6 +281,25 @@ def _write_rows(inputs: Inputs, recipe: dict, out_fs, staging: str, parallelism:
     entries = ray.get(collector.all.remote())
     return entries + [{"file": os.path.basename(p), "path": p, "rows": 0, "problems": [{"line": 0, "reason": why}]}
                       for p, why in inputs.skipped.items()]
+
+
+def _write_rows_in_process(inputs: Inputs, recipe: dict, out_fs, staging: str) -> list[dict]:
+    """_write_rows without Ray: the games one after another, their rows in one Parquet file."""
+    import pyarrow.parquet as pq
+
+    tables, entries = [], []
+    for name, paths in inputs.games.items():
+        table, entry = featurize_game(name, paths, inputs.filesystem, recipe)
+        tables.append(table)
+        entries.append(entry)
+    rows = pa.concat_tables(tables) if tables else row_schema().empty_table()
+    if rows.num_rows:
+        folder = storage.join(staging, ROWS_FOLDER)
+        out_fs.create_dir(folder, recursive=True)
+        pq.write_table(rows, storage.join(folder, "rows-0.parquet"), filesystem=out_fs)
+    return sorted(entries, key=lambda e: e["path"]) + [
+        {"file": os.path.basename(p), "path": p, "rows": 0, "problems": [{"line": 0, "reason": why}]}
+        for p, why in inputs.skipped.items()]
 
 
 def _check_usable(manifest: dict, config: PrepareConfig) -> None:

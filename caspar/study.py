@@ -221,7 +221,8 @@ class Study:
                     "--resume continues the study (with --register-partial, an interrupted study registers its best)"]
         registered = f", registered version {self.registered_version}" if self.registered_version else ""
         return [
-            f"best val_loss {self.best_val_loss:.5f}; refitted on {self.fit_on}: {evaluate.summary_line(self.metrics, self.fit_on)}",
+            f"best val_loss {self.best_val_loss:.5f}; trees fitted on {self.fit_on}: "
+            f"{evaluate.summary_line(self.metrics, self.fit_on)}",
             f"best model: run {self.run_id}{registered}",
             *([f"warning: {self.verdict.message}"] if self.verdict.message else []),
         ]

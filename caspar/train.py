@@ -323,9 +323,10 @@ def run_tags(prepared: Prepared) -> dict[str, str]:
 
 
 def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: bool = False) -> Result:
-    """One training run, tracked in MLflow: the configuration early-stopped on validation, then
-    refitted on the games --fit-on names; registered only if it beats the mean baseline. A run that
-    fails is marked FAILED and registers nothing."""
+    """One training run, tracked in MLflow: the trees cross-fitted on the games --fit-on names, the
+    network early-stopped on validation (or none, where it does not beat the trees beyond noise);
+    registered only if it beats the mean baseline. A run that fails is marked FAILED and registers
+    nothing."""
     import mlflow
 
     from caspar.callbacks import EpochPrinter, MlflowEpochLogger

@@ -1,7 +1,7 @@
 """Hyperparameter search on Ray Tune: seeded TPE (Optuna) proposes, ASHA stops weak trials early.
 
 The same model code and MLflow conventions as `caspar.train`: every trial is an MLflow run
-nested under one "study" run; the best trial's model is refitted, logged and registered like a
+nested under one "study" run; the best trial's model is scored, logged and registered like a
 train run, under the study's --run-name. Trials are configured by the fields of
 `Hyperparameters`: the search space samples those with a search domain, the study fixes the rest.
 The trial itself is `caspar.trial`; what the study records and prints, `caspar.study`.

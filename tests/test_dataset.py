@@ -77,6 +77,25 @@ def test_prepare_writes_rows_schema_and_manifest(ray_local, sample_logs, tmp_pat
         assert sorted(loaded.files[name]) == sorted(frame.loc[frame["split"] == name, "file"])
 
 
+def test_preparing_in_this_process_writes_what_ray_data_writes(ray_local, sample_logs, tmp_path):
+    """A few local logs are prepared without Ray: the same rows, splits and manifest (but for where
+    and when the work ran) as the Ray Data path."""
+    config = dict(input=str(sample_logs), seed=6)
+    with_ray = dataset.prepare(PrepareConfig(**config, output=str(tmp_path / "ray")), in_process=False)
+    here = dataset.prepare(PrepareConfig(**config, output=str(tmp_path / "here")))
+    assert with_ray.ray_start_seconds > 0 and here.ray_start_seconds == 0  # 13 games: in this process by default
+    order = ["file", "move_index"]
+    ray_rows, here_rows = (read_rows(tmp_path / name).sort_by([(c, "ascending") for c in order]) for name in ("ray", "here"))
+    assert ray_rows.num_rows > 0 and ray_rows.equals(here_rows)
+    manifests = [json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("ray", "here")]
+    for manifest in manifests:
+        del manifest["created"], manifest["row_files"]
+        for entry in manifest["files"]:
+            entry.pop("cost", None)
+    assert manifests[0] == manifests[1]
+    assert (tmp_path / "ray" / "schema.json").read_text() == (tmp_path / "here" / "schema.json").read_text()
+
+
 def test_rerun_replaces_the_dataset(ray_local, sample_logs, tmp_path):
     out = tmp_path / "prepared"
     dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(out), seed=6))

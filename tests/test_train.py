@@ -15,7 +15,7 @@ from caspar.model import NORMALIZATION_FILE, Normalizer
 from caspar.prepared import load_prepared
 from caspar.train import train
 
-SMALL = {"hidden_layers": [32, 16], "epochs": 3, "batch_size": 64, "patience": 5, "trees": 25}
+SMALL = {"hidden_layers": [32, 16], "epochs": 3, "batch_size": 64, "patience": 5, "trees": 25, "tree_folds": 2}
 
 
 def test_normalizer_constant_feature_and_clamping():
@@ -152,7 +152,7 @@ def test_trees_are_saved_as_weights_and_old_configs_still_load(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.random((300, 12)).astype("float32")
     y = 0.3 * (x[:, 0] > 0.5) + 0.2 * x[:, 3]
-    trees = fit_trees(x, y, Hyperparameters(trees=30, seed=0))
+    trees = fit_trees(x, y, Hyperparameters(trees=30, tree_learners="sklearn", seed=0))
     inputs = keras.Input((12,))
     model = keras.Model(inputs, trees(inputs))
     expected = model.predict(x, verbose=0)
