@@ -1,10 +1,10 @@
 # `make demo` and `make test` create .venv and install into it when missing.
-PYTHON ?= python3
+PYTHON ?= $(shell command -v python3.11 || command -v python3)  # the package needs Python 3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 LOGS ?=
 
-.PHONY: demo lint test docs bench-prepare bench-train clean
+.PHONY: demo lint test test-fast docs bench-prepare bench-train clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: $(VENV)/.installed
 
 test: lint $(COMPOSE_SCHEMA)
 	$(PY) -m pytest -q --durations=12 tests
+
+# The tests that need no server, Ray node, cluster, real corpus, JDK or whole job: a loop in minutes.
+test-fast: lint
+	$(PY) -m pytest -q --durations=8 -m "not (server or ray or cluster or corpus or jdk or slow)" tests
 
 # The feature documentation, generated from the feature registry (a test fails when it is stale).
 docs: $(VENV)/.installed

@@ -226,6 +226,10 @@ class TuneConfig(Tracking):
     search: list[str] = setting([], "change the search space: NAME=V1,V2 (a choice; hidden layers as 256x256) or "
                                 "NAME=uniform:LOW,HIGH or NAME=loguniform:LOW,HIGH, NAME a train option (e.g. "
                                 "trees=0,100 learning_rate=loguniform:1e-4,1e-2)")
+    tree_recipes: int = setting(6, "tree recipes the study draws (learner, iterations, learning rate, leaves, smallest "
+                                "leaf, L2, feature and row shares) beside the default ones, each cross-fitted once on "
+                                "the driver; the trees of the study's model are their weighted ensemble", minimum=0,
+                                maximum=100)
     reduction_factor: int = setting(3, "ASHA keeps the best 1/this of the trials at each of its milestones", minimum=2)
     report_seconds: float = setting(10.0, "a trial reports at least this often (at an epoch's end), so that little is "
                                           "lost when the study's time is up", above=0)

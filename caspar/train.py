@@ -110,17 +110,20 @@ def rows(splits: dict, names) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([splits[n][0] for n in names]), np.concatenate([splits[n][1] for n in names])
 
 
-def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=None) -> Stage:
+def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=None, searched=(),
+              deadline: float | None = None) -> Stage:
     """The normalisation and the trees for the shipped model's games (train, or train + validation
-    with fit_on train+val or all; the test split never): the trees' recipes cross-fitted by game
-    over those rows, weighted by ensemble selection on their out-of-fold predictions."""
+    with fit_on train+val or all; the test split never): hp's tree recipes, and any `searched`
+    ones (a study's, left out once `deadline` passes), cross-fitted by game over those rows,
+    weighted by ensemble selection on their out-of-fold predictions."""
     names = FIT_ON["train" if fit_on == "train" else "train+val"]
     x, y = rows(splits, names)
     normalizer = Normalizer.fit(x)
     if not hp.trees:
         return Stage(normalizer, names)
     groups = np.concatenate([files[n] for n in names])
-    crossed = cross_fit(recipes(hp), normalizer.transform(x), y, groups, hp.tree_folds, hp.seed, say)
+    crossed = cross_fit([*recipes(hp), *searched], normalizer.transform(x), y, groups, hp.tree_folds, hp.seed, say,
+                        deadline, required=len(recipes(hp)))
     layer = crossed.layer()
     n_train = len(splits["train"][1])
     val_trees = (crossed.prediction[n_train:] if "val" in names

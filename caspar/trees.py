@@ -9,6 +9,7 @@ nearly memorise 8,000 rows), so a correction learned there does not carry over t
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -33,10 +34,31 @@ class Recipe:
     feature_fraction: float
     row_fraction: float
     seed: int
+    label: str = ""  # its name in figures and metrics when several recipes share a learner
 
     @property
     def name(self) -> str:
-        return self.learner
+        return self.label or self.learner
+
+
+# What a study's tree search samples: each recipe a choice per field (caspar.tune).
+SEARCH = {"learner": LEARNERS, "iterations": (300, 600, 1000), "learning_rate": (0.02, 0.03, 0.05, 0.1),
+          "leaves": (15, 31, 63), "min_leaf": (5, 10, 20, 40), "l2": (0.0, 1.0, 10.0),
+          "feature_fraction": (0.3, 0.5, 0.8, 1.0), "row_fraction": (0.7, 0.8, 1.0)}
+
+
+def sampled_recipes(count: int, seed: int, known: list[Recipe] = ()) -> list[Recipe]:
+    """`count` recipes drawn from SEARCH (seeded; none twice, none of `known`), labelled search1 …"""
+    rng = np.random.default_rng(seed)
+    seen = {dataclasses.replace(r, label="") for r in known}
+    drawn: list[Recipe] = []
+    while len(drawn) < count:
+        values = {name: choices[rng.integers(len(choices))] for name, choices in SEARCH.items()}
+        recipe = Recipe(**{k: v.item() if hasattr(v, "item") else v for k, v in values.items()}, seed=seed)
+        if recipe not in seen:
+            seen.add(recipe)
+            drawn.append(dataclasses.replace(recipe, label=f"search{len(drawn) + 1}"))
+    return drawn
 
 
 def recipes(hp) -> list[Recipe]:
@@ -168,28 +190,39 @@ class CrossFitted:
 
 
 def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int,
-              say=None) -> CrossFitted:
+              say=None, deadline: float | None = None, required: int | None = None) -> CrossFitted:
     """Every recipe fitted `folds` times by game (each fold's rows predicted by a model fitted
-    without them), the ensemble weights chosen on those out-of-fold predictions, then every recipe
-    with a weight fitted on all the rows. `say`: a function taking a progress line."""
+    without them; each recipe and fold fitted once, whatever uses it), the ensemble weights chosen
+    on those out-of-fold predictions, then every recipe with a weight fitted on all the rows.
+    `say`: a function taking a progress line. With a `deadline` (time.perf_counter()), the
+    recipes after the first `required` that would start after it are left out."""
     started = time.perf_counter()
     fold = game_folds(groups, folds, seed)
     count = int(fold.max()) + 1
     if count < 2:
         raise ValueError(f"cross-fitting the trees needs at least 2 games; these rows have {len(np.unique(groups))}")
-    out_of_fold = np.zeros((len(y), len(recipe_list)))
-    for k in range(count):
-        held_out = fold == k
-        for r, recipe in enumerate(recipe_list):
-            out_of_fold[held_out, r] = fit(recipe, x[~held_out], y[~held_out]).predict(x[held_out])
-        if say:
-            say(f"trees: fold {k + 1}/{count} of {'+'.join(r.name for r in recipe_list)} "
-                f"({time.perf_counter() - started:.0f} s)")
+    required = len(recipe_list) if required is None else required
+    columns = []
+    for r, recipe in enumerate(recipe_list):
+        if r >= required and deadline is not None and time.perf_counter() > deadline:
+            if say:
+                say(f"trees: time is up; {len(recipe_list) - r} of the {len(recipe_list)} recipes left out")
+            break
+        column = np.zeros(len(y))
+        for k in range(count):
+            held_out = fold == k
+            column[held_out] = fit(recipe, x[~held_out], y[~held_out]).predict(x[held_out])
+            if say:
+                say(f"trees: {recipe.name} ({r + 1}/{len(recipe_list)}), fold {k + 1}/{count} "
+                    f"({time.perf_counter() - started:.0f} s)")
+        columns.append(column)
+    recipe_list = recipe_list[:len(columns)]
+    out_of_fold = np.stack(columns, axis=1)
     weights = ensemble_weights(out_of_fold, y)
     models = []
     for recipe, weight in zip(recipe_list, weights):
         models.append(fit(recipe, x, y) if weight > 0 else None)
     if say:
-        shares = ", ".join(f"{r.name} {w:.2f}" for r, w in zip(recipe_list, weights))
+        shares = ", ".join(f"{r.name} {w:.2f}" for r, w in zip(recipe_list, weights) if w > 0)
         say(f"trees: weights {shares}; fitted on all {len(y)} rows ({time.perf_counter() - started:.0f} s)")
     return CrossFitted(recipe_list, weights, out_of_fold, models, time.perf_counter() - started)

@@ -152,7 +152,11 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
                 mlflow.log_metric("warm_start_trials", len(earlier[0]))
                 if config.warm_start:
                     mlflow.set_tag("caspar.warm_start", config.warm_start)
-            tuner = build_tuner(config, data, uri, parent.info, verbose, earlier)
+            searching = config  # the trials get what the tree search left of the time budget
+            if config.time_budget:
+                searching = dataclasses.replace(config, time_budget=max(1.0, config.time_budget
+                                                                       - (time.perf_counter() - started)))
+            tuner = build_tuner(searching, data, uri, parent.info, verbose, earlier)
             search_started = time.time()
             results, interrupted = fit_noting_interrupt(tuner)
         best, checkpoint, checkpoint_metrics = best_checkpoint(results)
@@ -198,7 +202,7 @@ def quiet_libraries(verbose: bool) -> None:
 STATE_SAVE_SECONDS = "2"
 
 # What defines a study: --resume refuses to continue one with other values (the rest may change).
-STUDY_DEFINING = ("data", "n_trials", "epochs", "grace_period", "seed", "cpus_per_trial", "reduction_factor",
+STUDY_DEFINING = ("data", "n_trials", "epochs", "grace_period", "seed", "cpus_per_trial", "reduction_factor", "tree_recipes",
                   "report_seconds", "search", "warm_start")
 
 
@@ -224,16 +228,28 @@ def fit_noting_interrupt(tuner):
 
 
 def fit_study_stages(config: TuneConfig, prepared: Prepared) -> dict:
-    """The normalisation and the trees of every tree count a trial may use, cross-fitted once here
-    (caspar.train.fit_stage), with their out-of-fold predictions on the train and validation rows:
-    {count: Stage}, count 0 (no trees) included."""
+    """The normalisation and the trees of every tree count a trial may use (0: none), cross-fitted
+    once here (caspar.train.fit_stage), with their out-of-fold predictions on the train and
+    validation rows: {count: Stage}. The trees are searched here, not in the trials: the default
+    recipes and --tree-recipes more drawn from caspar.trees.SEARCH, weighted together by ensemble
+    selection; with --time-budget, at most TREE_SEARCH_SHARE of it goes to recipes beyond the defaults."""
     from caspar.train import fit_stage
+    from caspar.trees import recipes, sampled_recipes
 
     fixed = config.trial_hyperparameters()
     counts = search_space(config.search).get("trees", ("choice", [fixed.trees]))[1]
     say = functools.partial(print, flush=True)
-    return {n: fit_stage(dataclasses.replace(fixed, trees=n), prepared.splits, prepared.files, config.fit_on, say)
-            for n in sorted(set(counts) | {0})}
+    deadline = time.perf_counter() + TREE_SEARCH_SHARE * config.time_budget if config.time_budget else None
+    stages = {}
+    for n in sorted(set(counts) | {0}):
+        hp = dataclasses.replace(fixed, trees=n)
+        searched = sampled_recipes(config.tree_recipes, config.seed, recipes(hp)) if n else []
+        stages[n] = fit_stage(hp, prepared.splits, prepared.files, config.fit_on, say, searched, deadline)
+    return stages
+
+
+# A study's tree search takes at most this share of --time-budget (the default recipes always run).
+TREE_SEARCH_SHARE = 0.3
 
 
 def find_study_run(config: TuneConfig, experiment: str) -> str:

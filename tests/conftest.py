@@ -14,6 +14,22 @@ def needs_shared_logs():
     return pytest.mark.skipif(not GAMELOGS.is_dir(), reason="no real corpus (CASPAR_GAMELOGS)")
 
 
+# What a test needs, read off the fixtures it uses (pytest.ini declares the markers; `make test-fast`
+# runs the tests that need none of them). Tests that start a cluster or a job process are marked by hand.
+MARKER_OF_FIXTURE = {"tracking_server": "server", "mlflow_url": "server", "s3_endpoint": "server", "stack": "server",
+                     "ray_local": "ray", "corpus_dataset": "corpus", "classes": "jdk"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, marker in MARKER_OF_FIXTURE.items():
+            if fixture in item.fixturenames:
+                item.add_marker(marker)
+        if any(mark.name == "skipif" and "CASPAR_GAMELOGS" in str(mark.kwargs.get("reason", ""))
+               for mark in item.iter_markers()):
+            item.add_marker("corpus")
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One real local Ray node for the session: loopback only, its own temp dir."""
@@ -65,8 +81,9 @@ def tracking_server(mlflow_url, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def sample_dataset(ray_local, tmp_path_factory):
-    """A small prepared dataset built from synthetic logs by the real prepare job."""
+def sample_dataset(tmp_path_factory):
+    """A small prepared dataset built from synthetic logs by the real prepare job (in this process:
+    30 games)."""
     from caspar import dataset
     from caspar.config import PrepareConfig
     from caspar.samples import write_samples

@@ -92,3 +92,19 @@ def test_the_same_rows_and_seed_give_the_same_trees(rows):
     first, second = (trees.cross_fit(recipes, x, y, games, folds=3, seed=1).layer() for _ in range(2))
     for name, array in first.arrays.items():
         np.testing.assert_array_equal(array, second.arrays[name])
+
+
+def test_a_study_draws_new_recipes_and_leaves_them_out_when_time_is_up(rows):
+    x, y, games = rows
+    defaults = trees.recipes(Hyperparameters(trees=20, seed=3))
+    drawn = trees.sampled_recipes(5, seed=3, known=defaults)
+    assert len(set(drawn)) == 5 and [r.name for r in drawn] == [f"search{i}" for i in range(1, 6)]
+    assert drawn == trees.sampled_recipes(5, seed=3, known=defaults)
+    for recipe in drawn:
+        assert all(getattr(recipe, field) in choices for field, choices in trees.SEARCH.items())
+    # past the deadline only the required (default) recipes are cross-fitted
+    small = [trees.Recipe(**{**vars(r), "iterations": 10}) for r in [*defaults, *drawn]]
+    lines = []
+    crossed = trees.cross_fit(small, x, y, games, folds=2, seed=0, say=lines.append, deadline=0.0, required=2)
+    assert [r.name for r in crossed.recipes] == ["sklearn", "lightgbm"] and crossed.out_of_fold.shape == (600, 2)
+    assert any("5 of the 7 recipes left out" in line for line in lines)
