@@ -272,8 +272,8 @@ def test_a_diverged_run_is_failed_and_registers_nothing(good, tmp_path, monkeypa
     monkeypatch.setattr(training, "fit", diverging_fit)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
     with pytest.raises(training.UserError, match="training diverged"):
-        training.train(TrainConfig(data=str(good / "prepared"), hidden_layers=[8], epochs=1, run_name="diverged",
-                                   model_name="CASPAR-diverged"))
+        training.train(TrainConfig(data=str(good / "prepared"), hidden_layers=[8], epochs=1, trees=20, tree_folds=2,
+                                   run_name="diverged", model_name="CASPAR-diverged"))
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db")
     (run,) = client.search_runs([client.get_experiment_by_name("caspar").experiment_id])
     assert run.info.status == "FAILED" and run.info.run_name == "diverged"
@@ -300,8 +300,8 @@ def test_a_model_no_better_than_the_mean_is_neither_registered_nor_exported(good
     store = f"sqlite:///{tmp_path}/m.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     with pytest.raises(training.UserError, match="does not beat always predicting the train mean"):
-        training.train(TrainConfig(data=str(good / "prepared"), hidden_layers=[8], epochs=1, trees=20, run_name="useless",
-                                   model_name="CASPAR-useless"))
+        training.train(TrainConfig(data=str(good / "prepared"), hidden_layers=[8], epochs=1, trees=20, tree_folds=2,
+                                   run_name="useless", model_name="CASPAR-useless"))
     client = mlflow.MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("caspar").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["caspar.verdict"] == "refused"

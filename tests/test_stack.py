@@ -208,6 +208,7 @@ def test_jobs_fail_fast_when_the_server_is_down(sample_dataset, name, args):
     assert seconds < 30  # of which the job's own wait is at most 5 s; the rest is Python start-up
 
 
+@pytest.mark.server
 def test_s3_down_while_logging_leaves_no_good_looking_model(sample_dataset, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 

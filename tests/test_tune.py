@@ -11,11 +11,13 @@ import time
 import types
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 from services import ray_cluster
 
 FINISHED_LINE = re.compile(r"^trial \d+/\d+ \((\w+)\):", re.MULTILINE)
-TINY = ["--n-trials", "6", "--epochs", "4", "--grace-period", "1", "--cpus-per-trial", "1", "--search", "trees=0,25"]
+TINY = ["--n-trials", "6", "--epochs", "4", "--grace-period", "1", "--cpus-per-trial", "1", "--search", "trees=0,25",
+        "--tree-recipes", "1"]
 
 
 def trial_results(study_path) -> dict[str, list[dict]]:
@@ -38,6 +40,7 @@ def trial_worker_nodes(address: str) -> dict[str, set[str]]:
     return placed
 
 
+@pytest.mark.cluster
 def test_tune_job_on_a_two_node_cluster(mlflow_url, sample_dataset, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -85,13 +88,14 @@ def run_tune(args, env, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
     storage = tmp_path / "ray_results"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     # Trials long enough (12 epochs each) that the interrupt lands while the third one runs.
     args = ["--data", sample_dataset, "--n-trials", "4", "--epochs", "12", "--grace-period", "12", "--n-jobs", "1",
-            "--search", "trees=0,25",
+            "--search", "trees=0,25", "--tree-recipes", "0",
             "--storage-path", str(storage), "--run-name", "resumable", "--experiment-name", "resume-test"]
     first = run_tune(args, env, start_new_session=True)
     printed, two_finished = [], threading.Event()
@@ -167,7 +171,7 @@ def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_pat
     killer = threading.Thread(target=kill_one_trial_worker, daemon=True)
     killer.start()
     study = tune_study(TuneConfig(data=sample_dataset, n_trials=2, n_jobs=1, epochs=30, grace_period=30, search=["trees=0,25"],
-                                  storage_path=str(storage), run_name="killed", experiment_name="kill-test",
+                                  tree_recipes=0, storage_path=str(storage), run_name="killed", experiment_name="kill-test",
                                   model_name="CASPAR-kill-test"), load_prepared(sample_dataset))
     killer.join(timeout=5)
     assert killed, "no trial worker was found to kill"
@@ -195,6 +199,7 @@ def readme_block(after_heading: str) -> list[str]:
     return [command.strip() for command in block.replace("\\\n", " ").splitlines() if command.strip()]
 
 
+@pytest.mark.cluster
 def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tmp_path):
     """A fresh local Ray head with token authentication (it refuses jobs without the token), then the README's cluster block verbatim
     (HEAD_IP and BUCKET filled in, cluster.env filled in as a user would; `ray up` is the head this
@@ -290,7 +295,7 @@ def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
     games = np.repeat([f"game{i}" for i in range(10)], 40)
     prepared = types.SimpleNamespace(splits={"train": (x[:300], y[:300]), "val": (x[300:], y[300:])},
                                      files={"train": games[:300], "val": games[300:]})
-    study = TuneConfig(epochs=6, search=["trees=20"])
+    study = TuneConfig(epochs=6, search=["trees=20"], tree_recipes=0)
     stage = fit_study_stages(study, prepared)[20]
     data = {"x_train": stage.normalizer.transform(x[:300]), "y_train": y[:300],
             "x_val": stage.normalizer.transform(x[300:]), "y_val": y[300:],
@@ -377,7 +382,7 @@ def test_a_study_starts_from_the_best_trials_of_an_earlier_one(ray_local, sample
 
     store = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    common = {"data": sample_dataset, "epochs": 1, "grace_period": 1, "n_jobs": 1, "experiment_name": "warm",
+    common = {"data": sample_dataset, "epochs": 1, "grace_period": 1, "n_jobs": 1, "experiment_name": "warm", "tree_recipes": 0,
               "model_name": "CASPAR-warm", "storage_path": str(tmp_path / "ray"), "search": ["trees=25"]}
     prepared = load_prepared(sample_dataset)
     first = tune_study(TuneConfig(**common, n_trials=2, run_name="first"), prepared)
