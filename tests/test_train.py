@@ -73,6 +73,34 @@ def test_the_same_data_options_and_seed_give_the_same_model(tracking_server, sam
     assert np.ptp(predictions[0]) > 0 and np.array_equal(*predictions)
 
 
+@pytest.mark.parametrize("network_helps", [True, False])
+def test_fit_on_all_ships_the_validated_network_on_trees_fitted_on_every_game(sample_dataset, monkeypatch, network_helps):
+    """--fit-on all: the same recipes and weights, the trees fitted on every game; the network is not
+    fitted again (its weights are those validation chose), or absent when it does not beat the trees."""
+    from caspar import evaluate
+    from caspar import train as training
+
+    prepared = load_prepared(sample_dataset)
+    hp = Hyperparameters(**{**SMALL, "epochs": 2})
+    stage = training.fit_stage(hp, prepared.splits, prepared.files, "all")
+    network, history = training.fit(hp, stage, prepared.splits)
+    history["best_epoch"] = max(1, history["best_epoch"])
+    gain = {"mean": 1.0 if network_helps else 0.0, "standard_error": 0.1, "games": 3, "beyond_noise": network_helps}
+    monkeypatch.setattr(training, "network_gain", lambda *args: gain)
+    scored, shipped = training.release(hp, prepared.splits, network, history, stage, "all")
+    assert scored.splits == ("train", "val") and shipped.splits == ("train", "val", "test")
+    x = stage.normalizer.transform(prepared.splits["test"][0])
+    scored_trees, shipped_trees = evaluate.own_trees(scored.model), evaluate.own_trees(shipped.model)
+    assert not np.allclose(np.asarray(scored_trees(x)), np.asarray(shipped_trees(x)))  # fitted on other games
+
+    def network_weights(model):
+        return [w for layer in model.layers if layer is not evaluate.own_trees(model) for w in layer.get_weights()]
+
+    assert len(network_weights(shipped.model)) == (len(network.trainer.get_weights()) if network_helps else 0)
+    for mine, validated in zip(network_weights(shipped.model), network_weights(scored.model), strict=True):
+        np.testing.assert_array_equal(mine, validated)
+
+
 def test_normalization_csv_is_the_games_transform(tracking_server, sample_dataset, tmp_path):
     import mlflow
 
