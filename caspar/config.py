@@ -26,6 +26,8 @@ ACTIVATIONS = ("relu", "gelu", "swish", "elu", "tanh", "sigmoid")
 FIT_ON = ("train", "train+val", "all")
 TREE_LEARNERS = ("sklearn", "lightgbm", "sklearn+lightgbm")
 RESERVED_ALIAS = re.compile(r"^(v\d+|latest)$", re.IGNORECASE)  # MLflow's own names for versions
+ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+MODEL_NAME = re.compile(r"^(?=.*\S)[^/:]{1,255}$")  # registry URIs (models:/NAME/VERSION) split on "/" and ":"
 
 
 def setting(default, help: str, *, choices=None, minimum=None, maximum=None, above=None, below=None,
@@ -193,8 +195,22 @@ class Tracking:
                           "network always trains on train and is chosen on validation", choices=FIT_ON)
 
     def check(self) -> None:
+        """Names are checked before any work: a name that fails only once the model is trained loses the run."""
         if self.alias is not None and RESERVED_ALIAS.match(self.alias):
             raise UserError(f"--alias {self.alias}: MLflow reserves 'latest' and v<number> for versions; choose another name")
+        if self.alias is not None and not ALIAS.match(self.alias):
+            raise UserError(f"--alias {self.alias!r}: letters, digits, '_' and '-' only, at most 255")
+        if not MODEL_NAME.match(self.model_name):
+            raise UserError(f"--model-name {self.model_name!r}: 1 to 255 characters, no '/' or ':' and not only spaces")
+        if self.run_name is not None and not 0 < len(self.run_name.strip()) <= 200:
+            raise UserError(f"--run-name {self.run_name[:40]!r}{'…' if len(self.run_name) > 40 else ''}: "
+                            "1 to 200 characters, not only spaces")
+        for option, name in (("run-name", self.run_name), ("model-name", self.model_name), ("warm-start",
+                                                                                          getattr(self, "warm_start", None))):
+            if name is not None and "'" in name and '"' in name:
+                raise UserError(f"--{option} {name!r}: a name with both ' and \" cannot be looked up in MLflow")
+        if not 0 < len(self.experiment_name.strip()) <= 200:
+            raise UserError(f"--experiment-name {self.experiment_name[:40]!r}: 1 to 200 characters, not only spaces")
 
 
 @dataclass

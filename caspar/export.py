@@ -129,13 +129,16 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
              if os.path.exists(os.path.join(folder, name))}
     sizes["SavedModel"] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs
                               if f == "saved_model.pb" or os.path.basename(d) == "variables")
-    with mlflow.start_run(run_id=source.run_id):
-        mlflow.log_artifacts(folder, artifact_path=f"export/{source.name}")
-        mlflow.set_tag("caspar.java", java.status if java.written else f"none: {java.note}")
-        mlflow.log_metrics({f"export_{k}": v for k, v in latency.items()}
-                           | {f"export_{name.replace('.', '_').lower()}_mb": size / 2**20 for name, size in sizes.items()
-                              if name != tflite_name}
-                           | {"export_tflite_mb": sizes[tflite_name] / 2**20})
+    # through the client, not start_run: reopening the run would end it FINISHED, whatever it was
+    client = mlflow.MlflowClient()
+    client.log_artifacts(source.run_id, folder, artifact_path=f"export/{source.name}")
+    client.set_tag(source.run_id, "caspar.java", java.status if java.written else f"none: {java.note}")
+    figures = ({f"export_{k}": v for k, v in latency.items()}
+               | {f"export_{name.replace('.', '_').lower()}_mb": size / 2**20 for name, size in sizes.items()
+                  if name != tflite_name}
+               | {"export_tflite_mb": sizes[tflite_name] / 2**20})
+    for key, value in figures.items():
+        client.log_metric(source.run_id, key, value)
     return Exported(source, tflite_path, folder, difference, schema["width"], sizes, latency, java)
 
 

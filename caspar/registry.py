@@ -6,6 +6,7 @@ import difflib
 import re
 from dataclasses import dataclass
 
+from caspar import tracking
 from caspar.cli import UserError
 from caspar.model import NORMALIZATION_FILE
 
@@ -48,7 +49,7 @@ def _logged_model(client, ref: str) -> Source:
         run = client.get_run(client.get_logged_model(ref[len("models:/"):]).source_run_id)
     except MlflowException:
         raise ExportError(f"no logged model {ref}") from None
-    _check_verdict(run)
+    _check_shippable(run)
     return Source(run.info.run_id, safe_name(run.info.run_name or ref[len("models:/"):]), ref)
 
 
@@ -62,6 +63,7 @@ def _registered_model(client, ref: str) -> Source:
     except MlflowException:
         raise ExportError(f"no registered model {ref}") from None
     run = client.get_run(version.run_id)
+    _check_shippable(run)
     return Source(version.run_id, safe_name(run.info.run_name or f"{name}-v{version.version}"), ref)
 
 
@@ -73,7 +75,7 @@ def _run_by_id(client, ref: str) -> Source | None:
         run = client.get_run(ref)
     except MlflowException:
         return None
-    _check_verdict(run)
+    _check_shippable(run)
     if not _has_model(client, ref):
         raise ExportError(f"run {ref} has no model (it failed or is still running)")
     return Source(ref, safe_name(run.info.run_name or ref), f"runs:/{ref}/model")
@@ -81,7 +83,7 @@ def _run_by_id(client, ref: str) -> Source | None:
 
 def _newest_run_named(client, ref: str, experiment_name: str | None) -> Source:
     experiments = [e.experiment_id for e in _experiments(client, experiment_name)]
-    runs = client.search_runs(experiments, f"attributes.run_name = '{_quoted(ref)}'", order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(experiments, f"attributes.run_name = {tracking.literal(ref)}", order_by=["attributes.start_time DESC"])
     with_model = [r for r in runs if r.info.status == "FINISHED" and _has_model(client, r.info.run_id)]
     where = f" in experiment {experiment_name}" if experiment_name else ""
     if runs and not with_model:
@@ -93,13 +95,17 @@ def _newest_run_named(client, ref: str, experiment_name: str | None) -> Source:
         hint = f"; closest names: {', '.join(close)}" if close else ""
         raise ExportError(f"no run named {ref!r}{where}{hint}")
     newest = with_model[0]
-    _check_verdict(newest)
+    _check_shippable(newest)
     note = f"{len(with_model)} runs are named {ref!r}; exporting the newest, {newest.info.run_id}" if len(with_model) > 1 else ""
     return Source(newest.info.run_id, safe_name(ref), f"runs:/{newest.info.run_id}/model", note)
 
 
-def _check_verdict(run) -> None:
-    """A run whose model does not beat the mean baseline was not registered; it is not exported either."""
+def _check_shippable(run) -> None:
+    """Only a run that finished is exported, by any reference: a FAILED, killed or running run is
+    not, nor a run whose model does not beat the mean baseline (it was not registered either)."""
+    if run.info.status != "FINISHED":
+        raise ExportError(f"run {run.info.run_id} ({run.info.run_name}) is {run.info.status}, not FINISHED: "
+                          "its model is not exported")
     if run.data.tags.get("caspar.verdict") == "refused":
         raise ExportError(f"run {run.info.run_id} ({run.info.run_name}) is not exported: "
                           f"{run.data.tags.get('caspar.verdict_reason', 'its model did not beat the mean baseline')}")
@@ -118,9 +124,6 @@ def _has_model(client, run_id: str) -> bool:
     return any(a.path == NORMALIZATION_FILE for a in client.list_artifacts(run_id))
 
 
-def _quoted(text: str) -> str:
-    return text.replace("'", "\\'")
-
-
 def safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+    """A file name for the export folder: letters, digits, '.', '_' and '-', at most 100 of them."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:100] or "model"

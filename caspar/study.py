@@ -42,7 +42,8 @@ class TrialRuns(tune.Callback):
         if trial.trial_id in self.runs:
             return
         client = self.client()
-        earlier = client.search_runs([self.experiment_id], f"tags.study = '{self.study}' and tags.trial_name = '{trial}'")
+        earlier = client.search_runs([self.experiment_id], f"tags.study = {tracking.literal(self.study)} "
+                                                           f"and tags.trial_name = {tracking.literal(trial)}")
         if earlier:
             self.runs[trial.trial_id] = earlier[0].info.run_id
             return

@@ -144,3 +144,14 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() or None
+
+
+def literal(text: str) -> str:
+    """`text` as a string in an MLflow filter, e.g. f"attributes.run_name = {literal(name)}". MLflow's
+    filter strings have no escapes: a name with a single quote is double-quoted (names with both
+    kinds are refused up front, caspar.config)."""
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    raise UserError(f"{text!r}: a name with both ' and \" cannot be looked up in MLflow")

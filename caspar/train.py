@@ -304,9 +304,13 @@ def register(model_uri: str, config: TrainConfig, metrics: dict, verdict: evalua
         return None
     version = mlflow.register_model(model_uri, config.model_name).version
     client = mlflow.MlflowClient()
-    client.update_model_version(config.model_name, version, evaluate.summary_line(metrics, config.fit_on))
-    if config.alias:
-        client.set_registered_model_alias(config.model_name, config.alias, version)
+    try:
+        client.update_model_version(config.model_name, version, evaluate.summary_line(metrics, config.fit_on))
+        if config.alias:
+            client.set_registered_model_alias(config.model_name, config.alias, version)
+    except BaseException:  # a version half registered is removed: the run fails and nothing of it ships
+        client.delete_model_version(config.model_name, version)
+        raise
     return str(version)
 
 

@@ -61,7 +61,7 @@ def earlier_trials(config: TuneConfig, experiment: str) -> tuple[list[dict], lis
 
     from caspar.config import Hyperparameters, parse_logged
 
-    runs = mlflow.MlflowClient().search_runs([experiment], f"tags.study = '{config.warm_start}'", max_results=5000)
+    runs = mlflow.MlflowClient().search_runs([experiment], f"tags.study = {tracking.literal(config.warm_start)}", max_results=5000)
     trials = [r for r in runs if "trial_name" in r.data.tags and "best_val_loss" in r.data.metrics]
     if not trials:
         raise UserError(f"--warm-start {config.warm_start}: no study of that name with finished trials in experiment "
@@ -258,7 +258,7 @@ def find_study_run(config: TuneConfig, experiment: str) -> str:
     from ray import tune
 
     path = study_path(config)
-    runs = mlflow.search_runs([experiment], f"tags.study = '{config.run_name}' and tags.`caspar.kind` = 'study'",
+    runs = mlflow.search_runs([experiment], f"tags.study = {tracking.literal(config.run_name)} and tags.`caspar.kind` = 'study'",
                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
     filesystem, folder = study_storage(config)
     if not runs or not tune.Tuner.can_restore(storage.join(folder, config.run_name), storage_filesystem=filesystem):

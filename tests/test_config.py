@@ -99,3 +99,20 @@ def test_search_changes_replace_domains_and_are_checked_like_options():
 def test_a_bad_search_change_is_one_line_before_anything_loads(tmp_path):
     result = run_job("tune", "--search", "trees=5000", "--data", str(tmp_path / "x"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--search trees=5000" in result.stderr
+
+
+@pytest.mark.parametrize("option, value, named", [
+    ("--model-name", "", "--model-name ''"), ("--model-name", "a/b", "no '/' or ':'"), ("--model-name", "   ", "only spaces"),
+    ("--alias", "champ/ion x", "letters, digits"), ("--alias", "v3", "reserves"), ("--run-name", "x" * 300, "1 to 200"),
+    ("--run-name", "it's \"quoted\"", "both ' and \""), ("--experiment-name", "", "--experiment-name ''")])
+def test_a_name_mlflow_or_the_registry_would_refuse_is_refused_before_any_work(option, value, named, tmp_path):
+    """Checked before the dataset loads (it does not exist here): a name that failed only after
+    training would lose the run, or leave a registered version behind."""
+    result = run_job("train", option, value, "--data", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and named in result.stderr, result.stderr
+
+
+def test_a_name_with_a_quote_is_looked_up_as_written():
+    from caspar import tracking
+
+    assert tracking.literal("o'brien") == '"o\'brien"' and tracking.literal("plain") == "'plain'"

@@ -415,3 +415,26 @@ def test_an_output_that_cannot_be_written_is_one_line(good):
     # /sys refuses new folders to everyone, root included: as a read-only disk or a folder without permission would
     error = one_error_line(job("prepare", "--input", str(good / "raw"), "--output", "/sys/caspar-test/prepared"), "prepare")
     assert error == "prepare: error: /sys/caspar-test: Operation not permitted"
+
+
+def test_a_run_that_did_not_finish_is_exported_by_no_reference_and_export_keeps_its_status(good, tmp_path, monkeypatch):
+    """A run marked FAILED after its model was logged and registered: no run name, run id, registry
+    URI or logged-model URI exports it, and trying leaves it FAILED (export used to reopen the run,
+    which ended it FINISHED)."""
+    import mlflow
+
+    from caspar import train as training
+
+    store = f"sqlite:///{tmp_path}/m.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    result = training.train(TrainConfig(data=str(good / "prepared"), hidden_layers=[8], epochs=1, trees=20, tree_folds=2,
+                                        run_name="n8", model_name="CASPAR-n8"))
+    client = mlflow.MlflowClient(store)
+    client.set_terminated(result.run_id, "FAILED")
+    mlflow.set_tracking_uri(None)
+    for reference in ("n8", result.run_id, f"models:/CASPAR-n8/{result.registered_version}", result.model_uri):
+        error = one_error_line(job("export", "--run", reference, "--output", str(tmp_path / "exports"),
+                                   env={"MLFLOW_TRACKING_URI": store}), "export")
+        assert "FAILED" in error or "none finished" in error, error
+    assert client.get_run(result.run_id).info.status == "FAILED"
+    assert not (tmp_path / "exports").exists()
