@@ -328,7 +328,7 @@ def test_a_read_only_tracking_store_names_the_cause(good, tmp_path):
 
     store = tmp_path / "m.db"
     mlflow.MlflowClient(f"sqlite:///{store}").create_experiment("caspar")  # a store that has the experiment
-    result = job("train", "--data", str(good / "prepared"), "--epochs", "1",
+    result = job("train", "--data", str(good / "prepared"), "--epochs", "1", "--trees", "20", "--tree-folds", "2",
                  env={"MLFLOW_TRACKING_URI": f"sqlite:///file:{store}?mode=ro&uri=true"})
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]

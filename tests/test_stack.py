@@ -161,7 +161,8 @@ def test_end_to_end_on_the_stack(stack, tmp_path, monkeypatch):
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     env = without_s3_credentials(MLFLOW_TRACKING_URI=stack["mlflow"], **SIGNED_IN)  # artefacts go through the server
     trained, _ = job("train", "--data", str(tmp_path / "prepared"), "--epochs", "2", "--hidden-layers", "16", "--trees", "50",
-                     "--experiment-name", "stack", "--run-name", "stack-model", "--model-name", "CASPAR-stack", env=env)
+                     "--tree-folds", "2", "--experiment-name", "stack", "--run-name", "stack-model",
+                     "--model-name", "CASPAR-stack", env=env)
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
     exported, _ = job("export", "--run", "stack-model", "--output", str(tmp_path / "exports"), env=env)
     assert exported.returncode == 0, exported.stderr[-2000:]
