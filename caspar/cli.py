@@ -29,6 +29,14 @@ QUIET_ENVIRONMENT = {
 }
 
 
+# Nothing phones home or writes usage state into HOME unless the user asks for it (set these to
+# "false" / "1" to share MLflow's telemetry or Ray's usage statistics). Set when a job starts, so
+# every process it spawns (Ray's workers, MLflow's) inherits them.
+PRIVATE_ENVIRONMENT = {"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
+for _name, _value in PRIVATE_ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
+
+
 class UserError(Exception):
     """A problem the user can fix (bad input, a server that does not answer); one-line message."""
 

@@ -438,3 +438,15 @@ def test_a_run_that_did_not_finish_is_exported_by_no_reference_and_export_keeps_
         assert "FAILED" in error or "none finished" in error, error
     assert client.get_run(result.run_id).info.status == "FAILED"
     assert not (tmp_path / "exports").exists()
+
+
+def test_a_job_writes_no_telemetry_or_ray_state_into_home(good, tmp_path):
+    """MLflow's telemetry and Ray's usage statistics are off unless asked for: a fresh HOME after a
+    train job holds no MLflow telemetry state and nothing of Ray's (library caches may appear)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    result = job("train", "--data", str(good / "prepared"), "--epochs", "1", "--trees", "20", "--tree-folds", "2",
+                 "--hidden-layers", "8", env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db", "HOME": str(home)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = {str(p.relative_to(home)) for p in home.rglob("*")}
+    assert not {p for p in written if p.startswith((".config/mlflow", ".ray", ".mlflow"))}, written
