@@ -208,6 +208,7 @@ def release(hp: Hyperparameters, splits: dict, network: Network, history: dict, 
     width = splits["train"][0].shape[1]
     if stage.layer is not None and history["best_epoch"] > 0:
         history["network_gain"] = network_gain(network, stage, splits["val"])
+        history["network_best_epoch"] = history["best_epoch"]  # what validation chose, shipped or not
         if not history["network_gain"]["beyond_noise"]:
             history["best_epoch"] = 0  # the network's best epoch is within the noise of the validation games
     model = network.model if history["best_epoch"] > 0 or stage.layer is None else trees_model(stage.layer, width)
@@ -264,7 +265,8 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
                                  seed=config.seed, members=members)
     verdict = evaluate.verdict(results)
     gain = history.get("network_gain") or {}
-    mlflow.log_metrics(results | {"best_epoch": history["best_epoch"]}
+    mlflow.log_metrics(results | {"best_epoch": history["best_epoch"],
+                                  "network_best_epoch": history.get("network_best_epoch", history["best_epoch"])}
                        | {f"network_gain_{k}": v for k, v in gain.items() if k in ("mean", "standard_error")})
     mlflow.set_tags({"caspar.verdict": verdict.kind, "caspar.verdict_reason": verdict.reason,
                      "caspar.fit_on": "+".join(shipped.splits)})
