@@ -9,6 +9,8 @@ import sys
 import threading
 from collections.abc import Callable
 
+from caspar.errors import UserError
+
 # Lines that TensorFlow (absl, C++), Ray and MLflow write straight to the stderr file descriptor,
 # bypassing Python's logging: on a CPU-only machine they look like errors but are not. Native error
 # lines (E....) pass, but for the one every CPU-only machine prints.
@@ -35,10 +37,6 @@ QUIET_ENVIRONMENT = {
 PRIVATE_ENVIRONMENT = {"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
 for _name, _value in PRIVATE_ENVIRONMENT.items():
     os.environ.setdefault(_name, _value)
-
-
-class UserError(Exception):
-    """A problem the user can fix (bad input, a server that does not answer); one-line message."""
 
 
 class Interrupted(Exception):

@@ -16,7 +16,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 
-from caspar.cli import UserError
+from caspar.errors import UserError
 
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("plateau", "cosine")

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from caspar.cli import UserError
+from caspar.errors import UserError
 
 # The MegaMek project's CASPAR gameplay logs (March-April 2025), CC BY-NC-SA 4.0: the archive in
 # raw_gameplay_logs/ of github.com/MegaMek/mm-caspar-trainer, pinned to a commit.

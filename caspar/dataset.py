@@ -32,9 +32,10 @@ import pyarrow.fs as pafs
 from caspar import corpus, storage
 from caspar.cli import start_ray
 from caspar.config import PrepareConfig, check
+from caspar.errors import InputError
 from caspar.features import feature_names, featurize, load_unit_points, schema
 from caspar.gamelog import read_game
-from caspar.logfiles import InputError, Inputs, found_logs
+from caspar.logfiles import Inputs, found_logs
 from caspar.prepared import ROWS_FOLDER, SPLITS
 
 FILES_PER_BLOCK = 8

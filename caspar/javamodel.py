@@ -14,7 +14,7 @@ import tempfile
 
 import numpy as np
 
-from caspar.cli import UserError
+from caspar.errors import UserError
 
 MODEL_FILE = "model.caspar"
 SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "java", "CasparModel.java")

@@ -14,17 +14,13 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from caspar import corpus, storage
-from caspar.cli import UserError
+from caspar.errors import InputError
 from caspar.gamelog import split_part
 from caspar.gamelog.split import SPLIT_PARTS
 
 LOG_SUFFIX = ".tsv"
 ZIP_LIMIT_BYTES = 4 << 30  # what a .zip input may unpack to
 ZIP_FOLDER_PREFIX = "caspar-zip-"
-
-
-class InputError(UserError):
-    """Input or output that cannot be used; the message is one line for the user."""
 
 
 @dataclass

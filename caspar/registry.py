@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from caspar import tracking
-from caspar.cli import UserError
+from caspar.errors import UserError
 from caspar.model import NORMALIZATION_FILE
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from caspar.cli import UserError
+from caspar.errors import UserError
 
 
 class StorageError(UserError):

@@ -13,8 +13,8 @@ from mlflow.entities import Metric, Param, RunTag
 from ray import tune
 
 from caspar import cpu, evaluate, tracking
-from caspar.cli import UserError
 from caspar.config import TuneConfig
+from caspar.errors import UserError
 from caspar.trial import EPOCH_METRICS, PER_EPOCH, PHASES, STEP_METRICS
 
 # What ASHA ranks trials by at its milestones, what TPE minimises and what chooses the best checkpoint:

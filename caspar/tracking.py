@@ -12,7 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from caspar.cli import UserError, in_ray_job
+from caspar.cli import in_ray_job
+from caspar.errors import UserError
 
 PROJECT = Path(__file__).resolve().parents[1]
 HEALTH_TIMEOUT_S = 10  # a server that accepts the connection but does not answer (a refused one fails at once)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from caspar import evaluate, tracking
-from caspar.cli import UserError
 from caspar.config import Hyperparameters, TrainConfig, check
+from caspar.errors import UserError
 from caspar.export import TEST_INPUTS_FILE, write_test_inputs
 from caspar.model import NORMALIZATION_FILE, Network, Normalizer, build_network, make_optimizer, predict_trees, trees_model
 from caspar.prepared import Prepared, load_prepared

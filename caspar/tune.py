@@ -16,9 +16,10 @@ import time
 import warnings
 
 from caspar import evaluate, storage, tracking
-from caspar.cli import UserError, in_ray_job, start_ray
+from caspar.cli import in_ray_job, start_ray
 from caspar.config import TrainConfig, TuneConfig, check, hyperparameters, search_space
 from caspar.cpu import CpuMeter
+from caspar.errors import UserError
 from caspar.prepared import Prepared
 from caspar.study import (
     METRIC,

@@ -12,8 +12,8 @@ import pytest
 from conftest import ROOT
 
 from caspar import dataset, prepared
-from caspar.cli import UserError
 from caspar.config import PrepareConfig
+from caspar.errors import UserError
 from caspar.features import feature_bounds, featurize, load_unit_points, schema
 from caspar.gamelog import read_log
 from caspar.samples import write_samples

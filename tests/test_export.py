@@ -8,8 +8,8 @@ import pytest
 from conftest import ROOT
 
 from caspar import export
-from caspar.cli import UserError
 from caspar.config import TrainConfig
+from caspar.errors import UserError
 from caspar.registry import ExportError
 from caspar.train import train
 

@@ -12,11 +12,10 @@ import pytest
 from conftest import ROOT
 
 from caspar import dataset, prepared
-from caspar.cli import UserError
 from caspar.config import TrainConfig
+from caspar.errors import InputError, UserError
 from caspar.features import featurize, load_unit_points
 from caspar.gamelog import read_log
-from caspar.logfiles import InputError
 from caspar.samples import write_samples
 
 
