@@ -18,7 +18,6 @@ earlier one stays) and the job fails.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -28,14 +27,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from caspar import javamodel, storage, tracking
-from caspar.model import NORMALIZATION_FILE, Normalizer
+from caspar.artifacts import NORMALIZATION_FILE, TEST_INPUTS_FILE, read_test_inputs
+from caspar.model import Normalizer
 from caspar.registry import ExportError, Source, find_model
 
 TOLERANCE = 1e-5
 LATENCY_CALLS = 300  # at batch 1; the median is reported
 LATENCY_BUDGET_MS = 0.5  # TFLite, batch 1, one thread: the game calls the model once per candidate path
 SIZE_BUDGET_MB = 20.0
-TEST_INPUTS_FILE = "test_inputs.csv"
 @dataclass
 class JavaModel:
     """The plain-Java model of an export: model.caspar and CasparModel.java, run by the JDK."""
@@ -216,11 +215,6 @@ def _to_tflite(saved_model: str) -> bytes:
     return tf.lite.TFLiteConverter.from_saved_model(saved_model).convert()
 
 
-def read_test_inputs(path: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    return rows[:, :-1], rows[:, -1]
-
-
 def verify(keras_model, saved_model: str, tflite_path: str, width: int) -> float:
     """Feed the test rows, normalised as the game does, through the Keras model and every written
     model, and compare each with the outputs training recorded for those rows (the last column of
@@ -251,15 +245,6 @@ def verify(keras_model, saved_model: str, tflite_path: str, width: int) -> float
         raise ExportError(f"verification failed: {worst} differs from the outputs training recorded in {TEST_INPUTS_FILE} "
                           f"by {differences[worst]:.2e} (limit {TOLERANCE:g})")
     return differences[worst]
-
-
-def write_test_inputs(path: str, raw_features: np.ndarray, expected: np.ndarray) -> None:
-    """Test rows as the game would see them before normalising, and the model's output."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow([f"f{i}" for i in range(raw_features.shape[1])] + ["expected"])
-        for features, output in zip(raw_features.tolist(), expected.tolist()):
-            writer.writerow([repr(v) for v in features] + [repr(output)])
 
 
 def _write_readme(path: str, name: str, schema: dict) -> None:

@@ -11,7 +11,6 @@ import numpy as np
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-NORMALIZATION_FILE = "min_max_feature_normalization.csv"
 
 
 @dataclass

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 
 from caspar import tracking
+from caspar.artifacts import has_model
 from caspar.errors import UserError
-from caspar.model import NORMALIZATION_FILE
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 LOGGED_MODEL = re.compile(r"^models:/m-[0-9a-f]+$")
@@ -76,7 +76,7 @@ def _run_by_id(client, ref: str) -> Source | None:
     except MlflowException:
         return None
     _check_shippable(run)
-    if not _has_model(client, ref):
+    if not has_model(client, ref):
         raise ExportError(f"run {ref} has no model (it failed or is still running)")
     return Source(ref, safe_name(run.info.run_name or ref), f"runs:/{ref}/model")
 
@@ -84,7 +84,7 @@ def _run_by_id(client, ref: str) -> Source | None:
 def _newest_run_named(client, ref: str, experiment_name: str | None) -> Source:
     experiments = [e.experiment_id for e in _experiments(client, experiment_name)]
     runs = client.search_runs(experiments, f"attributes.run_name = {tracking.literal(ref)}", order_by=["attributes.start_time DESC"])
-    with_model = [r for r in runs if r.info.status == "FINISHED" and _has_model(client, r.info.run_id)]
+    with_model = [r for r in runs if r.info.status == "FINISHED" and has_model(client, r.info.run_id)]
     where = f" in experiment {experiment_name}" if experiment_name else ""
     if runs and not with_model:
         raise ExportError(f"{len(runs)} runs are named {ref!r}{where} but none finished with a model "
@@ -118,10 +118,6 @@ def _experiments(client, name: str | None):
     if experiment is None:
         raise ExportError(f"no experiment named {name!r}")
     return [experiment]
-
-
-def _has_model(client, run_id: str) -> bool:
-    return any(a.path == NORMALIZATION_FILE for a in client.list_artifacts(run_id))
 
 
 def safe_name(name: str) -> str:

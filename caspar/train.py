@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from caspar import evaluate, tracking
+from caspar.artifacts import MANIFEST_FILE, NORMALIZATION_FILE, SCHEMA_FILE, TEST_INPUTS_FILE, write_test_inputs
 from caspar.config import Hyperparameters, TrainConfig, check
 from caspar.errors import UserError
-from caspar.export import TEST_INPUTS_FILE, write_test_inputs
-from caspar.model import NORMALIZATION_FILE, Network, Normalizer, build_network, make_optimizer, predict_trees, trees_model
+from caspar.model import Network, Normalizer, build_network, make_optimizer, predict_trees, trees_model
 from caspar.prepared import Prepared, load_prepared
 from caspar.trees import CrossFitted, cross_fit, recipes
 
@@ -276,13 +276,15 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
                                            seed=config.seed)
     n_test = shipped.normalizer.transform(x_test)
     shipped_predictions = evaluate.predict(shipped.model, n_test)
-    with tempfile.TemporaryDirectory() as folder:
+    signature = infer_signature(n_test[:5], shipped_predictions[:5].reshape(-1, 1).astype(np.float32))
+    info = mlflow.keras.log_model(shipped.model, name="model", signature=signature, pip_requirements=_requirements())
+    with tempfile.TemporaryDirectory() as folder:  # after the model: these files say the run has one (caspar.artifacts)
         def path(name):
             return os.path.join(folder, name)
         shipped.normalizer.write_csv(path(NORMALIZATION_FILE))
-        with open(path("schema.json"), "w") as handle:
+        with open(path(SCHEMA_FILE), "w") as handle:
             json.dump(prepared.schema, handle, indent=1)
-        with open(path("manifest.json"), "w") as handle:
+        with open(path(MANIFEST_FILE), "w") as handle:
             json.dump(prepared.manifest, handle, indent=1)
         write_test_inputs(path(TEST_INPUTS_FILE), x_test[:TEST_ROWS_KEPT], shipped_predictions[:TEST_ROWS_KEPT])
         with open(path("feature_group_importance.json"), "w") as handle:
@@ -292,8 +294,6 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
                                   path("predicted_vs_actual.png"))
         evaluate.plot_importance(importance, path("feature_group_importance.png"))
         mlflow.log_artifacts(folder)
-    signature = infer_signature(n_test[:5], shipped_predictions[:5].reshape(-1, 1).astype(np.float32))
-    info = mlflow.keras.log_model(shipped.model, name="model", signature=signature, pip_requirements=_requirements())
     return results, info.model_uri, verdict
 
 

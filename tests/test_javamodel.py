@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from caspar import javamodel
+from caspar.artifacts import write_test_inputs
 from caspar.config import Hyperparameters
-from caspar.export import TOLERANCE, JavaModel, write_java, write_test_inputs
+from caspar.export import TOLERANCE, JavaModel, write_java
 from caspar.model import Normalizer, build_mlp, fit_trees
 
 WIDTH = 12

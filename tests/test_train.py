@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+from caspar.artifacts import NORMALIZATION_FILE
 from caspar.config import OPTIMIZERS, Hyperparameters, TrainConfig
-from caspar.model import NORMALIZATION_FILE, Normalizer
+from caspar.model import Normalizer
 from caspar.prepared import load_prepared
 from caspar.train import train
 
