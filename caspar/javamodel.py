@@ -18,7 +18,7 @@ from caspar.errors import UserError
 
 MODEL_FILE = "model.caspar"
 SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "java", "CasparModel.java")
-FORMAT = 2  # 2: the piecewise encoding's inputs may have different numbers of bins
+FORMAT = 3  # 2: the piecewise encoding's inputs may have different numbers of bins; 3: the trees alone may ship
 
 
 class UnsupportedModel(UserError):

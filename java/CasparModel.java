@@ -33,12 +33,13 @@ import java.util.Map;
  * <p>{@code model.caspar}: text lines up to a line {@code data}, then every array in the order its
  * {@code array} line names it, little-endian, float32 ({@code f32}) or int32 ({@code i32}):
  * <pre>
- *   caspar-model 2
+ *   caspar-model 3                    (2 is read too: a format-2 model always has a network)
  *   feature_set HASH
  *   inputs N
  *   layer TYPE PARAMETERS...          (in the order the network applies them)
  *   array NAME f32|i32 COUNT          (the arrays of the layer above)
- *   output clip|sigmoid               (trees + network clipped to [0, 1], or a sigmoid unit)
+ *   output clip|sigmoid               (trees + network clipped to [0, 1], the network 0 when the
+ *                                      model has no layer but the trees; or a sigmoid unit)
  *   data
  * </pre>
  * Layers: {@code periodic F K D}, {@code piecewise F BINS} (the bins of all F inputs, input after
@@ -51,7 +52,10 @@ import java.util.Map;
 public final class CasparModel {
     public static final String MODEL_FILE = "model.caspar";
     public static final String NORMALIZATION_FILE = "min_max_feature_normalization.csv";
-    private static final int FORMAT = 2;  // a format-1 model comes with the CasparModel.java of its export
+    // 2: a network, with or without trees; 3: also the trees alone (no layer but the trees). A format-1
+    // model comes with the CasparModel.java of its export.
+    private static final int FORMAT = 3;
+    private static final int OLDEST_FORMAT = 2;
 
     private final String featureSet;
     private final int inputWidth;
@@ -134,9 +138,11 @@ public final class CasparModel {
             header.add(line.trim().split(" +"));
         }
         String[] first = header.get(0);
-        if (!first[0].equals("caspar-model") || Integer.parseInt(first[1]) != FORMAT) {
-            throw new IOException(file + ": not a caspar-model " + FORMAT + " file (" + String.join(" ", first)
-                    + "): use the CasparModel.java exported with it");
+        int format = first.length == 2 && first[0].equals("caspar-model") && first[1].matches("[0-9]{1,3}")
+                ? Integer.parseInt(first[1]) : -1;
+        if (format < OLDEST_FORMAT || format > FORMAT) {
+            throw new IOException(file + ": not a caspar-model file of format " + OLDEST_FORMAT + " to " + FORMAT + " ("
+                    + String.join(" ", first) + "): use the CasparModel.java exported with it");
         }
         String featureSet = null;
         int inputWidth = -1;

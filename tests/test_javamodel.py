@@ -160,3 +160,20 @@ def test_the_readme_shell_check_runs_as_written(rows, tmp_path, classes):
     assert result.returncode == 0, result.stderr
     recorded = np.loadtxt(tmp_path / "test_inputs.csv", delimiter=",", skiprows=1)[:, -1]
     np.testing.assert_allclose(np.array(result.stdout.split(), float), recorded, atol=TOLERANCE)
+
+
+def test_every_format_the_exporter_wrote_is_read_or_refused_by_name(classes, rows, tmp_path):
+    """Format 3 (today's) and 2 (a network always present) are read alike; 1 and an unknown one
+    are refused in one message naming the formats this CasparModel.java reads."""
+    model, normalizer = trained_model(rows, FAMILIES["trees, TabM-mini, piecewise-linear"], "relu")
+    java_difference(model, normalizer, rows[0], tmp_path, classes)
+    path = tmp_path / javamodel.MODEL_FILE
+    written = path.read_bytes()
+    assert written.startswith(b"caspar-model 3\n")
+    today = javamodel.predict(str(tmp_path), str(tmp_path / "test_inputs.csv"), classes)
+    path.write_bytes(written.replace(b"caspar-model 3\n", b"caspar-model 2\n", 1))
+    np.testing.assert_array_equal(javamodel.predict(str(tmp_path), str(tmp_path / "test_inputs.csv"), classes), today)
+    for other in (b"caspar-model 1\n", b"caspar-model 4\n", b"caspar-model x\n"):
+        path.write_bytes(written.replace(b"caspar-model 3\n", other, 1))
+        with pytest.raises(Exception, match="not a caspar-model file of format 2 to 3"):
+            javamodel.predict(str(tmp_path), str(tmp_path / "test_inputs.csv"), classes)
