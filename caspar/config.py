@@ -231,6 +231,7 @@ class TuneConfig(Tracking):
     storage_path: str | None = setting(None, "study storage (folder or s3://; shared storage with several nodes); "
                                              "default ./ray_results")
     resume: bool = setting(False, "continue the interrupted study of this --run-name")
+    replace: bool = setting(False, "start the study of --run-name anew, removing the one stored under that name")
     register_partial: bool = setting(False, "when the study is interrupted (Ctrl-C), still score and register its best "
                                             "trial (by default an interrupted study registers nothing)")
     seed: int = setting(42, "seed of the search and of every trial's training")
@@ -253,6 +254,11 @@ class TuneConfig(Tracking):
     def check(self) -> None:
         super().check()
         search_space(self.search)  # every change is valid
+        if self.replace and self.resume:
+            raise UserError("--replace and --resume: choose one")
+        if "/" in self.run_name or "\\" in self.run_name or self.run_name.strip(".") == "":
+            raise UserError(f"--run-name {self.run_name!r}: a study's name is its folder in --storage-path: "
+                            "no '/' or '\\', not '.' or '..'")
 
     def trial_hyperparameters(self) -> Hyperparameters:
         """What every trial starts from before the search space overrides its sampled fields:

@@ -111,6 +111,23 @@ def check_cpus(config: TuneConfig) -> None:
                         f"CPUs (the largest has {largest:g})")
 
 
+def check_new_study(config: TuneConfig) -> None:
+    """A new study does not write into an earlier study's folder (it would replace its state), unless
+    --replace says to remove that study first."""
+    import pyarrow.fs as pafs
+
+    filesystem, folder = study_storage(config)
+    filesystem = filesystem or pafs.LocalFileSystem()
+    path = storage.join(folder, config.run_name)
+    if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+        return
+    if config.replace:
+        filesystem.delete_dir(path)
+    else:
+        raise UserError(f"--run-name {config.run_name}: a study of that name is stored in {study_path(config)}; "
+                        "continue it with --resume, start it anew with --replace, or choose another --run-name")
+
+
 def check_storage(config: TuneConfig) -> None:
     """A study on several nodes needs storage that every node reaches: refuse to guess one."""
     import ray
@@ -132,6 +149,8 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     uri = tracking.configure()
     experiment = tracking.experiment_id(config.experiment_name)
     previous_run = find_study_run(config, experiment) if config.resume else None
+    if not config.resume:
+        check_new_study(config)
     start_ray(log_to_driver=verbose)
     check_storage(config)
     check_cpus(config)

@@ -116,3 +116,23 @@ def test_a_name_with_a_quote_is_looked_up_as_written():
     from caspar import tracking
 
     assert tracking.literal("o'brien") == '"o\'brien"' and tracking.literal("plain") == "'plain'"
+
+
+def test_a_study_stays_inside_its_storage_and_does_not_replace_another_unasked(tmp_path):
+    from caspar.tune import check_new_study
+
+    for name in ("../../esc", "a/b", "..", "a\\b"):
+        with pytest.raises(config.UserError, match="a study's name is its folder"):
+            config.check(config.TuneConfig(run_name=name))
+    with pytest.raises(config.UserError, match="choose one"):
+        config.check(config.TuneConfig(replace=True, resume=True))
+    stored = tmp_path / "ray" / "model-v1"
+    stored.mkdir(parents=True)
+    (stored / "tuner.pkl").write_bytes(b"state")
+    study = config.TuneConfig(run_name="model-v1", storage_path=str(tmp_path / "ray"))
+    with pytest.raises(config.UserError, match="a study of that name is stored in .*--resume.*--replace"):
+        check_new_study(study)
+    assert (stored / "tuner.pkl").exists()
+    check_new_study(config.TuneConfig(run_name="model-v2", storage_path=str(tmp_path / "ray")))  # a new name
+    check_new_study(config.TuneConfig(run_name="model-v1", storage_path=str(tmp_path / "ray"), replace=True))
+    assert not stored.exists()
