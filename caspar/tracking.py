@@ -38,12 +38,39 @@ def configure() -> str:
     if uri.startswith("sqlite:///"):
         create_sqlite_store(uri)
     elif uri.startswith(("http://", "https://")):
+        uri = credentials_out_of(uri)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         check_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def credentials_out_of(uri: str) -> str:
+    """http://USER:PASSWORD@HOST/… as the URI without them, the credentials moved to
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (unless those are set): MLflow sends them
+    from there, and the URI can then be printed and logged without a secret."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
+    os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password or ""))
+    bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    os.environ["MLFLOW_TRACKING_URI"] = bare
+    return bare
+
+
+def shown(uri: str) -> str:
+    """A URI as it may be printed: any credentials in it masked."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def create_sqlite_store(uri: str) -> None:
@@ -136,7 +163,7 @@ def experiment_id(name: str) -> str:
 def ui_hint(uri: str) -> str:
     if uri.startswith("sqlite:"):
         return f"open the MLflow UI: mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"
-    return f"runs are in {uri}"
+    return f"runs are in {shown(uri)}"
 
 
 def git_commit() -> str | None:

@@ -136,3 +136,24 @@ def test_a_study_stays_inside_its_storage_and_does_not_replace_another_unasked(t
     check_new_study(config.TuneConfig(run_name="model-v2", storage_path=str(tmp_path / "ray")))  # a new name
     check_new_study(config.TuneConfig(run_name="model-v1", storage_path=str(tmp_path / "ray"), replace=True))
     assert not stored.exists()
+
+
+def test_credentials_in_a_tracking_uri_are_moved_out_of_it_and_never_shown(monkeypatch):
+    from caspar import tracking
+
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    bare = tracking.credentials_out_of("http://ann:s%40cret@127.0.0.1:5005/")
+    assert bare == "http://127.0.0.1:5005/" and os.environ["MLFLOW_TRACKING_URI"] == bare
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("ann", "s@cret")
+    assert tracking.shown("https://ann:SECRET@mlflow.example:443/x") == "https://***@mlflow.example:443/x"
+    assert "SECRET" not in tracking.ui_hint("http://ann:SECRET@h:1")
+
+
+def test_a_job_never_prints_the_password_of_its_tracking_uri(sample_dataset):
+    from services import free_port
+
+    port = free_port()
+    result = run_job("train", "--data", sample_dataset, env={"MLFLOW_TRACKING_URI": f"http://ann:SECRET@127.0.0.1:{port}"})
+    assert result.returncode == 2 and f"MLflow server http://127.0.0.1:{port} does not answer" in result.stderr
+    assert "SECRET" not in result.stdout + result.stderr
