@@ -104,6 +104,11 @@ def test_no_credentials_outside_env_files():
     text = (ROOT / "compose.yaml").read_text()
     for variable in ("MINIO_ROOT_PASSWORD", "POSTGRES_PASSWORD", "MINIO_ROOT_USER"):
         assert f"${{{variable}" in text  # only ever interpolated from .env
+    for name, service in COMPOSE["services"].items():  # ps and docker inspect show command lines
+        command = service.get("command", [])
+        command = command if isinstance(command, list) else [command]
+        assert not any(secret in str(part) for part in command
+                       for secret in ("PASSWORD", "SECRET", "TOKEN")), (name, command)
 
 
 @contextmanager
