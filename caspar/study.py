@@ -43,7 +43,7 @@ class TrialRuns(tune.Callback):
             return
         client = self.client()
         earlier = client.search_runs([self.experiment_id], f"tags.study = {tracking.literal(self.study)} "
-                                                           f"and tags.trial_name = {tracking.literal(trial)}")
+                                                           f"and tags.trial_name = {tracking.literal(str(trial))}")
         if earlier:
             self.runs[trial.trial_id] = earlier[0].info.run_id
             return

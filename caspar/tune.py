@@ -297,6 +297,16 @@ def check_same_study(config: TuneConfig, logged: dict[str, str]) -> None:
                             "resume with the study's value or start a new --run-name")
 
 
+def keep_secrets_out_of_trials() -> None:
+    """Ray Tune copies the driver's AWS_* credentials into every trial's runtime environment, which
+    Ray writes into its logs (runtime_env_agent.log). The trials need none: they reach S3 storage
+    through the filesystem the study hands them (caspar.storage, credentials inside), and log
+    through the driver. So the study tells Tune to copy no AWS credentials."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = {name for name in class_cache.ENV_VARS_TO_PROPAGATE if not name.startswith("AWS_")}
+
+
 def build_tuner(config: TuneConfig, data: dict, tracking_uri: str, parent, verbose: bool, earlier=([], [])):
     """The Tuner of a new study, or of the stored one with --resume. `parent`: the study run's info;
     `earlier`: trials of an earlier study to seed the search with."""
@@ -305,6 +315,7 @@ def build_tuner(config: TuneConfig, data: dict, tracking_uri: str, parent, verbo
 
     from caspar.trial import Trial, milestones
 
+    keep_secrets_out_of_trials()
     trainable = tune.with_resources(
         tune.with_parameters(Trial, data=data, cpus_per_trial=config.cpus_per_trial, milestones=milestones(config),
                              report_seconds=config.report_seconds), {"cpu": config.cpus_per_trial})

@@ -385,7 +385,12 @@ def test_a_study_starts_from_the_best_trials_of_an_earlier_one(ray_local, sample
     common = {"data": sample_dataset, "epochs": 1, "grace_period": 1, "n_jobs": 1, "experiment_name": "warm", "tree_recipes": 0,
               "model_name": "CASPAR-warm", "storage_path": str(tmp_path / "ray"), "search": ["trees=25"]}
     prepared = load_prepared(sample_dataset)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-secret-7f3a")  # must reach no trial and no log
     first = tune_study(TuneConfig(**common, n_trials=2, run_name="first"), prepared)
+    for path in glob.glob(os.path.join(ray_local.test_temp_dir, "**", "*"), recursive=True):
+        if os.path.isfile(path):
+            with open(path, "rb") as handle:
+                assert b"planted-secret-7f3a" not in handle.read(), path
     # Where the machine's CPU went adds up to the wall time x its CPUs within 5%, and what the
     # processes were measured to spend does not exceed what the machine counted busy
     parts = first.cpu_parts
