@@ -158,7 +158,13 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     with mlflow.start_run(run_id=previous_run, experiment_id=experiment, run_name=f"{config.run_name}-study",
                           tags={"study": config.run_name, "caspar.kind": "study"}) as parent:
         with CpuMeter() as meter:  # the trees, the search and the driver's work
-            stages = fit_study_stages(config, prepared)
+            # A resumed study cross-fits exactly the recipes its first session fitted (its trials
+            # learnt against those trees), whatever time is left now.
+            fitted_before = (int(parent.data.metrics["tree_recipes_fitted"])
+                             if previous_run and "tree_recipes_fitted" in parent.data.metrics else None)
+            stages = fit_study_stages(config, prepared, fitted_before)
+            recipes_fitted = max((len(s.crossed.recipes) for s in stages.values() if s.crossed), default=0)
+            mlflow.log_metric("tree_recipes_fitted", recipes_fitted)
             normalizer = next(iter(stages.values())).normalizer  # the same for every tree count
             data = {"x_train": normalizer.transform(prepared.splits["train"][0]), "y_train": prepared.splits["train"][1],
                     "x_val": normalizer.transform(prepared.splits["val"][0]), "y_val": prepared.splits["val"][1],
@@ -247,7 +253,7 @@ def fit_noting_interrupt(tuner):
     return results, interrupted
 
 
-def fit_study_stages(config: TuneConfig, prepared: Prepared) -> dict:
+def fit_study_stages(config: TuneConfig, prepared: Prepared, fitted_before: int | None = None) -> dict:
     """The normalisation and the trees of every tree count a trial may use (0: none), cross-fitted
     once here (caspar.train.fit_stage), with their out-of-fold predictions on the train and
     validation rows: {count: Stage}. The trees are searched here, not in the trials: the default
@@ -260,10 +266,14 @@ def fit_study_stages(config: TuneConfig, prepared: Prepared) -> dict:
     counts = search_space(config.search).get("trees", ("choice", [fixed.trees]))[1]
     say = functools.partial(print, flush=True)
     deadline = time.perf_counter() + TREE_SEARCH_SHARE * config.time_budget if config.time_budget else None
+    if fitted_before is not None:  # --resume: the recipes of the first session, no deadline
+        deadline = None
     stages = {}
     for n in sorted(set(counts) | {0}):
         hp = dataclasses.replace(fixed, trees=n)
         searched = sampled_recipes(config.tree_recipes, config.seed, recipes(hp)) if n else []
+        if fitted_before is not None:
+            searched = searched[:max(0, fitted_before - len(recipes(hp)))]
         stages[n] = fit_stage(hp, prepared.splits, prepared.files, config.fit_on, say, searched, deadline)
     return stages
 
