@@ -67,14 +67,14 @@ class Hyperparameters:
     """What a model is trained with: logged as MLflow parameters by train runs, tune trials and
     tuned best runs alike. A field with a `search` domain is sampled by the tune search space
     (seeded TPE); the study fixes the others."""
-    hidden_layers: list[int] = setting([128, 128], "units per hidden layer", minimum=1,
+    hidden_layers: list[int] = setting([128, 128], "units per hidden layer", minimum=1, maximum=4096,
                                        search=("choice", [[128], [256], [128, 128], [256, 256], [354, 354], [512, 512],
                                                           [256, 256, 256], [354, 354, 354, 354]]))
     dropout_rate: float = setting(0.3, "dropout after each hidden layer", minimum=0, below=1, search=("uniform", 0.0, 0.4))
     learning_rate: float = setting(1e-3, "initial learning rate", above=0, maximum=10, search=("loguniform", 1e-4, 1e-2))
-    batch_size: int = setting(128, "samples per gradient step", minimum=1, search=("choice", [32, 64, 128, 256]))
-    epochs: int = setting(200, "at most; early stopping ends sooner", minimum=1)
-    patience: int = setting(25, "epochs without a better validation loss before stopping", minimum=1)
+    batch_size: int = setting(128, "samples per gradient step", minimum=1, maximum=65536, search=("choice", [32, 64, 128, 256]))
+    epochs: int = setting(200, "at most; early stopping ends sooner", minimum=1, maximum=100000)
+    patience: int = setting(25, "epochs without a better validation loss before stopping", minimum=1, maximum=100000)
     activation: str = setting("relu", "activation of the hidden layers", choices=ACTIVATIONS,
                               search=("choice", ["relu", "gelu", "swish", "sigmoid"]))
     optimizer: str = setting("adam", "adam (with --weight-decay: AdamW's decoupled decay); sgd: SGD with Nesterov "

@@ -157,3 +157,9 @@ def test_a_job_never_prints_the_password_of_its_tracking_uri(sample_dataset):
     result = run_job("train", "--data", sample_dataset, env={"MLFLOW_TRACKING_URI": f"http://ann:SECRET@127.0.0.1:{port}"})
     assert result.returncode == 2 and f"MLflow server http://127.0.0.1:{port} does not answer" in result.stderr
     assert "SECRET" not in result.stdout + result.stderr
+
+
+def test_absurd_sizes_are_refused_before_anything_loads(tmp_path):
+    for option, value in (("--hidden-layers", "100000000"), ("--batch-size", "10000000"), ("--epochs", "1000000000")):
+        result = run_job("train", option, value, "--data", str(tmp_path / "nothing"))
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and f"{option} {value}: must be in" in result.stderr
