@@ -151,6 +151,8 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     previous_run = find_study_run(config, experiment) if config.resume else None
     if not config.resume:
         check_new_study(config)
+    # before Ray starts and the trees are fitted: a --warm-start naming nothing is one line at once
+    earlier = earlier_trials(config, experiment) if config.warm_start and previous_run is None else ([], [])
     start_ray(log_to_driver=verbose)
     check_storage(config)
     check_cpus(config)
@@ -171,7 +173,6 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
                     "trees": {count: {"arrays": dict(stage.layer.arrays),  # not Keras's TrackedDict
                                       "train": stage.train_trees, "val": stage.val_trees}
                               for count, stage in stages.items() if count}}
-            earlier = earlier_trials(config, experiment) if config.warm_start and previous_run is None else ([], [])
             if previous_run is None:
                 mlflow.log_dict({k: list(v) for k, v in search_space(config.search).items()}, "search_space.json")
                 mlflow.log_params(study_parameters(config))

@@ -339,6 +339,11 @@ def test_resume_without_a_study_is_one_line(good, tmp_path):
                                "--storage-path", str(tmp_path / "ray"),
                                env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}), "tune")
     assert "--resume: no study named 'never-ran'" in error
+    error = one_error_line(job("tune", "--data", str(good / "prepared"), "--warm-start", "it's gone", "--run-name", "new",
+                               "--storage-path", str(tmp_path / "ray"),
+                               env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}), "tune")
+    assert "--warm-start it's gone: no study of that name" in error  # before Ray or any tree: nothing stored
+    assert not (tmp_path / "ray").exists()
 
 
 def test_resume_refuses_a_changed_study_option_and_the_study_logs_every_option():
