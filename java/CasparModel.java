@@ -1,3 +1,14 @@
+/*
+ * CasparModel: the CASPAR move-scoring model of caspar-trainer, in plain Java.
+ * Copyright (C) 2026 the caspar-trainer authors
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ *
+ * This program is free software: you can redistribute it and/or modify it under the terms of the
+ * GNU General Public License as published by the Free Software Foundation, either version 3 of the
+ * License, or (at your option) any later version. It is distributed in the hope that it will be
+ * useful, but WITHOUT ANY WARRANTY; without even the implied warranty of MERCHANTABILITY or FITNESS
+ * FOR A PARTICULAR PURPOSE. See the GNU General Public License (the file LICENSE) for more details.
+ */
 import java.io.BufferedReader;
 import java.io.DataInputStream;
 import java.io.IOException;
