@@ -202,17 +202,21 @@ class Study:
     path: str
     cpu_parts: dict  # CPU seconds of this machine over the study, per part (caspar.cpu)
     mean_startup_seconds: float  # trial function entered -> first epoch
+    tree_seconds: float = 0.0  # the tree search, before the trials
+    search_seconds: float = 0.0  # the trials (Ray Tune's search)
 
     def lines(self) -> list[str]:
         config = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.best_config.items())
         return [
-            f"{self.trials} trials in {self.seconds:.0f} s: {self.stopped_early} stopped early by ASHA, "
-            f"{self.unfinished} unfinished (time budget or interrupt), {self.errored} failed",
+            f"{self.trials} trials in {self.search_seconds:.0f} s of search: {self.stopped_early} stopped early by ASHA, "
+            f"{self.unfinished} unfinished (time budget or interrupt), {self.errored} failed; the trees "
+            f"{self.tree_seconds:.0f} s before it; {self.seconds:.0f} s in all",
             cpu.line(self.cpu_parts),
-            f"trial start-up {self.mean_startup_seconds:.1f} s, {3600 * self.trials / max(self.seconds, 1):.0f} trials per hour",
+            f"trial start-up {self.mean_startup_seconds:.1f} s, "
+            f"{3600 * self.trials / max(self.search_seconds, 1):.0f} trials per hour of search",
             f"best: {config}",
             *self.outcome_lines(),
-            f"study stored in {self.path} (resume with --resume)",
+            f"study stored in {self.path}" + (" (continue it with --resume)" if self.interrupted else ""),
             tracking.ui_hint(self.tracking_uri),
         ]
 

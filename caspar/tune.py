@@ -164,7 +164,9 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
             # learnt against those trees), whatever time is left now.
             fitted_before = (int(parent.data.metrics["tree_recipes_fitted"])
                              if previous_run and "tree_recipes_fitted" in parent.data.metrics else None)
+            trees_started = time.perf_counter()
             stages = fit_study_stages(config, prepared, fitted_before)
+            tree_seconds = time.perf_counter() - trees_started
             recipes_fitted = max((len(s.crossed.recipes) for s in stages.values() if s.crossed), default=0)
             mlflow.log_metric("tree_recipes_fitted", recipes_fitted)
             normalizer = next(iter(stages.values())).normalizer  # the same for every tree count
@@ -186,6 +188,7 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
             tuner = build_tuner(searching, data, uri, parent.info, verbose, earlier)
             search_started = time.time()
             results, interrupted = fit_noting_interrupt(tuner)
+            search_seconds = time.time() - search_started
         best, checkpoint, checkpoint_metrics = best_checkpoint(results)
         summary = summarise(results, config, search_started)
         cpu_parts = meter.breakdown(summary.pop("trial_phases"), summary.pop("worker_pids"))
@@ -195,7 +198,8 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     counts = {"trials": len(results), "stopped_early": summary["stopped_early"], "unfinished": summary["unfinished"],
               "errored": len(results.errors), "tracking_uri": uri, "path": study_path(config), "cpu_parts": cpu_parts,
               "mean_startup_seconds": summary["mean_trial_startup_seconds"], "fit_on": config.fit_on,
-              "best_val_loss": summary["best_val_loss"], "best_config": {k: best.config[k] for k in search_space(config.search)}}
+              "best_val_loss": summary["best_val_loss"], "tree_seconds": tree_seconds, "search_seconds": search_seconds,
+              "best_config": {k: best.config[k] for k in search_space(config.search)}}
     if interrupted and not config.register_partial:
         return Study(**counts, metrics={}, run_id=None, registered_version=None, verdict=evaluate.Verdict(""),
                      seconds=time.perf_counter() - started, interrupted=True)
