@@ -33,11 +33,11 @@ def test_parsed_values_reach_the_configuration():
 
 
 @pytest.mark.parametrize("job, args, named", [
-    ("train", ["--epochs", "0"], "--epochs 0: must be in [1, inf)"),
+    ("train", ["--epochs", "0"], "--epochs 0: must be in [1, 100000]"),
     ("train", ["--learning-rate", "-1"], "--learning-rate -1.0: must be in (0, 10]"),
     ("train", ["--dropout-rate", "1.5"], "--dropout-rate 1.5: must be in [0, 1)"),
-    ("train", ["--batch-size", "0"], "--batch-size 0: must be in [1, inf)"),
-    ("train", ["--hidden-layers", "64", "0"], "--hidden-layers 64 0: must be in [1, inf)"),
+    ("train", ["--batch-size", "0"], "--batch-size 0: must be in [1, 65536]"),
+    ("train", ["--hidden-layers", "64", "0"], "--hidden-layers 64 0: must be in [1, 4096]"),
     ("train", ["--encoding-bins", "-3"], "--encoding-bins -3: must be in [0, 256]"),
     ("train", ["--learning-rate", "nan"], "--learning-rate nan: must be a finite number"),
     ("tune", ["--n-trials", "0"], "--n-trials 0: must be in [1, inf)"),
