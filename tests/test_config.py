@@ -142,7 +142,8 @@ def test_credentials_in_a_tracking_uri_are_moved_out_of_it_and_never_shown(monke
     from caspar import tracking
 
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so that what the call sets is undone after the test
+        monkeypatch.delenv(name)
     bare = tracking.credentials_out_of("http://ann:s%40cret@127.0.0.1:5005/")
     assert bare == "http://127.0.0.1:5005/" and os.environ["MLFLOW_TRACKING_URI"] == bare
     assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("ann", "s@cret")
