@@ -122,6 +122,7 @@ def best_history(result, checkpoint_metrics: dict) -> dict:
     frame = frame[frame["epoch"] <= checkpoint_metrics["epoch"]]
     history = {k: [v for values in frame[k + PER_EPOCH] for v in values] for k in EPOCH_METRICS if k + PER_EPOCH in frame}
     history["best_epoch"] = int(checkpoint_metrics["best_epoch"])
+    history["best_val_loss"] = float(checkpoint_metrics["best_val_loss"])
     return history
 
 

@@ -144,11 +144,12 @@ def fit(hp: Hyperparameters, stage: Stage, splits: dict, callbacks=()) -> tuple[
     network = compiled_network(hp, x_train, stage.layer)
     train, val = tf_datasets(network.inputs(x_train, stage.train_trees), y_train, network.inputs(x_val, stage.val_trees),
                              y_val, hp.batch_size, hp.seed)
-    best = BestEpoch(validation_loss(network.trainer, val), patience=hp.patience)
+    untrained = validation_loss(network.trainer, val)  # the trees alone, or an untrained network without trees
+    best = BestEpoch(untrained, patience=hp.patience)
     history = network.trainer.fit(train, validation_data=val, epochs=hp.epochs, verbose=0, shuffle=False,
                                   callbacks=[*schedule_callbacks(hp), best, keras.callbacks.TerminateOnNaN(),
                                              *callbacks]).history
-    return network, {**history, "best_epoch": best.best_epoch}
+    return network, {**history, "best_epoch": best.best_epoch, "best_val_loss": best.best, "untrained_val_loss": untrained}
 
 
 def check_trained(history: dict) -> None:
@@ -211,6 +212,10 @@ def release(hp: Hyperparameters, splits: dict, network: Network, history: dict, 
         history["network_best_epoch"] = history["best_epoch"]  # what validation chose, shipped or not
         if not history["network_gain"]["beyond_noise"]:
             history["best_epoch"] = 0  # the network's best epoch is within the noise of the validation games
+            if "untrained_val_loss" in history:  # the loss of what ships: the trees alone
+                history["best_val_loss"] = history["untrained_val_loss"]
+            else:
+                history.pop("best_val_loss", None)
     model = network.model if history["best_epoch"] > 0 or stage.layer is None else trees_model(stage.layer, width)
     scored = Fitted(model, stage.normalizer, stage.splits)
     if fit_on != "all" or stage.crossed is None:
@@ -268,7 +273,10 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
     mlflow.log_metrics(results | {"best_epoch": history["best_epoch"],
                                   "network_best_epoch": history.get("network_best_epoch", history["best_epoch"])}
                        | {f"network_gain_{k}": v for k, v in gain.items() if k in ("mean", "standard_error")})
+    if "best_val_loss" in history:  # the headline figure: the validation loss of what ships, not of the last epoch
+        mlflow.log_metric("best_val_loss", history["best_val_loss"])
     mlflow.set_tags({"caspar.verdict": verdict.kind, "caspar.verdict_reason": verdict.reason,
+                     "mlflow.note.content": evaluate.summary_line(results, config.fit_on),  # the run's description
                      "caspar.fit_on": "+".join(shipped.splits)})
     groups = [(f["name"], f["width"]) for f in prepared.schema["features"]]
     # on the test games: the trees were fitted on the validation games (it chooses nothing; it explains)

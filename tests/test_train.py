@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+from caspar import evaluate
 from caspar.artifacts import NORMALIZATION_FILE
 from caspar.config import OPTIMIZERS, Hyperparameters, TrainConfig
 from caspar.model import Normalizer
@@ -47,6 +48,13 @@ def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
                 "baseline_gbdt_test_mse", "baseline_mean_test_mae", "baseline_trees_test_r2", "best_epoch"):
         assert key in run.data.metrics
     assert run.data.metrics["test_r2"] == pytest.approx(result.metrics["test_r2"])
+    # the UI's headline: the run's description is its summary line; the validation loss of what ships
+    assert run.data.tags["mlflow.note.content"] == evaluate.summary_line(result.metrics, "train+val")
+    val_losses = [m.value for m in client.get_metric_history(result.run_id, "val_loss")]
+    best_epoch = int(run.data.metrics["best_epoch"])
+    assert run.data.metrics["best_val_loss"] <= min(val_losses) + 1e-7 or best_epoch == 0
+    if best_epoch:
+        assert run.data.metrics["best_val_loss"] == pytest.approx(val_losses[best_epoch - 1])
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {NORMALIZATION_FILE, "schema.json", "manifest.json", "learning_curve.png", "predicted_vs_actual.png",
             "feature_group_importance.png"} <= artifacts
