@@ -122,8 +122,9 @@ def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=N
     if not hp.trees:
         return Stage(normalizer, names)
     groups = np.concatenate([files[n] for n in names])
-    crossed = cross_fit([*recipes(hp), *searched], normalizer.transform(x), y, groups, hp.tree_folds, hp.seed, say,
-                        deadline, required=len(recipes(hp)))
+    defaults = recipes(hp)
+    crossed = cross_fit([*defaults, *searched], normalizer.transform(x), y, groups, hp.tree_folds, hp.seed, say,
+                        deadline, required=len(defaults))
     layer = crossed.layer()
     n_train = len(splits["train"][1])
     val_trees = (crossed.prediction[n_train:] if "val" in names

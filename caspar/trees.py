@@ -154,7 +154,6 @@ class CrossFitted:
     weights: np.ndarray  # per recipe, sum 1 (ensemble selection on the out-of-fold predictions)
     out_of_fold: np.ndarray  # [rows, recipes]: each row predicted by the recipe fitted without its game
     models: list  # per recipe with a weight above 0, fitted on every row; None where the weight is 0
-    seconds: float
 
     @property
     def prediction(self) -> np.ndarray:
@@ -172,7 +171,7 @@ class CrossFitted:
     def refitted(self, x: np.ndarray, y: np.ndarray) -> CrossFitted:
         """The same recipes and weights, the models fitted on other rows (e.g. every game)."""
         models = [fit(recipe, x, y) if weight > 0 else None for recipe, weight in zip(self.recipes, self.weights)]
-        return CrossFitted(self.recipes, self.weights, np.zeros((0, len(self.recipes))), models, self.seconds)
+        return CrossFitted(self.recipes, self.weights, np.zeros((0, len(self.recipes))), models)
 
     def members(self) -> dict[str, object]:
         """{recipe name: its model fitted on every row}, for the recipes with a weight."""
@@ -225,4 +224,4 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
     if say:
         shares = ", ".join(f"{r.name} {w:.2f}" for r, w in zip(recipe_list, weights) if w > 0)
         say(f"trees: weights {shares}; fitted on all {len(y)} rows ({time.perf_counter() - started:.0f} s)")
-    return CrossFitted(recipe_list, weights, out_of_fold, models, time.perf_counter() - started)
+    return CrossFitted(recipe_list, weights, out_of_fold, models)
