@@ -3,7 +3,7 @@
 Writes, for a run named NAME, one folder (replaced as a whole, in one step):
 
     NAME/                              what goes into MegaMek's data/ai/brains/NAME/
-        model.caspar, CasparModel.java  the model in plain Java (java/CasparModel.java documents the format)
+        model.caspar, java/caspar/     the model and features in plain Java (CasparModel.java documents the format)
         saved_model.pb, variables/     TensorFlow SavedModel, signature `serving_default`
         NAME.tflite                    TFLite (LiteRT) flat buffer, float32 input [batch, F]
         min_max_feature_normalization.csv
@@ -31,13 +31,14 @@ from caspar.artifacts import NORMALIZATION_FILE, TEST_INPUTS_FILE, read_test_inp
 from caspar.model import Normalizer
 from caspar.registry import ExportError, Source, find_model
 
+JAVA_FOLDER = "java"  # the Java package in an export: java/caspar/*.java
 TOLERANCE = 1e-5
 LATENCY_CALLS = 300  # at batch 1; the median is reported
 LATENCY_BUDGET_MS = 0.5  # TFLite, batch 1, one thread: the game calls the model once per candidate path
 SIZE_BUDGET_MB = 20.0
 @dataclass
 class JavaModel:
-    """The plain-Java model of an export: model.caspar and CasparModel.java, run by the JDK."""
+    """The plain-Java model of an export: model.caspar and the Java package (java/caspar/), run by the JDK."""
     written: bool
     verified: bool
     difference: float | None = None
@@ -50,7 +51,7 @@ class JavaModel:
     def line(self, latency: dict[str, float]) -> str:
         if not self.verified:
             return f"Java model: {self.note}"
-        return (f"Java model ({javamodel.MODEL_FILE}, CasparModel.java): verified in Java, max |difference| "
+        return (f"Java model ({javamodel.MODEL_FILE}, {JAVA_FOLDER}/{javamodel.PACKAGE}/): verified in Java, max |difference| "
                 f"{self.difference:.2e}; {latency['java_batch1_ms']:.3f} ms at batch 1, "
                 f"{latency['java_batch256_ms']:.2f} ms per batch of 256 (one thread, median)")
 
@@ -144,11 +145,12 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
 def export_names(name: str) -> set[str]:
     """What an export folder holds (an older export without the owner marker is recognised by it)."""
     return {"saved_model.pb", "variables", "assets", "fingerprint.pb", f"{name}.tflite", NORMALIZATION_FILE,
-            TEST_INPUTS_FILE, "schema.json", "README.md", javamodel.MODEL_FILE, "CasparModel.java"}
+            TEST_INPUTS_FILE, "schema.json", "README.md", javamodel.MODEL_FILE, JAVA_FOLDER,
+            "CasparModel.java"}  # (where exports before the Java package kept the Java model)
 
 
 def write_java(keras_model, staging: str, feature_set: str, classes: str | None) -> JavaModel:
-    """model.caspar and CasparModel.java beside the other formats, and the Java model run by the JDK
+    """model.caspar and the Java package beside the other formats, and the Java model run by the JDK
     on test_inputs.csv: an output more than TOLERANCE from what training recorded fails the export.
     A model the Java format cannot express gets no Java files (one line says why); without a JDK
     the files are written, unverified."""
@@ -156,7 +158,7 @@ def write_java(keras_model, staging: str, feature_set: str, classes: str | None)
         javamodel.write(keras_model, os.path.join(staging, javamodel.MODEL_FILE), feature_set)
     except javamodel.UnsupportedModel as error:
         return JavaModel(False, False, note=f"not written: {error}")
-    shutil.copy(javamodel.SOURCE, staging)
+    shutil.copytree(os.path.join(javamodel.SOURCES, javamodel.PACKAGE), os.path.join(staging, JAVA_FOLDER, javamodel.PACKAGE))
     if classes is None:
         return JavaModel(True, False, note="written, not verified: no JDK (javac and java) on this machine")
     _, recorded = read_test_inputs(os.path.join(staging, TEST_INPUTS_FILE))
@@ -253,15 +255,19 @@ def _write_readme(path: str, name: str, schema: dict) -> None:
 
 Copy this folder into your MegaMek install as `data/ai/brains/{name}/`.
 
-* `model.caspar`, `CasparModel.java`: the model in plain Java (JDK 17, no dependency):
-  `CasparModel.load(Path.of("data/ai/brains/{name}")).predict(rawFeatures)`; from a shell,
-  `java CasparModel.java . < test_inputs.csv` prints one prediction per row.
+* `model.caspar`, `java/caspar/`: the model and the features in plain Java (JDK 17, no dependency;
+  package `caspar`: `CasparModel`, `CasparFeatures`, and `CasparTool`, the command line):
+  `CasparModel.load(Path.of("data/ai/brains/{name}")).predict(CasparFeatures.compute(...))` takes the
+  **raw** feature values and normalises them itself. From a shell, in this folder:
+  `javac -d classes java/caspar/*.java && java -cp classes caspar.CasparTool predict . < test_inputs.csv`
+  prints one prediction per row.
 
 * `{name}.tflite`: the same model for TensorFlow Lite (LiteRT).
 * `saved_model.pb`, `variables/`: TensorFlow SavedModel, signature `serving_default`, float32 input
   `[batch, {schema['width']}]`, output `[batch, 1]` (the predicted reward of a move, 0 to 1).
-* `min_max_feature_normalization.csv`: MegaMek scales every input as
-  `clamp((x - min) / (max - min), 0, 1)` with these numbers before calling the model.
+* `min_max_feature_normalization.csv`: each feature's range in the training rows. The Java model
+  applies it itself; the SavedModel and the TFLite file take inputs already scaled as
+  `clamp((x - min) / (max - min), 0, 1)`, and 0 where `max = min` (a feature constant in training).
 * `schema.json`: feature set `{schema['version']}`. The game's feature code must produce the
   {schema['width']} features in exactly this order.
 * `test_inputs.csv`: raw feature rows and the output the model must give for each.

@@ -1,5 +1,5 @@
-"""The model for MegaMek's Java: `model.caspar` (the format `java/CasparModel.java` reads and
-documents), its Java source beside it, and running that Java to check it.
+"""The model for MegaMek's Java: `model.caspar` (the format `java/src/caspar/CasparModel.java`
+reads and documents), the Java package beside it, and running that Java to check it.
 
 Every layer `caspar.model.build_mlp` can build has a Java counterpart; anything else is refused
 in one line (UnsupportedModel), and the export's other formats still go out.
@@ -17,7 +17,13 @@ import numpy as np
 from caspar.errors import UserError
 
 MODEL_FILE = "model.caspar"
-SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "java", "CasparModel.java")
+SOURCES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "java", "src")
+PACKAGE = "caspar"  # the Java package: CasparModel, CasparFeatures, CasparTool (the command line)
+
+
+def source_files() -> list[str]:
+    folder = os.path.join(SOURCES, PACKAGE)
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".java"))
 FORMAT = 3  # 2: the piecewise encoding's inputs may have different numbers of bins; 3: the trees alone may ship
 
 
@@ -150,37 +156,38 @@ def java_available() -> bool:
 
 
 def compiled(classes: str) -> None:
-    """Compiles CasparModel.java into `classes` (javac --release 17); a UserError with javac's first line."""
-    result = subprocess.run(["javac", "--release", "17", "-Xlint:all", "-Werror", "-d", classes, SOURCE],
+    """Compiles the Java package into `classes` (javac --release 17); a UserError with javac's first line."""
+    result = subprocess.run(["javac", "--release", "17", "-Xlint:all", "-Werror", "-d", classes, *source_files()],
                             capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
-        raise UserError(f"javac failed on {SOURCE}: {(result.stderr.strip().splitlines() or ['?'])[0]}")
+        raise UserError(f"javac failed on {SOURCES}: {(result.stderr.strip().splitlines() or ['?'])[0]}")
 
 
 def predict(folder: str, rows_csv: str, classes: str) -> np.ndarray:
     """The Java model's predictions for a CSV of raw feature rows (test_inputs.csv: its last column,
     the expected output, is ignored by the Java model, which reads only the model's inputs)."""
     with open(rows_csv, "rb") as rows:
-        result = subprocess.run(["java", "-cp", classes, "CasparModel", folder], stdin=rows, capture_output=True,
-                                timeout=300)
+        result = subprocess.run(["java", "-cp", classes, f"{PACKAGE}.CasparTool", "predict", folder], stdin=rows,
+                                capture_output=True, timeout=300)
     if result.returncode != 0:
         raise UserError(f"the Java model failed: {(result.stderr.decode().strip().splitlines() or ['?'])[-1]}")
     return np.array([float(line) for line in result.stdout.decode().split()], np.float64)
 
 
-def latency(folder: str, classes: str) -> dict[str, float]:
-    """Median milliseconds per call on one thread, at batch 1 and per batch of 256."""
-    result = subprocess.run(["java", "-XX:ActiveProcessorCount=1", "-cp", classes, "CasparModel", folder, "--benchmark"],
-                            capture_output=True, text=True, timeout=600)
+def latency(folder: str, classes: str, decisions: str | None = None) -> dict[str, float]:
+    """Median milliseconds per call on one thread, at batch 1 and per batch of 256; with a decisions
+    file (caspar.javafeatures), also the features alone and the features and the model together."""
+    result = subprocess.run(["java", "-XX:ActiveProcessorCount=1", "-cp", classes, f"{PACKAGE}.CasparTool", "benchmark",
+                             folder, *([decisions] if decisions else [])], capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         raise UserError(f"the Java benchmark failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
-    figures = dict(line.split() for line in result.stdout.splitlines() if line.startswith("batch"))
+    figures = dict(line.split() for line in result.stdout.splitlines() if line.endswith(tuple("0123456789")))
     return {f"java_{name}": float(value) for name, value in figures.items()}
 
 
 @contextlib.contextmanager
 def classes():
-    """A temporary folder with CasparModel compiled into it, or None where there is no JDK."""
+    """A temporary folder with the Java package compiled into it, or None where there is no JDK."""
     if not java_available():
         yield None
         return

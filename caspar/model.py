@@ -15,22 +15,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 @dataclass
 class Normalizer:
-    """Per-feature min-max scaling exactly as the game applies it:
-    value = clamp((x - min) / (max - min), 0, 1), with max = min + 1 for a constant feature."""
+    """Per-feature min-max scaling, the one contract the Java model, the exports and training share:
+    value = clamp((x - min) / (max - min), 0, 1) over the range of the rows it was fitted on, and 0
+    where max = min. A feature constant in those rows is 0 whatever its value, so a value the model
+    never saw vary (a newer logger's column, a game-side difference) cannot move a prediction."""
     minimum: np.ndarray
     maximum: np.ndarray
 
     @classmethod
     def fit(cls, features: np.ndarray) -> Normalizer:
-        low = features.min(axis=0).astype(np.float32)
-        high = features.max(axis=0).astype(np.float32)
-        return cls(low, np.where(high > low, high, low + 1).astype(np.float32))
+        return cls(features.min(axis=0).astype(np.float32), features.max(axis=0).astype(np.float32))
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """In float64, as the game does, then float32 for the network."""
+        """In float64, as the Java model does, then float32 for the network."""
         low, high = self.minimum.astype(np.float64), self.maximum.astype(np.float64)
-        scaled = (features.astype(np.float64) - low) / (high - low)
-        return np.clip(scaled, 0.0, 1.0).astype(np.float32)
+        varies = high > low
+        scaled = (features.astype(np.float64) - low) / np.where(varies, high - low, 1.0)
+        return np.where(varies, np.clip(scaled, 0.0, 1.0), 0.0).astype(np.float32)
 
     def write_csv(self, path: str) -> None:
         """The file the game reads: header `feature,min,max`, then `index,min,max` per feature."""

@@ -195,9 +195,9 @@ def test_every_model_family_exports_and_reports_its_latency(family, mlflow_url, 
     assert any(line.startswith("latency, one thread, median: TFLite") for line in result.lines())
     # the plain-Java model: written, run by the JDK on test_inputs.csv, timed
     assert result.java.verified and result.java.difference <= export.TOLERANCE
-    assert (tmp_path / name / "model.caspar").is_file() and (tmp_path / name / "CasparModel.java").is_file()
+    assert (tmp_path / name / "model.caspar").is_file() and (tmp_path / name / "java" / "caspar" / "CasparModel.java").is_file()
     assert 0 < result.latency["java_batch1_ms"] < result.latency["java_batch256_ms"]
-    assert any(line.startswith("Java model (model.caspar, CasparModel.java): verified in Java") for line in result.lines())
+    assert any(line.startswith("Java model (model.caspar, java/caspar/): verified in Java") for line in result.lines())
     logged = MlflowClient().get_run(trained.run_id).data.metrics
     assert logged["export_tflite_batch1_ms"] == pytest.approx(result.latency["tflite_batch1_ms"])
     assert logged["export_java_batch1_ms"] == pytest.approx(result.latency["java_batch1_ms"])

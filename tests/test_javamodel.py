@@ -1,5 +1,8 @@
-"""The plain-Java model (java/CasparModel.java): compiled by the JDK, run on every family the search
-space can build, compared with Keras within the export's tolerance."""
+"""The plain-Java model (java/src/caspar/CasparModel.java): compiled by the JDK, run on every family
+the search space can build, compared with Keras within the export's tolerance; damaged files refused
+at load in one message."""
+import re
+
 import numpy as np
 import pytest
 
@@ -16,7 +19,7 @@ needs_jdk = pytest.mark.skipif(not javamodel.java_available(), reason="no JDK (j
 
 @pytest.fixture(scope="module")
 def classes(tmp_path_factory):
-    """CasparModel compiled with javac --release 17 -Xlint:all -Werror (a warning fails it)."""
+    """The Java package compiled with javac --release 17 -Xlint:all -Werror (a warning fails it)."""
     if not javamodel.java_available():
         pytest.skip("no JDK (javac, java)")
     folder = tmp_path_factory.mktemp("classes")
@@ -29,7 +32,7 @@ def rows():
     """Raw rows with thresholds a tree and an encoding can find, and their rewards."""
     rng = np.random.default_rng(0)
     raw = (rng.random((300, WIDTH)) * 10).astype(np.float32)
-    raw[:, 5] = 3.0  # a constant feature (max = min + 1 in the normalisation)
+    raw[:, 5] = 3.0  # a constant feature (max = min in the normalisation: always 0)
     raw[:, 6] = rng.integers(0, 2, 300)  # binary and three-valued: fewer encoding bins than the others
     raw[:, 7] = rng.integers(0, 3, 300) * 2.5
     reward = (0.04 * raw[:, 0] + 0.3 * (raw[:, 3] > 5)).astype(np.float32)
@@ -131,7 +134,7 @@ def test_without_a_jdk_the_java_files_are_written_and_marked_unverified(rows, tm
     model, normalizer = trained_model(rows, {"trees": 25}, "relu")
     result = write_java(model, str(tmp_path), "v1-test", classes=None)
     assert result.written and not result.verified and "no JDK" in result.note
-    assert (tmp_path / javamodel.MODEL_FILE).exists() and (tmp_path / "CasparModel.java").exists()
+    assert (tmp_path / javamodel.MODEL_FILE).exists() and (tmp_path / "java" / "caspar" / "CasparModel.java").exists()
 
 
 @needs_jdk
@@ -145,18 +148,20 @@ def test_the_java_model_refuses_a_file_it_does_not_know(rows, tmp_path, classes)
 
 
 @needs_jdk
-def test_the_readme_shell_check_runs_as_written(rows, tmp_path, classes):
-    """`java CasparModel.java FOLDER < FOLDER/test_inputs.csv` (source-file mode, as the README says)
-    prints the outputs test_inputs.csv records."""
-    import shutil
+def test_the_export_readme_shell_check_runs_as_written(rows, tmp_path, classes):
+    """The export README's check, in an export folder: compile java/caspar/, run CasparTool predict on
+    test_inputs.csv; it prints the outputs test_inputs.csv records."""
+    import re
     import subprocess
+
+    from caspar.export import _write_readme
 
     model, normalizer = trained_model(rows, {"trees": 25, "encoding_bins": 8, "ensemble_size": 4}, "relu")
     java_difference(model, normalizer, rows[0], tmp_path, classes)
-    shutil.copy(javamodel.SOURCE, tmp_path)
-    with open(tmp_path / "test_inputs.csv", "rb") as rows_csv:
-        result = subprocess.run(["java", "CasparModel.java", "."], cwd=tmp_path, stdin=rows_csv, capture_output=True,
-                                text=True, timeout=120)
+    write_java(model, str(tmp_path), "v1-test", classes=None)
+    _write_readme(str(tmp_path / "README.md"), "m", {"width": WIDTH, "version": "v1-test"})
+    command = re.search(r"`(javac [^`]+ < test_inputs.csv)`", (tmp_path / "README.md").read_text()).group(1)
+    result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     recorded = np.loadtxt(tmp_path / "test_inputs.csv", delimiter=",", skiprows=1)[:, -1]
     np.testing.assert_allclose(np.array(result.stdout.split(), float), recorded, atol=TOLERANCE)
@@ -177,3 +182,153 @@ def test_every_format_the_exporter_wrote_is_read_or_refused_by_name(classes, row
         path.write_bytes(written.replace(b"caspar-model 3\n", other, 1))
         with pytest.raises(Exception, match="not a caspar-model file of format 2 to 3"):
             javamodel.predict(str(tmp_path), str(tmp_path / "test_inputs.csv"), classes)
+
+
+# --- Damaged, truncated or hostile files: refused at load, in one line ----------------------------------
+
+def read_caspar(path) -> tuple[list[str], list[tuple[str, np.ndarray]]]:
+    """A model.caspar as its header lines and its arrays, to damage and write back."""
+    data = path.read_bytes()
+    head, body = data.split(b"\ndata\n", 1)
+    lines, arrays, offset = head.decode().split("\n"), [], 0
+    for line in lines:
+        if line.startswith("array "):
+            _, name, kind, count = line.split()
+            dtype = "<i4" if kind == "i32" else "<f4"
+            arrays.append((name, np.frombuffer(body, dtype, int(count), offset).copy()))
+            offset += 4 * int(count)
+    return lines, arrays
+
+
+def write_caspar(path, lines, arrays, tail=b"") -> None:
+    path.write_bytes(("\n".join(lines) + "\ndata\n").encode() + b"".join(a.tobytes() for _, a in arrays) + tail)
+
+
+def damaged_copies(lines, arrays) -> dict[str, tuple]:
+    """name -> (header lines, arrays, trailing bytes, words the refusal must contain)."""
+    kernel = next(i for i, (name, _) in enumerate(arrays) if name == "kernel")  # the first kernel
+    kernel_line = [i for i, line in enumerate(lines) if line.startswith("array ")][kernel]
+
+    def changed(index, change):
+        copies = [(name, array.copy()) for name, array in arrays]
+        change(copies[index][1])
+        return copies
+
+    def loop(left):
+        split = np.flatnonzero(left >= 0)[0]
+        left[split] = split  # a split whose left child is itself: a walk would never end
+
+    left = next(i for i, (name, _) in enumerate(arrays) if name == "left")
+    short_lines = list(lines)
+    short_lines[kernel_line] = re.sub(r"\d+$", lambda m: str(int(m.group()) - 1), lines[kernel_line])
+    short_arrays = [(name, array[:-1] if i == kernel else array) for i, (name, array) in enumerate(arrays)]
+    return {
+        "a tree node that is its own child": (lines, changed(left, loop), b"", "neither a leaf"),
+        "a count of 2**30 values": ([re.sub(r"^array bias f32 \d+", "array bias f32 1073741824", line) for line in lines],
+                                    arrays, b"", "the file holds"),
+        "an array one value short": (short_lines, short_arrays, b"", "values, expected"),
+        "a NaN weight": (lines, changed(kernel, lambda a: a.__setitem__(0, np.nan)), b"", "is NaN"),
+        "no feature_set": ([line for line in lines if not line.startswith("feature_set")], arrays, b"", "lacks feature_set"),
+        "trailing bytes": (lines, arrays, b"garbage", "bytes after the last array"),
+        "an array before any layer": ([*lines[:3], "array extra f32 0", *lines[3:]], arrays, b"", "before any layer"),
+        "an unknown output": ([re.sub(r"^output .*", "output softmax", line) for line in lines], arrays, b"",
+                              "unknown output"),
+    }
+
+
+@needs_jdk
+def test_a_damaged_model_file_is_refused_at_load_in_one_line(rows, tmp_path, classes):
+    import subprocess
+
+    model, normalizer = trained_model(rows, FAMILIES["trees, TabM-mini, piecewise-linear"], "relu")
+    java_difference(model, normalizer, rows[0], tmp_path, classes)
+    path = tmp_path / javamodel.MODEL_FILE
+    lines, arrays = read_caspar(path)
+    written = path.read_bytes()
+    cases = damaged_copies(lines, arrays) | {
+        "an empty header": None, "binary garbage": None, "half the file": None}
+    for case, damage in cases.items():
+        if case == "an empty header":
+            path.write_bytes(b"data\n")
+            words = "no header"
+        elif case == "binary garbage":
+            path.write_bytes(np.random.default_rng(0).bytes(5000))
+            words = "not a header line"
+        elif case == "half the file":
+            path.write_bytes(written[:len(written) // 2])
+            words = "truncated"
+        else:
+            damaged_lines, damaged_arrays, tail, words = damage
+            write_caspar(path, damaged_lines, damaged_arrays, tail)
+        with open(tmp_path / "test_inputs.csv", "rb") as rows_csv:
+            result = subprocess.run(["java", "-Xmx256m", "-cp", classes, "caspar.CasparTool", "predict", str(tmp_path)],
+                                    stdin=rows_csv, capture_output=True, text=True, timeout=60)
+        message = result.stderr.strip()
+        assert result.returncode == 2 and result.stdout == "", case
+        assert len(message.splitlines()) == 1 and str(path) in message and words in message, (case, message)
+        assert "Exception" not in message and "\tat " not in result.stderr, (case, message)
+    path.write_bytes(written)
+    assert len(javamodel.predict(str(tmp_path), str(tmp_path / "test_inputs.csv"), classes)) == len(rows[0])
+
+
+@needs_jdk
+def test_a_damaged_normalisation_file_is_refused_at_load_in_one_line(rows, tmp_path, classes):
+    model, normalizer = trained_model(rows, {}, "relu")
+    java_difference(model, normalizer, rows[0], tmp_path, classes)
+    csv_path = tmp_path / "min_max_feature_normalization.csv"
+    lines = csv_path.read_text().splitlines()
+    for damaged, words in (([lines[0], "0,x,1", *lines[2:]], "line 2"), (lines[:-1], "features, the model"),
+                           ([lines[0], "0,2,1", *lines[2:]], "max at least min"), ([], "line 1")):
+        csv_path.write_text("\n".join(damaged) + "\n")
+        with pytest.raises(javamodel.UserError, match=words):
+            javamodel.predict(str(tmp_path), str(tmp_path / "test_inputs.csv"), classes)
+
+
+@needs_jdk
+def test_the_command_line_reads_every_row_and_names_a_bad_one(rows, tmp_path, classes):
+    """A first row holding NaN is a row, not a header; inf is a number; a row separated by ';' or an
+    empty cell is refused in one line naming its line."""
+    import subprocess
+
+    model, normalizer = trained_model(rows, {"trees": 25}, "relu")
+    java_difference(model, normalizer, rows[0], tmp_path, classes)
+
+    def run(text: str):
+        return subprocess.run(["java", "-cp", classes, "caspar.CasparTool", "predict", str(tmp_path)], input=text,
+                              capture_output=True, text=True, timeout=60)
+
+    values = [",".join(["nan"] + ["1.5"] * (WIDTH - 1)), ",".join(["inf"] + ["2"] * (WIDTH - 1)),
+              ",".join(["-inf"] + ["0"] * (WIDTH - 1))]
+    result = run("\n".join(values) + "\n")
+    assert result.returncode == 0 and len(result.stdout.split()) == 3, result.stderr
+    for bad, words in ((";".join(["1"] * WIDTH), "line 2: 1 comma-separated values"),
+                       (",".join([""] + ["1"] * (WIDTH - 1)), "line 2 value 1: '' is not a number")):
+        result = run(values[1] + "\n" + bad + "\n")
+        message = result.stderr.strip()
+        assert result.returncode == 2 and message.startswith(f"CasparTool: {words}") and "\n" not in message, message
+
+
+# --- The era guard: what never varied in training cannot move a prediction --------------------------------
+
+@needs_jdk
+def test_a_feature_constant_in_training_cannot_move_the_prediction(rows, tmp_path, classes):
+    """Feature 5 is constant in the training rows: any other value gives the same output in Keras
+    (through the normalisation) and in Java, and the Java tool reports the values it had not seen."""
+    import subprocess
+
+    raw, _ = rows
+    model, normalizer = trained_model(rows, FAMILIES["trees, TabM-mini, piecewise-linear"], "relu")
+    assert normalizer.minimum[5] == normalizer.maximum[5]
+    java_difference(model, normalizer, raw, tmp_path, classes)
+    before = model.predict(normalizer.transform(raw), verbose=0).reshape(-1)
+    moved = raw.copy()
+    moved[:, 5] = np.linspace(-100, 100, len(raw))
+    after = model.predict(normalizer.transform(moved), verbose=0).reshape(-1)
+    np.testing.assert_array_equal(after, before)
+    write_test_inputs(str(tmp_path / "moved.csv"), moved, after)
+    np.testing.assert_array_equal(javamodel.predict(str(tmp_path), str(tmp_path / "moved.csv"), classes),
+                                  javamodel.predict(str(tmp_path), str(tmp_path / "test_inputs.csv"), classes))
+    with open(tmp_path / "moved.csv", "rb") as moved_csv:
+        result = subprocess.run(["java", "-cp", classes, "caspar.CasparTool", "predict", str(tmp_path)], stdin=moved_csv,
+                                capture_output=True, text=True, timeout=60)
+    assert f"{len(raw)} values of feature 5" in result.stderr

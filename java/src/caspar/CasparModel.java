@@ -9,10 +9,10 @@
  * useful, but WITHOUT ANY WARRANTY; without even the implied warranty of MERCHANTABILITY or FITNESS
  * FOR A PARTICULAR PURPOSE. See the GNU General Public License (the file LICENSE) for more details.
  */
-import java.io.BufferedReader;
+package caspar;
+
 import java.io.DataInputStream;
 import java.io.IOException;
-import java.io.InputStreamReader;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
@@ -23,23 +23,24 @@ import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.atomic.AtomicLongArray;
 
 /**
  * A CASPAR model exported by caspar-trainer, computed in plain Java (no dependency beyond the JDK).
  *
- * <p>Load it from an export folder and score candidate paths with their raw feature values; the
- * model applies the game's min-max normalisation itself:
+ * <p>Load it from an export folder and score candidate paths with their <b>raw</b> feature values (as
+ * {@link CasparFeatures#compute} gives them); the model normalises them itself, so the caller never does:
  *
  * <pre>
- *   CasparModel model = CasparModel.load(Path.of("data/ai/brains/model-v1"));
- *   if (!model.featureSet().equals(EXPECTED_FEATURE_SET)) { ... }   // the game's feature code must match
- *   float reward = model.predict(rawFeatures);                          // one candidate path
+ *   CasparModel model = CasparModel.load(Path.of("data/ai/brains/model-v1"));   // IOException: one message
+ *   if (!model.featureSet().equals(CasparFeatures.FEATURE_SET)) { ... }          // features and model must match
+ *   float reward = model.predict(CasparFeatures.compute(action, mover, units, width, height));
  * </pre>
  *
  * <p>The folder holds {@code model.caspar} (the layers and their weights, format below) and
- * {@code min_max_feature_normalization.csv} (lines {@code index,min,max}); each input becomes
- * clamp((x - min) / (max - min), 0, 1). From a shell, {@code java CasparModel.java FOLDER < rows.csv}
- * prints one prediction per line for rows of comma-separated raw feature values.
+ * {@code min_max_feature_normalization.csv} (lines {@code index,min,max}: the range of each feature in the
+ * training rows); each input becomes clamp((x - min) / (max - min), 0, 1), and 0 where max = min. From a
+ * shell, {@code CasparTool predict FOLDER < rows.csv} prints one prediction per row of raw values.
  *
  * <p>{@code model.caspar}: text lines up to a line {@code data}, then every array in the order its
  * {@code array} line names it, little-endian, float32 ({@code f32}) or int32 ({@code i32}):
@@ -75,6 +76,7 @@ public final class CasparModel {
     private final List<Layer> layers;
     private final Trees trees;
     private final boolean sigmoidOutput;
+    private final AtomicLongArray outsideTrainingRange;
 
     private CasparModel(String featureSet, int inputWidth, float[] minimum, float[] maximum, List<Layer> layers,
                         Trees trees, boolean sigmoidOutput) {
@@ -85,6 +87,7 @@ public final class CasparModel {
         this.layers = layers;
         this.trees = trees;
         this.sigmoidOutput = sigmoidOutput;
+        this.outsideTrainingRange = new AtomicLongArray(inputWidth);
     }
 
     /** The feature-set version the model was trained on (schema.json's "version"). */
@@ -123,102 +126,234 @@ public final class CasparModel {
         return predictions;
     }
 
-    /** The game's normalisation: in double, as MegaMek computes it, then float for the network. */
+    /**
+     * The normalisation (the one contract: raw values in): clamp((x - min) / (max - min), 0, 1) in double,
+     * then float; a feature constant in the training rows (max = min) is 0 whatever its value, so a value
+     * the model never saw vary cannot move the prediction. Values outside [min, max] are counted.
+     */
     private float[] normalise(float[] raw) {
         float[] x = new float[raw.length];
         for (int i = 0; i < raw.length; i++) {
-            double scaled = ((double) raw[i] - minimum[i]) / ((double) maximum[i] - minimum[i]);
-            x[i] = (float) Math.min(1.0, Math.max(0.0, scaled));
+            if (!(raw[i] >= minimum[i] && raw[i] <= maximum[i])) {
+                outsideTrainingRange.incrementAndGet(i);
+            }
+            if (maximum[i] > minimum[i]) {
+                double scaled = ((double) raw[i] - minimum[i]) / ((double) maximum[i] - minimum[i]);
+                x[i] = (float) Math.min(1.0, Math.max(0.0, scaled));
+            }
         }
         return x;
     }
 
-    // --- Loading -------------------------------------------------------------------------------------
+    /**
+     * Per feature, how many values {@code predict} was given outside the range of the training rows (or NaN)
+     * since loading or the last reset: the game's inputs drifting from what the model learnt from. A bot can
+     * report the features with large counts.
+     */
+    public long[] outsideTrainingRange() {
+        long[] counts = new long[inputWidth];
+        for (int i = 0; i < inputWidth; i++) {
+            counts[i] = outsideTrainingRange.get(i);
+        }
+        return counts;
+    }
 
-    /** Reads model.caspar and the normalisation CSV of an export folder; fails on anything unknown. */
-    public static CasparModel load(Path folder) throws IOException {
-        float[][] bounds = readNormalization(folder.resolve(NORMALIZATION_FILE));
-        try (DataInputStream in = new DataInputStream(Files.newInputStream(folder.resolve(MODEL_FILE)))) {
-            return read(in, bounds, folder.resolve(MODEL_FILE).toString());
+    /** Sets the counts of {@link #outsideTrainingRange()} back to 0. */
+    public void resetOutsideTrainingRange() {
+        for (int i = 0; i < inputWidth; i++) {
+            outsideTrainingRange.set(i, 0);
         }
     }
 
-    private static CasparModel read(DataInputStream in, float[][] bounds, String file) throws IOException {
+    // --- Loading -------------------------------------------------------------------------------------
+
+    /** The largest model.caspar read (the default model's is about 1.5 MB). */
+    private static final long LARGEST_FILE = 512L << 20;
+    private static final int LONGEST_HEADER_LINE = 4096;
+
+    /**
+     * Reads model.caspar and the normalisation CSV of an export folder. Every header field, layer size and
+     * array length is checked before anything is allocated from it; a damaged, truncated or unknown file
+     * fails here, never later in {@code predict}.
+     *
+     * @throws IOException (only) with one message naming the file and what is wrong with it
+     */
+    public static CasparModel load(Path folder) throws IOException {
+        Path csv = folder.resolve(NORMALIZATION_FILE);
+        Path file = folder.resolve(MODEL_FILE);
+        try {
+            float[][] bounds = readNormalization(csv);
+            if (Files.size(file) > LARGEST_FILE) {
+                throw new IOException("larger than " + (LARGEST_FILE >> 20) + " MB: not a model file");
+            }
+            CasparModel model = read(ByteBuffer.wrap(Files.readAllBytes(file)).order(ByteOrder.LITTLE_ENDIAN));
+            if (bounds[0].length != model.inputWidth) {
+                throw new IOException(NORMALIZATION_FILE + " has " + bounds[0].length + " features, the model " + model.inputWidth);
+            }
+            return new CasparModel(model.featureSet, model.inputWidth, bounds[0], bounds[1], model.layers, model.trees,
+                    model.sigmoidOutput);
+        } catch (ModelFileException | RuntimeException error) {  // a check below, or one this code did not foresee
+            throw new IOException(file + ": " + error.getMessage(), error);
+        } catch (IOException error) {
+            throw new IOException(file + ": " + error.getMessage(), error);
+        }
+    }
+
+    /** A problem found in a model file or its normalisation CSV (reported by load as an IOException). */
+    private static final class ModelFileException extends Exception {
+        private static final long serialVersionUID = 1L;
+
+        ModelFileException(String message) {
+            super(message);
+        }
+    }
+
+    private static ModelFileException bad(String message) {
+        return new ModelFileException(message);
+    }
+
+    private static CasparModel read(ByteBuffer in) throws ModelFileException {
         List<String[]> header = new ArrayList<>();
         for (String line = readLine(in); !line.equals("data"); line = readLine(in)) {
             header.add(line.trim().split(" +"));
+        }
+        if (header.isEmpty()) {
+            throw bad("no header before its data");
         }
         String[] first = header.get(0);
         int format = first.length == 2 && first[0].equals("caspar-model") && first[1].matches("[0-9]{1,3}")
                 ? Integer.parseInt(first[1]) : -1;
         if (format < OLDEST_FORMAT || format > FORMAT) {
-            throw new IOException(file + ": not a caspar-model file of format " + OLDEST_FORMAT + " to " + FORMAT + " ("
-                    + String.join(" ", first) + "): use the CasparModel.java exported with it");
+            throw bad("not a caspar-model file of format " + OLDEST_FORMAT + " to " + FORMAT + " (" + String.join(" ", first)
+                    + "): use the CasparModel.java exported with it");
         }
         String featureSet = null;
         int inputWidth = -1;
-        boolean sigmoidOutput = false;
+        String output = null;
         List<String[]> layerLines = new ArrayList<>();
         List<Map<String, Object>> layerArrays = new ArrayList<>();
         for (String[] line : header.subList(1, header.size())) {
             switch (line[0]) {
-                case "feature_set" -> featureSet = line[1];
-                case "inputs" -> inputWidth = Integer.parseInt(line[1]);
-                case "output" -> sigmoidOutput = switch (line[1]) {
-                    case "sigmoid" -> true;
-                    case "clip" -> false;
-                    default -> throw new IOException(file + ": unknown output " + line[1]);
-                };
+                case "feature_set" -> featureSet = field(line, 1)[1];
+                case "inputs" -> inputWidth = positive(field(line, 1)[1], "inputs");
+                case "output" -> output = field(line, 1)[1];
                 case "layer" -> {
+                    if (line.length < 2) {
+                        throw bad("a layer line without a type");
+                    }
                     layerLines.add(line);
                     layerArrays.add(new HashMap<>());
                 }
-                case "array" -> layerArrays.get(layerArrays.size() - 1).put(line[1], readArray(in, line[2], Integer.parseInt(line[3])));
-                default -> throw new IOException(file + ": unknown line " + String.join(" ", line));
+                case "array" -> {
+                    if (layerArrays.isEmpty()) {
+                        throw bad("an array line before any layer line");
+                    }
+                    field(line, 3);
+                    Map<String, Object> arrays = layerArrays.get(layerArrays.size() - 1);
+                    if (arrays.put(line[1], readArray(in, line[1], line[2], line[3])) != null) {
+                        throw bad("array " + line[1] + " twice in one layer");
+                    }
+                }
+                default -> throw bad("unknown line " + String.join(" ", line));
             }
         }
-        if (bounds[0].length != inputWidth) {
-            throw new IOException(NORMALIZATION_FILE + " has " + bounds[0].length + " features, the model " + inputWidth);
+        if (in.hasRemaining()) {
+            throw bad(in.remaining() + " bytes after the last array");
         }
+        if (featureSet == null || inputWidth < 0 || output == null) {
+            throw bad("the header lacks " + (featureSet == null ? "feature_set" : inputWidth < 0 ? "inputs" : "output"));
+        }
+        boolean sigmoidOutput = switch (output) {
+            case "sigmoid" -> true;
+            case "clip" -> false;
+            default -> throw bad("unknown output " + output);
+        };
         List<Layer> layers = new ArrayList<>();
         Trees trees = null;
+        int width = inputWidth;  // the width the next network layer takes
         for (int i = 0; i < layerLines.size(); i++) {
             String[] line = layerLines.get(i);
             Map<String, Object> arrays = layerArrays.get(i);
             if (line[1].equals("trees")) {
-                trees = new Trees(arrays);
+                if (trees != null) {
+                    throw bad("two trees layers");
+                }
+                trees = new Trees(line, arrays, inputWidth);
             } else {
-                layers.add(layer(line, arrays, file));
+                Layer layer = layer(line, arrays, width);
+                width = layer.outputs();
+                layers.add(layer);
+            }
+            if (!arrays.isEmpty()) {
+                throw bad("layer " + line[1] + " has arrays it does not use: " + arrays.keySet());
             }
         }
-        layers = fuseEncodedInputs(layers);
-        if (trees == null && !sigmoidOutput) {
-            throw new IOException(file + ": output clip needs trees");
+        if (!layers.isEmpty() && width != 1) {
+            throw bad("the network ends in " + width + " values, not 1");
         }
-        return new CasparModel(featureSet, inputWidth, bounds[0], bounds[1], layers, trees, sigmoidOutput);
+        if (trees == null && (!sigmoidOutput || layers.isEmpty())) {
+            throw bad("output " + output + " needs " + (layers.isEmpty() ? "a network or trees" : "trees"));
+        }
+        return new CasparModel(featureSet, inputWidth, null, null, fuseEncodedInputs(layers), trees, sigmoidOutput);
     }
 
-    private static Layer layer(String[] line, Map<String, Object> arrays, String file) throws IOException {
+    private static String[] field(String[] line, int values) throws ModelFileException {
+        if (line.length != values + 1) {
+            throw bad("line " + String.join(" ", line) + ": expected " + values + " value" + (values == 1 ? "" : "s"));
+        }
+        return line;
+    }
+
+    private static int positive(String text, String what) throws ModelFileException {
+        try {
+            int value = Integer.parseInt(text);
+            if (value > 0) {
+                return value;
+            }
+        } catch (NumberFormatException notAnInteger) {
+            // reported below
+        }
+        throw bad(what + " " + text + ": not a positive integer");
+    }
+
+    /** A network layer from its line, taking its arrays (each checked for its length) out of `arrays`. */
+    private static Layer layer(String[] line, Map<String, Object> arrays, int width) throws ModelFileException {
+        String type = line[1];
         int[] n = new int[line.length - 2];
         String activation = "linear";
-        for (int i = 2; i < line.length; i++) {
-            if (line[i].matches("-?\\d+")) {
-                n[i - 2] = Integer.parseInt(line[i]);
-            } else {
-                activation = line[i];
-            }
-        }
-        return switch (line[1]) {
-            case "periodic" -> new Periodic(n[0], n[1], n[2], f32(arrays, "coefficients"), f32(arrays, "kernel"), f32(arrays, "bias"));
-            case "piecewise" -> new Piecewise(n[0], starts(arrays, n[0], n[1]), f32(arrays, "lower"), f32(arrays, "width"));
-            case "adapter" -> new Adapter(n[0], n[1], f32(arrays, "scale"));
-            case "dense" -> new Dense(n[0], n[1], n[2], activation(activation, file), null, f32(arrays, "kernel"), null, f32(arrays, "bias"));
-            case "batchensemble" -> new Dense(n[0], n[1], n[2], activation(activation, file), f32(arrays, "r"), f32(arrays, "kernel"),
-                    f32(arrays, "s"), f32(arrays, "bias"));
-            case "affine" -> new Affine(n[0], n[1], f32(arrays, "scale"), f32(arrays, "shift"));
-            case "heads" -> new Heads(n[0], n[1], f32(arrays, "kernel"), f32(arrays, "bias"));
-            default -> throw new IOException(file + ": unknown layer " + line[1] + " (this CasparModel.java is older than the model)");
+        int expected = switch (type) {
+            case "periodic", "dense", "batchensemble" -> 3;
+            case "piecewise", "adapter", "affine", "heads" -> 2;
+            default -> throw bad("unknown layer " + type + " (this CasparModel.java is older than the model)");
         };
+        if (type.equals("dense") || type.equals("batchensemble")) {
+            if (line.length != expected + 3) {
+                throw bad("layer " + type + ": expected MEMBERS IN OUT ACTIVATION");
+            }
+            activation = line[line.length - 1];
+        } else if (line.length != expected + 2) {
+            throw bad("layer " + type + ": expected " + expected + " sizes");
+        }
+        for (int i = 0; i < expected; i++) {
+            n[i] = positive(line[i + 2], "layer " + type + " size");
+        }
+        Layer layer = switch (type) {
+            case "periodic" -> new Periodic(n[0], n[1], n[2], f32(arrays, "coefficients", (long) n[0] * n[1]),
+                    f32(arrays, "kernel", 2L * n[1] * n[2]), f32(arrays, "bias", n[2]));
+            case "piecewise" -> new Piecewise(n[0], starts(arrays, n[0], n[1]), f32(arrays, "lower", n[1]), f32(arrays, "width", n[1]));
+            case "adapter" -> new Adapter(n[0], n[1], f32(arrays, "scale", (long) n[0] * n[1]));
+            case "dense" -> new Dense(n[0], n[1], n[2], activation(activation), null, f32(arrays, "kernel", (long) n[1] * n[2]), null,
+                    f32(arrays, "bias", n[2], (long) n[0] * n[2]));
+            case "batchensemble" -> new Dense(n[0], n[1], n[2], activation(activation), f32(arrays, "r", (long) n[0] * n[1]),
+                    f32(arrays, "kernel", (long) n[1] * n[2]), f32(arrays, "s", (long) n[0] * n[2]),
+                    f32(arrays, "bias", n[2], (long) n[0] * n[2]));
+            case "affine" -> new Affine(n[0], n[1], f32(arrays, "scale", n[1]), f32(arrays, "shift", n[1]));
+            default -> new Heads(n[0], n[1], f32(arrays, "kernel", (long) n[0] * n[1]), f32(arrays, "bias", n[0]));
+        };
+        if (layer.inputs() != width) {
+            throw bad("layer " + String.join(" ", line) + " takes " + layer.inputs() + " values, the layer before gives " + width);
+        }
+        return layer;
     }
 
     /**
@@ -230,7 +365,8 @@ public final class CasparModel {
         if (fused.size() >= 2 && fused.get(0) instanceof Piecewise encoding) {
             Adapter adapter = fused.get(1) instanceof Adapter a ? a : null;
             int next = adapter == null ? 1 : 2;
-            if (fused.size() > next && fused.get(next) instanceof Dense dense && dense.r() == null) {
+            if (fused.size() > next && fused.get(next) instanceof Dense dense && dense.r() == null
+                    && dense.bias().length == dense.out() && sortedBins(encoding)) {
                 fused.subList(0, next + 1).clear();
                 fused.add(0, new EncodedDense(encoding, adapter, dense));
             }
@@ -238,7 +374,22 @@ public final class CasparModel {
         return fused;
     }
 
-    private static Activation activation(String name, String file) throws IOException {
+    /** Whether each input's bins that an input in [0, 1] can reach come first (as the exporter writes them). */
+    private static boolean sortedBins(Piecewise encoding) {
+        for (int j = 0; j < encoding.features(); j++) {
+            boolean above = false;
+            for (int i = encoding.start()[j]; i < encoding.start()[j + 1]; i++) {
+                if (encoding.lower()[i] > 1f) {
+                    above = true;
+                } else if (above) {
+                    return false;
+                }
+            }
+        }
+        return true;
+    }
+
+    private static Activation activation(String name) throws ModelFileException {
         return switch (name) {
             case "linear" -> x -> x;
             case "relu" -> x -> Math.max(0f, x);
@@ -247,59 +398,106 @@ public final class CasparModel {
             case "silu", "swish" -> x -> x * sigmoid(x);
             case "elu" -> x -> x > 0 ? x : (float) Math.expm1(x);
             case "gelu" -> x -> (float) (0.5 * x * (1.0 + erf(x / Math.sqrt(2.0))));
-            default -> throw new IOException(file + ": unknown activation " + name);
+            default -> throw bad("unknown activation " + name);
         };
     }
 
-    private static String readLine(DataInputStream in) throws IOException {
+    private static String readLine(ByteBuffer in) throws ModelFileException {
         StringBuilder line = new StringBuilder();
-        for (int b = in.read(); b != '\n'; b = in.read()) {
-            if (b < 0) {
-                throw new IOException("model file ends before its data");
+        while (true) {
+            if (!in.hasRemaining()) {
+                throw bad("the file ends before its data (truncated, or not a model file)");
+            }
+            byte b = in.get();
+            if (b == '\n') {
+                return line.toString();
+            }
+            if (b < 0x20 || b > 0x7e || line.length() >= LONGEST_HEADER_LINE) {
+                throw bad("byte " + (in.position() - 1) + ": not a header line of a model file");
             }
             line.append((char) b);
         }
-        return line.toString();
     }
 
-    private static Object readArray(DataInputStream in, String type, int count) throws IOException {
-        byte[] bytes = in.readNBytes(4 * count);
-        if (bytes.length != 4 * count) {
-            throw new IOException("model file ends inside an array");
+    /** An array of `count` values, read only once the file is known to hold them. */
+    private static Object readArray(ByteBuffer in, String name, String type, String count) throws ModelFileException {
+        long values;
+        try {
+            values = Long.parseLong(count);
+        } catch (NumberFormatException notANumber) {
+            throw bad("array " + name + ": count " + count + " is not a number");
         }
-        ByteBuffer buffer = ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN);
-        if (type.equals("f32")) {
-            float[] values = new float[count];
-            buffer.asFloatBuffer().get(values);
-            return values;
+        if (values < 0 || 4 * values > in.remaining()) {
+            throw bad("array " + name + ": " + count + " values, the file holds " + in.remaining() / 4 + " more (truncated?)");
         }
-        if (type.equals("i32")) {
-            int[] values = new int[count];
-            buffer.asIntBuffer().get(values);
-            return values;
+        switch (type) {
+            case "f32" -> {
+                float[] array = new float[(int) values];
+                in.asFloatBuffer().get(array);
+                in.position(in.position() + 4 * (int) values);
+                for (int i = 0; i < array.length; i++) {
+                    if (Float.isNaN(array[i]) || (Float.isInfinite(array[i]) && !name.equals("threshold"))) {
+                        throw bad("array " + name + ": value " + i + " is " + array[i]);
+                    }
+                }
+                return array;
+            }
+            case "i32" -> {
+                int[] array = new int[(int) values];
+                in.asIntBuffer().get(array);
+                in.position(in.position() + 4 * (int) values);
+                return array;
+            }
+            default -> throw bad("array " + name + ": unknown type " + type);
         }
-        throw new IOException("unknown array type " + type);
     }
 
-    private static float[] f32(Map<String, Object> arrays, String name) throws IOException {
-        Object array = arrays.get(name);
+    /** Takes a float array out of a layer's arrays, checking its length (one of `lengths`). */
+    private static float[] f32(Map<String, Object> arrays, String name, long... lengths) throws ModelFileException {
+        Object array = arrays.remove(name);
         if (!(array instanceof float[] values)) {
-            throw new IOException("missing float array " + name);
+            throw bad("missing float array " + name);
+        }
+        for (long length : lengths) {
+            if (values.length == length) {
+                return values;
+            }
+        }
+        throw bad("array " + name + " has " + values.length + " values, expected " + lengths[0]);
+    }
+
+    private static int[] i32(Map<String, Object> arrays, String name, long length) throws ModelFileException {
+        Object array = arrays.remove(name);
+        if (!(array instanceof int[] values)) {
+            throw bad("missing int array " + name);
+        }
+        if (values.length != length) {
+            throw bad("array " + name + " has " + values.length + " values, expected " + length);
         }
         return values;
     }
 
     private static float[][] readNormalization(Path path) throws IOException {
         List<String> lines = Files.readAllLines(path, StandardCharsets.UTF_8);
-        int width = lines.size() - 1;  // header: feature,min,max
+        if (lines.isEmpty() || !lines.get(0).trim().equals("feature,min,max")) {
+            throw new IOException(path + " line 1: expected the header feature,min,max");
+        }
+        int width = lines.size() - 1;
         float[][] bounds = new float[2][width];
         for (int i = 0; i < width; i++) {
             String[] cells = lines.get(i + 1).split(",");
-            if (Integer.parseInt(cells[0].trim()) != i) {
-                throw new IOException(path + " line " + (i + 2) + ": expected feature " + i);
+            try {
+                if (cells.length != 3 || Integer.parseInt(cells[0].trim()) != i) {
+                    throw new NumberFormatException("expected " + i + ",MIN,MAX");
+                }
+                bounds[0][i] = Float.parseFloat(cells[1]);
+                bounds[1][i] = Float.parseFloat(cells[2]);
+            } catch (NumberFormatException error) {
+                throw new IOException(path + " line " + (i + 2) + ": " + error.getMessage());
             }
-            bounds[0][i] = Float.parseFloat(cells[1]);
-            bounds[1][i] = Float.parseFloat(cells[2]);
+            if (!Float.isFinite(bounds[0][i]) || !Float.isFinite(bounds[1][i]) || bounds[1][i] < bounds[0][i]) {
+                throw new IOException(path + " line " + (i + 2) + ": min and max must be finite, max at least min");
+            }
         }
         return bounds;
     }
@@ -308,6 +506,10 @@ public final class CasparModel {
 
     private interface Layer {
         float[] apply(float[] x);
+
+        int inputs();
+
+        int outputs();
     }
 
     private interface Activation {
@@ -317,6 +519,14 @@ public final class CasparModel {
     /** PLR-lite embedding: per input, cos and sin of 2 pi c x for K frequencies, then a shared dense + ReLU. */
     private record Periodic(int features, int frequencies, int dimension, float[] coefficients, float[] kernel, float[] bias)
             implements Layer {
+        public int inputs() {
+            return features;
+        }
+
+        public int outputs() {
+            return features * dimension;
+        }
+
         public float[] apply(float[] x) {
             float[] out = new float[features * dimension];
             float[] angles = new float[2 * frequencies];
@@ -340,15 +550,14 @@ public final class CasparModel {
     }
 
     /** Each input's first bin, and the end of the last input's: F + 1 increasing values from 0 to BINS. */
-    private static int[] starts(Map<String, Object> arrays, int features, int bins) throws IOException {
-        if (!(arrays.get("start") instanceof int[] start) || start.length != features + 1 || start[0] != 0
+    private static int[] starts(Map<String, Object> arrays, int features, int bins) throws ModelFileException {
+        if (!(arrays.remove("start") instanceof int[] start) || start.length != features + 1 || start[0] != 0
                 || start[features] != bins) {
-            throw new IOException("piecewise encoding: expected an int array start of " + (features + 1)
-                    + " values from 0 to " + bins);
+            throw bad("piecewise encoding: expected an int array start of " + (features + 1) + " values from 0 to " + bins);
         }
         for (int j = 0; j < features; j++) {
             if (start[j + 1] <= start[j]) {
-                throw new IOException("piecewise encoding: input " + j + " has no bin");
+                throw bad("piecewise encoding: input " + j + " has no bin");
             }
         }
         return start;
@@ -356,6 +565,14 @@ public final class CasparModel {
 
     /** Piecewise-linear encoding: per input and bin, how far the input has gone through the bin. */
     private record Piecewise(int features, int[] start, float[] lower, float[] width) implements Layer {
+        public int inputs() {
+            return features;
+        }
+
+        public int outputs() {
+            return start[features];
+        }
+
         public float[] apply(float[] x) {
             float[] out = new float[start[features]];
             for (int j = 0; j < features; j++) {
@@ -373,6 +590,14 @@ public final class CasparModel {
 
     /** TabM-mini's adapter: M copies of the input, each scaled by its member's vector. */
     private record Adapter(int members, int width, float[] scale) implements Layer {
+        public int inputs() {
+            return width;
+        }
+
+        public int outputs() {
+            return members * width;
+        }
+
         public float[] apply(float[] x) {
             float[] out = new float[members * width];
             for (int m = 0; m < members; m++) {
@@ -390,6 +615,14 @@ public final class CasparModel {
      */
     private record Dense(int members, int in, int out, Activation activation, float[] r, float[] kernel, float[] s,
                          float[] bias) implements Layer {
+        public int inputs() {
+            return members * in;
+        }
+
+        public int outputs() {
+            return members * out;
+        }
+
         public float[] apply(float[] x) {
             float[] result = new float[members * out];
             float[] sum = new float[out];
@@ -472,6 +705,14 @@ public final class CasparModel {
             }
         }
 
+        public int inputs() {
+            return encoding.features();
+        }
+
+        public int outputs() {
+            return members * out;
+        }
+
         public float[] apply(float[] x) {
             int[] start = encoding.start();
             int width = start[encoding.features()];
@@ -515,6 +756,14 @@ public final class CasparModel {
 
     /** Batch normalisation at inference, folded: x * scale + shift, per feature, for every member. */
     private record Affine(int members, int width, float[] scale, float[] shift) implements Layer {
+        public int inputs() {
+            return members * width;
+        }
+
+        public int outputs() {
+            return members * width;
+        }
+
         public float[] apply(float[] x) {
             float[] out = new float[members * width];
             for (int m = 0; m < members; m++) {
@@ -528,6 +777,14 @@ public final class CasparModel {
 
     /** One linear output per member, averaged: [M, W] to one value. */
     private record Heads(int members, int width, float[] kernel, float[] bias) implements Layer {
+        public int inputs() {
+            return members * width;
+        }
+
+        public int outputs() {
+            return 1;
+        }
+
         public float[] apply(float[] x) {
             float total = 0f;
             for (int m = 0; m < members; m++) {
@@ -550,13 +807,33 @@ public final class CasparModel {
         private final int[] right;
         private final float[] value;
 
-        Trees(Map<String, Object> arrays) throws IOException {
-            roots = i32(arrays, "roots");
-            feature = i32(arrays, "feature");
-            threshold = f32(arrays, "threshold");
-            left = i32(arrays, "left");
-            right = i32(arrays, "right");
-            value = f32(arrays, "value");
+        /** `layer trees T NODES`: checked so that every walk ends at a leaf after at most NODES steps. */
+        Trees(String[] line, Map<String, Object> arrays, int inputs) throws ModelFileException {
+            if (line.length != 4) {
+                throw bad("layer trees: expected TREES NODES");
+            }
+            int count = positive(line[2], "layer trees size");
+            int nodes = positive(line[3], "layer trees size");
+            roots = i32(arrays, "roots", count);
+            feature = i32(arrays, "feature", nodes);
+            threshold = f32(arrays, "threshold", nodes);
+            left = i32(arrays, "left", nodes);
+            right = i32(arrays, "right", nodes);
+            value = f32(arrays, "value", nodes);
+            for (int root : roots) {
+                if (root < 0 || root >= nodes) {
+                    throw bad("trees: root " + root + " is not a node");
+                }
+            }
+            for (int node = 0; node < nodes; node++) {
+                boolean leaf = left[node] == -1 && right[node] == -1;
+                // Children come after their parent, as the exporter writes them: no walk can loop.
+                boolean inner = left[node] > node && right[node] > node && left[node] < nodes && right[node] < nodes
+                        && feature[node] >= 0 && feature[node] < inputs && !Float.isNaN(threshold[node]);
+                if (!leaf && !inner) {
+                    throw bad("trees: node " + node + " is neither a leaf nor a split on an input with children after it");
+                }
+            }
         }
 
         float apply(float[] x) {
@@ -569,14 +846,6 @@ public final class CasparModel {
                 sum += value[node];
             }
             return (float) sum;
-        }
-
-        private static int[] i32(Map<String, Object> arrays, String name) throws IOException {
-            Object array = arrays.get(name);
-            if (!(array instanceof int[] values)) {
-                throw new IOException("missing int array " + name);
-            }
-            return values;
         }
     }
 
@@ -592,92 +861,5 @@ public final class CasparModel {
                 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
                 + t * (-0.82215223 + t * 0.17087277)))))))));
         return x >= 0 ? 1.0 - erfc : erfc - 1.0;
-    }
-
-    // --- From a shell ------------------------------------------------------------------------------
-
-    /**
-     * {@code java CasparModel.java FOLDER < rows.csv}: one prediction per line of comma-separated raw
-     * features (a header line that is not numbers is skipped). {@code --benchmark}: median time per
-     * call at batch 1 and per batch of 256, on this thread, after a warm-up, on the folder's
-     * test_inputs.csv rows.
-     */
-    public static void main(String[] args) throws IOException {
-        if (args.length < 1) {
-            System.err.println("usage: java CasparModel.java EXPORT_FOLDER [--benchmark] < rows.csv");
-            System.exit(2);
-        }
-        CasparModel model;
-        try {
-            model = load(Path.of(args[0]));
-        } catch (IOException | RuntimeException error) {
-            System.err.println("CasparModel: cannot load " + args[0] + ": " + error.getMessage());
-            System.exit(2);
-            return;
-        }
-        if (args.length > 1 && args[1].equals("--benchmark")) {
-            benchmark(model, Path.of(args[0]));
-            return;
-        }
-        StringBuilder out = new StringBuilder();
-        BufferedReader reader = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
-        int number = 0;
-        for (String line = reader.readLine(); line != null; line = reader.readLine()) {
-            number++;
-            if (line.isBlank() || (number == 1 && !line.trim().matches("^[-+0-9.eE, ]+$"))) {
-                continue;
-            }
-            String[] cells = line.split(",");
-            float[] row = new float[model.inputWidth()];
-            if (cells.length < row.length) {
-                System.err.println("line " + number + ": " + cells.length + " values, the model takes " + row.length);
-                System.exit(2);
-            }
-            for (int i = 0; i < row.length; i++) {
-                row[i] = Float.parseFloat(cells[i].trim());
-            }
-            out.append(model.predict(row)).append('\n');
-        }
-        System.out.print(out);
-    }
-
-    /** Times predict on the export's test_inputs.csv rows (real moves), 256 of them. */
-    private static void benchmark(CasparModel model, Path folder) throws IOException {
-        List<String> lines = Files.readAllLines(folder.resolve("test_inputs.csv"), StandardCharsets.UTF_8);
-        float[][] rows = new float[256][model.inputWidth()];
-        for (int r = 0; r < rows.length; r++) {
-            String[] cells = lines.get(1 + r % (lines.size() - 1)).split(",");
-            for (int i = 0; i < model.inputWidth(); i++) {
-                rows[r][i] = Float.parseFloat(cells[i]);
-            }
-        }
-        float sink = 0;
-        long warmUpEnds = System.nanoTime() + 1_500_000_000L;  // the JIT compiles the hot loops
-        for (int i = 0; i < 20000 && (i < 200 || System.nanoTime() < warmUpEnds); i++) {
-            sink += model.predict(rows[i % 256]);
-        }
-        double[] single = new double[500];
-        for (int i = 0; i < single.length; i++) {
-            long started = System.nanoTime();
-            sink += model.predict(rows[i % 256]);
-            single[i] = (System.nanoTime() - started) / 1e6;
-        }
-        double[] batch = new double[5];
-        for (int i = 0; i < batch.length; i++) {
-            long started = System.nanoTime();
-            sink += model.predict(rows)[0];
-            batch[i] = (System.nanoTime() - started) / 1e6;
-        }
-        System.out.println("batch1_ms " + median(single));
-        System.out.println("batch256_ms " + median(batch));
-        if (Float.isNaN(sink)) {
-            System.out.println("nan");
-        }
-    }
-
-    private static double median(double[] values) {
-        double[] sorted = values.clone();
-        Arrays.sort(sorted);
-        return sorted[sorted.length / 2];
     }
 }

@@ -1,0 +1,138 @@
+"""The features in MegaMek's Java (java/src/caspar/CasparFeatures.java) against ours: every feature of
+every row within 1e-6, named by game, move and feature where one differs; then the score, Java
+features through CasparModel against our features through the Keras model, within 1e-5.
+
+`pytest -k java_feature_parity` selects these; the corpus test reads the logs of CASPAR_GAMELOGS."""
+import dataclasses
+import re
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import GAMELOGS, needs_shared_logs
+
+from caspar import javafeatures, javamodel
+from caspar.config import Hyperparameters
+from caspar.export import TOLERANCE
+from caspar.features import feature_names, load_unit_points, schema
+from caspar.gamelog import read_log
+from caspar.gamelog.reader import read_game
+from caspar.gamelog.writer import rewrite
+from caspar.logfiles import find_logs
+from caspar.model import Normalizer, build_mlp, fit_trees
+from caspar.samples import game_log
+
+POINTS = load_unit_points()
+NAMES = feature_names()
+FEATURE_TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def classes(tmp_path_factory):
+    if not javamodel.java_available():
+        pytest.skip("no JDK (javac, java)")
+    folder = tmp_path_factory.mktemp("classes")
+    javamodel.compiled(str(folder))
+    return str(folder)
+
+
+def with_random_ecm(log, seed: int):
+    """The log with HAS_ECM drawn at random in its state rows: the corpus's logger wrote none, today's does."""
+    rng = np.random.default_rng(seed)
+    states = log.states
+    column = pa.array(rng.integers(0, 2, states.num_rows).astype(np.float64))
+    index = states.column_names.index("HAS_ECM") if "HAS_ECM" in states.column_names else -1
+    states = states.set_column(index, "HAS_ECM", column) if index >= 0 else states.append_column("HAS_ECM", column)
+    return dataclasses.replace(log, states=states)
+
+
+def java_and_python(logs, folder, classes) -> tuple[list[tuple[str, int]], np.ndarray, dict]:
+    """The decisions of `logs` written to folder/decisions.tsv, their features in Java, and ours by
+    (game, move index)."""
+    path = folder / "decisions.tsv"
+    expected = {}
+    with open(path, "w") as handle:
+        handle.write(javafeatures.header())
+        for log in logs:
+            rows = javafeatures.write_decisions(log, POINTS, handle)
+            expected.update({(log.name, m): f for m, f in zip(rows.move_index.tolist(), rows.features)})
+    keys = [(line.split("\t")[1], int(line.split("\t")[2])) for line in open(path) if line.startswith("decision\t")]
+    java = javafeatures.features_in_java(str(path), str(folder / "features.f32"), classes)
+    assert java.shape == (len(keys), len(NAMES))
+    return keys, java, expected
+
+
+def differences(keys, java, expected) -> tuple[int, list[str]]:
+    """Rows compared, and one line per feature value more than 1e-6 from ours."""
+    compared, lines = 0, []
+    for key, values in zip(keys, java):
+        if key not in expected:  # a move our features skip (a value missing); not a row of the dataset
+            continue
+        compared += 1
+        ours = expected[key].astype(np.float32)
+        for i in np.flatnonzero(~(np.abs(values.astype(np.float64) - ours) <= FEATURE_TOLERANCE)):
+            lines.append(f"{key[0]} move {key[1]} {NAMES[i]}: Java {values[i]!r}, Python {ours[i]!r}")
+    return compared, lines
+
+
+def test_the_java_feature_set_is_the_schemas():
+    source = (javamodel.SOURCES + "/caspar/CasparFeatures.java")
+    declared = re.search(r'FEATURE_SET = "([^"]+)"', open(source).read()).group(1)
+    assert declared == schema()["version"], "CasparFeatures.java is not feature set " + schema()["version"]
+    assert re.search(r"WIDTH = (\d+);", open(source).read()).group(1) == str(schema()["width"])
+
+
+def test_java_feature_parity_in_every_layout_on_synthetic_games(classes, tmp_path):
+    """Synthetic games in the old layout and rewritten as today's logger writes them (per-arc armour,
+    CHANCE_OF_FAILURE, HAS_ECM, here drawn at random so the ECM features vary)."""
+    logs = []
+    for seed in range(6):
+        text = game_log(seed, second_game=seed == 3, decimal_comma=seed == 4).encode()
+        logs.append(read_log(text, f"old-{seed}"))
+        for layout in ("versioned", "split"):
+            logs.append(with_random_ecm(read_game(rewrite(text, layout), f"{layout}-{seed}"), seed))
+    keys, java, expected = java_and_python(logs, tmp_path, classes)
+    compared, lines = differences(keys, java, expected)
+    assert compared == len(expected) > 100 and not lines, "\n".join(lines[:10])
+    ecm = [NAMES.index("ecm_coverage"), NAMES.index("enemy_ecm_coverage")]
+    assert all(np.ptp(java[:, i]) > 0 for i in ecm)  # the ECM features were exercised
+
+
+def small_model(features: np.ndarray, reward: np.ndarray):
+    """A model with trees and a network (TabM-mini, piecewise-linear encoding) fitted on these rows."""
+    normalizer = Normalizer.fit(features)
+    x = normalizer.transform(features)
+    hp = Hyperparameters(hidden_layers=[32], trees=25, ensemble_size=4, encoding_bins=8, seed=0)
+    model = build_mlp(hp, x, fit_trees(x, reward, hp))
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, reward, epochs=1, batch_size=256, verbose=0)
+    return model, normalizer
+
+
+@needs_shared_logs()
+def test_java_feature_parity_on_every_game_of_the_corpus_and_the_score(classes, tmp_path):
+    """Every row of every game of CASPAR_GAMELOGS, and each game again as today's split layout writes
+    it with HAS_ECM drawn at random; then the model's score from the Java features."""
+    inputs = find_logs(str(GAMELOGS))
+    logs = []
+    for name, paths in sorted(inputs.games.items()):
+        files = {path.rsplit("/", 1)[-1]: open(path, "rb").read() for path in paths}
+        log = read_game(files, name)
+        logs.append(log)
+        if len(files) == 1:
+            logs.append(with_random_ecm(read_game(rewrite(files[next(iter(files))], "split"), "split-" + name), 0))
+    keys, java, expected = java_and_python(logs, tmp_path, classes)
+    compared, lines = differences(keys, java, expected)
+    assert compared == len(expected) > 0 and not lines, f"{len(lines)} values differ:\n" + "\n".join(lines[:10])
+
+    rows = [k for k in keys if k in expected]
+    features = np.array([expected[k] for k in rows], np.float32)
+    model, normalizer = small_model(features, features[:, 13] * 0.5 + features[:, 44] * 0.3)
+    export = tmp_path / "export"
+    export.mkdir()
+    normalizer.write_csv(str(export / "min_max_feature_normalization.csv"))
+    javamodel.write(model, str(export / javamodel.MODEL_FILE), schema()["version"])
+    keras = model.predict(normalizer.transform(features), batch_size=4096, verbose=0).reshape(-1)
+    scores = javafeatures.scores_in_java(str(export), str(tmp_path / "decisions.tsv"), str(tmp_path / "s.f32"), classes)
+    java_scores = np.array([s for k, s in zip(keys, scores) if k in expected])
+    assert np.ptp(keras) > 0 and np.max(np.abs(java_scores - keras)) <= TOLERANCE
