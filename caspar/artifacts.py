@@ -10,6 +10,7 @@ NORMALIZATION_FILE = "min_max_feature_normalization.csv"  # the game's normalisa
 TEST_INPUTS_FILE = "test_inputs.csv"  # raw test rows and the output the shipped model gave each
 SCHEMA_FILE = "schema.json"  # the feature set the model reads
 MANIFEST_FILE = "manifest.json"  # the dataset's input files
+FEATURE_PROFILE_FILE = "feature_profile.json"  # the fitted rows' range and bins, for jobs/drift.py (caspar.drift)
 MODEL_FOLDER = "model"  # the Keras model as MLflow logged it
 # Written last of the files beside the model, after the model: a run that has it has a model.
 MODEL_MARKER = NORMALIZATION_FILE

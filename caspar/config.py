@@ -274,6 +274,14 @@ class ExportConfig:
     experiment_name: str | None = setting(None, "look for the run name in this experiment only")
 
 
+@dataclass
+class DriftConfig:
+    run: str = setting(None, required=True, help="the model: run name, run id, models:/NAME/VERSION, models:/NAME@ALIAS")
+    data: str = setting(None, required=True, help="a prepared dataset of the new logs (jobs/prepare.py), every split")
+    experiment_name: str | None = setting(None, "look for the run name in this experiment only")
+    drift_experiment: str = setting("caspar-drift", "the experiment the check is logged to")
+
+
 def hyperparameters(config) -> dict:
     """The Hyperparameters fields of a configuration (a dataclass or a dict), by name."""
     get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)

@@ -107,3 +107,20 @@ def scores_in_java(export: str, decisions: str, output: str, classes: str) -> np
     if result.returncode != 0:
         raise UserError(f"CasparTool score failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
     return np.fromfile(output, dtype="<f4").astype(np.float64)
+
+
+def write_decisions_file(logs, path: str, points: UnitPoints) -> dict[tuple[str, int], np.ndarray]:
+    """Every decision of `logs` in one file; returns our features by (game, move index)."""
+    expected = {}
+    with open(path, "w") as handle:
+        handle.write(header())
+        for log in logs:
+            rows = write_decisions(log, points, handle)
+            expected.update({(log.name, m): f for m, f in zip(rows.move_index.tolist(), rows.features)})
+    return expected
+
+
+def decision_keys(path: str) -> list[tuple[str, int]]:
+    """(game, move index) of each decision of a file, in order."""
+    with open(path) as handle:
+        return [(cells[1], int(cells[2])) for cells in (line.split("\t", 3) for line in handle) if cells[0] == "decision"]

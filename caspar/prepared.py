@@ -36,9 +36,9 @@ class Prepared:
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
-def load_prepared(uri: str) -> Prepared:
+def load_prepared(uri: str, every_split: bool = True) -> Prepared:
     """Read a dataset written by `prepare`, checked first: a missing, stale or damaged dataset is
-    an InputError naming the file and what is wrong."""
+    an InputError naming the file and what is wrong. `every_split`: training needs rows in each."""
     filesystem, path = storage.resolve(uri)
     manifest_path, schema_path = storage.join(path, "manifest.json"), storage.join(path, "schema.json")
     if storage.info(filesystem, manifest_path, uri).type != pafs.FileType.File:
@@ -67,7 +67,7 @@ def load_prepared(uri: str) -> Prepared:
     split = table["split"].to_numpy(zero_copy_only=False)
     splits = {name: (features[split == name], reward[split == name]) for name in SPLITS}
     log_files = table["file"].to_numpy(zero_copy_only=False)
-    if any(len(splits[name][1]) == 0 for name in SPLITS):
+    if every_split and any(len(splits[name][1]) == 0 for name in SPLITS):
         sizes = {name: len(splits[name][1]) for name in SPLITS}
         raise InputError(f"dataset {uri} has an empty split ({sizes}): add logs or change --test-size/--validation-size")
     return Prepared(uri, splits, prepared_schema, manifest, {name: log_files[split == name] for name in SPLITS})

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from caspar import evaluate, tracking
-from caspar.artifacts import MANIFEST_FILE, NORMALIZATION_FILE, SCHEMA_FILE, TEST_INPUTS_FILE, write_test_inputs
+from caspar.artifacts import (FEATURE_PROFILE_FILE, MANIFEST_FILE, NORMALIZATION_FILE, SCHEMA_FILE, TEST_INPUTS_FILE,
+                              write_test_inputs)
+from caspar.drift import FeatureProfile
 from caspar.config import Hyperparameters, TrainConfig, check
 from caspar.errors import UserError
 from caspar.model import Network, Normalizer, build_network, make_optimizer, predict_trees, trees_model
@@ -296,6 +298,8 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
         with open(path(MANIFEST_FILE), "w") as handle:
             json.dump(prepared.manifest, handle, indent=1)
         write_test_inputs(path(TEST_INPUTS_FILE), x_test[:TEST_ROWS_KEPT], shipped_predictions[:TEST_ROWS_KEPT])
+        with open(path(FEATURE_PROFILE_FILE), "w") as handle:  # what the shipped normalisation was fitted on
+            handle.write(FeatureProfile.fit(rows(prepared.splits, shipped.splits)[0]).to_json())
         with open(path("feature_group_importance.json"), "w") as handle:
             json.dump(importance, handle, indent=1)
         evaluate.plot_learning_curve(history, path("learning_curve.png"))

@@ -50,13 +50,8 @@ def java_and_python(logs, folder, classes) -> tuple[list[tuple[str, int]], np.nd
     """The decisions of `logs` written to folder/decisions.tsv, their features in Java, and ours by
     (game, move index)."""
     path = folder / "decisions.tsv"
-    expected = {}
-    with open(path, "w") as handle:
-        handle.write(javafeatures.header())
-        for log in logs:
-            rows = javafeatures.write_decisions(log, POINTS, handle)
-            expected.update({(log.name, m): f for m, f in zip(rows.move_index.tolist(), rows.features)})
-    keys = [(line.split("\t")[1], int(line.split("\t")[2])) for line in open(path) if line.startswith("decision\t")]
+    expected = javafeatures.write_decisions_file(logs, str(path), POINTS)
+    keys = javafeatures.decision_keys(str(path))
     java = javafeatures.features_in_java(str(path), str(folder / "features.f32"), classes)
     assert java.shape == (len(keys), len(NAMES))
     return keys, java, expected

@@ -23,8 +23,9 @@ SMALL = {"hidden_layers": [32, 16], "epochs": 3, "batch_size": 64, "patience": 5
 def test_normalizer_constant_feature_and_clamping():
     x = np.array([[0.0, 5.0, 1.0], [2.0, 5.0, 3.0]], np.float32)
     n = Normalizer.fit(x)
-    assert n.maximum.tolist() == [2.0, 6.0, 3.0]  # the constant feature gets max = min + 1
-    assert n.transform(np.array([[1.0, 5.0, 9.0], [-1.0, 7.0, 2.0]])).tolist() == [[0.5, 0.0, 1.0], [0.0, 1.0, 0.5]]
+    assert n.maximum.tolist() == [2.0, 5.0, 3.0]  # the constant feature keeps max = min ...
+    assert n.transform(np.array([[1.0, 5.0, 9.0], [-1.0, 7.0, 2.0]])).tolist() == [[0.5, 0.0, 1.0], [0.0, 0.0, 0.5]]
+    # ... and is 0 whatever its value: what never varied in training cannot move a prediction
 
 
 def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
@@ -110,10 +111,23 @@ def test_fit_on_all_ships_the_validated_network_on_trees_fitted_on_every_game(sa
         np.testing.assert_array_equal(mine, validated)
 
 
-def test_normalization_csv_is_the_games_transform(tracking_server, sample_dataset, tmp_path):
+@pytest.fixture(scope="module")
+def one_epoch_run(mlflow_url, sample_dataset):
+    """A run of one epoch on the sample dataset, logged to the session's MLflow server."""
     import mlflow
 
-    result = train(TrainConfig(**{**SMALL, "epochs": 1}, data=sample_dataset, experiment_name="test-train"))
+    mlflow.set_tracking_uri(mlflow_url)
+    try:
+        yield train(TrainConfig(**{**SMALL, "epochs": 1}, data=sample_dataset, experiment_name="test-train",
+                                run_name="one-epoch"))
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_normalization_csv_is_the_games_transform(tracking_server, one_epoch_run, sample_dataset, tmp_path):
+    import mlflow
+
+    result = one_epoch_run
     path = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path=NORMALIZATION_FILE, dst_path=str(tmp_path))
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
@@ -124,10 +138,42 @@ def test_normalization_csv_is_the_games_transform(tracking_server, sample_datase
     prepared = load_prepared(sample_dataset)
     assert index == list(range(prepared.schema["width"]))
     raw = prepared.splits["test"][0].astype(np.float64)
-    as_the_game_does = np.clip((raw - low) / (high - low), 0, 1).astype(np.float32)
+    varies = high > low
+    as_the_game_does = np.where(varies, np.clip((raw - low) / np.where(varies, high - low, 1), 0, 1), 0).astype(np.float32)
     shipped_rows = np.concatenate([prepared.splits["train"][0], prepared.splits["val"][0]])  # --fit-on train+val
     model_input = Normalizer.fit(shipped_rows).transform(prepared.splits["test"][0])
     assert np.array_equal(as_the_game_does, model_input)
+
+
+def test_the_drift_check_flags_what_a_newer_logger_writes(tracking_server, one_epoch_run, tmp_path):
+    """New logs as today's MegaMek writes them (CHANCE_OF_FAILURE 1.00 for a path without a roll,
+    per-arc armour): the features that read them are flagged, those that did not change are not,
+    and the check is logged to MLflow."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from caspar import dataset
+    from caspar.config import PrepareConfig
+    from caspar.gamelog.writer import rewrite
+    from caspar.samples import game_log
+
+    logs = tmp_path / "new"
+    logs.mkdir()
+    for seed in range(40, 70):
+        for name, data in rewrite(game_log(seed).encode(), "versioned", timestamp=f"20250601_0000{seed}").items():
+            (logs / name).write_bytes(data)
+    dataset.prepare(PrepareConfig(input=str(logs), output=str(tmp_path / "prepared"), test_size=0.3, validation_size=0.3))
+    result = subprocess.run([sys.executable, str(ROOT / "jobs" / "drift.py"), "--run", one_epoch_run.run_id,
+                             "--data", str(tmp_path / "prepared")], capture_output=True, text=True, timeout=120)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr
+    assert "`chance_of_failure` | 100.0% |" in out and "`hexes_moved`" not in out, out
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("caspar-drift").experiment_id])
+    logged = runs[0]
+    assert logged.data.params["model_run_id"] == one_epoch_run.run_id and logged.data.metrics["drift_flagged_features"] >= 1
+    shifts = json.loads(open(MlflowClient().download_artifacts(logged.info.run_id, "drift.json", str(tmp_path))).read())
+    assert {s["feature"] for s in shifts if s["constant_in_training"]} >= {"chance_of_failure", "ecm_coverage"}
 
 
 def run_train(*args, env=None, timeout=120):
