@@ -34,7 +34,7 @@ def main() -> None:
         sys.exit("bench/java.py: needs a JDK (javac, java)")
     started = time.perf_counter()
     inputs = find_logs(args.logs)
-    logs = [read_game({os.path.basename(p): open(p, "rb").read() for p in paths}, name)
+    logs = [read_game({os.path.basename(p): Path(p).read_bytes() for p in paths}, name)
             for name, paths in sorted(inputs.games.items())]
     print(f"{len(logs)} games read in {time.perf_counter() - started:.1f} s", flush=True)
     with tempfile.TemporaryDirectory(prefix="caspar-bench-java-") as folder, javamodel.classes() as classes:

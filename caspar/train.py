@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from caspar import evaluate, tracking
-from caspar.artifacts import (FEATURE_PROFILE_FILE, MANIFEST_FILE, NORMALIZATION_FILE, SCHEMA_FILE, TEST_INPUTS_FILE,
-                              write_test_inputs)
-from caspar.drift import FeatureProfile
+from caspar.artifacts import FEATURE_PROFILE_FILE, MANIFEST_FILE, NORMALIZATION_FILE, SCHEMA_FILE, TEST_INPUTS_FILE, write_test_inputs
 from caspar.config import Hyperparameters, TrainConfig, check
+from caspar.drift import FeatureProfile
 from caspar.errors import UserError
 from caspar.model import Network, Normalizer, build_network, make_optimizer, predict_trees, trees_model
 from caspar.prepared import Prepared, load_prepared
