@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import GAMELOGS, needs_shared_logs
+from conftest import GAMELOGS, ROOT, needs_shared_logs
 
 from caspar import javafeatures, javamodel
 from caspar.config import Hyperparameters
@@ -131,3 +131,119 @@ def test_java_feature_parity_on_every_game_of_the_corpus_and_the_score(classes, 
     scores = javafeatures.scores_in_java(str(export), str(tmp_path / "decisions.tsv"), str(tmp_path / "s.f32"), classes)
     java_scores = np.array([s for k, s in zip(keys, scores) if k in expected])
     assert np.ptp(keras) > 0 and np.max(np.abs(java_scores - keras)) <= TOLERANCE
+
+
+# --- The README's Java, as written ---------------------------------------------------------------------
+
+STUBS = {  # the logger's classes as MegaMek declares them (megamek.ai.dataset), reduced to what the README uses
+    "megamek/ai/dataset/EntityDataMap.java": """package megamek.ai.dataset;
+public abstract class EntityDataMap<F extends Enum<F>> {
+    private final Class<F> fieldEnumClass;
+    private final java.util.Map<F, Object> data;
+    protected EntityDataMap(Class<F> fieldEnumClass) { this.fieldEnumClass = fieldEnumClass; data = new java.util.EnumMap<>(fieldEnumClass); }
+    public EntityDataMap<F> put(F field, Object value) { data.put(field, value); return this; }
+    public Object get(F field) { return data.get(field); }
+    public Class<F> getFieldEnumClass() { return fieldEnumClass; }
+}""",
+    "megamek/ai/dataset/UnitAction.java": """package megamek.ai.dataset;
+public class UnitAction extends EntityDataMap<UnitAction.Field> {
+    public enum Field { ID, TEAM_ID, PLAYER_ID, FACING, FROM_X, FROM_Y, TO_X, TO_Y, HEXES_MOVED, MP_USED, MAX_MP, JUMPING }
+    public UnitAction() { super(Field.class); }
+    public static UnitAction fromMovePath(megamek.stub.MovePath path) {
+        UnitAction map = new UnitAction();
+        map.put(Field.ID, 1).put(Field.TEAM_ID, 1).put(Field.TO_X, 3).put(Field.TO_Y, 4).put(Field.JUMPING, true);
+        return map;
+    }
+}""",
+    "megamek/ai/dataset/UnitState.java": """package megamek.ai.dataset;
+public class UnitState extends EntityDataMap<UnitState.Field> {
+    public enum Field { ID, TEAM_ID, PLAYER_ID, TYPE, ROLE, X, Y, MAX_RANGE, TOTAL_DAMAGE, ARMOR, INTERNAL }
+    public UnitState() { super(Field.class); }
+    public static UnitState fromEntity(megamek.stub.Entity entity, megamek.stub.Game game) {
+        UnitState map = new UnitState();
+        map.put(Field.ID, entity.id).put(Field.TEAM_ID, entity.id % 2).put(Field.X, entity.id).put(Field.Y, 2)
+           .put(Field.TYPE, "BipedMek").put(Field.MAX_RANGE, 9).put(Field.TOTAL_DAMAGE, 30).put(Field.ARMOR, 100)
+           .put(Field.INTERNAL, 50);
+        return map;
+    }
+}""",
+    "megamek/stub/Entity.java": "package megamek.stub; public class Entity { public final int id; public Entity(int id) { this.id = id; } }",
+    "megamek/stub/Board.java": "package megamek.stub; public class Board { public int getWidth() { return 16; } "
+                               "public int getHeight() { return 17; } }",
+    "megamek/stub/Game.java": "package megamek.stub; public class Game { public java.util.List<Entity> getEntitiesVector() "
+                              "{ return java.util.List.of(new Entity(1), new Entity(2), new Entity(3)); } "
+                              "public Board getBoard() { return new Board(); } }",
+    "megamek/stub/MovePath.java": "package megamek.stub; public class MovePath { public Entity getEntity() { return new Entity(1); } }",
+}
+
+
+def readme_java_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Putting a model into MegaMek"):]
+    block = section.split("```java\n", 1)[1].split("```", 1)[0]
+    return "\n".join(line[3:] if line.startswith("   ") else line for line in block.splitlines())
+
+
+def test_the_readme_megamek_adapter_compiles_and_scores(classes, tmp_path):
+    """The README's bot code, compiled with the Java package against the logger's classes (their
+    signatures as MegaMek declares them) and run on a model export: it scores a path."""
+    import subprocess
+
+    block = readme_java_block()
+    imports = [line for line in block.splitlines() if line.startswith("import ")]
+    body = "\n".join(line for line in block.splitlines() if not line.startswith("import "))
+    method_end = body.index("\n}\n") + 3  # the adapter method ends at the first closing brace of column 0
+    for path, text in STUBS.items():
+        (tmp_path / "src" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / path).write_text(text)
+    bot = ["package bot;", *imports, "import java.nio.file.Path;", "import java.util.ArrayList;", "import java.util.List;",
+           "import megamek.stub.*;", "public class Bot {", body[:method_end],
+           "static float score(Game game, MovePath path) throws java.io.IOException {", body[method_end:],
+           "return reward; }",
+           "public static void main(String[] args) throws Exception { System.out.println(score(new Game(), new MovePath())); } }"]
+    (tmp_path / "src" / "bot").mkdir()
+    (tmp_path / "src" / "bot" / "Bot.java").write_text("\n".join(bot))
+    sources = [str(p) for p in (tmp_path / "src").rglob("*.java")] + javamodel.source_files()
+    compiled = subprocess.run(["javac", "--release", "17", "-d", str(tmp_path / "out"), *sources], capture_output=True,
+                              text=True, timeout=120)
+    assert compiled.returncode == 0, compiled.stderr
+    export = tmp_path / "data" / "ai" / "brains" / "model-v1"
+    export.mkdir(parents=True)
+    tiny_export(export, schema()["version"])
+    ran = subprocess.run(["java", "-cp", str(tmp_path / "out"), "bot.Bot"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert ran.returncode == 0 and 0.0 <= float(ran.stdout) <= 1.0, ran.stderr
+
+
+def tiny_export(folder, feature_set: str) -> None:
+    """An export of a small trees model of the full feature width: model.caspar, the normalisation and test_inputs.csv."""
+    from caspar.artifacts import write_test_inputs
+    from caspar.model import trees_model
+
+    rng = np.random.default_rng(0)
+    raw = rng.random((200, len(NAMES))).astype(np.float32)
+    reward = (0.5 * raw[:, 0] + 0.2 * (raw[:, 1] > 0.5)).astype(np.float32)
+    normalizer = Normalizer.fit(raw)
+    model = trees_model(fit_trees(normalizer.transform(raw), reward, Hyperparameters(trees=10, seed=0)), len(NAMES))
+    normalizer.write_csv(str(folder / "min_max_feature_normalization.csv"))
+    write_test_inputs(str(folder / "test_inputs.csv"), raw, model.predict(normalizer.transform(raw), verbose=0).reshape(-1))
+    javamodel.write(model, str(folder / javamodel.MODEL_FILE), feature_set)
+
+
+def test_the_readme_java_check_runs_as_written_from_the_repository_root(classes, tmp_path):
+    """The README's shell block (compile the package, CasparTool predict on an export's test_inputs.csv)
+    in a copy of the repository's java/ beside an export at exports/model-v1."""
+    import shutil
+    import subprocess
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Putting a model into MegaMek"):]
+    commands = section.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    shutil.copytree(ROOT / "java", tmp_path / "java")
+    (tmp_path / "exports" / "model-v1").mkdir(parents=True)
+    tiny_export(tmp_path / "exports" / "model-v1", "v1-test")
+    for command in commands:
+        result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, (command, result.stderr)
+    recorded = np.loadtxt(tmp_path / "exports" / "model-v1" / "test_inputs.csv", delimiter=",", skiprows=1)[:, -1]
+    np.testing.assert_allclose(np.array(result.stdout.split(), float), recorded, atol=TOLERANCE)
