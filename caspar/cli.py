@@ -3,6 +3,7 @@ the summary lines on success."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import sys
@@ -96,6 +97,10 @@ def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
             print(f"{job}: error: {where}{error.strerror or error}", file=sys.stderr)
             return 2
         except Exception as error:
+            problem = None if verbose else out_of_resources(error)
+            if problem:  # disk full or memory exhausted, wherever it happened (a Ray worker, TensorFlow)
+                print(f"{job}: error: {problem}", file=sys.stderr)
+                return 1
             mlflow_errors = sys.modules.get("mlflow.exceptions")  # only jobs that track import MLflow
             if mlflow_errors is None or not isinstance(error, mlflow_errors.MlflowException):
                 raise
@@ -104,6 +109,27 @@ def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
     for line in lines:
         print(line, flush=True)
     return 0
+
+
+def out_of_resources(error: BaseException) -> str | None:
+    """One line when the disk or the memory ran out, anywhere in the error's chain (a Ray task's
+    error carries its worker's as `cause`; TensorFlow raises ResourceExhaustedError for both)."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        text = str(current)
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text:
+            where = getattr(current, "filename", None)
+            return f"no space left on the device{f' writing {where}' if where else ''}; free some space and run again"
+        if isinstance(current, MemoryError) or type(current).__name__ in ("OutOfMemoryError", "ResourceExhaustedError"):
+            detail = next((line.strip() for line in text.splitlines() if line.strip()), type(current).__name__)
+            return f"out of memory ({detail[:160]}): use smaller sizes (--hidden-layers, --batch-size) or a larger machine"
+        pending += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    return None
 
 
 def mlflow_message(error: Exception) -> str:

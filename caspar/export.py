@@ -28,7 +28,8 @@ import numpy as np
 
 from caspar import javamodel, storage, tracking
 from caspar.artifacts import NORMALIZATION_FILE, TEST_INPUTS_FILE, read_test_inputs
-from caspar.model import Normalizer
+from caspar.mlflow_model import keras_model_of
+from caspar.normalization import Normalizer
 from caspar.registry import ExportError, Source, find_model
 
 JAVA_FOLDER = "java"  # the Java package in an export: java/caspar/*.java
@@ -105,9 +106,7 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
     with tempfile.TemporaryDirectory() as downloads:
         for artifact in (NORMALIZATION_FILE, TEST_INPUTS_FILE, "schema.json"):
             mlflow.artifacts.download_artifacts(run_id=source.run_id, artifact_path=artifact, dst_path=downloads)
-        import caspar.layers  # noqa: F401  (custom layers must be known before loading)
-
-        keras_model = mlflow.keras.load_model(source.model_uri)
+        keras_model = keras_model_of(source.model_uri)
         with javamodel.classes() as classes:
             storage.check_owned(pafs.LocalFileSystem(), folder, folder, "an export", export_names(source.name))
             with storage.replacing(folder, "the export") as staging:  # verified before it replaces anything

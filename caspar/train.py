@@ -286,8 +286,14 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
                                            seed=config.seed)
     n_test = shipped.normalizer.transform(x_test)
     shipped_predictions = evaluate.predict(shipped.model, n_test)
-    signature = infer_signature(n_test[:5], shipped_predictions[:5].reshape(-1, 1).astype(np.float32))
-    info = mlflow.keras.log_model(shipped.model, name="model", signature=signature, pip_requirements=_requirements())
+    import pandas as pd
+
+    from caspar.mlflow_model import log_model  # raw rows in, by feature name: the MLflow model normalises itself
+
+    columns = [name for f in prepared.schema["features"] for name in f["columns"]]
+    signature = infer_signature(pd.DataFrame(x_test[:5].astype(np.float64), columns=columns),
+                                shipped_predictions[:5].astype(np.float64))
+    info = log_model(shipped.model, shipped.normalizer, signature, _requirements())
     with tempfile.TemporaryDirectory() as folder:  # after the model: these files say the run has one (caspar.artifacts)
         def path(name):
             return os.path.join(folder, name)
@@ -332,7 +338,7 @@ def _requirements() -> list[str]:
     """What the logged model needs, stated rather than inferred (inference loads the model again)."""
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in ("keras", "tensorflow")]
+    return [f"{name}=={version(name)}" for name in ("keras", "tensorflow", "numpy", "pandas")]
 
 
 def run_tags(prepared: Prepared) -> dict[str, str]:

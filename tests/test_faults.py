@@ -454,3 +454,40 @@ def test_a_job_writes_no_telemetry_or_ray_state_into_home(good, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     written = {str(p.relative_to(home)) for p in home.rglob("*")}
     assert not {p for p in written if p.startswith((".config/mlflow", ".ray", ".mlflow"))}, written
+
+
+class RayTaskError(Exception):
+    """Shaped as Ray's: the worker's own error as `cause`, a traceback of many lines as the message."""
+    def __init__(self, cause):
+        super().__init__("ray::featurize_game()\n  File ...\n" * 40)
+        self.cause = cause
+
+
+class ResourceExhaustedError(Exception):
+    """Named as TensorFlow's (tensorflow.python.framework.errors_impl)."""
+
+
+@pytest.mark.parametrize("raised, words", [
+    (RayTaskError(OSError(28, "No space left on device", "/data/rows/part-0.parquet")),
+     "no space left on the device writing /data/rows/part-0.parquet"),
+    (ResourceExhaustedError("/tmp/x/variables/variables.data; No space left on device"), "no space left on the device"),
+    (ResourceExhaustedError("OOM when allocating tensor with shape[100000000,354]\n more lines"),
+     "out of memory (OOM when allocating tensor with shape[100000000,354])"),
+    (RuntimeError("training failed").with_traceback(None), None),
+])
+def test_a_full_disk_or_memory_is_one_line_wherever_it_happens(raised, words, capsys):
+    from caspar import cli
+
+    def work():
+        try:
+            raise raised
+        except Exception as error:
+            raise RuntimeError("the job's own wrapper") from error
+
+    if words is None:
+        with pytest.raises(RuntimeError):
+            cli.run("prepare", work)
+        return
+    assert cli.run("prepare", work) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"prepare: error: {words}") and "\n" not in err, err

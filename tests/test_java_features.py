@@ -140,7 +140,10 @@ STUBS = {  # the logger's classes as MegaMek declares them (megamek.ai.dataset),
 public abstract class EntityDataMap<F extends Enum<F>> {
     private final Class<F> fieldEnumClass;
     private final java.util.Map<F, Object> data;
-    protected EntityDataMap(Class<F> fieldEnumClass) { this.fieldEnumClass = fieldEnumClass; data = new java.util.EnumMap<>(fieldEnumClass); }
+    protected EntityDataMap(Class<F> fieldEnumClass) {
+        this.fieldEnumClass = fieldEnumClass;
+        data = new java.util.EnumMap<>(fieldEnumClass);
+    }
     public EntityDataMap<F> put(F field, Object value) { data.put(field, value); return this; }
     public Object get(F field) { return data.get(field); }
     public Class<F> getFieldEnumClass() { return fieldEnumClass; }
@@ -167,13 +170,15 @@ public class UnitState extends EntityDataMap<UnitState.Field> {
         return map;
     }
 }""",
-    "megamek/stub/Entity.java": "package megamek.stub; public class Entity { public final int id; public Entity(int id) { this.id = id; } }",
+    "megamek/stub/Entity.java": "package megamek.stub; public class Entity { public final int id; "
+                                "public Entity(int id) { this.id = id; } }",
     "megamek/stub/Board.java": "package megamek.stub; public class Board { public int getWidth() { return 16; } "
                                "public int getHeight() { return 17; } }",
     "megamek/stub/Game.java": "package megamek.stub; public class Game { public java.util.List<Entity> getEntitiesVector() "
                               "{ return java.util.List.of(new Entity(1), new Entity(2), new Entity(3)); } "
                               "public Board getBoard() { return new Board(); } }",
-    "megamek/stub/MovePath.java": "package megamek.stub; public class MovePath { public Entity getEntity() { return new Entity(1); } }",
+    "megamek/stub/MovePath.java": "package megamek.stub; public class MovePath { "
+                                  "public Entity getEntity() { return new Entity(1); } }",
 }
 
 

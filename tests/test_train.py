@@ -398,3 +398,67 @@ def test_cross_validation_benchmark_holds_out_every_game_once(sample_dataset):
         assert float(line.group(1)) == pytest.approx(values.mean(), abs=2e-4)
         assert float(line.group(2)) == pytest.approx((model - values).mean(), abs=2e-4)
         assert int(line.group(3)) == int(np.sum(model - values > 0))
+
+
+def test_the_registered_model_is_a_complete_mlflow_model(tracking_server, one_epoch_run, sample_dataset, tmp_path):
+    """The registered model loads with mlflow.pyfunc in a process that cannot import the project, takes
+    raw feature rows by name, and answers as the trained model does; `mlflow models serve` answers the same
+    over REST."""
+    import json
+    import socket
+    import urllib.request
+
+    import pandas as pd
+
+    result = one_epoch_run
+    uri = f"models:/{result.model_name}/{result.registered_version}"
+    prepared = load_prepared(sample_dataset)
+    raw = prepared.splits["test"][0][:50]
+    columns = [name for f in prepared.schema["features"] for name in f["columns"]]
+    pd.DataFrame(raw, columns=columns).to_csv(tmp_path / "rows.csv", index=False)
+    expected = result.model.predict(Normalizer.fit(np.concatenate([prepared.splits["train"][0], prepared.splits["val"][0]]))
+                                    .transform(raw), verbose=0).reshape(-1)
+    script = f"""
+import json, sys
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]  # the installed project: gone
+sys.path = [p for p in sys.path if p.rstrip("/") != {str(ROOT)!r} and p not in ("", ".")]
+import mlflow, pandas as pd
+try:
+    import caspar  # noqa
+    sys.exit("the project is still importable")
+except ImportError:
+    pass
+model = mlflow.pyfunc.load_model({uri!r})
+print(json.dumps(model.predict(pd.read_csv("rows.csv")).tolist()))
+"""
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    np.testing.assert_allclose(json.loads(loaded.stdout.strip().splitlines()[-1]), expected, atol=1e-5)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp_path / "serve.log", "wb")  # a file, not a pipe: a full pipe would stall the server
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                              cwd=tmp_path, env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow models serve did not answer /ping"
+                time.sleep(0.5)
+        body = json.dumps({"dataframe_split": {"columns": columns, "data": raw.tolist()}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            served = json.loads(answer.read())["predictions"]
+        np.testing.assert_allclose(served, expected, atol=1e-5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()

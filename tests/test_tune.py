@@ -387,7 +387,8 @@ def test_a_study_starts_from_the_best_trials_of_an_earlier_one(ray_local, sample
     prepared = load_prepared(sample_dataset)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-secret-7f3a")  # must reach no trial and no log
     first = tune_study(TuneConfig(**common, n_trials=2, run_name="first"), prepared)
-    for path in glob.glob(os.path.join(ray_local.test_temp_dir, "**", "*"), recursive=True):
+    written = [os.path.join(ray_local.test_temp_dir, "**", "*"), os.path.join(tmp_path, "**", "*")]  # Ray's, MLflow's, the study's
+    for path in (path for pattern in written for path in glob.glob(pattern, recursive=True)):
         if os.path.isfile(path):
             with open(path, "rb") as handle:
                 assert b"planted-secret-7f3a" not in handle.read(), path
