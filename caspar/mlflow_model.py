@@ -14,6 +14,7 @@ import tempfile
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 
 from caspar.normalization import Normalizer
 
@@ -34,7 +35,7 @@ class CasparModel(mlflow.pyfunc.PythonModel):
         self.keras_model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
         self.normalizer = Normalizer.read_csv(context.artifacts["normalization"])
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         rows = np.asarray(model_input, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != len(self.normalizer.minimum):
             raise ValueError(f"expected rows of {len(self.normalizer.minimum)} raw feature values, got shape {rows.shape}")
@@ -42,8 +43,9 @@ class CasparModel(mlflow.pyfunc.PythonModel):
         return self.keras_model.predict(scaled, batch_size=4096, verbose=0).reshape(-1).astype(np.float64)
 
 
-def log_model(keras_model, normalizer: Normalizer, signature, pip_requirements: list[str]):
-    """Logs the model in the active run as `model`; returns MLflow's ModelInfo."""
+def log_model(keras_model, normalizer: Normalizer, signature, input_example: pd.DataFrame, pip_requirements: list[str]):
+    """Logs the model in the active run as `model` (MLflow checks it answers `input_example`, raw rows
+    by feature name); returns MLflow's ModelInfo."""
     with tempfile.TemporaryDirectory() as folder:
         keras_path = os.path.join(folder, KERAS_FILE)
         keras_model.save(keras_path)
@@ -52,8 +54,8 @@ def log_model(keras_model, normalizer: Normalizer, signature, pip_requirements: 
         code = os.path.join(folder, "code", "caspar")  # the package without caches
         shutil.copytree(PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         return mlflow.pyfunc.log_model(name="model", python_model=CasparModel(), code_paths=[code], signature=signature,
-                                       artifacts={"keras_model": keras_path, "normalization": normalization},
-                                       pip_requirements=pip_requirements)
+                                       input_example=input_example, pip_requirements=pip_requirements,
+                                       artifacts={"keras_model": keras_path, "normalization": normalization})
 
 
 def keras_model_of(model_uri: str):
@@ -61,9 +63,9 @@ def keras_model_of(model_uri: str):
     from mlflow.models import get_model_info
 
     if "keras" in get_model_info(model_uri).flavors:
-        import mlflow.keras
+        from mlflow import keras as keras_flavour
 
         import caspar.layers  # noqa: F401
 
-        return mlflow.keras.load_model(model_uri)
+        return keras_flavour.load_model(model_uri)
     return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().keras_model

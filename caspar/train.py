@@ -291,9 +291,9 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
     from caspar.mlflow_model import log_model  # raw rows in, by feature name: the MLflow model normalises itself
 
     columns = [name for f in prepared.schema["features"] for name in f["columns"]]
-    signature = infer_signature(pd.DataFrame(x_test[:5].astype(np.float64), columns=columns),
-                                shipped_predictions[:5].astype(np.float64))
-    info = log_model(shipped.model, shipped.normalizer, signature, _requirements())
+    example = pd.DataFrame(x_test[:2].astype(np.float64), columns=columns)
+    signature = infer_signature(example, shipped_predictions[:2].astype(np.float64))
+    info = log_model(shipped.model, shipped.normalizer, signature, example, _requirements())
     with tempfile.TemporaryDirectory() as folder:  # after the model: these files say the run has one (caspar.artifacts)
         def path(name):
             return os.path.join(folder, name)
