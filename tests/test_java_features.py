@@ -97,7 +97,7 @@ def small_model(features: np.ndarray, reward: np.ndarray):
     """A model with trees and a network (TabM-mini, piecewise-linear encoding) fitted on these rows."""
     normalizer = Normalizer.fit(features)
     x = normalizer.transform(features)
-    hp = Hyperparameters(hidden_layers=[32], trees=25, ensemble_size=4, encoding_bins=8, seed=0)
+    hp = Hyperparameters(hidden_layers=[16], trees=10, ensemble_size=4, encoding_bins=4, seed=0)
     model = build_mlp(hp, x, fit_trees(x, reward, hp))
     model.compile(optimizer="adam", loss="mse")
     model.fit(x, reward, epochs=1, batch_size=256, verbose=0)
@@ -106,15 +106,15 @@ def small_model(features: np.ndarray, reward: np.ndarray):
 
 @needs_shared_logs()
 def test_java_feature_parity_on_every_game_of_the_corpus_and_the_score(classes, tmp_path):
-    """Every row of every game of CASPAR_GAMELOGS, and each game again as today's split layout writes
-    it with HAS_ECM drawn at random; then the model's score from the Java features."""
+    """Every row of every game of CASPAR_GAMELOGS, and about one game in three again as today's split
+    layout writes it with HAS_ECM drawn at random; then the model's score from the Java features."""
     inputs = find_logs(str(GAMELOGS))
     logs = []
     for name, paths in sorted(inputs.games.items()):
         files = {path.rsplit("/", 1)[-1]: open(path, "rb").read() for path in paths}
         log = read_game(files, name)
         logs.append(log)
-        if len(files) == 1:
+        if len(files) == 1 and len(logs) % 6 == 1:  # about one game in three, also as today's split layout writes it
             logs.append(with_random_ecm(read_game(rewrite(files[next(iter(files))], "split"), "split-" + name), 0))
     keys, java, expected = java_and_python(logs, tmp_path, classes)
     compared, lines = differences(keys, java, expected)
