@@ -308,8 +308,9 @@ def test_readme_example_on_the_real_corpus_is_at_least_its_own_trees(corpus_data
     the trees and GBDT baselines are scored on the rows the model was fitted on."""
     import mlflow
 
+    # smaller trees than the defaults: the README's network is the subject
     result = train(TrainConfig(**README_EXAMPLE, epochs=2, trees=200, tree_folds=2, data=corpus_dataset[0],
-                               experiment_name="test-corpus", model_name="CASPAR-corpus-test"))  # smaller trees: the network is the subject
+                               experiment_name="test-corpus", model_name="CASPAR-corpus-test"))
     m = result.metrics
     assert m["test_r2"] >= m["baseline_trees_test_r2"] - 0.003, m
     assert m["baseline_trees_test_r2"] > m["baseline_mean_test_r2"] + 0.5 and m["baseline_gbdt_test_r2"] > 0.85
