@@ -240,9 +240,16 @@ class Situation:
         rows = np.where(in_snapshot, rows, 0)
         self.unit_rows = rows
         self.has_ecm = game.has_ecm[me]
-        for name in ("x", "y", "facing", "mp", "max_range", "total_damage", "hp", "role", "team",
-                     "player", "entity", "armor_p", "internal_p", "health", "has_ecm"):
-            setattr(self, "u_" + name, getattr(game, name)[rows] if len(game.entity) else np.zeros_like(rows))
+        def units(values: np.ndarray) -> np.ndarray:
+            """[M, K]: a per-state-row array at each move's snapshot units."""
+            return values[rows] if len(game.entity) else np.zeros_like(rows)
+
+        self.u_x, self.u_y, self.u_facing, self.u_mp = units(game.x), units(game.y), units(game.facing), units(game.mp)
+        self.u_max_range, self.u_total_damage, self.u_hp = units(game.max_range), units(game.total_damage), units(game.hp)
+        self.u_role, self.u_team, self.u_player, self.u_entity = (units(game.role), units(game.team), units(game.player),
+                                                                  units(game.entity))
+        self.u_armor_p, self.u_internal_p, self.u_health = units(game.armor_p), units(game.internal_p), units(game.health)
+        self.u_has_ecm = units(game.has_ecm)
         eligible = (in_snapshot & (self.u_entity != self.entity[:, None])
                     & (self.u_x >= 0) & (self.u_x < self.width[:, None])
                     & (self.u_y >= 0) & (self.u_y < self.height[:, None])
