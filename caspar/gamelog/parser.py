@@ -79,15 +79,25 @@ class LogParser:
         self.versioned = False
         self.newer_columns = False  # a unit header with ID or HAS_ECM: written by May 2025 or later
         self.attack_columns: tuple[str, ...] = tuple(ATTACK_COLUMNS)
+        # The file being fed (index_lines sets its lines; feed resets the rest for each file):
+        self.data = b""
+        self.starts = self.stops = self.ends = self.blank_before = self.row_kinds = np.empty(0, np.int64)
+        self.empty = np.empty(0, bool)
+        self.kind_changes: list[int] = []  # versioned files: lines where the row kind changes
+        self.known_headers: dict[bytes, _Group] = {}
+        self.rejected: dict[str, _Group] = {}  # rows under a header lacking a required column
+        self.latest: dict[str, _Group] = {}  # versioned files: the last header of each kind
+        self.group: _Group | None = None  # unversioned files: the block the rows belong to
+        self.consumed = -1  # index of a value row already taken by a one-row block
 
     def feed(self, data: bytes) -> None:
         """Every line of `data` into the groups of data rows, boards and problems."""
         headerish = self.index_lines(self.as_utf8(data))
-        self.known_headers: dict[bytes, _Group] = {}
-        self.rejected = {k: _Group(k, ()) for k in REQUIRED_COLUMNS}  # rows under a header lacking a required column
-        self.latest: dict[str, _Group] = {}  # versioned files: the last header of each kind
-        self.group: _Group | None = None  # unversioned files: the block the rows belong to
-        self.consumed = -1  # index of a value row already taken by a one-row block
+        self.known_headers = {}
+        self.rejected = {k: _Group(k, ()) for k in REQUIRED_COLUMNS}
+        self.latest = {}
+        self.group = None
+        self.consumed = -1
         previous = -1
         for i in headerish.tolist():
             if i != self.consumed:
