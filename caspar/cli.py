@@ -155,8 +155,10 @@ def quiet_libraries():
     os.dup2(write_end, 2)
     os.close(write_end)
 
+    target_fd = os.dup(real_stderr)  # here, not in the thread: the block may end before the thread runs
+
     def pump():
-        with os.fdopen(read_end, "rb") as source, os.fdopen(os.dup(real_stderr), "wb") as target:
+        with os.fdopen(read_end, "rb") as source, os.fdopen(target_fd, "wb") as target:
             for line in source:
                 if not NATIVE_NOISE.match(line):
                     target.write(line)

@@ -7,12 +7,14 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import ROOT
 
 from caspar import evaluate
 from caspar.artifacts import NORMALIZATION_FILE
 from caspar.config import OPTIMIZERS, Hyperparameters, TrainConfig
+from caspar.features import feature_names
 from caspar.model import Normalizer
 from caspar.prepared import load_prepared
 from caspar.train import train
@@ -64,11 +66,12 @@ def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
     assert run.data.tags.get("git_commit")
     # the registered model loads back and predicts what the trained model predicted
     assert result.registered_version is not None
-    loaded = mlflow.keras.load_model(f"models:/CASPAR-test/{result.registered_version}")
-    # shipped: refitted on train + validation, normalised by those rows
+    loaded = mlflow.pyfunc.load_model(f"models:/CASPAR-test/{result.registered_version}")  # raw rows in
+    # shipped: fitted on train + validation, normalised by those rows
     normalizer = Normalizer.fit(np.concatenate([prepared.splits["train"][0], prepared.splits["val"][0]]))
-    x = normalizer.transform(prepared.splits["test"][0])
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), result.model.predict(x, verbose=0), atol=1e-6)
+    raw = prepared.splits["test"][0]
+    np.testing.assert_allclose(loaded.predict(pd.DataFrame(raw.astype(np.float64), columns=feature_names())),
+                               result.model.predict(normalizer.transform(raw), verbose=0).reshape(-1), atol=1e-6)
     assert run.data.tags["caspar.fit_on"] == "train+val" and run.data.params["fit_on"] == "train+val"
 
 
@@ -408,8 +411,6 @@ def test_the_registered_model_is_a_complete_mlflow_model(tracking_server, one_ep
     import json
     import socket
     import urllib.request
-
-    import pandas as pd
 
     result = one_epoch_run
     uri = f"models:/{result.model_name}/{result.registered_version}"

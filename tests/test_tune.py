@@ -17,7 +17,7 @@ from services import ray_cluster
 
 FINISHED_LINE = re.compile(r"^trial \d+/\d+ \((\w+)\):", re.MULTILINE)
 TINY = ["--n-trials", "6", "--epochs", "4", "--grace-period", "1", "--cpus-per-trial", "1", "--search", "trees=0,25",
-        "--tree-recipes", "1", "--tree-folds", "2"]
+        "--tree-recipes", "1"]
 
 
 def trial_results(study_path) -> dict[str, list[dict]]:
