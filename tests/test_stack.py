@@ -224,7 +224,8 @@ def test_s3_down_while_logging_leaves_no_good_looking_model(sample_dataset, tmp_
         dead_endpoint = f"http://127.0.0.1:{free_port()}"  # the S3 server is down
         with compose_mlflow(dead_endpoint, pg_port) as url:
             env = without_s3_credentials(MLFLOW_TRACKING_URI=url, AWS_MAX_ATTEMPTS="1", **SIGNED_IN)  # no retries
-            result, _ = job("train", "--data", sample_dataset, "--epochs", "1", "--trees", "20", "--tree-folds", "2", "--run-name", "half",
+            result, _ = job("train", "--data", sample_dataset, "--epochs", "1", "--trees", "20", "--tree-folds", "2",
+                            "--run-name", "half",
                             "--model-name", "CASPAR-half", env=env, timeout=300)
             assert result.returncode != 0
             assert "train: error:" in result.stderr and "Traceback" not in result.stderr
