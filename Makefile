@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 # The whole pipeline on embedded defaults (local Ray, local MLflow store) on synthetic logs, kept
 # apart from real ones (data/raw): prepare -> tune (a small budget) -> export.
 demo: $(VENV)/.installed
-	@test -d data/demo/raw || $(PY) -m caspar.samples data/demo/raw --count 40
+	@test -d data/demo/raw || $(PY) -m caspar.data.samples data/demo/raw --count 40
 	$(PY) jobs/prepare.py --input data/demo/raw --output data/demo/prepared
 	$(PY) jobs/tune.py --data data/demo/prepared --n-trials 6 --epochs 8 --grace-period 2 --tree-recipes 2 --replace --run-name demo-model \
 		--experiment-name demo --model-name CASPAR-demo
@@ -44,7 +44,7 @@ test-fast: lint $(COMPOSE_SCHEMA)
 
 # The feature documentation, generated from the feature registry (a test fails when it is stale).
 docs: $(VENV)/.installed
-	$(PY) -m caspar.features docs/features.md
+	$(PY) -m caspar.data.features docs/features.md
 
 bench-prepare: $(VENV)/.installed
 	@test -n "$(LOGS)" || { echo 'make bench-prepare: set LOGS=FOLDER (a folder of game logs)'; exit 2; }

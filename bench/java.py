@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from caspar import javafeatures, javamodel  # noqa: E402
-from caspar.features import load_unit_points  # noqa: E402
-from caspar.gamelog.reader import read_game  # noqa: E402
-from caspar.logfiles import find_logs  # noqa: E402
+from caspar.data.features import load_unit_points  # noqa: E402
+from caspar.data.gamelog.reader import read_game  # noqa: E402
+from caspar.data.logfiles import find_logs  # noqa: E402
+from caspar.export import javafeatures, javamodel  # noqa: E402
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ Ray start excluded) and peak memory per worker (its own anonymous pages, sampled
 each file; the object store's shared pages are not the worker's).
 
 With --formats: the corpus (repeated N times) rewritten in each layout MegaMek writes today
-(caspar.gamelog.writer), prepared in each; the same figures per layout, and how many games give
+(caspar.data.gamelog.writer), prepared in each; the same figures per layout, and how many games give
 rows equal to the original's (within 1e-6, outside the features whose information differs).
 """
 import argparse
@@ -60,7 +60,7 @@ def run(logs: Path, output: Path) -> dict:
 
 
 def rewritten_corpus(logs: Path, times: int, layout: str | None, folder: Path) -> Path:
-    from caspar.gamelog.writer import rewrite
+    from caspar.data.gamelog.writer import rewrite
 
     folder.mkdir(parents=True)
     for number, path in enumerate(sorted(logs.rglob("*.tsv")) * times):
@@ -74,9 +74,9 @@ def rewritten_corpus(logs: Path, times: int, layout: str | None, folder: Path) -
 def equal_games(logs: Path, layout: str) -> tuple[int, int]:
     import numpy as np
 
-    from caspar.features import feature_names, featurize, load_unit_points
-    from caspar.gamelog import read_game, read_log
-    from caspar.gamelog.writer import FORMAT_DEPENDENT_FEATURES, rewrite
+    from caspar.data.features import feature_names, featurize, load_unit_points
+    from caspar.data.gamelog import read_game, read_log
+    from caspar.data.gamelog.writer import FORMAT_DEPENDENT_FEATURES, rewrite
 
     same = np.array([name not in FORMAT_DEPENDENT_FEATURES for name in feature_names()])
     points, equal, paths = load_unit_points(), 0, sorted(logs.rglob("*.tsv"))
@@ -89,7 +89,7 @@ def equal_games(logs: Path, layout: str) -> tuple[int, int]:
 
 
 def compare_formats(logs: Path, times: int, tmp: Path) -> None:
-    from caspar.gamelog.writer import LAYOUTS
+    from caspar.data.gamelog.writer import LAYOUTS
 
     for layout in [None, *LAYOUTS]:
         folder = rewritten_corpus(logs, times, layout, tmp / f"logs-{layout}")

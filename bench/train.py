@@ -13,7 +13,7 @@
    same rows, its own trees alone and, with --flaml, FLAML's AutoML given the same time. Paired
    differences per fold, then their mean ± sd. --set tries other values (JSON of Hyperparameters
    fields).
-3. Only with --test-split: runs of the configuration through `caspar.train.train` with --seeds
+3. Only with --test-split: runs of the configuration through `caspar.training.train.train` with --seeds
    seeds, scored on the test split (a throw-away MLflow store). Report these; choose nothing by them.
 """
 import argparse
@@ -24,7 +24,7 @@ import tempfile
 import time
 
 from caspar.config import FIT_ON, Hyperparameters, TrainConfig
-from caspar.prepared import load_prepared
+from caspar.data.prepared import load_prepared
 
 DEFAULTS = Hyperparameters()
 
@@ -37,7 +37,7 @@ def throughput(config: dict, splits: dict, epochs: int = 3) -> float:
     computed once: an epoch costs the same)."""
     import keras
 
-    from caspar.train import fit, fit_stage
+    from caspar.training.train import fit, fit_stage
 
     class Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -91,8 +91,8 @@ def print_throughput(splits) -> None:
 def test_split_runs(data: str, prepared, changes: dict, seeds: int, fit_on: str) -> None:
     import numpy as np
 
-    from caspar import evaluate
-    from caspar.train import train
+    from caspar.training import evaluate
+    from caspar.training.train import train
 
     figures = []
     with tempfile.TemporaryDirectory() as store:
@@ -149,8 +149,8 @@ def cross_validation(prepared, changes: dict, folds: int, with_flaml: bool, base
     from sklearn.metrics import r2_score
     from sklearn.model_selection import GroupKFold
 
-    from caspar import evaluate
-    from caspar.train import fit, fit_stage, release
+    from caspar.training import evaluate
+    from caspar.training.train import fit, fit_stage, release
 
     splits = ("train", "val")  # the test split stays out
     x = np.concatenate([prepared.splits[name][0] for name in splits])

@@ -6,11 +6,11 @@ import csv
 
 import numpy as np
 
-NORMALIZATION_FILE = "min_max_feature_normalization.csv"  # the game's normalisation (caspar.model.Normalizer)
+NORMALIZATION_FILE = "min_max_feature_normalization.csv"  # the game's normalisation (caspar.model.network.Normalizer)
 TEST_INPUTS_FILE = "test_inputs.csv"  # raw test rows and the output the shipped model gave each
 SCHEMA_FILE = "schema.json"  # the feature set the model reads
 MANIFEST_FILE = "manifest.json"  # the dataset's input files
-FEATURE_PROFILE_FILE = "feature_profile.json"  # the fitted rows' range and bins, for jobs/drift.py (caspar.drift)
+FEATURE_PROFILE_FILE = "feature_profile.json"  # the fitted rows' range and bins, for jobs/drift.py (caspar.training.drift)
 MODEL_FOLDER = "model"  # the Keras model as MLflow logged it
 # Written last of the files beside the model, after the model: a run that has it has a model.
 MODEL_MARKER = NORMALIZATION_FILE

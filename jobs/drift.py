@@ -20,7 +20,7 @@ def drift_job(config: DriftConfig) -> list[str]:
     from caspar import tracking
 
     tracking.configure()
-    from caspar.drift import check
+    from caspar.training.drift import check
 
     return check(config)
 

@@ -18,7 +18,7 @@ def export_job(config: ExportConfig) -> list[str]:
     from caspar import tracking
 
     tracking.configure()  # the server is checked before TensorFlow loads
-    from caspar.export import export
+    from caspar.export.formats import export
 
     return export(config.run, config.output, config.experiment_name).lines()
 

@@ -15,7 +15,7 @@ def main(argv=None) -> int:
 
 
 def prepare_job(config: PrepareConfig) -> list[str]:
-    from caspar import dataset
+    from caspar.data import dataset
 
     return dataset.prepare(config).lines()
 

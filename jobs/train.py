@@ -16,11 +16,11 @@ def main(argv=None) -> int:
 
 def train_job(config: TrainConfig) -> list[str]:
     from caspar import tracking
-    from caspar.prepared import load_prepared
+    from caspar.data.prepared import load_prepared
 
     prepared = load_prepared(config.data)  # the dataset, then the server, are checked before TensorFlow loads
     tracking.configure()
-    from caspar.train import train
+    from caspar.training.train import train
 
     return train(config, prepared, show_progress=True).lines()
 

@@ -16,11 +16,11 @@ def main(argv=None) -> int:
 
 def tune_job(config: TuneConfig, verbose: bool) -> list[str]:
     from caspar import tracking
-    from caspar.prepared import load_prepared
+    from caspar.data.prepared import load_prepared
 
     prepared = load_prepared(config.data)  # the dataset, then the server, are checked before Ray and TensorFlow start
     tracking.configure()
-    from caspar.tune import tune_study
+    from caspar.tuning.tune import tune_study
 
     study = tune_study(config, prepared, verbose)
     if study.interrupted and study.run_id is None:

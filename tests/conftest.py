@@ -84,9 +84,9 @@ def tracking_server(mlflow_url, monkeypatch):
 def sample_dataset(tmp_path_factory):
     """A small prepared dataset built from synthetic logs by the real prepare job (in this process:
     30 games)."""
-    from caspar import dataset
     from caspar.config import PrepareConfig
-    from caspar.samples import write_samples
+    from caspar.data import dataset
+    from caspar.data.samples import write_samples
 
     folder = tmp_path_factory.mktemp("samples")
     write_samples(folder / "raw", count=30, seed=11)
@@ -98,8 +98,8 @@ def sample_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def corpus_dataset(ray_local, tmp_path_factory):
     """The shared corpus of real logs, prepared once by the real prepare job: (folder, summary)."""
-    from caspar import dataset
     from caspar.config import PrepareConfig
+    from caspar.data import dataset
 
     if not GAMELOGS.is_dir():
         pytest.skip("no real corpus (CASPAR_GAMELOGS)")

@@ -1,5 +1,5 @@
 """Small hand-written game logs for tests: build a log line by line, with any quirk."""
-from caspar.gamelog.log import ATTACK_COLUMNS, MINEFIELD_COLUMNS, MOVE_COLUMNS, STATE_COLUMNS
+from caspar.data.gamelog.log import ATTACK_COLUMNS, MINEFIELD_COLUMNS, MOVE_COLUMNS, STATE_COLUMNS
 
 STATE27 = "\t".join(STATE_COLUMNS)
 STATE24 = "\t".join(STATE_COLUMNS[:24])

@@ -11,12 +11,12 @@ import pyarrow.dataset as pads
 import pytest
 from conftest import ROOT
 
-from caspar import dataset, prepared
 from caspar.config import PrepareConfig
+from caspar.data import dataset, prepared
+from caspar.data.features import feature_bounds, featurize, load_unit_points, schema
+from caspar.data.gamelog import read_log
+from caspar.data.samples import write_samples
 from caspar.errors import UserError
-from caspar.features import feature_bounds, featurize, load_unit_points, schema
-from caspar.gamelog import read_log
-from caspar.samples import write_samples
 
 
 def read_rows(path, filesystem=None):
@@ -211,7 +211,7 @@ def test_real_corpus(corpus_dataset):
 
 
 def test_the_listing_visits_each_real_folder_once_and_names_odd_file_names(tmp_path):
-    from caspar.logfiles import find_logs
+    from caspar.data.logfiles import find_logs
 
     root = tmp_path / "logs"
     (root / "a").mkdir(parents=True)
@@ -229,7 +229,7 @@ def test_the_listing_visits_each_real_folder_once_and_names_odd_file_names(tmp_p
 def test_a_zip_input_has_a_size_cap_and_no_unpacked_copy_outlives_its_run(tmp_path, monkeypatch):
     import tempfile
 
-    from caspar import logfiles
+    from caspar.data import logfiles
 
     archive = tmp_path / "logs.zip"
     with zipfile.ZipFile(archive, "w") as handle:
@@ -295,7 +295,7 @@ def test_a_published_archive_is_downloaded_once_checked_and_prepared(tmp_path, m
     import http.server
     import threading
 
-    from caspar import corpus
+    from caspar.data import corpus
 
     served = tmp_path / "served"
     write_samples(tmp_path / "logs", count=30, seed=11)

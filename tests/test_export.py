@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from caspar import export
 from caspar.config import TrainConfig
 from caspar.errors import UserError
-from caspar.registry import ExportError
-from caspar.train import train
+from caspar.export import formats as export
+from caspar.training.registry import ExportError
+from caspar.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_export_by_run_id_and_registry_uri(trained, tmp_path):
     by_uri = export.export(f"models:/CASPAR-export-test/{trained.registered_version}", str(tmp_path / "uri"))
     assert by_uri.source.run_id == trained.run_id
     check_export(by_uri, tmp_path / "uri")
-    from caspar.registry import find_model
+    from caspar.training.registry import find_model
 
     assert find_model("models:/CASPAR-export-test@champion").run_id == trained.run_id  # train's --alias
 
@@ -173,7 +173,7 @@ NETWORK_HELPS = {"trees and a TabM-mini ensemble correcting them": True, "the tr
 def test_every_model_family_exports_and_reports_its_latency(family, mlflow_url, sample_dataset, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from caspar import train as training
+    from caspar.training import train as training
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_url)
     if family in NETWORK_HELPS:  # whether validation finds the network's gain beyond noise, decided here

@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT
 
-from caspar import dataset, prepared
 from caspar.config import TrainConfig
+from caspar.data import dataset, prepared
+from caspar.data.features import featurize, load_unit_points
+from caspar.data.gamelog import read_log
+from caspar.data.samples import write_samples
 from caspar.errors import InputError, UserError
-from caspar.features import featurize, load_unit_points
-from caspar.gamelog import read_log
-from caspar.samples import write_samples
 
 
 def job(name, *args, env=None, timeout=300):
@@ -260,7 +260,7 @@ def test_the_train_job_reports_a_damaged_dataset_in_one_line(existing, tmp_path)
 def test_a_diverged_run_is_failed_and_registers_nothing(good, tmp_path, monkeypatch):
     import mlflow
 
-    from caspar import train as training
+    from caspar.training import train as training
 
     real_fit = training.fit
 
@@ -286,8 +286,8 @@ def test_a_model_no_better_than_the_mean_is_neither_registered_nor_exported(good
     FINISHED and tagged with the reason, registers nothing, and the export job refuses it in one line."""
     import mlflow
 
-    from caspar import evaluate
-    from caspar import train as training
+    from caspar.training import evaluate
+    from caspar.training import train as training
 
     scorecard = evaluate.scorecard
 
@@ -350,7 +350,7 @@ def test_resume_refuses_a_changed_study_option_and_the_study_logs_every_option()
     import dataclasses
 
     from caspar.config import TuneConfig
-    from caspar.tune import check_same_study, study_parameters
+    from caspar.tuning.tune import check_same_study, study_parameters
 
     logged = {k: str(v) for k, v in study_parameters(TuneConfig(epochs=30)).items()}
     assert {f.name for f in dataclasses.fields(TuneConfig)} <= set(logged)
@@ -376,8 +376,8 @@ def test_native_error_lines_reach_the_user_and_the_cpu_only_noise_does_not():
 def test_a_trial_no_node_can_hold_is_refused_at_once(ray_local, sample_dataset, tmp_path, monkeypatch):
     """The session's Ray node has 2 CPUs: a trial of 3 would wait forever."""
     from caspar.config import TuneConfig
-    from caspar.prepared import load_prepared
-    from caspar.tune import tune_study
+    from caspar.data.prepared import load_prepared
+    from caspar.tuning.tune import tune_study
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
     refused = r"--cpus-per-trial 3: no node of this cluster has that many CPUs \(the largest has 2\)"
@@ -427,7 +427,7 @@ def test_a_run_that_did_not_finish_is_exported_by_no_reference_and_export_keeps_
     which ended it FINISHED)."""
     import mlflow
 
-    from caspar import train as training
+    from caspar.training import train as training
 
     store = f"sqlite:///{tmp_path}/m.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)

@@ -5,11 +5,11 @@ import pytest
 from conftest import GAMELOGS, SHARED, needs_shared_logs
 from logtext import STATE27, board, move, text, unit
 
-from caspar.features import feature_bounds, feature_names, featurize, hexgrid, load_unit_points, schema
-from caspar.features.registry import compute_all
-from caspar.features.situation import Game, Situation
-from caspar.gamelog import read_log
-from caspar.samples import game_log
+from caspar.data.features import feature_bounds, feature_names, featurize, hexgrid, load_unit_points, schema
+from caspar.data.features.registry import compute_all
+from caspar.data.features.situation import Game, Situation
+from caspar.data.gamelog import read_log
+from caspar.data.samples import game_log
 
 POINTS = load_unit_points()
 NAMES = feature_names()
@@ -204,7 +204,7 @@ def test_schema_names_widths_and_version():
 
 
 def test_adding_a_feature_changes_the_schema(monkeypatch):
-    from caspar.features import registry
+    from caspar.data.features import registry
 
     before = schema()["version"]
     monkeypatch.setattr(registry, "REGISTRY", list(registry.REGISTRY))

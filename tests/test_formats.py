@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from conftest import GAMELOGS, needs_shared_logs
 
-from caspar import dataset
 from caspar.config import PrepareConfig
-from caspar.features import feature_names, featurize, load_unit_points
-from caspar.gamelog import read_game, read_log
-from caspar.gamelog.writer import FORMAT_DEPENDENT_FEATURES, LAYOUTS, MOVE, STATE, rewrite
-from caspar.samples import game_log
+from caspar.data import dataset
+from caspar.data.features import feature_names, featurize, load_unit_points
+from caspar.data.gamelog import read_game, read_log
+from caspar.data.gamelog.writer import FORMAT_DEPENDENT_FEATURES, LAYOUTS, MOVE, STATE, rewrite
+from caspar.data.samples import game_log
 
 POINTS = load_unit_points()
 SAME = np.array([name not in FORMAT_DEPENDENT_FEATURES for name in feature_names()])

@@ -4,8 +4,8 @@ import math
 import numpy as np
 from logtext import ATTACK, MINEFIELD, MOVE, STATE24, STATE27, board, move, text, unit
 
-from caspar.gamelog import parse_hex, read_log
-from caspar.samples import game_log
+from caspar.data.gamelog import parse_hex, read_log
+from caspar.data.samples import game_log
 
 
 def basic_game(newline="\n", wide=True):

@@ -11,16 +11,16 @@ import pyarrow as pa
 import pytest
 from conftest import GAMELOGS, ROOT, needs_shared_logs
 
-from caspar import javafeatures, javamodel
 from caspar.config import Hyperparameters
-from caspar.export import TOLERANCE
-from caspar.features import feature_names, load_unit_points, schema
-from caspar.gamelog import read_log
-from caspar.gamelog.reader import read_game
-from caspar.gamelog.writer import rewrite
-from caspar.logfiles import find_logs
-from caspar.model import Normalizer, build_mlp, fit_trees
-from caspar.samples import game_log
+from caspar.data.features import feature_names, load_unit_points, schema
+from caspar.data.gamelog import read_log
+from caspar.data.gamelog.reader import read_game
+from caspar.data.gamelog.writer import rewrite
+from caspar.data.logfiles import find_logs
+from caspar.data.samples import game_log
+from caspar.export import javafeatures, javamodel
+from caspar.export.formats import TOLERANCE
+from caspar.model.network import Normalizer, build_mlp, fit_trees
 
 POINTS = load_unit_points()
 NAMES = feature_names()
@@ -223,7 +223,7 @@ def test_the_readme_megamek_adapter_compiles_and_scores(classes, tmp_path):
 def tiny_export(folder, feature_set: str) -> None:
     """An export of a small trees model of the full feature width: model.caspar, the normalisation and test_inputs.csv."""
     from caspar.artifacts import write_test_inputs
-    from caspar.model import trees_model
+    from caspar.model.network import trees_model
 
     rng = np.random.default_rng(0)
     raw = rng.random((200, len(NAMES))).astype(np.float32)

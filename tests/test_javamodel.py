@@ -6,11 +6,11 @@ import re
 import numpy as np
 import pytest
 
-from caspar import javamodel
 from caspar.artifacts import write_test_inputs
 from caspar.config import Hyperparameters
-from caspar.export import TOLERANCE, JavaModel, write_java
-from caspar.model import Normalizer, build_mlp, fit_trees
+from caspar.export import javamodel
+from caspar.export.formats import TOLERANCE, JavaModel, write_java
+from caspar.model.network import Normalizer, build_mlp, fit_trees
 
 WIDTH = 12
 
@@ -83,7 +83,7 @@ def test_every_family_computes_in_java_what_keras_computes(family, classes, rows
 def test_the_trees_alone_compute_in_java_what_keras_computes(classes, rows, tmp_path):
     """What ships when the network does not beat its trees on validation: both learners' trees,
     weighted, no network layer."""
-    from caspar.model import trees_model
+    from caspar.model.network import trees_model
 
     raw, reward = rows
     normalizer = Normalizer.fit(raw)
@@ -103,7 +103,7 @@ def test_the_tree_walk_reads_back_the_trees_matrix_form(rows):
     """Node arrays rebuilt from the TreeEnsemble's matrices give scikit-learn's predictions."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    from caspar.layers import TreeEnsemble
+    from caspar.model.layers import TreeEnsemble
 
     raw, reward = rows
     x = Normalizer.fit(raw).transform(raw)
@@ -154,7 +154,7 @@ def test_the_export_readme_shell_check_runs_as_written(rows, tmp_path, classes):
     import re
     import subprocess
 
-    from caspar.export import _write_readme
+    from caspar.export.formats import _write_readme
 
     model, normalizer = trained_model(rows, {"trees": 25, "encoding_bins": 8, "ensemble_size": 4}, "relu")
     java_difference(model, normalizer, rows[0], tmp_path, classes)

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from caspar import evaluate
 from caspar.artifacts import NORMALIZATION_FILE
 from caspar.config import OPTIMIZERS, Hyperparameters, TrainConfig
-from caspar.features import feature_names
-from caspar.model import Normalizer
-from caspar.prepared import load_prepared
-from caspar.train import train
+from caspar.data.features import feature_names
+from caspar.data.prepared import load_prepared
+from caspar.model.network import Normalizer
+from caspar.training import evaluate
+from caspar.training.train import train
 
 SMALL = {"hidden_layers": [32, 16], "epochs": 3, "batch_size": 64, "patience": 5, "trees": 25, "tree_folds": 2}
 
@@ -90,8 +90,8 @@ def test_the_same_data_options_and_seed_give_the_same_model(tracking_server, sam
 def test_fit_on_all_ships_the_validated_network_on_trees_fitted_on_every_game(sample_dataset, monkeypatch, network_helps):
     """--fit-on all: the same recipes and weights, the trees fitted on every game; the network is not
     fitted again (its weights are those validation chose), or absent when it does not beat the trees."""
-    from caspar import evaluate
-    from caspar import train as training
+    from caspar.training import evaluate
+    from caspar.training import train as training
 
     prepared = load_prepared(sample_dataset)
     hp = Hyperparameters(**{**SMALL, "epochs": 2})
@@ -156,10 +156,10 @@ def test_the_drift_check_flags_what_a_newer_logger_writes(tracking_server, one_e
 
     from mlflow.tracking import MlflowClient
 
-    from caspar import dataset
     from caspar.config import PrepareConfig
-    from caspar.gamelog.writer import rewrite
-    from caspar.samples import game_log
+    from caspar.data import dataset
+    from caspar.data.gamelog.writer import rewrite
+    from caspar.data.samples import game_log
 
     logs = tmp_path / "new"
     logs.mkdir()
@@ -188,7 +188,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(sample_d
     import keras
 
     from caspar.config import Hyperparameters
-    from caspar.train import fit, fit_stage, learning_rate
+    from caspar.training.train import fit, fit_stage, learning_rate
 
     prepared = load_prepared(sample_dataset)
     hp = Hyperparameters(**{**SMALL, "epochs": 4, "trees": 0}, learning_rate=0.01, lr_schedule="cosine")
@@ -210,7 +210,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(sample_d
 def test_ensemble_trains_each_member_on_its_own_loss():
     """With member_losses (TabM's), the loss is the mean of the members' losses, not the loss of
     their mean: the heads add the members' spread while training, and only then."""
-    from caspar.layers import EnsembleHeads
+    from caspar.model.layers import EnsembleHeads
 
     rng = np.random.default_rng(0)
     hidden, y = rng.normal(size=(32, 4, 8)).astype("float32"), rng.normal(size=(32, 1)).astype("float32")
@@ -232,8 +232,8 @@ def test_trees_are_saved_as_weights_and_old_configs_still_load(tmp_path):
     config that still holds the arrays (as saved before) gives the same trees."""
     import keras
 
-    from caspar.layers import TreeEnsemble
-    from caspar.model import fit_trees
+    from caspar.model.layers import TreeEnsemble
+    from caspar.model.network import fit_trees
 
     rng = np.random.default_rng(0)
     x = rng.random((300, 12)).astype("float32")
@@ -257,7 +257,7 @@ def test_trees_are_saved_as_weights_and_old_configs_still_load(tmp_path):
 def test_the_encodings_bins_are_saved_as_weights_and_old_configs_still_load(tmp_path):
     import keras
 
-    from caspar.layers import PiecewiseLinearEncoding
+    from caspar.model.layers import PiecewiseLinearEncoding
 
     x = np.random.default_rng(0).random((300, 12)).astype("float32")
     x[:, 3] = np.round(x[:, 3])  # binary: one bin
@@ -330,7 +330,7 @@ def test_trees_layer_computes_what_scikit_learn_predicts_on_the_real_corpus(corp
     corpus it must give scikit-learn's own predictions."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    from caspar.layers import TreeEnsemble
+    from caspar.model.layers import TreeEnsemble
 
     prepared = load_prepared(corpus_dataset[0])
     normalizer = Normalizer.fit(prepared.splits["train"][0])
@@ -351,7 +351,7 @@ def test_the_output_keeps_a_gradient_when_every_prediction_is_out_of_range(tmp_p
     import keras
     import tensorflow as tf
 
-    from caspar.model import build_mlp, fit_trees
+    from caspar.model.network import build_mlp, fit_trees
 
     rng = np.random.default_rng(0)
     x = rng.random((200, 6)).astype("float32")
@@ -372,7 +372,7 @@ def test_the_output_keeps_a_gradient_when_every_prediction_is_out_of_range(tmp_p
 def test_every_optimizer_with_its_defaults_takes_a_step(optimizer):
     import keras
 
-    from caspar.model import make_optimizer
+    from caspar.model.network import make_optimizer
 
     weight = keras.Variable(np.ones(3, np.float32))
     step = make_optimizer(optimizer, 0.1, Hyperparameters().weight_decay)

@@ -1,12 +1,12 @@
-"""The trees that carry the model (caspar/trees.py): recipes of both learners compiled into the
+"""The trees that carry the model (caspar/model/trees.py): recipes of both learners compiled into the
 TreeEnsemble layer, cross-fitting by game, and ensemble selection."""
 import numpy as np
 import pytest
 
-from caspar import trees
 from caspar.config import Hyperparameters
-from caspar.layers import TreeEnsemble
-from caspar.model import predict_trees
+from caspar.model import trees
+from caspar.model.layers import TreeEnsemble
+from caspar.model.network import predict_trees
 
 
 @pytest.fixture(scope="module")

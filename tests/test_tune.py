@@ -145,8 +145,8 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
 
 def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_path, monkeypatch):
     from caspar.config import TuneConfig
-    from caspar.prepared import load_prepared
-    from caspar.tune import tune_study
+    from caspar.data.prepared import load_prepared
+    from caspar.tuning.tune import tune_study
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     storage = tmp_path / "ray_results"
@@ -211,7 +211,7 @@ def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tm
 
     from services import S3_KEY, S3_SECRET, s3_client
 
-    from caspar.samples import write_samples
+    from caspar.data.samples import write_samples
 
     commands = readme_block("## A Ray cluster")
     assert commands[0].startswith("cp cluster.env.example cluster.env")
@@ -266,7 +266,7 @@ def test_the_summary_tells_trials_stopped_by_asha_from_trials_cut_off():
     import pandas as pd
 
     from caspar.config import TuneConfig
-    from caspar.study import summarise
+    from caspar.tuning.study import summarise
 
     def trial(epoch, done, error=None, pid=1):
         frame = pd.DataFrame({"best_val_loss": [0.1], "cpu_training": [float(epoch)], "cpu_setup": [1.0], "pid": [pid],
@@ -287,8 +287,8 @@ def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
     import numpy as np
 
     from caspar.config import TuneConfig
-    from caspar.trial import OPTIMIZER_FILE, PHASES, Trial, load_best_model
-    from caspar.tune import fit_study_stages
+    from caspar.tuning.trial import OPTIMIZER_FILE, PHASES, Trial, load_best_model
+    from caspar.tuning.tune import fit_study_stages
 
     rng = np.random.default_rng(0)
     x = rng.random((400, 8)).astype("float32")
@@ -339,9 +339,9 @@ def test_a_trial_traces_its_training_step_in_set_up_and_then_trains_as_without(m
     import keras
     import numpy as np
 
-    from caspar import trial as trial_module
     from caspar.config import Hyperparameters
-    from caspar.trial import PHASES, Trial
+    from caspar.tuning import trial as trial_module
+    from caspar.tuning.trial import PHASES, Trial
 
     rng = np.random.default_rng(1)
     x = rng.random((300, 6)).astype("float32")
@@ -378,8 +378,8 @@ def test_a_study_starts_from_the_best_trials_of_an_earlier_one(ray_local, sample
     from mlflow.tracking import MlflowClient
 
     from caspar.config import TuneConfig
-    from caspar.prepared import load_prepared
-    from caspar.tune import earlier_trials, tune_study
+    from caspar.data.prepared import load_prepared
+    from caspar.tuning.tune import earlier_trials, tune_study
 
     store = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)

@@ -1,0 +1,381 @@
+"""The feature dataset: game logs -> Parquet rows, split by game, built in parallel by Ray Data
+(a few local logs in this process).
+
+Layout of a prepared dataset (local folder or s3:// prefix):
+
+    rows/*.parquet   one row per selected move: identity columns, `split`, `features` (354 floats,
+                     named in schema.json), `reward`
+    schema.json      the feature schema (ordered names, widths, version hash)
+    manifest.json    every input file with its sha256, rows produced and problems found
+
+A dataset is written beside its destination and swapped in when complete, so a re-run replaces
+it and a failed run leaves the previous one untouched.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import posixpath
+import resource
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from caspar.data import corpus
+
+from caspar import storage
+from caspar.cli import start_ray
+from caspar.config import PrepareConfig, check
+from caspar.errors import InputError
+from caspar.data.features import feature_names, featurize, load_unit_points, schema
+from caspar.data.gamelog import read_game
+from caspar.data.logfiles import Inputs, found_logs
+from caspar.data.prepared import ROWS_FOLDER, SPLITS
+
+FILES_PER_BLOCK = 8
+IN_PROCESS_GAMES = 48  # at most this many local games are prepared without Ray (starting it takes 4-6 s)
+SYNTHETIC_BOARD = "Synthetic #"  # the board name of caspar.data.samples' logs (make demo)
+PROBLEMS_KEPT = 20  # per file in the manifest; the rest are counted
+ID_COLUMNS = [
+    ("file", pa.string()), ("segment", pa.int32()), ("round", pa.int32()), ("player_id", pa.int32()),
+    ("team_id", pa.int32()), ("entity_id", pa.int32()), ("move_index", pa.int32()),
+    ("is_bot", pa.bool_()), ("split", pa.string()),
+]
+
+
+def row_schema() -> pa.Schema:
+    """Identity columns, the feature vector as one fixed-size list (order and names: schema.json)
+    and the reward."""
+    width = len(feature_names())
+    return pa.schema(ID_COLUMNS + [("features", pa.list_(pa.float32(), width)), ("reward", pa.float32())])
+
+
+# --- One file -> rows -------------------------------------------------------------------------
+
+def split_of(file: str, segments: np.ndarray, seed: int, test_size: float, validation_size: float) -> np.ndarray:
+    """Deterministic split per game (file, segment): a seeded hash, so a game's split does not
+    depend on which other logs are in the input."""
+    result = np.empty(len(segments), dtype=object)
+    for segment in np.unique(segments):
+        digest = hashlib.sha256(f"{seed}:{file}:{segment}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2.0**64
+        result[segments == segment] = "test" if u < test_size else "val" if u < test_size + validation_size else "train"
+    return result
+
+
+@functools.lru_cache(maxsize=4)
+def _unit_points(mekfile: str | None):
+    return load_unit_points(mekfile=mekfile)
+
+
+def rows_of_game(files: dict[str, bytes], name: str, recipe: dict) -> tuple[pa.Table, dict]:
+    """Featurise one game (a log, or the four files of a split game): its rows as an Arrow table,
+    and its manifest entry."""
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        digest.update(files[file])
+    entry = {"file": name, "sha256": digest.hexdigest(), "bytes": sum(len(d) for d in files.values()),
+             "format": None, "rows": 0, "moves": 0, "human_moves": 0, "problems": []}
+    try:
+        log = read_game(files, name)
+        entry["format"] = log.format
+        entry["synthetic"] = any(board.name.startswith(SYNTHETIC_BOARD) for board in log.boards)
+        rows = featurize(log, _unit_points(recipe["mekfile"]), recipe["include_bots"])
+    except Exception as error:  # a file that cannot be read at all is reported, not fatal
+        entry["problems"].append({"line": 0, "reason": f"unreadable: {type(error).__name__}: {error}"})
+        return row_schema().empty_table(), entry
+    entry["problems"] = [{"line": p.line, "reason": p.reason} | ({"file": p.file} if p.file != name else {})
+                         for p in log.problems[:PROBLEMS_KEPT]]
+    if len(log.problems) > PROBLEMS_KEPT:
+        entry["more_problems"] = len(log.problems) - PROBLEMS_KEPT
+    entry.update(rows=len(rows), moves=rows.moves_read, human_moves=rows.human_moves, dropped=rows.dropped)
+    split = split_of(name, rows.segment, recipe["seed"], recipe["test_size"], recipe["validation_size"])
+    columns = {
+        "file": pa.array([name] * len(rows), pa.string()), "segment": rows.segment,
+        "round": rows.round, "player_id": rows.player_id, "team_id": rows.team_id,
+        "entity_id": rows.entity_id, "move_index": rows.move_index, "is_bot": rows.is_bot,
+        "split": pa.array(split.tolist(), pa.string()),
+    }
+    features = pa.array(rows.features.astype(np.float32).ravel())
+    columns["features"] = pa.FixedSizeListArray.from_arrays(features, rows.features.shape[1])
+    columns["reward"] = rows.reward.astype(np.float32)
+    return pa.Table.from_pydict(columns, schema=row_schema()), entry
+
+
+# --- The Ray Data job ------------------------------------------------------------------------
+
+def featurize_game(name: str, paths: list[str], filesystem, recipe: dict) -> tuple[pa.Table, dict]:
+    """The rows and the manifest entry of one game (its file, or the four files of a split game):
+    the work of every prepare, in a Ray worker or in this process."""
+    cpu = time.process_time()
+    try:
+        files = {os.path.basename(path): storage.read_bytes(filesystem, path) for path in paths}
+    except OSError as error:  # reported in the manifest; the other files go on
+        table = row_schema().empty_table()
+        entry = {"file": name, "rows": 0, "problems": [{"line": 0, "reason": f"unreadable: {error}"}]}
+    else:
+        table, entry = rows_of_game(files, name, recipe)
+    entry["path"] = paths[0] if len(paths) == 1 else os.path.join(os.path.dirname(paths[0]), name)
+    if len(paths) > 1:
+        entry["parts"] = paths
+    entry["cost"] = {"cpu_ms": round(1000 * (time.process_time() - cpu), 2), "worker_pid": os.getpid(),
+                     "worker_memory_mb": _private_memory_mb()}
+    return table, entry
+
+
+def _featurize_batch(batch: dict, filesystem, recipe: dict, collector) -> pa.Table:
+    import ray
+
+    tables, recorded = [], []
+    for name, paths in zip(batch["game"].to_pylist(), batch["paths"].to_pylist()):
+        table, entry = featurize_game(name, paths, filesystem, recipe)
+        recorded.append(collector.add.remote(entry))
+        tables.append(table)
+    # Calls to an actor from different processes have no order: wait until this block's entries
+    # are recorded, so that the driver's collector.all() after the write sees every one of them.
+    ray.get(recorded)
+    pa.default_memory_pool().release_unused()
+    return pa.concat_tables(tables) if tables else row_schema().empty_table()
+
+
+def _private_memory_mb() -> float:
+    """The worker's own memory (anonymous pages), without the object store's shared pages that
+    the process has mapped; peak RSS would count those too."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _manifest_collector():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class ManifestCollector:
+        """Gathers each file's manifest entry from the workers (keyed by path: retries overwrite)."""
+
+        def __init__(self):
+            self.entries = {}
+
+        def add(self, entry: dict) -> None:
+            self.entries[entry["path"]] = entry
+
+        def all(self) -> list[dict]:
+            return [self.entries[k] for k in sorted(self.entries)]
+
+    return ManifestCollector.remote()
+
+
+@dataclass
+class Summary:
+    files: int
+    files_with_problems: int
+    unreadable_files: int
+    rows: dict[str, int]
+    human_moves: int
+    dropped: dict[str, int]  # moves that did not become rows, by reason
+    formats: dict[str, int]  # games per log format (FORMATS)
+    synthetic: int  # games written by caspar.data.samples, not by MegaMek
+    seconds: float
+    ray_start_seconds: float
+    output: str
+
+    def lines(self) -> list[str]:
+        splits = ", ".join(f"{k} {v:,}" for k, v in self.rows.items())
+        formats = ", ".join(f"{count} in format {name}" for name, count in sorted(self.formats.items())) or "none readable"
+        dropped = "; ".join(f"{count:,} {reason}" for reason, count in sorted(self.dropped.items(), key=lambda i: -i[1]))
+        lines = [
+            f"read {self.files} games ({formats}), {self.human_moves:,} human moves",
+            f"wrote {sum(self.rows.values()):,} rows ({splits}) to {self.output}",
+        ]
+        if dropped:
+            lines.append(f"moves that did not become rows: {dropped}")
+        if 0 < self.synthetic < self.files:
+            lines.append(f"warning: {self.synthetic} of the {self.files} games are synthetic sample logs (boards named "
+                         f"'{SYNTHETIC_BOARD}…', written by make demo): keep them apart from real logs")
+        if self.files_with_problems:
+            lines.append(f"{self.files_with_problems} files had problems ({self.unreadable_files} unreadable): "
+                         f"see {storage.join(self.output, 'manifest.json')}")
+        ray = f" ({self.ray_start_seconds:.1f} s of it starting Ray)" if self.ray_start_seconds else " (in this process)"
+        lines.append(f"took {self.seconds:.1f} s{ray}")
+        return lines
+
+
+def prepare(config: PrepareConfig, parallelism: int | None = None, in_process: bool | None = None) -> Summary:
+    """Read every log under `config.input`, featurise in parallel and write the dataset to
+    `config.output`, replacing the previous one only when the new one is complete and usable.
+    A few local logs (at most IN_PROCESS_GAMES) are featurised in this process, without starting
+    Ray (`in_process` decides otherwise): the same per-game work and the same dataset, seconds sooner."""
+    started = time.perf_counter()
+    check(config)
+    if config.mekfile:
+        try:
+            load_unit_points(mekfile=config.mekfile)
+        except (OSError, ValueError) as error:
+            raise InputError(f"--mekfile: {error}") from None
+    _check_input_outside_output(config.input, config.output)
+    out_fs, out_path = storage.resolve(config.output)
+    _check_replaceable(out_fs, out_path, config.output)
+    # the options that shape the rows (the manifest records them as "settings")
+    recipe = {"mekfile": os.path.abspath(config.mekfile) if config.mekfile else None,
+                "include_bots": config.include_bots, "seed": config.seed, "test_size": config.test_size,
+                "validation_size": config.validation_size}
+    with found_logs(config.input) as inputs, _staging(out_fs, out_path, config.output) as staging:
+        if in_process is None:
+            in_process = len(inputs.games) <= IN_PROCESS_GAMES and not storage.is_s3(config.input)
+        if in_process:
+            ray_seconds, entries = 0.0, _write_rows_in_process(inputs, recipe, out_fs, staging)
+        else:
+            ray_seconds = _start_ray()
+            entries = _write_rows(inputs, recipe, out_fs, staging, parallelism)
+        manifest = _manifest(entries, config.input, recipe, inputs.root, out_fs, staging)
+        _check_usable(manifest, config)
+        storage.write_bytes(out_fs, storage.join(staging, "schema.json"), json.dumps(schema(), indent=1).encode())
+        storage.write_bytes(out_fs, storage.join(staging, "manifest.json"), json.dumps(manifest, indent=1).encode())
+    dropped: dict[str, int] = {}
+    for entry in entries:
+        for reason, count in entry.get("dropped", {}).items():
+            dropped[reason] = dropped.get(reason, 0) + count
+    return Summary(
+        files=len(entries), files_with_problems=sum(1 for e in entries if e["problems"]),
+        unreadable_files=sum(1 for e in entries if any(p["line"] == 0 for p in e["problems"])),
+        rows=manifest["rows"], human_moves=sum(e.get("human_moves", 0) for e in entries), dropped=dropped,
+        formats=_count_formats(entries), synthetic=sum(1 for e in entries if e.get("synthetic")),
+        seconds=time.perf_counter() - started, ray_start_seconds=ray_seconds, output=config.output)
+
+
+def _count_formats(entries: list[dict]) -> dict[str, int]:
+    return dict(collections.Counter(entry["format"] for entry in entries if entry.get("format")))
+
+
+def _start_ray() -> float:
+    started = time.perf_counter()
+    start_ray()
+    return time.perf_counter() - started
+
+
+def _write_rows(inputs: Inputs, recipe: dict, out_fs, staging: str, parallelism: int | None) -> list[dict]:
+    """Ray Data: read the logs in blocks of a few files, featurise, write Parquet; returns the
+    manifest entry of every input file."""
+    import ray
+
+    collector = _manifest_collector()
+    workers = parallelism or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # Blocks of a few files: a worker holds one block at a time, whatever the corpus size.
+    # Each worker reads its own files, so that one that cannot be read is reported, not fatal.
+    games = [{"game": name, "paths": paths} for name, paths in inputs.games.items()]
+    dataset = ray.data.from_items(games, override_num_blocks=max(2 * workers, -(-len(games) // FILES_PER_BLOCK)))
+    dataset = dataset.map_batches(
+        _featurize_batch, batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
+        fn_kwargs={"filesystem": inputs.filesystem, "recipe": recipe, "collector": collector})
+    dataset.write_parquet(storage.join(staging, ROWS_FOLDER), filesystem=out_fs)
+    entries = ray.get(collector.all.remote())
+    return entries + [{"file": os.path.basename(p), "path": p, "rows": 0, "problems": [{"line": 0, "reason": why}]}
+                      for p, why in inputs.skipped.items()]
+
+
+def _write_rows_in_process(inputs: Inputs, recipe: dict, out_fs, staging: str) -> list[dict]:
+    """_write_rows without Ray: the games one after another, their rows in one Parquet file."""
+    import pyarrow.parquet as pq
+
+    tables, entries = [], []
+    for name, paths in inputs.games.items():
+        table, entry = featurize_game(name, paths, inputs.filesystem, recipe)
+        tables.append(table)
+        entries.append(entry)
+    rows = pa.concat_tables(tables) if tables else row_schema().empty_table()
+    if rows.num_rows:
+        folder = storage.join(staging, ROWS_FOLDER)
+        out_fs.create_dir(folder, recursive=True)
+        pq.write_table(rows, storage.join(folder, "rows-0.parquet"), filesystem=out_fs)
+    return sorted(entries, key=lambda e: e["path"]) + [
+        {"file": os.path.basename(p), "path": p, "rows": 0, "problems": [{"line": 0, "reason": why}]}
+        for p, why in inputs.skipped.items()]
+
+
+def _check_usable(manifest: dict, config: PrepareConfig) -> None:
+    """A dataset that training cannot use is not written (and the previous one stays)."""
+    rows = manifest["rows"]
+    if all(rows[split] > 0 for split in SPLITS):
+        return
+    counts = ", ".join(f"{split} {rows[split]}" for split in SPLITS)
+    if not sum(rows.values()):
+        problems = sum(1 for f in manifest["files"] if f["problems"])
+        raise InputError(f"no rows from {len(manifest['files'])} files in {config.input} ({problems} with problems, "
+                         f"first: {_first_problem(manifest)}); {config.output} left as it was")
+    raise InputError(f"a split would be empty ({counts}): add logs or change --test-size/--validation-size; "
+                     f"{config.output} left as it was")
+
+
+def _first_problem(manifest: dict) -> str:
+    for entry in manifest["files"]:
+        for problem in entry["problems"]:
+            return f"{entry['path']}:{problem['line']}: {problem['reason']}"
+    return "none"
+
+
+@contextlib.contextmanager
+def _staging(filesystem, path: str, uri: str):
+    """A staging location that replaces `path` when the block succeeds: atomically on a local
+    disk; on an object store, object by object with the manifest (which names the rest) last."""
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        with storage.replacing(path, "the dataset") as staging:
+            yield staging
+    else:
+        with storage.replacing_objects(filesystem, path, uri, "the dataset", last="manifest.json") as staging:
+            yield staging
+
+
+def _manifest(entries, source, recipe, root, filesystem, staging) -> dict:
+    files = []
+    for entry in entries:
+        entry = dict(entry)
+        if not storage.is_s3(source):
+            entry["path"] = os.path.relpath(entry["path"], root)
+            if "parts" in entry:
+                entry["parts"] = [os.path.relpath(part, root) for part in entry["parts"]]
+        files.append(entry)
+    rows = storage.join(staging, ROWS_FOLDER)
+    counts, row_files = {}, []
+    if filesystem.get_file_info(rows).type == pafs.FileType.Directory:  # absent when no log gave a row
+        parquet = pads.dataset(rows, filesystem=filesystem, format="parquet")
+        splits = parquet.to_table(columns=["split"])["split"]
+        counts = dict(zip(*np.unique(splits.to_numpy(zero_copy_only=False), return_counts=True)))
+        row_files = sorted(posixpath.relpath(file, staging) for file in parquet.files)
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "input": source, "schema_version": schema()["version"],
+        "settings": {k: v for k, v in recipe.items() if k != "mekfile"} | {"mekfile": recipe["mekfile"]},
+        "rows": {split: int(counts.get(split, 0)) for split in SPLITS},
+        "row_files": row_files,  # readers read these, not whatever else lies in rows/
+        "files": files,
+    }
+
+
+DATASET_NAMES = {ROWS_FOLDER, "schema.json", "manifest.json"}
+
+
+def _check_replaceable(filesystem, path, uri) -> None:
+    """Refuse to replace a folder that is not an earlier dataset (it may hold anything)."""
+    storage.check_owned(filesystem, path, uri, "a prepared dataset", DATASET_NAMES)
+
+
+def _check_input_outside_output(source: str, output: str) -> None:
+    if corpus.is_remote(source) or storage.is_s3(source) != storage.is_s3(output):
+        return
+    inner, outer = (os.path.realpath(p) if not storage.is_s3(p) else p.rstrip("/") for p in (source, output))
+    if inner == outer or inner.startswith(outer + "/"):
+        raise InputError(f"--input {source} lies inside --output {output}: replacing the dataset would delete the logs; "
+                         "choose another output")

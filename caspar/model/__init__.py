@@ -1,0 +1,1 @@
+"""The model: the inputs' scaling, the trees, the Keras layers and network."""

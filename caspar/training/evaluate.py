@@ -1,0 +1,168 @@
+"""How good a model is: test metrics, the baselines every run is compared with on the same rows,
+the verdict that decides whether it is registered, and plots."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.ensemble import HistGradientBoostingRegressor  # noqa: E402
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score  # noqa: E402
+
+
+def metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str) -> dict[str, float]:
+    return {f"{prefix}_mse": float(mean_squared_error(y_true, y_pred)),
+            f"{prefix}_mae": float(mean_absolute_error(y_true, y_pred)),
+            f"{prefix}_r2": float(r2_score(y_true, y_pred))}
+
+
+# The outside baselines: scikit-learn's histogram GBDT and LightGBM with their defaults (early
+# stopping off: above 10,000 rows scikit-learn would hold out random rows, which leaks within games).
+BASELINE_GBDT = {"early_stopping": False}
+BASELINE_LIGHTGBM = {"verbose": -1, "deterministic": True, "force_row_wise": True}
+
+
+def baseline_parameters() -> dict[str, str]:
+    """The baselines' recipe, for a run's MLflow parameters."""
+    import lightgbm
+    import sklearn
+
+    recipe = ", ".join(f"{k}={v}" for k, v in BASELINE_GBDT.items())
+    return {"baseline_gbdt": f"HistGradientBoostingRegressor({recipe}), scikit-learn {sklearn.__version__}",
+            "baseline_lightgbm": f"LGBMRegressor() with its defaults, LightGBM {lightgbm.__version__}"}
+
+
+def baselines(x_train, y_train, x_test, y_test, seed: int = 0) -> dict[str, float]:
+    """Always predicting the train mean, and GBDT and LightGBM with their defaults, on the same features."""
+    import lightgbm
+
+    mean = np.full(len(y_test), float(np.mean(y_train)))
+    gbdt = HistGradientBoostingRegressor(**BASELINE_GBDT, random_state=seed).fit(x_train, y_train)
+    light = lightgbm.LGBMRegressor(**BASELINE_LIGHTGBM, random_state=seed).fit(x_train, y_train)
+    return {**metrics(y_test, mean, "baseline_mean_test"), **metrics(y_test, gbdt.predict(x_test), "baseline_gbdt_test"),
+            **metrics(y_test, light.predict(x_test), "baseline_lightgbm_test")}
+
+
+def own_trees(model):
+    """The model's TreeEnsemble layer, or None for a network without trees."""
+    from caspar.model.layers import TreeEnsemble
+
+    return next((layer for layer in model.layers if isinstance(layer, TreeEnsemble)), None)
+
+
+def scorecard(model, normalizer, x_fit, y_fit, x_test, y_test, seed: int = 0, members=None) -> dict[str, float]:
+    """Test metrics of the model and of every baseline fitted on the model's own rows (raw
+    `x_fit`, `y_fit`): the train mean, GBDT and LightGBM with defaults, the model's own trees alone
+    (clipped to [0, 1] as the model's output is), and each of its tree models alone (`members`:
+    {name: fitted model}, e.g. baseline_trees_lightgbm_test_r2)."""
+    n_fit, n_test = normalizer.transform(x_fit), normalizer.transform(x_test)
+    results = {**metrics(y_test, predict(model, n_test), "test"), **baselines(n_fit, y_fit, n_test, y_test, seed)}
+    trees = own_trees(model)
+    if trees is not None:
+        alone = np.clip(np.asarray(trees(n_test)).reshape(-1), 0.0, 1.0)
+        results |= metrics(y_test, alone, "baseline_trees_test")
+    for name, member in (members or {}).items():
+        results |= metrics(y_test, np.clip(member.predict(n_test), 0.0, 1.0), f"baseline_trees_{name}_test")
+    return results
+
+
+REFUSED, WORSE_THAN_TREES, GOOD = "refused", "worse-than-its-trees", "good"
+
+
+@dataclass
+class Verdict:
+    kind: str  # REFUSED: not registered, not exported; WORSE_THAN_TREES: registered with a warning
+    message: str = ""  # the warning or the refusal, if any
+    reason: str = ""  # what was measured: the baselines beaten and not beaten (the tag caspar.verdict_reason)
+
+
+BASELINE_NAMES = {"baseline_trees_test_r2": "its own trees", "baseline_trees_sklearn_test_r2": "its sklearn trees alone",
+                  "baseline_trees_lightgbm_test_r2": "its LightGBM trees alone", "baseline_gbdt_test_r2": "GBDT (defaults)",
+                  "baseline_lightgbm_test_r2": "LightGBM (defaults)", "baseline_mean_test_r2": "the train mean"}
+
+
+def verdict(results: dict[str, float]) -> Verdict:
+    r2, mean = results["test_r2"], results["baseline_mean_test_r2"]
+    beaten = [f"{name} {results[key]:.4f}" for key, name in BASELINE_NAMES.items() if key in results and r2 > results[key]]
+    not_beaten = [f"{name} {results[key]:.4f}" for key, name in BASELINE_NAMES.items()
+                  if key in results and not r2 > results[key]]
+    reason = (f"test R² {r2:.4f}; beats " + (", ".join(beaten) or "no baseline")
+              + ("; does not beat " + ", ".join(not_beaten) if not_beaten else ""))
+    if not r2 > mean:
+        return Verdict(REFUSED, f"not registered: test R² {r2:.4f} does not beat always predicting the train mean "
+                                f"(R² {mean:.4f}); try a lower --learning-rate, or the defaults", reason)
+    trees = results.get("baseline_trees_test_r2")
+    if trees is not None and r2 < trees:
+        return Verdict(WORSE_THAN_TREES, f"test R² {r2:.4f} is below the model's own trees alone ({trees:.4f}): the "
+                                         "network's correction did not carry over to the test games", reason)
+    return Verdict(GOOD, "", reason)
+
+
+def summary_line(results: dict[str, float], fit_on: str = "train") -> str:
+    """The model's test R² beside its baselines, all fitted on the same rows."""
+    trees = f"own trees alone {results['baseline_trees_test_r2']:.4f}, " if "baseline_trees_test_r2" in results else ""
+    light = f"LightGBM {results['baseline_lightgbm_test_r2']:.4f}, " if "baseline_lightgbm_test_r2" in results else ""
+    how = " (trees fitted on every game; the figures are the same recipe's fitted on train + validation)" \
+        if fit_on == "all" else ""
+    return (f"test R² {results['test_r2']:.4f} (MSE {results['test_mse']:.5f}, MAE {results['test_mae']:.4f}); "
+            f"baselines on the same rows: {trees}GBDT {results['baseline_gbdt_test_r2']:.4f}, {light}"
+            f"train mean {results['baseline_mean_test_r2']:.4f}{how}")
+
+
+def predict(model, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    # predict_on_batch reuses the compiled function without predict()'s per-call set-up (~50 ms),
+    # which dominated the permutation importance's dozens of calls
+    batches = [model.predict_on_batch(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+    return np.concatenate(batches).reshape(-1) if batches else np.zeros(0, np.float32)
+
+
+def group_importance(model, x_val: np.ndarray, y_val: np.ndarray, groups: list[tuple[str, int]],
+                     seed: int = 0) -> dict[str, float]:
+    """Permutation importance per feature group (one registered feature or block): the rise in
+    validation MSE when the group's columns are shuffled together across rows."""
+    rng = np.random.default_rng(seed)
+    base = float(np.mean((predict(model, x_val) - y_val) ** 2))
+    order = rng.permutation(len(x_val))
+    importance, start = {}, 0
+    for name, width in groups:
+        shuffled = x_val.copy()
+        shuffled[:, start:start + width] = x_val[order, start:start + width]
+        importance[name] = float(np.mean((predict(model, shuffled) - y_val) ** 2)) - base
+        start += width
+    return importance
+
+
+def plot_learning_curve(history: dict, path: str) -> None:
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for key in ("loss", "val_loss"):
+        if key in history:
+            axis.plot(np.arange(1, len(history[key]) + 1), history[key], label=key)
+    axis.set(xlabel="epoch", ylabel="MSE", title="Learning curve", yscale="log")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, path: str) -> None:
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.scatter(y_true, y_pred, s=4, alpha=0.4)
+    axis.plot([0, 1], [0, 1], color="grey", linewidth=1)
+    axis.set(xlabel="actual reward", ylabel="predicted reward", title="Test split: predicted vs actual",
+             xlim=(0, 1), ylim=(0, 1))
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_importance(importance: dict[str, float], path: str, top: int = 25) -> None:
+    ranked = sorted(importance.items(), key=lambda item: item[1], reverse=True)[:top]
+    figure, axis = plt.subplots(figsize=(7, 0.3 * len(ranked) + 1.2))
+    axis.barh([name for name, _ in ranked][::-1], [value for _, value in ranked][::-1])
+    axis.set(xlabel="validation MSE increase when shuffled", title="Permutation importance per feature group")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

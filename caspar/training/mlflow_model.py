@@ -1,0 +1,71 @@
+"""The model as MLflow logs and registers it: a python_function model that takes **raw** feature rows
+(the 354 columns of schema.json, by name) and returns the predicted reward of each.
+
+It holds the Keras model (`model.keras`), the normalisation (`min_max_feature_normalization.csv`)
+and the code that reads them (this package, shipped as the model's code), so that
+`mlflow.pyfunc.load_model("models:/CASPAR/1")`, `mlflow models serve` and batch scoring work
+anywhere MLflow does, without the project installed and without normalising by hand.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from caspar.model.normalization import Normalizer
+
+KERAS_FILE = "model.keras"
+NORMALIZATION = "min_max_feature_normalization.csv"
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # caspar/, shipped as the model's code
+
+
+class CasparModel(mlflow.pyfunc.PythonModel):
+    """Raw rows in, predictions out: the normalisation (float64, as everywhere), then the Keras model."""
+
+    def load_context(self, context) -> None:
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        import keras
+
+        import caspar.model.layers  # noqa: F401  (registers the custom layers before the model is read)
+
+        self.keras_model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
+        self.normalizer = Normalizer.read_csv(context.artifacts["normalization"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        rows = np.asarray(model_input, dtype=np.float64)
+        if rows.ndim != 2 or rows.shape[1] != len(self.normalizer.minimum):
+            raise ValueError(f"expected rows of {len(self.normalizer.minimum)} raw feature values, got shape {rows.shape}")
+        scaled = self.normalizer.transform(rows)
+        return self.keras_model.predict(scaled, batch_size=4096, verbose=0).reshape(-1).astype(np.float64)
+
+
+def log_model(keras_model, normalizer: Normalizer, signature, input_example: pd.DataFrame, pip_requirements: list[str]):
+    """Logs the model in the active run as `model` (MLflow checks it answers `input_example`, raw rows
+    by feature name); returns MLflow's ModelInfo."""
+    with tempfile.TemporaryDirectory() as folder:
+        keras_path = os.path.join(folder, KERAS_FILE)
+        keras_model.save(keras_path)
+        normalization = os.path.join(folder, NORMALIZATION)
+        normalizer.write_csv(normalization)
+        code = os.path.join(folder, "code", "caspar")  # the package without caches
+        shutil.copytree(PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        return mlflow.pyfunc.log_model(name="model", python_model=CasparModel(), code_paths=[code], signature=signature,
+                                       input_example=input_example, pip_requirements=pip_requirements,
+                                       artifacts={"keras_model": keras_path, "normalization": normalization})
+
+
+def keras_model_of(model_uri: str):
+    """The Keras model inside a logged model (this package's, or the Keras flavour of older runs)."""
+    from mlflow.models import get_model_info
+
+    if "keras" in get_model_info(model_uri).flavors:
+        from mlflow import keras as keras_flavour
+
+        import caspar.model.layers  # noqa: F401
+
+        return keras_flavour.load_model(model_uri)
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().keras_model

@@ -1,0 +1,1 @@
+"""The hyperparameter study on Ray: trials, their data, where the CPU went."""

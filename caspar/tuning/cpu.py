@@ -1,0 +1,105 @@
+"""Where a study's CPU time goes, measured from the operating system.
+
+Over the study, every process on this machine is sampled (psutil; a process that ends keeps its
+last sample) and the machine's own counters are read (/proc/stat). The trials report what they
+spent in each phase (`caspar.tuning.trial`: set-up, training steps, checkpoints, worker start). The
+parts: the trials' phases, the rest of the trial workers' time, the driver (this process: Tune,
+Optuna, MLflow, the trees), Ray's own processes, the rest of what the machine counted busy (other
+programs, and processes too short-lived to be sampled), and idle; they add up to the wall time x
+the machine's CPUs. On a cluster, the machine figures are those of the driver's node.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import psutil
+
+SAMPLE_SECONDS = 2.0
+TRIAL_PHASES = ("training", "setup", "checkpoint", "worker_start")  # as the trials report them, cpu_<phase>
+RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "ray/dashboard", "ray/_private", "ray/autoscaler", "default_worker.py")
+
+
+def machine_seconds() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle, iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / ticks, idle / ticks
+
+
+class CpuMeter:
+    """Samples every process's CPU time in a background thread while the study runs."""
+
+    def __init__(self):
+        self.first: dict[int, float] = {}  # pid -> CPU seconds at its first sample
+        self.last: dict[int, float] = {}  # pid -> CPU seconds at its last sample
+        self.names: dict[int, str] = {}
+        self.stopping = threading.Event()
+
+    def __enter__(self) -> CpuMeter:
+        self.started, self.machine_start = time.time(), machine_seconds()
+        self.sample(first=True)
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.thread.join()
+        self.sample()
+        self.wall, self.machine_end = time.time() - self.started, machine_seconds()
+
+    def run(self) -> None:
+        while not self.stopping.wait(SAMPLE_SECONDS):
+            self.sample()
+
+    def sample(self, first: bool = False) -> None:
+        for process in psutil.process_iter(["cmdline", "name", "cpu_times"]):
+            times = process.info["cpu_times"]
+            if times is None:
+                continue
+            pid, seconds = process.pid, times.user + times.system
+            if pid not in self.first:
+                self.first[pid] = seconds if first else 0.0  # started during the study: all its time counts
+                self.names[pid] = " ".join(process.info["cmdline"] or [process.info["name"] or ""])
+            self.last[pid] = seconds
+
+    def spent(self, pid: int) -> float:
+        return max(0.0, self.last.get(pid, 0.0) - self.first.get(pid, 0.0))
+
+    def breakdown(self, trial_phases: dict[str, float], worker_pids: set[int]) -> dict[str, float]:
+        """CPU seconds per part; `trial_phases`: what the trials reported (cpu_<phase> summed over
+        this session), `worker_pids`: the processes that ran trials."""
+        driver = self.spent(os.getpid())
+        workers = sum(self.spent(pid) for pid in worker_pids)
+        ray = sum(self.spent(pid) for pid, name in self.names.items()
+                  if pid not in worker_pids and pid != os.getpid() and any(tag in name for tag in RAY_PROCESSES))
+        busy = self.machine_end[0] - self.machine_start[0]
+        parts = {f"trial_{phase}": trial_phases.get(phase, 0.0) for phase in TRIAL_PHASES}
+        parts["trial_other"] = max(0.0, workers - sum(parts.values()))  # between reports, last checkpoints, Ray's worker code
+        parts |= {"driver": driver, "ray": ray}
+        # the rest of what the machine counted busy: other programs, and processes too short-lived to be sampled
+        parts["other"] = max(0.0, busy - sum(parts.values()))
+        parts["idle"] = self.machine_end[1] - self.machine_start[1]
+        parts["capacity"] = self.wall * (psutil.cpu_count() or 1)
+        parts["machine_busy"] = busy
+        return parts
+
+
+def shares(parts: dict[str, float]) -> dict[str, float]:
+    """Each part as a share of the capacity (wall time x CPUs)."""
+    capacity = max(parts["capacity"], 1e-9)
+    return {name: value / capacity for name, value in parts.items() if name not in ("capacity", "machine_busy")}
+
+
+def line(parts: dict[str, float]) -> str:
+    share = shares(parts)
+    setup = share["trial_setup"] + share["trial_worker_start"]
+    return (f"CPU of this machine ({parts['capacity']:.0f} CPU-s): training steps {share['trial_training']:.2f}, "
+            f"trial set-up {setup:.2f}, checkpoints {share['trial_checkpoint']:.2f}, other trial-worker time "
+            f"{share['trial_other']:.2f}, driver {share['driver']:.2f}, Ray {share['ray']:.2f}, other "
+            f"{share['other']:.2f}, idle {share['idle']:.2f}")

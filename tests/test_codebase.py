@@ -1,0 +1,40 @@
+"""The shape of the code: the stages of the pipeline as packages, no import running back up."""
+import ast
+
+from conftest import ROOT
+
+STAGES = ["data", "model", "training", "tuning", "export"]  # in pipeline order; the shared modules sit above them
+
+
+def imported_modules(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in names if name.startswith("caspar.")}
+
+
+def stage_of(module: str) -> int | None:
+    parts = module.split(".")
+    return STAGES.index(parts[1]) if len(parts) > 1 and parts[1] in STAGES else None
+
+
+def test_no_module_imports_from_a_later_stage_and_shared_modules_from_none():
+    found = []
+    for path in sorted((ROOT / "caspar").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        own = stage_of(module)
+        for name in imported_modules(path):
+            other = stage_of(name)
+            if other is not None and (own is None or other > own):
+                found.append(f"{module} imports {name}")
+    assert not found, "\n".join(found)
+
+
+def test_every_module_is_in_a_stage_or_shared():
+    top = {path.stem for path in (ROOT / "caspar").glob("*.py")}
+    assert top == {"__init__", "errors", "config", "storage", "tracking", "artifacts", "cli"}, top
+    assert {path.name for path in (ROOT / "caspar").iterdir() if path.is_dir() and path.name != "__pycache__"} == set(STAGES)
