@@ -37,7 +37,7 @@ def throughput(config: dict, splits: dict, epochs: int = 3) -> float:
     computed once: an epoch costs the same)."""
     import keras
 
-    from caspar.training.train import fit, fit_stage
+    from caspar.training.fit import fit, fit_stage
 
     class Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -150,7 +150,8 @@ def cross_validation(prepared, changes: dict, folds: int, with_flaml: bool, base
     from sklearn.model_selection import GroupKFold
 
     from caspar.training import evaluate
-    from caspar.training.train import fit, fit_stage, release
+    from caspar.training.fit import fit, fit_stage
+    from caspar.training.train import release
 
     splits = ("train", "val")  # the test split stays out
     x = np.concatenate([prepared.splits[name][0] for name in splits])

@@ -20,7 +20,7 @@ from caspar.data.logfiles import find_logs
 from caspar.data.samples import game_log
 from caspar.export import javafeatures, javamodel
 from caspar.export.formats import TOLERANCE
-from caspar.model.network import Normalizer, build_mlp, fit_trees
+from caspar.model.network import Normalizer, build_network, fit_trees
 
 POINTS = load_unit_points()
 NAMES = feature_names()
@@ -98,7 +98,7 @@ def small_model(features: np.ndarray, reward: np.ndarray):
     normalizer = Normalizer.fit(features)
     x = normalizer.transform(features)
     hp = Hyperparameters(hidden_layers=[16], trees=10, ensemble_size=4, encoding_bins=4, seed=0)
-    model = build_mlp(hp, x, fit_trees(x, reward, hp))
+    model = build_network(hp, x, fit_trees(x, reward, hp)).model
     model.compile(optimizer="adam", loss="mse")
     model.fit(x, reward, epochs=1, batch_size=256, verbose=0)
     return model, normalizer

@@ -10,7 +10,7 @@ from caspar.artifacts import write_test_inputs
 from caspar.config import Hyperparameters
 from caspar.export import javamodel
 from caspar.export.formats import TOLERANCE, JavaModel, write_java
-from caspar.model.network import Normalizer, build_mlp, fit_trees
+from caspar.model.network import Normalizer, build_network, fit_trees
 
 WIDTH = 12
 
@@ -58,7 +58,7 @@ def trained_model(rows, family: dict, activation: str):
     x = normalizer.transform(raw)
     hp = Hyperparameters(**({"hidden_layers": [16], "dropout_rate": 0.1, "activation": activation, "encoding_bins": 0,
                              "ensemble_size": 1, "trees": 0, "seed": 0} | family))
-    model = build_mlp(hp, x, fit_trees(x, reward, hp) if hp.trees else None)
+    model = build_network(hp, x, fit_trees(x, reward, hp) if hp.trees else None).model
     model.compile(optimizer="adam", loss="mse")
     model.fit(x, reward, epochs=2, batch_size=32, verbose=0)  # batch norm's statistics move off their start
     return model, normalizer

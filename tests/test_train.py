@@ -188,7 +188,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(sample_d
     import keras
 
     from caspar.config import Hyperparameters
-    from caspar.training.train import fit, fit_stage, learning_rate
+    from caspar.training.fit import fit, fit_stage, learning_rate
 
     prepared = load_prepared(sample_dataset)
     hp = Hyperparameters(**{**SMALL, "epochs": 4, "trees": 0}, learning_rate=0.01, lr_schedule="cosine")
@@ -227,12 +227,11 @@ def test_ensemble_trains_each_member_on_its_own_loss():
     assert not heads.losses
 
 
-def test_trees_are_saved_as_weights_and_old_configs_still_load(tmp_path):
-    """A saved TreeEnsemble keeps its arrays in the weights file, not in the JSON config; a layer
-    config that still holds the arrays (as saved before) gives the same trees."""
+def test_trees_are_saved_as_weights(tmp_path):
+    """A saved TreeEnsemble keeps its arrays in the weights file, not in the JSON config, and loads
+    back into the same trees."""
     import keras
 
-    from caspar.model.layers import TreeEnsemble
     from caspar.model.network import fit_trees
 
     rng = np.random.default_rng(0)
@@ -248,13 +247,9 @@ def test_trees_are_saved_as_weights_and_old_configs_still_load(tmp_path):
     assert not set(trees.arrays) & set(config) and (config["trees"], config["leaves"]) == (30, trees.arrays["values"].shape[1])
     loaded = keras.models.load_model(tmp_path / "trees.keras")
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
-    old = {key: value for key, value in config.items() if key not in ("trees", "internal", "leaves")}
-    old |= {name: array.tolist() for name, array in trees.arrays.items()}
-    old_model = keras.Model(inputs, TreeEnsemble.from_config(old)(inputs))
-    np.testing.assert_array_equal(old_model.predict(x, verbose=0), expected)
 
 
-def test_the_encodings_bins_are_saved_as_weights_and_old_configs_still_load(tmp_path):
+def test_the_encodings_bins_are_saved_as_weights(tmp_path):
     import keras
 
     from caspar.model.layers import PiecewiseLinearEncoding
@@ -271,19 +266,6 @@ def test_the_encodings_bins_are_saved_as_weights_and_old_configs_still_load(tmp_
     config = encoding.get_config()
     assert config["bins_per_input"] == encoding.bins_per_input and "lower" not in config
     np.testing.assert_array_equal(keras.models.load_model(tmp_path / "encoding.keras").predict(x, verbose=0), expected)
-    # Layers saved before: 8 bins per input, an unreachable bin's lower edge at 2; edges in the config or as weights
-    x[:, 3] = x[:, 0]
-    uniform = PiecewiseLinearEncoding.from_inputs(x, 8)
-    assert uniform.bins_per_input == [8] * 12
-    lower, width = uniform.lower_values.reshape(12, 8), uniform.width_values.reshape(12, 8)
-    expected = keras.Model(inputs, uniform(inputs)).predict(x, verbose=0)
-    base = {k: v for k, v in config.items() if k != "bins_per_input"}
-    old = PiecewiseLinearEncoding.from_config(base | {"lower": lower.tolist(), "width": width.tolist()})
-    np.testing.assert_array_equal(keras.Model(inputs, old(inputs)).predict(x, verbose=0), expected)
-    old = PiecewiseLinearEncoding.from_config(base | {"features": 12, "bins": 8})
-    old_model = keras.Model(inputs, old(inputs))
-    old.set_weights([lower, width])
-    np.testing.assert_array_equal(old_model.predict(x, verbose=0), expected)
 
 
 def test_missing_dataset_says_to_prepare_first(tmp_path):
@@ -351,13 +333,13 @@ def test_the_output_keeps_a_gradient_when_every_prediction_is_out_of_range(tmp_p
     import keras
     import tensorflow as tf
 
-    from caspar.model.network import build_mlp, fit_trees
+    from caspar.model.network import build_network, fit_trees
 
     rng = np.random.default_rng(0)
     x = rng.random((200, 6)).astype("float32")
     y = (0.5 * x[:, 0] + 0.2).astype("float32")
     hp = Hyperparameters(hidden_layers=[8], dropout_rate=0.0, encoding_bins=0, ensemble_size=1, trees=5, seed=0)
-    model = build_mlp(hp, x, fit_trees(x, y, hp))
+    model = build_network(hp, x, fit_trees(x, y, hp)).model
     index, bias = next((i, w) for i, w in enumerate(model.trainable_variables)
                        if w.path.endswith("bias") and tuple(w.shape) == (1,))
     bias.assign([5.0])

@@ -1,6 +1,6 @@
 """Published game-log archives, downloaded once into a cache and checked against their hash.
 
-    --input corpus:caspar-2025              the public CASPAR gameplay corpus (143 games, 3 MB)
+    --input corpus:caspar-2025              the public CASPAR gameplay corpus (174 games, 3 MB)
     --input https://HOST/logs.zip#sha256=…  any archive of logs, with the hash it must have
 
 The cache is `$CASPAR_CACHE`, else `$XDG_CACHE_HOME/caspar-trainer`, else `~/.cache/caspar-trainer`;

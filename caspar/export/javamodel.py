@@ -1,7 +1,7 @@
 """The model for MegaMek's Java: `model.caspar` (the format `java/src/caspar/CasparModel.java`
 reads and documents), the Java package beside it, and running that Java to check it.
 
-Every layer `caspar.model.network.build_mlp` can build has a Java counterpart; anything else is refused
+Every layer `caspar.model.network.build_network` can build has a Java counterpart; anything else is refused
 in one line (UnsupportedModel), and the export's other formats still go out.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ class UnsupportedModel(UserError):
 
 
 def write(model, path: str, feature_set: str) -> None:
-    """model.caspar for a Keras model built by caspar.model.network.build_mlp."""
+    """model.caspar for a Keras model built by caspar.model.network.build_network."""
     header = [f"caspar-model {FORMAT}", f"feature_set {feature_set}", f"inputs {model.input_shape[-1]}"]
     arrays: list[np.ndarray] = []
     output = None

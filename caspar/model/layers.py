@@ -58,12 +58,6 @@ class PiecewiseLinearEncoding(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        if "lower" in config:  # an older layer: every input had the same number of bins, edges in the config
-            lower, width = np.asarray(config.pop("lower")), np.asarray(config.pop("width"))
-            return cls(lower, width, [lower.shape[1]] * lower.shape[0], **config)
-        if "bins" in config:  # an older layer: every input had the same number of bins, saved as [inputs, bins]
-            shape = (config.pop("features"), config.pop("bins"))
-            return cls(np.zeros(shape), np.ones(shape), [shape[1]] * shape[0], **config)
         counts = config.pop("bins_per_input")
         return cls(np.zeros(sum(counts)), np.ones(sum(counts)), counts, **config)  # the saved weights replace them
 
@@ -149,8 +143,6 @@ class TreeEnsemble(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        if "features" in config:  # saved with the arrays in the config
-            return cls(**config)
         config = dict(config)
         trees, internal, leaves = (config.pop(key) for key in ("trees", "internal", "leaves"))
         return cls(np.zeros((trees, internal)), np.zeros((trees, internal)), np.zeros((trees, internal, leaves)),

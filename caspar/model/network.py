@@ -41,11 +41,6 @@ def predict_trees(trees, features: np.ndarray, batch: int = 1024) -> np.ndarray:
                           or [np.zeros((0, 1), np.float32)])
 
 
-def build_mlp(hp, train_inputs: np.ndarray, trees=None):
-    """The model of build_network: what the game runs."""
-    return build_network(hp, train_inputs, trees).model
-
-
 def build_network(hp, train_inputs: np.ndarray, trees=None) -> Network:
     """The network of these Hyperparameters for inputs like `train_inputs` (normalised; the
     piecewise-linear encoding takes its bins from them):

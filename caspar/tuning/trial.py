@@ -55,7 +55,7 @@ class Trial(tune.Trainable):
 
     def start(self, config):
         from caspar.model.callbacks import BestEpoch, StopAfterSeconds
-        from caspar.training.train import compiled_network, schedule_callbacks, tf_datasets, validation_loss
+        from caspar.training.fit import compiled_network, schedule_callbacks, tf_datasets, validation_loss
 
         self.started, self.cpu_started, self.startup = time.perf_counter(), time.process_time(), None
         setup_started = time.process_time()

@@ -266,7 +266,7 @@ def fit_study_stages(config: TuneConfig, prepared: Prepared, fitted_before: int 
     recipes and --tree-recipes more drawn from caspar.model.trees.SEARCH, weighted together by ensemble
     selection; with --time-budget, at most TREE_SEARCH_SHARE of it goes to recipes beyond the defaults."""
     from caspar.model.trees import recipes, sampled_recipes
-    from caspar.training.train import fit_stage
+    from caspar.training.fit import fit_stage
 
     fixed = config.trial_hyperparameters()
     counts = search_space(config.search).get("trees", ("choice", [fixed.trees]))[1]

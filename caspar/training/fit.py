@@ -1,0 +1,155 @@
+"""Fitting one model: the normalisation and the trees of a stage (cross-fitted by game), then the
+network correcting them, keeping the epoch with the best validation loss. Used by jobs/train.py
+(caspar.training.train) and by every trial of a study (caspar.tuning.trial)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from caspar.config import Hyperparameters
+from caspar.errors import UserError
+from caspar.model.network import Network, Normalizer, build_network, make_optimizer, predict_trees
+from caspar.model.trees import CrossFitted, cross_fit, recipes
+
+# The games the shipped model's trees (and normalisation) are fitted on, by --fit-on.
+FIT_ON = {"train": ("train",), "train+val": ("train", "val"), "all": ("train", "val", "test")}
+STEPS_PER_EXECUTION = 32
+PREFETCH_BATCHES = 2
+
+
+def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
+    """Batches through tf.data with prefetching: no Python loop per batch. The inputs are arrays,
+    or tuples of arrays (a Network.trainer's inputs). tf.data's autotuning is
+    off: with two training processes on two cores it left each process idle a fifth of the time
+    (measured: 0.78 CPU-s per wall-s each, 0.99 without it), and batching arrays in memory has
+    nothing to tune."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    train = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
+             .shuffle(len(y_train), seed=seed, reshuffle_each_iteration=True)
+             .batch(batch_size).prefetch(PREFETCH_BATCHES).with_options(options))
+    val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(4096).prefetch(PREFETCH_BATCHES).with_options(options)
+    return train, val
+
+
+def compiled_network(hp: Hyperparameters, x_train, trees=None) -> Network:
+    """The network for these hyperparameters, its trainer compiled, with its initial weights
+    seeded; with hp.trees, correcting `trees` (a TreeEnsemble layer)."""
+    import keras
+
+    keras.utils.set_random_seed(hp.seed)
+    network = build_network(hp, x_train, trees if hp.trees else None)
+    # Several steps per call into TensorFlow: small batches are otherwise bound by per-step overhead.
+    optimizer = make_optimizer(hp.optimizer, learning_rate(hp, len(x_train)), hp.weight_decay)
+    trainer = network.trainer
+    # The metric and the optimizer's variables are created here, not while Keras traces the first
+    # training and evaluation steps: a variable created there makes TensorFlow trace the step twice.
+    trainer.compile(optimizer=optimizer, loss="mse", metrics=[keras.metrics.MeanAbsoluteError(name="mae")],
+                    steps_per_execution=STEPS_PER_EXECUTION)
+    trainer.optimizer.build(trainer.trainable_variables)
+    return network
+
+
+def learning_rate(hp: Hyperparameters, train_rows: int):
+    """The optimizer's learning rate: a number (the plateau schedule changes it from a callback),
+    or with lr_schedule "cosine", a linear warm-up over the first hp.warmup_share of all steps, then
+    a cosine decay to 0 at the last epoch."""
+    import keras
+
+    if hp.lr_schedule != "cosine":
+        return hp.learning_rate
+    steps = math.ceil(train_rows / hp.batch_size) * hp.epochs
+    warmup = max(1, int(hp.warmup_share * steps))
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, steps - warmup), warmup_target=hp.learning_rate,
+                                                  warmup_steps=warmup)
+
+
+def schedule_callbacks(hp: Hyperparameters) -> list:
+    """The plateau schedule: cut the learning rate when val_loss stalls. The cosine schedule is the
+    optimizer's own: no callback."""
+    from caspar.model.callbacks import Plateau
+
+    if hp.lr_schedule == "cosine":
+        return []
+    patience = hp.plateau_patience or max(2, hp.patience // 3)
+    return [Plateau(monitor="val_loss", factor=hp.plateau_factor, patience=patience,
+                    min_lr=hp.learning_rate * hp.plateau_floor)]
+
+
+def validation_loss(trainer, val) -> float:
+    """The loss of a network's trainer as it is on the validation batches (before training: its trees alone)."""
+    return float(trainer.evaluate(val, verbose=0, return_dict=True)["loss"])
+
+
+@dataclass
+class Stage:
+    """What the networks of a run (or of a study's trials) are trained on: the normalisation, fitted
+    on the rows the trees are fitted on, and the trees with their predictions on the train and
+    validation rows, out of fold where the trees were fitted on those rows."""
+    normalizer: Normalizer
+    splits: tuple[str, ...]  # the rows the trees (and the normalisation) are fitted on
+    crossed: CrossFitted | None = None
+    layer: object = None  # the trees as a TreeEnsemble layer
+    train_trees: np.ndarray | None = None  # [train rows, 1]
+    val_trees: np.ndarray | None = None  # [validation rows, 1]
+    val_games: np.ndarray | None = None  # the game of every validation row
+
+
+def rows(splits: dict, names) -> tuple[np.ndarray, np.ndarray]:
+    """The (features, rewards) of the named splits of {name: (x, y)}, concatenated."""
+    return np.concatenate([splits[n][0] for n in names]), np.concatenate([splits[n][1] for n in names])
+
+
+def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=None, searched=(),
+              deadline: float | None = None) -> Stage:
+    """The normalisation and the trees for the shipped model's games (train, or train + validation
+    with fit_on train+val or all; the test split never): hp's tree recipes, and any `searched`
+    ones (a study's, left out once `deadline` passes), cross-fitted by game over those rows,
+    weighted by ensemble selection on their out-of-fold predictions."""
+    names = FIT_ON["train" if fit_on == "train" else "train+val"]
+    x, y = rows(splits, names)
+    normalizer = Normalizer.fit(x)
+    if not hp.trees:
+        return Stage(normalizer, names)
+    groups = np.concatenate([files[n] for n in names])
+    defaults = recipes(hp)
+    crossed = cross_fit([*defaults, *searched], normalizer.transform(x), y, groups, hp.tree_folds, hp.seed, say,
+                        deadline, required=len(defaults))
+    layer = crossed.layer()
+    n_train = len(splits["train"][1])
+    val_trees = (crossed.prediction[n_train:] if "val" in names
+                 else predict_trees(layer, normalizer.transform(splits["val"][0])))
+    return Stage(normalizer, names, crossed, layer, crossed.prediction[:n_train], val_trees, files["val"])
+
+
+def fit(hp: Hyperparameters, stage: Stage, splits: dict, callbacks=()) -> tuple[Network, dict]:
+    """Build and train the network on the train split's normalised inputs (correcting the stage's
+    trees, from their out-of-fold predictions), keeping the epoch with the best validation loss,
+    the untrained network (the trees alone) counted as epoch 0. history["best_epoch"] says which."""
+    import keras
+
+    from caspar.model.callbacks import BestEpoch
+
+    (x_train, y_train), (x_val, y_val) = splits["train"], splits["val"]
+    x_train, x_val = stage.normalizer.transform(x_train), stage.normalizer.transform(x_val)
+    network = compiled_network(hp, x_train, stage.layer)
+    train, val = tf_datasets(network.inputs(x_train, stage.train_trees), y_train, network.inputs(x_val, stage.val_trees),
+                             y_val, hp.batch_size, hp.seed)
+    untrained = validation_loss(network.trainer, val)  # the trees alone, or an untrained network without trees
+    best = BestEpoch(untrained, patience=hp.patience)
+    history = network.trainer.fit(train, validation_data=val, epochs=hp.epochs, verbose=0, shuffle=False,
+                                  callbacks=[*schedule_callbacks(hp), best, keras.callbacks.TerminateOnNaN(),
+                                             *callbacks]).history
+    return network, {**history, "best_epoch": best.best_epoch, "best_val_loss": best.best, "untrained_val_loss": untrained}
+
+
+def check_trained(history: dict) -> None:
+    """A model whose loss is not a finite number did not train: it must not be logged or registered."""
+    losses = history.get("val_loss") or []
+    if not losses or not np.all(np.isfinite(losses)):
+        raise UserError(f"training diverged (val_loss {losses[-1] if losses else 'never computed'}): "
+                        "nothing registered; try a lower --learning-rate")
