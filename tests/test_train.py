@@ -63,6 +63,9 @@ def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
             "feature_group_importance.png"} <= artifacts
     prepared = load_prepared(sample_dataset)
     assert run.data.tags["dataset_version"] == prepared.version
+    inputs = {i.dataset.name: {t.value for t in i.tags} for i in run.inputs.dataset_inputs}  # the UI's "Datasets"
+    assert inputs == {f"{split} ({prepared.version})": {"training" if split != "test" else "test"}
+                      for split in ("train", "val", "test")}, inputs
     assert run.data.tags.get("git_commit")
     # the registered model loads back and predicts what the trained model predicted
     assert result.registered_version is not None

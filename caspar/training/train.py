@@ -127,6 +127,9 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
     import mlflow
     from mlflow.models import infer_signature
 
+    for split, (x, y) in prepared.splits.items():  # the run's inputs, as MLflow shows them (Datasets)
+        dataset = mlflow.data.from_numpy(x, targets=y, source=prepared.uri, name=f"{split} ({prepared.version})")
+        mlflow.log_input(dataset, context="training" if split in shipped.splits else split)
     x_test, y_test = prepared.splits["test"]
     members = {} if stage.crossed is None else stage.crossed.members()
     results = evaluate.scorecard(scored.model, scored.normalizer, *rows(prepared.splits, scored.splits), x_test, y_test,
