@@ -120,7 +120,7 @@ class Result:
 
 
 def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: TrainConfig, history: dict,
-                  stage: Stage) -> tuple[dict, str, evaluate.Verdict]:
+                  stage: Stage, say=None) -> tuple[dict, str, evaluate.Verdict]:
     """Inside an active run: the test split's scorecard of `scored` (the model and every baseline
     fitted on its rows), the artefacts of `shipped` (normalisation, test inputs with its outputs)
     and the model itself, not yet registered. Returns (metrics, model URI, verdict)."""
@@ -130,8 +130,10 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
     for split, (x, y) in prepared.splits.items():  # the run's inputs, as MLflow shows them (Datasets)
         dataset = mlflow.data.from_numpy(x, targets=y, source=prepared.uri, name=f"{split} ({prepared.version})")
         mlflow.log_input(dataset, context="training" if split in shipped.splits else split)
+    say = say or (lambda line: None)
     x_test, y_test = prepared.splits["test"]
     members = {} if stage.crossed is None else stage.crossed.members()
+    say("baselines: the train mean, GBDT and LightGBM with their defaults, the model's own trees, on the test games")
     results = evaluate.scorecard(scored.model, scored.normalizer, *rows(prepared.splits, scored.splits), x_test, y_test,
                                  seed=config.seed, members=members)
     verdict = evaluate.verdict(results)
@@ -145,6 +147,7 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
                      "mlflow.note.content": evaluate.summary_line(results, config.fit_on),  # the run's description
                      "caspar.fit_on": "+".join(shipped.splits)})
     groups = [(f["name"], f["width"]) for f in prepared.schema["features"]]
+    say(f"importance: each of the {len(groups)} feature groups permuted on the test games")
     # on the test games: the trees were fitted on the validation games (it chooses nothing; it explains)
     importance = evaluate.group_importance(scored.model, scored.normalizer.transform(x_test), y_test, groups,
                                            seed=config.seed)
@@ -157,6 +160,7 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
     columns = [name for f in prepared.schema["features"] for name in f["columns"]]
     example = pd.DataFrame(x_test[:2].astype(np.float64), columns=columns)
     signature = infer_signature(example, shipped_predictions[:2].astype(np.float64))
+    say("logging the model and its files to MLflow")
     info = log_model(shipped.model, shipped.normalizer, signature, example, _requirements())
     with tempfile.TemporaryDirectory() as folder:  # after the model: these files say the run has one (caspar.artifacts)
         def path(name):
@@ -241,7 +245,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
         scored, shipped = release(config, prepared.splits, network, history, stage, config.fit_on, say)
         if say:
             say(shipping_line(history, stage))
-        results, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, stage)
+        results, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, stage, say)
         version = register(model_uri, config, results, verdict)
     if verdict.kind == evaluate.REFUSED:
         raise UserError(f"{verdict.message} (run {run.info.run_id}, tagged caspar.verdict=refused)")

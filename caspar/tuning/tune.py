@@ -383,7 +383,8 @@ def log_best(network, history: dict, best, stage, prepared, config: TrainConfig,
     with mlflow.start_run(experiment_id=parent.experiment_id, run_name=config.run_name, tags=tags) as run:
         mlflow.log_params(dataclasses.asdict(config) | evaluate.baseline_parameters()
                           | {"trial_id": best.path.rstrip("/").split("/")[-1]})
-        scored, shipped = release(config, prepared.splits, network, history, stage, config.fit_on)
-        metrics, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, stage)
+        say = functools.partial(print, flush=True)  # the study's last phase: the best trial's model, scored and logged
+        scored, shipped = release(config, prepared.splits, network, history, stage, config.fit_on, say)
+        metrics, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, stage, say)
         version = register(model_uri, config, metrics, verdict)
     return metrics, run.info.run_id, version, verdict
