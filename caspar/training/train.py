@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,7 +129,9 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
     from mlflow.models import infer_signature
 
     for split, (x, y) in prepared.splits.items():  # the run's inputs, as MLflow shows them (Datasets)
-        dataset = mlflow.data.from_numpy(x, targets=y, source=prepared.uri, name=f"{split} ({prepared.version})")
+        with warnings.catch_warnings():  # MLflow registers its local-files source twice ("" and file:) and says so
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+            dataset = mlflow.data.from_numpy(x, targets=y, source=prepared.uri, name=f"{split} ({prepared.version})")
         mlflow.log_input(dataset, context="training" if split in shipped.splits else split)
     say = say or (lambda line: None)
     x_test, y_test = prepared.splits["test"]
