@@ -444,16 +444,34 @@ def test_a_run_that_did_not_finish_is_exported_by_no_reference_and_export_keeps_
     assert not (tmp_path / "exports").exists()
 
 
-def test_a_job_writes_no_telemetry_or_ray_state_into_home(good, tmp_path):
-    """MLflow's telemetry and Ray's usage statistics are off unless asked for: a fresh HOME after a
-    train job holds no MLflow telemetry state and nothing of Ray's (library caches may appear)."""
+PLANTED = {"AWS_SECRET_ACCESS_KEY": "planted-aws-3c9e1b", "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-77d0aa"}
+
+
+def test_jobs_write_no_telemetry_ray_state_or_secret(good, tmp_path):
+    """MLflow's telemetry and Ray's usage statistics are off unless asked for: a fresh HOME after
+    prepare, train and export jobs holds no MLflow telemetry state and nothing of Ray's (library
+    caches may appear). Secrets planted in their environment appear in no file they write (dataset,
+    tracking store, artefacts, export, HOME) and in nothing they print."""
     home = tmp_path / "home"
     home.mkdir()
-    result = job("train", "--data", str(good / "prepared"), "--epochs", "1", "--trees", "20", "--tree-folds", "2",
-                 "--hidden-layers", "8", env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db", "HOME": str(home)})
-    assert result.returncode == 0, result.stderr[-2000:]
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db", "HOME": str(home), **PLANTED}
+    write_samples(tmp_path / "raw", count=12, seed=5)
+    results = [job("prepare", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "prepared"), "--test-size", "0.34",
+                   "--validation-size", "0.33", env=env)]  # every split has a game of these 12
+    results.append(job("train", "--data", str(good / "prepared"), "--epochs", "1", "--trees", "20", "--tree-folds", "2",
+                       "--hidden-layers", "8", "--run-name", "planted", env=env))
+    results.append(job("export", "--run", "planted", "--output", str(tmp_path / "exports"), env=env))
+    for result in results:
+        assert result.returncode == 0, result.stderr[-2000:]
     written = {str(p.relative_to(home)) for p in home.rglob("*")}
     assert not {p for p in written if p.startswith((".config/mlflow", ".ray", ".mlflow"))}, written
+    printed = "".join(r.stdout + r.stderr for r in results)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert (tmp_path / "exports" / "planted" / "model.caspar").is_file()  # the export, and the run's artefacts:
+    assert {"feature_profile.json", "MLmodel", "m.db", "manifest.json"} <= {p.name for p in files}
+    for secret in PLANTED.values():
+        assert secret not in printed
+        assert not [p for p in files if secret.encode() in p.read_bytes()], secret
 
 
 class RayTaskError(Exception):
