@@ -119,7 +119,7 @@ def test_a_name_with_a_quote_is_looked_up_as_written():
 
 
 def test_a_study_stays_inside_its_storage_and_does_not_replace_another_unasked(tmp_path):
-    from caspar.tuning.tune import check_new_study
+    from caspar.tuning.checks import check_new_study
 
     for name in ("../../esc", "a/b", "..", "a\\b"):
         with pytest.raises(config.UserError, match="a study's name is its folder"):

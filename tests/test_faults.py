@@ -350,7 +350,7 @@ def test_resume_refuses_a_changed_study_option_and_the_study_logs_every_option()
     import dataclasses
 
     from caspar.config import TuneConfig
-    from caspar.tuning.tune import check_same_study, study_parameters
+    from caspar.tuning.checks import check_same_study, study_parameters
 
     logged = {k: str(v) for k, v in study_parameters(TuneConfig(epochs=30)).items()}
     assert {f.name for f in dataclasses.fields(TuneConfig)} <= set(logged)

@@ -379,7 +379,8 @@ def test_a_study_starts_from_the_best_trials_of_an_earlier_one(ray_local, sample
 
     from caspar.config import TuneConfig
     from caspar.data.prepared import load_prepared
-    from caspar.tuning.tune import earlier_trials, tune_study
+    from caspar.tuning.search import earlier_trials
+    from caspar.tuning.tune import tune_study
 
     store = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)

@@ -16,12 +16,22 @@ import time
 import warnings
 
 from caspar import storage, tracking
-from caspar.cli import in_ray_job, start_ray
+from caspar.cli import start_ray
 from caspar.config import TrainConfig, TuneConfig, check, hyperparameters, search_space
 from caspar.data.prepared import Prepared
 from caspar.errors import UserError
 from caspar.training import evaluate
+from caspar.tuning.checks import (
+    check_cpus,
+    check_new_study,
+    check_storage,
+    find_study_run,
+    study_parameters,
+    study_path,
+    study_storage,
+)
 from caspar.tuning.cpu import CpuMeter
+from caspar.tuning.search import earlier_trials, searcher
 from caspar.tuning.study import (
     METRIC,
     MODE,
@@ -35,108 +45,6 @@ from caspar.tuning.study import (
     summarise,
 )
 from caspar.tuning.trial import load_best_model
-
-WARM_START_TRIALS = 20  # the best trials of an earlier study that seed a new one
-
-
-def searcher(config: TuneConfig, earlier: tuple[list[dict], list[float]] = ([], [])):
-    """(search algorithm, Tune's param space): seeded TPE (Optuna) over the searched fields of
-    Hyperparameters, the study's values for the others. `earlier`: configurations of an earlier
-    study and their results, which TPE is told before it proposes (--warm-start)."""
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
-
-    domains = {name: getattr(tune, kind)(*args) for name, (kind, *args) in search_space(config.search).items()}
-    fixed = {k: v for k, v in dataclasses.asdict(config.trial_hyperparameters()).items() if k not in domains}
-    points, results = earlier
-    if not config.warm_start:
-        return OptunaSearch(seed=config.seed), fixed | domains
-    # Optuna takes results of earlier trials only with the space given to it, not through Tune's.
-    return OptunaSearch(space=OptunaSearch.convert_search_space(domains), metric=METRIC, mode=MODE, seed=config.seed,
-                        points_to_evaluate=points or None, evaluated_rewards=results or None), fixed
-
-
-def earlier_trials(config: TuneConfig, experiment: str) -> tuple[list[dict], list[float]]:
-    """The best finished trials of the study --warm-start names whose configuration this search
-    space holds: (configurations of the searched fields, their best validation losses)."""
-    import mlflow
-
-    from caspar.config import Hyperparameters, parse_logged
-
-    runs = mlflow.MlflowClient().search_runs([experiment], f"tags.study = {tracking.literal(config.warm_start)}", max_results=5000)
-    trials = [r for r in runs if "trial_name" in r.data.tags and "best_val_loss" in r.data.metrics]
-    if not trials:
-        raise UserError(f"--warm-start {config.warm_start}: no study of that name with finished trials in experiment "
-                        f"{config.experiment_name!r}")
-    space = search_space(config.search)
-    seeds = []
-    for run in sorted(trials, key=lambda r: r.data.metrics["best_val_loss"]):
-        point = {name: parse_logged(Hyperparameters, name, run.data.params.get(name)) for name in space}
-        if all(in_domain(point[name], domain) for name, domain in space.items()):
-            seeds.append((point, run.data.metrics["best_val_loss"]))
-    seeds = seeds[:WARM_START_TRIALS]
-    return [point for point, _ in seeds], [loss for _, loss in seeds]
-
-
-def in_domain(value, domain: tuple) -> bool:
-    kind, *args = domain
-    if value is None:
-        return False
-    return value in args[0] if kind == "choice" else args[0] <= value <= args[1]
-
-
-def study_path(config: TuneConfig) -> str:
-    return os.path.join(config.storage_path or default_storage(), config.run_name)
-
-
-def study_storage(config: TuneConfig):
-    """(filesystem, folder) of the study storage: a local folder, or s3:// through the same
-    filesystem (endpoint, credentials) as the datasets."""
-    if config.storage_path and storage.is_s3(config.storage_path):
-        return storage.resolve(config.storage_path)
-    return None, config.storage_path or default_storage()
-
-
-def default_storage() -> str:
-    """./ray_results; in a Ray job ~/ray_results, outside the job's temporary copy of --working-dir."""
-    return os.path.expanduser("~/ray_results") if in_ray_job() else os.path.abspath("ray_results")
-
-
-def check_cpus(config: TuneConfig) -> None:
-    """A trial needs one node with --cpus-per-trial CPUs: without one, Ray would wait for it forever."""
-    import ray
-
-    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
-    if config.cpus_per_trial > largest:
-        raise UserError(f"--cpus-per-trial {config.cpus_per_trial:g}: no node of this cluster has that many "
-                        f"CPUs (the largest has {largest:g})")
-
-
-def check_new_study(config: TuneConfig) -> None:
-    """A new study does not write into an earlier study's folder (it would replace its state), unless
-    --replace says to remove that study first."""
-    import pyarrow.fs as pafs
-
-    filesystem, folder = study_storage(config)
-    filesystem = filesystem or pafs.LocalFileSystem()
-    path = storage.join(folder, config.run_name)
-    if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
-        return
-    if config.replace:
-        filesystem.delete_dir(path)
-    else:
-        raise UserError(f"--run-name {config.run_name}: a study of that name is stored in {study_path(config)}; "
-                        "continue it with --resume, start it anew with --replace, or choose another --run-name")
-
-
-def check_storage(config: TuneConfig) -> None:
-    """A study on several nodes needs storage that every node reaches: refuse to guess one."""
-    import ray
-
-    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-    if config.storage_path is None and nodes > 1:
-        raise UserError(f"--storage-path: this cluster has {nodes} nodes; give storage every node reaches "
-                        "(s3://BUCKET/prefix or a shared folder)")
 
 
 def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) -> Study:
@@ -233,15 +141,6 @@ def quiet_libraries(verbose: bool) -> None:
 # driver a few milliseconds.
 STATE_SAVE_SECONDS = "2"
 
-# What defines a study: --resume refuses to continue one with other values (the rest may change).
-STUDY_DEFINING = ("data", "n_trials", "epochs", "grace_period", "seed", "cpus_per_trial", "reduction_factor", "tree_recipes",
-                  "report_seconds", "search", "warm_start")
-
-
-def study_parameters(config: TuneConfig) -> dict:
-    return dataclasses.asdict(config) | {f"trial_{k}": v for k, v in dataclasses.asdict(config.trial_hyperparameters()).items()
-                                         if k not in search_space(config.search)}
-
 
 def fit_noting_interrupt(tuner):
     """(results, interrupted). Tune catches the first Ctrl-C itself: it ends the search, keeping its
@@ -286,31 +185,6 @@ def fit_study_stages(config: TuneConfig, prepared: Prepared, fitted_before: int 
 
 # A study's tree search takes at most this share of --time-budget (the default recipes always run).
 TREE_SEARCH_SHARE = 0.3
-
-
-def find_study_run(config: TuneConfig, experiment: str) -> str:
-    """The MLflow run of the study to resume; a UserError when there is nothing to resume."""
-    import mlflow
-    from ray import tune
-
-    path = study_path(config)
-    runs = mlflow.search_runs([experiment], f"tags.study = {tracking.literal(config.run_name)} and tags.`caspar.kind` = 'study'",
-                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
-    filesystem, folder = study_storage(config)
-    if not runs or not tune.Tuner.can_restore(storage.join(folder, config.run_name), storage_filesystem=filesystem):
-        raise UserError(f"--resume: no study named {config.run_name!r} to resume in {path} and experiment "
-                        f"{config.experiment_name!r}; start it without --resume")
-    check_same_study(config, runs[0].data.params)
-    return runs[0].info.run_id
-
-
-def check_same_study(config: TuneConfig, logged: dict[str, str]) -> None:
-    """A resumed study keeps the options that define it; another value is refused, not ignored."""
-    for name in STUDY_DEFINING:
-        value = getattr(config, name)
-        if name in logged and logged[name] != str(value):
-            raise UserError(f"--resume: --{name.replace('_', '-')} {value} differs from the study's {logged[name]}; "
-                            "resume with the study's value or start a new --run-name")
 
 
 def keep_secrets_out_of_trials() -> None:
