@@ -13,6 +13,7 @@ from conftest import ROOT
 
 from caspar.config import PrepareConfig
 from caspar.data import dataset, prepared
+from caspar.data import rows as game_rows
 from caspar.data.features import feature_bounds, featurize, load_unit_points, schema
 from caspar.data.gamelog import read_log
 from caspar.data.samples import write_samples
@@ -25,12 +26,12 @@ def read_rows(path, filesystem=None):
 
 def test_split_is_by_game_and_deterministic():
     segments = np.array([0, 0, 1, 1, 1, 2, 3, 3])
-    first = dataset.split_of("a.tsv", segments, 7, 0.3, 0.3)
-    assert first.tolist() == dataset.split_of("a.tsv", segments, 7, 0.3, 0.3).tolist()
+    first = game_rows.split_of("a.tsv", segments, 7, 0.3, 0.3)
+    assert first.tolist() == game_rows.split_of("a.tsv", segments, 7, 0.3, 0.3).tolist()
     for segment in np.unique(segments):
         assert len(set(first[segments == segment])) == 1
-    games = [dataset.split_of(f"g{i}.tsv", np.array([0]), 7, 0.2, 0.2)[0] for i in range(400)]
-    other_seed = [dataset.split_of(f"g{i}.tsv", np.array([0]), 8, 0.2, 0.2)[0] for i in range(400)]
+    games = [game_rows.split_of(f"g{i}.tsv", np.array([0]), 7, 0.2, 0.2)[0] for i in range(400)]
+    other_seed = [game_rows.split_of(f"g{i}.tsv", np.array([0]), 8, 0.2, 0.2)[0] for i in range(400)]
     assert games != other_seed
     shares = {split: games.count(split) / 400 for split in ("train", "val", "test")}
     assert 0.5 < shares["train"] < 0.7 and 0.12 < shares["val"] < 0.28 and 0.12 < shares["test"] < 0.28

@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT
 
 from caspar.config import TrainConfig
-from caspar.data import dataset, prepared
+from caspar.data import prepared
+from caspar.data import rows as game_rows
 from caspar.data.features import featurize, load_unit_points
 from caspar.data.gamelog import read_log
 from caspar.data.samples import write_samples
@@ -89,7 +90,7 @@ def test_problems_per_file_are_capped_in_the_manifest(good, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "1 files had problems" in result.stdout and "manifest.json" in result.stdout
     entry = next(f for f in json.loads((tmp_path / "out" / "manifest.json").read_text())["files"] if f["problems"])
-    assert len(entry["problems"]) == dataset.PROBLEMS_KEPT and entry["more_problems"] == 500 - dataset.PROBLEMS_KEPT
+    assert len(entry["problems"]) == game_rows.PROBLEMS_KEPT and entry["more_problems"] == 500 - game_rows.PROBLEMS_KEPT
 
 
 # --- Non-finite numbers ------------------------------------------------------------------------------

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from caspar.data import corpus
-
 from caspar import storage
-from caspar.errors import InputError
+from caspar.data import corpus
 from caspar.data.gamelog import split_part
 from caspar.data.gamelog.split import SPLIT_PARTS
+from caspar.errors import InputError
 
 LOG_SUFFIX = ".tsv"
 ZIP_LIMIT_BYTES = 4 << 30  # what a .zip input may unpack to

@@ -11,8 +11,8 @@ import pyarrow.fs as pafs
 
 from caspar import storage
 from caspar.cli import in_ray_job
-from caspar.errors import InputError
 from caspar.data.features import schema
+from caspar.errors import InputError
 
 SPLITS = ("train", "val", "test")
 ROWS_FOLDER = "rows"
