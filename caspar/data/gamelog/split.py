@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 
 from caspar.data.gamelog.log import MINEFIELD_COLUMNS, GameLog, Problem, column_numbers, has_armor_columns, lines
-from caspar.data.gamelog.parser import LogParser, concat
+from caspar.data.gamelog.parser import LogParser
+from caspar.data.gamelog.tables import concat
 
 SPLIT_NAME = re.compile(r"^game_actions_(board|actions|states|attacks)_(\d{8}_\d{6})\.tsv$")
 SPLIT_PARTS = ("board", "actions", "states", "attacks")
