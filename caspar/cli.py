@@ -2,14 +2,18 @@
 the summary lines on success."""
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import errno
 import os
 import re
 import sys
 import threading
+import typing
 from collections.abc import Callable
 
+from caspar.config import check, field_types
 from caspar.errors import UserError
 
 # Lines that TensorFlow (absl, C++), Ray and MLflow write straight to the stderr file descriptor,
@@ -178,3 +182,49 @@ def quiet_libraries():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# --- Command lines from the configurations (caspar.config) ----------------------------------------------------------
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # "(default: …)" only where there is a default to show
+        if action.required or action.default in (None, False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parser_for(cls, description: str) -> argparse.ArgumentParser:
+    job = os.path.splitext(os.path.basename(sys.argv[0]))[0]  # "train": the prefix of every error line of the job
+    parser = _Parser(prog=job, description=description, formatter_class=_Formatter)
+    types = field_types(cls)
+    for f in dataclasses.fields(cls):
+        meta, kind = f.metadata, types[f.name]
+        option = f"--{f.name.replace('_', '-')}"
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if kind is bool:
+            parser.add_argument(option, action="store_true", help=meta["help"])
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(option, type=typing.get_args(kind)[0], nargs="+", default=default, help=meta["help"])
+        else:
+            parser.add_argument(option, type=kind, default=default, choices=meta["choices"], help=meta["help"],
+                                required=meta["required"])
+    parser.add_argument("--verbose", action="store_true", help="also TensorFlow's and Ray's own log lines")
+    return parser
+
+
+def parse(cls, description: str, argv=None):
+    """(configuration, verbose) from the command line; every value checked before any work starts."""
+    parser = parser_for(cls, description)
+    args = vars(parser.parse_args(argv))
+    verbose = args.pop("verbose")
+    config = cls(**args)
+    try:
+        check(config)
+    except UserError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    return config, verbose

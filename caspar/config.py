@@ -7,12 +7,9 @@ its options before TensorFlow or Ray load.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import os
 import re
-import sys
 import typing
 from dataclasses import dataclass, field
 
@@ -140,7 +137,7 @@ def parse_logged(cls, name: str, text: str | None):
 
     if text is None:
         return None
-    kind = _types(cls)[name]
+    kind = field_types(cls)[name]
     try:
         if typing.get_origin(kind) is list:
             return [int(v) for v in json.loads(text)]
@@ -160,7 +157,7 @@ def parse_search(change: str) -> tuple[str, tuple]:
     kind, _, values = domain.rpartition(":")
     if kind and kind not in RANGES:
         raise UserError(f"--search {change}: {kind!r} is not uniform or loguniform")
-    convert = _types(Hyperparameters)[name]
+    convert = field_types(Hyperparameters)[name]
     try:
         if typing.get_origin(convert) is list:
             parsed = [[int(units) for units in value.split("x")] for value in values.split(",")]
@@ -288,21 +285,8 @@ def hyperparameters(config) -> dict:
     return {f.name: get(f.name) for f in dataclasses.fields(Hyperparameters)}
 
 
-# --- Command lines from the dataclasses ----------------------------------------------------------
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):  # "(default: …)" only where there is a default to show
-        if action.required or action.default in (None, False, argparse.SUPPRESS):
-            return action.help
-        return super()._get_help_string(action)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _types(cls) -> dict[str, type]:
+def field_types(cls) -> dict[str, type]:
+    """Each field's type, Optional[T] as T (lists stay lists)."""
     hints = typing.get_type_hints(cls)
     resolved = {}
     for name, hint in hints.items():
@@ -310,37 +294,6 @@ def _types(cls) -> dict[str, type]:
         resolved[name] = hint if not args or typing.get_origin(hint) is list else args[0]
     return resolved
 
-
-def parser_for(cls, description: str) -> argparse.ArgumentParser:
-    job = os.path.splitext(os.path.basename(sys.argv[0]))[0]  # "train": the prefix of every error line of the job
-    parser = _Parser(prog=job, description=description, formatter_class=_Formatter)
-    types = _types(cls)
-    for f in dataclasses.fields(cls):
-        meta, kind = f.metadata, types[f.name]
-        option = f"--{f.name.replace('_', '-')}"
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if kind is bool:
-            parser.add_argument(option, action="store_true", help=meta["help"])
-        elif typing.get_origin(kind) is list:
-            parser.add_argument(option, type=typing.get_args(kind)[0], nargs="+", default=default, help=meta["help"])
-        else:
-            parser.add_argument(option, type=kind, default=default, choices=meta["choices"], help=meta["help"],
-                                required=meta["required"])
-    parser.add_argument("--verbose", action="store_true", help="also TensorFlow's and Ray's own log lines")
-    return parser
-
-
-def parse(cls, description: str, argv=None):
-    """(configuration, verbose) from the command line; every value checked before any work starts."""
-    parser = parser_for(cls, description)
-    args = vars(parser.parse_args(argv))
-    verbose = args.pop("verbose")
-    config = cls(**args)
-    try:
-        check(config)
-    except UserError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    return config, verbose
 
 
 def check(config) -> None:

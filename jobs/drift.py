@@ -8,11 +8,11 @@ logged to MLflow (experiment caspar-drift).
 import sys
 
 from caspar import cli
-from caspar.config import DriftConfig, parse
+from caspar.config import DriftConfig
 
 
 def main(argv=None) -> int:
-    config, verbose = parse(DriftConfig, __doc__, argv)
+    config, verbose = cli.parse(DriftConfig, __doc__, argv)
     return cli.run("drift", lambda: drift_job(config), verbose)
 
 

@@ -6,11 +6,11 @@
 import sys
 
 from caspar import cli
-from caspar.config import ExportConfig, parse
+from caspar.config import ExportConfig
 
 
 def main(argv=None) -> int:
-    config, verbose = parse(ExportConfig, __doc__, argv)
+    config, verbose = cli.parse(ExportConfig, __doc__, argv)
     return cli.run("export", lambda: export_job(config), verbose)
 
 

@@ -6,11 +6,11 @@
 import sys
 
 from caspar import cli
-from caspar.config import PrepareConfig, parse
+from caspar.config import PrepareConfig
 
 
 def main(argv=None) -> int:
-    config, verbose = parse(PrepareConfig, __doc__, argv)
+    config, verbose = cli.parse(PrepareConfig, __doc__, argv)
     return cli.run("prepare", lambda: prepare_job(config), verbose)
 
 

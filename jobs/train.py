@@ -6,11 +6,11 @@
 import sys
 
 from caspar import cli
-from caspar.config import TrainConfig, parse
+from caspar.config import TrainConfig
 
 
 def main(argv=None) -> int:
-    config, verbose = parse(TrainConfig, __doc__, argv)
+    config, verbose = cli.parse(TrainConfig, __doc__, argv)
     return cli.run("train", lambda: train_job(config), verbose)
 
 

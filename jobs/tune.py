@@ -6,11 +6,11 @@
 import sys
 
 from caspar import cli
-from caspar.config import TuneConfig, parse
+from caspar.config import TuneConfig
 
 
 def main(argv=None) -> int:
-    config, verbose = parse(TuneConfig, __doc__, argv)
+    config, verbose = cli.parse(TuneConfig, __doc__, argv)
     return cli.run("tune", lambda: tune_job(config, verbose), verbose)
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from caspar import config
+from caspar import cli, config
 from caspar.data.features import markdown
 
 
@@ -17,16 +17,16 @@ def run_job(job, *args, env=None):
 
 
 def test_help_shows_every_setting_with_its_default():
-    text = config.parser_for(config.TrainConfig, "").format_help()
+    text = cli.parser_for(config.TrainConfig, "").format_help()
     for f in dataclasses.fields(config.TrainConfig):
         assert f"--{f.name.replace('_', '-')}" in text
     assert "(default: 0.3)" in text and "(default: [128, 128])" in text
     assert "(default: None)" not in text and "(default: False)" not in text
-    assert "(default: None)" not in config.parser_for(config.ExportConfig, "").format_help()
+    assert "(default: None)" not in cli.parser_for(config.ExportConfig, "").format_help()
 
 
 def test_parsed_values_reach_the_configuration():
-    settings, verbose = config.parse(config.TrainConfig, "", ["--hidden-layers", "64", "32", "--activation", "gelu",
+    settings, verbose = cli.parse(config.TrainConfig, "", ["--hidden-layers", "64", "32", "--activation", "gelu",
                                                               "--alias", "champion", "--verbose"])
     assert settings.hidden_layers == [64, 32] and settings.activation == "gelu" and settings.alias == "champion"
     assert verbose and settings.dropout_rate == config.Hyperparameters().dropout_rate
