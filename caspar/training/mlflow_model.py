@@ -59,13 +59,20 @@ def log_model(keras_model, normalizer: Normalizer, signature, input_example: pd.
 
 
 def keras_model_of(model_uri: str):
-    """The Keras model inside a logged model (this package's, or the Keras flavour of older runs)."""
-    from mlflow.models import get_model_info
+    """The Keras model inside a logged model, read from its files (never by unpickling the logged
+    class, which would tie an export to the module layout of the code that logged it); the Keras
+    flavour of older runs too."""
+    import keras
+    import mlflow.artifacts
+    from mlflow.models import Model
 
-    if "keras" in get_model_info(model_uri).flavors:
+    import caspar.model.layers  # noqa: F401  (registers the custom layers)
+
+    folder = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+    flavors = Model.load(os.path.join(folder, "MLmodel")).flavors
+    if "keras" in flavors:
         from mlflow import keras as keras_flavour
 
-        import caspar.model.layers  # noqa: F401
-
         return keras_flavour.load_model(model_uri)
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().keras_model
+    path = flavors["python_function"]["artifacts"]["keras_model"]["path"]
+    return keras.saving.load_model(os.path.join(folder, path), compile=False)
