@@ -38,3 +38,13 @@ def test_every_module_is_in_a_stage_or_shared():
     top = {path.stem for path in (ROOT / "caspar").glob("*.py")}
     assert top == {"__init__", "errors", "config", "storage", "tracking", "artifacts", "cli"}, top
     assert {path.name for path in (ROOT / "caspar").iterdir() if path.is_dir() and path.name != "__pycache__"} == set(STAGES)
+
+
+def test_every_source_file_is_tracked():
+    """A source file that git ignores is missing from every clone and from what `ray job submit
+    --working-dir .` ships (a `data/` pattern once hid caspar/data/)."""
+    import subprocess
+
+    ignored = subprocess.run(["git", "check-ignore", *map(str, (ROOT / "caspar").rglob("*.py")), *map(
+        str, (ROOT / "java").rglob("*.java"))], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert not ignored, ignored

@@ -1,0 +1,1 @@
+"""Logs to rows: reading game logs, the features, the prepared dataset."""
