@@ -18,7 +18,7 @@ from caspar.data.gamelog.log import (
     Board,
     Problem,
 )
-from caspar.data.gamelog.tables import RowGroup, board_from_values, parse_group, concat, infinite_as_missing
+from caspar.data.gamelog.tables import RowGroup, board_from_values, concat, infinite_as_missing, parse_group
 
 DATA_FIRST_BYTES = np.zeros(256, dtype=bool)
 DATA_FIRST_BYTES[list(b"0123456789-")] = True  # data rows start with a number; headers with a name
