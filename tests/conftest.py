@@ -106,3 +106,15 @@ def corpus_dataset(ray_local, tmp_path_factory):
     folder = tmp_path_factory.mktemp("corpus") / "prepared"
     summary = dataset.prepare(PrepareConfig(input=str(GAMELOGS), output=str(folder)))
     return str(folder), summary
+
+
+@pytest.fixture(scope="session")
+def classes(tmp_path_factory):
+    """The Java package compiled once with javac --release 17 -Xlint:all -Werror (a warning fails it)."""
+    from caspar.export import javamodel
+
+    if not javamodel.java_available():
+        pytest.skip("no JDK (javac, java)")
+    folder = tmp_path_factory.mktemp("classes")
+    javamodel.compiled(str(folder))
+    return str(folder)

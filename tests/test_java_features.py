@@ -8,7 +8,6 @@ import re
 
 import numpy as np
 import pyarrow as pa
-import pytest
 from conftest import GAMELOGS, ROOT, needs_shared_logs
 
 from caspar.config import Hyperparameters
@@ -25,15 +24,6 @@ from caspar.model.network import Normalizer, build_network, fit_trees
 POINTS = load_unit_points()
 NAMES = feature_names()
 FEATURE_TOLERANCE = 1e-6
-
-
-@pytest.fixture(scope="module")
-def classes(tmp_path_factory):
-    if not javamodel.java_available():
-        pytest.skip("no JDK (javac, java)")
-    folder = tmp_path_factory.mktemp("classes")
-    javamodel.compiled(str(folder))
-    return str(folder)
 
 
 def with_random_ecm(log, seed: int):

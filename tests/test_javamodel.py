@@ -18,16 +18,6 @@ needs_jdk = pytest.mark.skipif(not javamodel.java_available(), reason="no JDK (j
 
 
 @pytest.fixture(scope="module")
-def classes(tmp_path_factory):
-    """The Java package compiled with javac --release 17 -Xlint:all -Werror (a warning fails it)."""
-    if not javamodel.java_available():
-        pytest.skip("no JDK (javac, java)")
-    folder = tmp_path_factory.mktemp("classes")
-    javamodel.compiled(str(folder))
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
 def rows():
     """Raw rows with thresholds a tree and an encoding can find, and their rewards."""
     rng = np.random.default_rng(0)
