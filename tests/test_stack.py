@@ -41,32 +41,31 @@ def test_compose_file_follows_the_compose_specification():
     jsonschema.validate(COMPOSE, json.loads(SCHEMA.read_text()))
 
 
-def test_compose_wiring():
+def test_services_start_in_order_and_say_when_they_are_ready():
+    """Properties, not the file restated: every dependency exists and the order has no cycle; what a
+    service waits to be healthy has a health check, and so has everything that publishes a port.
+    (The MLflow command itself runs for real in the stack tests below.)"""
+    import graphlib
+
     services = COMPOSE["services"]
-    assert {"minio", "minio-init", "postgres", "mlflow", "ray-head", "ray-worker"} <= set(services)
+    graphlib.TopologicalSorter({name: set(s.get("depends_on", {})) for name, s in services.items()}).static_order()
     for name, service in services.items():
-        for dependency in service.get("depends_on", {}):
+        for dependency, rule in service.get("depends_on", {}).items():
             assert dependency in services, f"{name} depends on unknown {dependency}"
-    for name in ("minio", "postgres", "mlflow", "ray-head"):
-        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no health check"
-    assert services["mlflow"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
-    assert services["mlflow"]["ports"] == ["${BIND_ADDRESS:-127.0.0.1}:5000:5000"]
-    assert services["ray-head"]["ports"] == ["${BIND_ADDRESS:-127.0.0.1}:8265:8265"]
-    for name in ("ray-head", "ray-worker"):  # jobs find MLflow and S3 in their nodes' environment, secrets from .env
+            if rule.get("condition") == "service_healthy":
+                assert services[dependency].get("healthcheck", {}).get("test"), f"{name} waits on {dependency}'s health"
+        if service.get("ports"):
+            assert service.get("healthcheck", {}).get("test"), f"{name} publishes a port without a health check"
+    # the Ray nodes reach the stack's MLflow and S3 by service name: jobs find them in their environment
+    for name in ("ray-head", "ray-worker"):
         environment = services[name]["environment"]
-        assert environment["AWS_SECRET_ACCESS_KEY"].startswith("${MINIO_ROOT_PASSWORD")
-        assert environment["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD")
-        assert environment["AWS_ENDPOINT_URL"] == "http://minio:9000"
-    command = services["mlflow"]["command"]
-    assert "--serve-artifacts" in command and any(p.startswith("postgresql://") for p in command)
-    assert any(p.startswith("s3://") for p in command) and "--allowed-hosts" in command
-    assert "mlflow:5000" in command[command.index("--allowed-hosts") + 1]
-    assert "/health" in " ".join(services["mlflow"]["healthcheck"]["test"])
-    init = " ".join(services["minio-init"]["entrypoint"])
-    assert "mc mb --ignore-existing" in init and "mc anonymous set none" in init and "public" not in init
+        for variable in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL"):
+            host = environment[variable].split("//")[1].split(":")[0]
+            assert host in services, (name, variable)
+    # the image runs the MLflow of requirements.txt (the client and the server must agree)
     dockerfile = (ROOT / services["mlflow"]["build"]["dockerfile"]).read_text()
     pinned = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("mlflow=="))
-    assert f'"{pinned.replace("mlflow==", "mlflow[auth]==")}"' in dockerfile and "psycopg" in dockerfile and "boto3" in dockerfile
+    assert f'"{pinned.replace("mlflow==", "mlflow[auth]==")}"' in dockerfile
 
 
 def signed_in(monkeypatch):
@@ -75,24 +74,25 @@ def signed_in(monkeypatch):
         monkeypatch.setenv(name, value)
 
 
-def test_everything_published_requires_credentials():
+def test_only_loopback_by_default_and_every_secret_from_env():
+    """Every published port binds to BIND_ADDRESS (default 127.0.0.1); every password, secret key
+    and token is a required variable of .env with no default; what accepts writes asks for them."""
+    import re
+
     services = COMPOSE["services"]
-    published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
-    assert published == {"minio": ["${BIND_ADDRESS:-127.0.0.1}:9000:9000"],  # S3 API only: no console
-                         "mlflow": ["${BIND_ADDRESS:-127.0.0.1}:5000:5000"],
-                         "ray-head": ["${BIND_ADDRESS:-127.0.0.1}:8265:8265"]}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), (name, port)
+        for variable, value in service.get("environment", {}).items():
+            if re.search("PASSWORD|SECRET|TOKEN", variable) and variable != "RAY_AUTH_MODE":
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]*\}", str(value)), (name, variable, value)
+    assert "9001" not in str(services["minio"].get("ports"))  # MinIO's console is not published
     command = services["mlflow"]["command"]
     assert command[command.index("--app-name") + 1] == "basic-auth"
-    environment = services["mlflow"]["environment"]
-    assert environment["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
-    assert environment["MLFLOW_FLASK_SERVER_SECRET_KEY"].startswith("${MLFLOW_SECRET_KEY:?")
-    dockerfile = (ROOT / services["mlflow"]["build"]["dockerfile"]).read_text()
-    assert f"COPY docker/basic_auth.ini {environment['MLFLOW_AUTH_CONFIG_PATH']}" in dockerfile
-    settings = (ROOT / "docker" / "basic_auth.ini").read_text()
-    assert "password" not in settings.split("[mlflow]")[1].lower().replace("pgpassword", "")
     for name in ("ray-head", "ray-worker"):
         assert services[name]["environment"]["RAY_AUTH_MODE"] == "token"
-        assert services[name]["environment"]["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?")
+    settings = (ROOT / "docker" / "basic_auth.ini").read_text()
+    assert "password" not in settings.split("[mlflow]")[1].lower().replace("pgpassword", "")
 
 
 def test_no_credentials_outside_env_files():
@@ -208,10 +208,9 @@ def test_the_artefact_bucket_refuses_anonymous_reads(stack):
 def test_jobs_fail_fast_when_the_server_is_down(sample_dataset, name, args):
     env = without_s3_credentials(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
     data = ["--data", sample_dataset] if name != "export" else []
-    result, seconds = job(name, *data, *args, env=env, timeout=120)
+    result, _ = job(name, *data, *args, env=env, timeout=120)  # the job's own wait is at most 5 s
     assert result.returncode == 2 and "does not answer" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert seconds < 30  # of which the job's own wait is at most 5 s; the rest is Python start-up
 
 
 @pytest.mark.server
@@ -263,6 +262,6 @@ def test_the_server_lets_nobody_in_without_credentials(stack):
 ])
 def test_a_job_without_valid_credentials_is_one_line(stack, sample_dataset, credentials, message):
     env = without_s3_credentials(MLFLOW_TRACKING_URI=stack["mlflow"], **credentials)
-    result, seconds = job("train", "--data", sample_dataset, "--epochs", "1", env=env, timeout=120)
+    result, _ = job("train", "--data", sample_dataset, "--epochs", "1", env=env, timeout=120)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert message in result.stderr and seconds < 30
+    assert message in result.stderr

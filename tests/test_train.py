@@ -277,16 +277,6 @@ def test_missing_dataset_says_to_prepare_first(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_unreachable_tracking_server_fails_fast(sample_dataset):
-    from services import free_port
-
-    started = time.monotonic()
-    result = run_train("--data", sample_dataset, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
-    assert result.returncode == 2 and "does not answer" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert time.monotonic() - started < 30  # the job itself gives up within seconds; the rest is Python start-up
-
-
 README_EXAMPLE = {"hidden_layers": [354, 354], "dropout_rate": 0.06, "learning_rate": 0.01}  # jobs/train.py's usage
 
 

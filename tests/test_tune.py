@@ -275,9 +275,20 @@ def test_the_summary_tells_trials_stopped_by_asha_from_trials_cut_off():
 
     results = [trial(30, True), trial(10, True), trial(20, False, pid=2), trial(10, False), trial(10, False, error=RuntimeError())]
     summary = summarise(results, TuneConfig(data="unused", epochs=30), session_started=0)
-    assert (summary["stopped_early"], summary["unfinished"]) == (1, 2)
+    assert (summary.stopped_early, summary.unfinished) == (1, 2)
     # per process, its last cumulative report: process 1 reported 10 last, process 2 20
-    assert summary["trial_phases"]["training"] == 30.0 and summary["worker_pids"] == {1, 2}
+    assert summary.trial_phases["training"] == 30.0 and summary.worker_pids == {1, 2}
+
+
+def local_trial(data, config: dict, milestones: list[int]):
+    """A trial as a Ray worker runs it, in this process: Tune's set-up without the worker (whose
+    thread settings TensorFlow refuses once it has started here)."""
+    from caspar.tuning.trial import Trial
+
+    trial = object.__new__(Trial)
+    trial.attach(data, milestones, report_seconds=60.0, node="local")
+    trial.start(config)
+    return trial
 
 
 def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
@@ -287,7 +298,7 @@ def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
     import numpy as np
 
     from caspar.config import TuneConfig
-    from caspar.tuning.trial import OPTIMIZER_FILE, PHASES, Trial, load_best_model
+    from caspar.tuning.trial import OPTIMIZER_FILE, StudyData, load_best_model
     from caspar.tuning.tune import fit_study_stages
 
     rng = np.random.default_rng(0)
@@ -297,24 +308,14 @@ def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
     prepared = types.SimpleNamespace(splits={"train": (x[:300], y[:300]), "val": (x[300:], y[300:])},
                                      files={"train": games[:300], "val": games[300:]})
     study = TuneConfig(epochs=6, search=["trees=20"], tree_recipes=0)
-    stage = fit_study_stages(study, prepared)[20]
-    data = {"x_train": stage.normalizer.transform(x[:300]), "y_train": y[:300],
-            "x_val": stage.normalizer.transform(x[300:]), "y_val": y[300:],
-            "trees": {20: {"arrays": dict(stage.layer.arrays), "train": stage.train_trees, "val": stage.val_trees}}}
+    data = StudyData.of(fit_study_stages(study, prepared), prepared.splits)
     config = dict(vars(study.trial_hyperparameters()), hidden_layers=[16], trees=20, ensemble_size=1,
                   encoding_bins=0, batch_size=32, learning_rate=0.01)
 
-    def trial():
-        made = object.__new__(Trial)  # the Trainable without a Ray worker: its own methods only
-        made.data, made.milestones, made.report_seconds, made.node = data, [2, 4, 6], 60.0, "local"
-        made.process_cpu = dict.fromkeys(PHASES, 0.0)
-        made.start(config)
-        return made
-
-    first = trial()
+    first = local_trial(data, config, milestones=[2, 4, 6])
     result = first.step()
     first.save_checkpoint(str(tmp_path))
-    restored = trial()
+    restored = local_trial(data, config, milestones=[2, 4, 6])
     restored.load_checkpoint(str(tmp_path))
     assert restored.epoch == first.epoch == result["epoch"] == 2
     assert (restored.best.best, restored.best.best_epoch) == (result["best_val_loss"], result["best_epoch"])
@@ -327,8 +328,8 @@ def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
     best = load_best_model(str(tmp_path), config, data)
     assert [t.name for t in best.model.inputs] == ["features"]  # what the game runs: features in, the trees inside
     # the trial's figure: the network on the trees' out-of-fold predictions of the validation rows
-    inputs = best.inputs(data["x_val"], data["trees"][20]["val"])
-    loss = float(np.mean((best.trainer.predict(inputs, verbose=0).ravel() - data["y_val"]) ** 2))
+    inputs = best.inputs(data.x_val, data.trees[20].val)
+    loss = float(np.mean((best.trainer.predict(inputs, verbose=0).ravel() - data.y_val) ** 2))
     assert abs(loss - result["best_val_loss"]) < 1e-6
     assert restored.step()["epoch"] == 4  # and it goes on from there
 
@@ -341,12 +342,12 @@ def test_a_trial_traces_its_training_step_in_set_up_and_then_trains_as_without(m
 
     from caspar.config import Hyperparameters
     from caspar.tuning import trial as trial_module
-    from caspar.tuning.trial import PHASES, Trial
+    from caspar.tuning.trial import StudyData
 
     rng = np.random.default_rng(1)
     x = rng.random((300, 6)).astype("float32")
     y = (0.5 * x[:, 0] + 0.4 * x[:, 1] * x[:, 2]).astype("float32")
-    data = {"x_train": x[:200], "y_train": y[:200], "x_val": x[200:], "y_val": y[200:]}
+    data = StudyData(x[:200], y[:200], x[200:], y[200:])
     # dropout, batch norm, an ensemble and the encoding: every kind of state training changes
     config = dict(vars(Hyperparameters()), hidden_layers=[16], trees=0, ensemble_size=2, encoding_bins=4,
                   batch_size=32, dropout_rate=0.3, epochs=2)
@@ -356,10 +357,7 @@ def test_a_trial_traces_its_training_step_in_set_up_and_then_trains_as_without(m
     monkeypatch.setattr(keras.Model, "train_step", lambda model, batch: traced.append(1) or keras_train_step(model, batch))
 
     def trained():
-        made = object.__new__(Trial)
-        made.data, made.milestones, made.report_seconds, made.node = data, [2], 60.0, "local"
-        made.process_cpu = dict.fromkeys(PHASES, 0.0)
-        made.start(config)
+        made = local_trial(data, config, milestones=[2])
         traces_in_set_up = len(traced)
         made.step()
         return made.model, traces_in_set_up, len(traced) - traces_in_set_up

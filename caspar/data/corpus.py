@@ -8,12 +8,8 @@ an archive is kept under its hash, so a second run does not download it again.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from caspar.errors import UserError
@@ -36,23 +32,21 @@ def is_remote(source: str) -> bool:
 
 def archive(source: str) -> str:
     """The local path of the archive `source` names (corpus:NAME or URL#sha256=HEX), downloaded
-    into the cache unless it is there already."""
+    into the cache unless it is there already (pooch: a download lands under its final name only
+    once its hash is checked)."""
+    import pooch
+    import requests
+
     url, digest = resolve(source)
-    cached = cache_folder() / f"{digest}.zip"
-    if cached.is_file():
-        return str(cached)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=cached.parent, prefix=".download-")
     try:
-        with os.fdopen(handle, "wb") as target:
-            actual = download(url, target)
-        if actual != digest:
-            raise UserError(f"--input {source}: the download from {url} has sha256 {actual}, not {digest}; nothing kept")
-        os.replace(partial, cached)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
-    return str(cached)
+        return pooch.retrieve(url, known_hash=f"sha256:{digest}", fname=f"{digest}.zip", path=cache_folder(),
+                              downloader=pooch.HTTPDownloader(timeout=DOWNLOAD_TIMEOUT_S, progressbar=False))
+    except ValueError as mismatch:  # pooch removed the download
+        actual = re.search(r"but got ([0-9a-f]{64})", str(mismatch))
+        raise UserError(f"--input {source}: the download from {url} has sha256 {actual and actual.group(1)}, "
+                        f"not {digest}; nothing kept") from None
+    except (requests.RequestException, OSError) as error:
+        raise UserError(f"cannot download {url}: {error}") from None
 
 
 def resolve(source: str) -> tuple[str, str]:
@@ -66,19 +60,6 @@ def resolve(source: str) -> tuple[str, str]:
     if not match:
         raise UserError(f"--input {source}: give a download as URL#sha256=HEX (the archive's hash), or corpus:NAME")
     return match.group(1), match.group(2)
-
-
-def download(url: str, target) -> str:
-    """Writes the body of `url` to `target`; returns its sha256."""
-    digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                target.write(chunk)
-    except (urllib.error.URLError, OSError) as error:
-        raise UserError(f"cannot download {url}: {getattr(error, 'reason', error)}") from None
-    return digest.hexdigest()
 
 
 def cache_folder() -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlflow
 import numpy as np
@@ -128,9 +128,22 @@ def best_history(result, checkpoint_metrics: dict) -> dict:
     return history
 
 
-def summarise(results, config: TuneConfig, session_started: float) -> dict:
-    """Figures of this session only (a resumed study's earlier sessions are not counted): trial
-    counts, the trials' CPU seconds per phase (`trial_phases`) and the processes that ran them."""
+@dataclass
+class SearchSummary:
+    """Figures of one session of the search (a resumed study's earlier sessions are not counted)."""
+    trials: int
+    stopped_early: int  # by ASHA
+    unfinished: int  # cut off by the time budget or an interrupt
+    mean_trial_startup_seconds: float  # trial function entered -> first epoch
+    trial_phases: dict[str, float]  # the trials' CPU seconds per phase (caspar.tuning.trial.PHASES)
+    worker_pids: set[int]  # the processes that ran them
+
+    def metrics(self) -> dict[str, float]:
+        return {"trials": self.trials, "stopped_early": self.stopped_early, "unfinished": self.unfinished,
+                "mean_trial_startup_seconds": self.mean_trial_startup_seconds}
+
+
+def summarise(results, config: TuneConfig, session_started: float) -> SearchSummary:
     phases: dict[str, float] = dict.fromkeys(PHASES, 0.0)
     by_process: dict[int, dict] = {}
     startups = []
@@ -145,20 +158,19 @@ def summarise(results, config: TuneConfig, session_started: float) -> dict:
     for row in by_process.values():
         for phase in PHASES:
             phases[phase] += float(row.get(f"cpu_{phase}", 0.0))
-    return {
-        "trials": len(results),
+    return SearchSummary(
+        trials=len(results),
         # ASHA's stop marks the trial's last result done; the time budget and an interrupt do not
-        "stopped_early": sum(1 for r in results if not r.error and (r.metrics or {}).get("done")
-                             and r.metrics.get("epoch", 0) < config.epochs),
-        "unfinished": sum(1 for r in results if not r.error and not (r.metrics or {}).get("done")),
-        "mean_trial_startup_seconds": float(np.mean(startups)) if startups else 0.0,
-        "trial_phases": phases, "worker_pids": set(by_process),
-    }
+        stopped_early=sum(1 for r in results if not r.error and (r.metrics or {}).get("done")
+                          and r.metrics.get("epoch", 0) < config.epochs),
+        unfinished=sum(1 for r in results if not r.error and not (r.metrics or {}).get("done")),
+        mean_trial_startup_seconds=float(np.mean(startups)) if startups else 0.0,
+        trial_phases=phases, worker_pids=set(by_process))
 
 
-def log_study(results, best_config: dict, summary: dict, cpu_parts: dict[str, float]) -> None:
+def log_study(results, best_config: dict, summary: SearchSummary, best_val_loss: float, cpu_parts: dict[str, float]) -> None:
     mlflow.log_dict(best_config, "best_config.json")
-    mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    mlflow.log_metrics(summary.metrics() | {"best_val_loss": best_val_loss})
     mlflow.log_metrics({f"cpu_share_{name}": value for name, value in cpu.shares(cpu_parts).items()})
     log_val_loss_plot(results)
 
@@ -190,23 +202,24 @@ class Study:
     """What the tune job prints at the end."""
     best_config: dict
     best_val_loss: float
-    metrics: dict
     trials: int
     stopped_early: int
     unfinished: int  # cut off by the time budget or an interrupt
     errored: int
-    run_id: str | None  # None: interrupted, nothing registered
-    registered_version: str | None
-    verdict: evaluate.Verdict
     fit_on: str
-    seconds: float
     interrupted: bool
     tracking_uri: str
     path: str
     cpu_parts: dict  # CPU seconds of this machine over the study, per part (caspar.tuning.cpu)
     mean_startup_seconds: float  # trial function entered -> first epoch
-    tree_seconds: float = 0.0  # the tree search, before the trials
-    search_seconds: float = 0.0  # the trials (Ray Tune's search)
+    tree_seconds: float  # the tree search, before the trials
+    search_seconds: float  # the trials (Ray Tune's search)
+    seconds: float = 0.0  # the whole study
+    # the best trial's model, once scored and logged (None: interrupted, nothing registered)
+    metrics: dict = field(default_factory=dict)
+    run_id: str | None = None
+    registered_version: str | None = None
+    verdict: evaluate.Verdict = field(default_factory=lambda: evaluate.Verdict(""))
 
     def lines(self) -> list[str]:
         config = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.best_config.items())

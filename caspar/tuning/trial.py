@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from ray import tune
@@ -20,6 +21,43 @@ EPOCH_METRICS = ("loss", "val_loss", "val_mae", "learning_rate")  # per epoch, i
 STEP_METRICS = ("best_val_loss", "cpu_seconds", "startup_seconds")  # per result, in MLflow
 PHASES = ("worker_start", "setup", "training", "checkpoint")  # this process's CPU seconds in each, reported as cpu_<phase>
 PER_EPOCH = "_per_epoch"  # a result's list of every epoch's value since the previous result
+
+
+@dataclass(frozen=True)
+class StudyTrees:
+    """The study's trees of one tree count, fitted once on the driver: the arrays of their
+    TreeEnsemble layer and their (out-of-fold) predictions on the train and validation rows."""
+    arrays: dict[str, np.ndarray]
+    train: np.ndarray  # [train rows, 1]
+    val: np.ndarray  # [validation rows, 1]
+
+    def layer(self):
+        from caspar.model.layers import TreeEnsemble
+
+        return TreeEnsemble(**self.arrays)
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """What every trial of a study trains on (sent to the trials once, through Ray's object store):
+    the normalised train and validation rows and the study's trees per tree count."""
+    x_train: np.ndarray  # [train rows, features], normalised
+    y_train: np.ndarray  # [train rows]
+    x_val: np.ndarray  # [validation rows, features], normalised
+    y_val: np.ndarray  # [validation rows]
+    trees: dict[int, StudyTrees] = field(default_factory=dict)  # tree count -> its trees (0: none)
+
+    @classmethod
+    def of(cls, stages: dict, splits: dict) -> StudyData:
+        """From the study's {tree count: caspar.training.fit.Stage} and the dataset's splits."""
+        normalizer = next(iter(stages.values())).normalizer  # the same for every tree count
+        trees = {count: StudyTrees(dict(stage.layer.arrays), stage.train_trees, stage.val_trees)  # not Keras's TrackedDict
+                 for count, stage in stages.items() if count}
+        return cls(normalizer.transform(splits["train"][0]), splits["train"][1],
+                   normalizer.transform(splits["val"][0]), splits["val"][1], trees)
+
+    def trees_of(self, hp: Hyperparameters) -> StudyTrees | None:
+        return self.trees.get(hp.trees) if hp.trees else None
 
 
 def milestones(config: TuneConfig) -> set[int]:
@@ -47,11 +85,15 @@ class Trial(tune.Trainable):
         threads = max(1, int(cpus_per_trial))
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-        # The process's CPU so far: Ray's worker start and TensorFlow's import. Counted once per process.
-        self.process_cpu = dict.fromkeys(PHASES, 0.0) | {"worker_start": time.process_time()}
-        self.data, self.milestones, self.report_seconds = data, sorted(milestones), report_seconds
-        self.node = ray.get_runtime_context().get_node_id()
+        self.attach(data, milestones, report_seconds, node=ray.get_runtime_context().get_node_id(),
+                    worker_start_cpu=time.process_time())  # Ray's worker start and TensorFlow's import
         self.start(config)
+
+    def attach(self, data: StudyData, milestones, report_seconds: float, node: str, worker_start_cpu: float = 0.0):
+        """What the trial keeps across configurations (Tune reuses its process): the study's data, the
+        epochs it reports at, the node it runs on, and its process's CPU seconds per phase."""
+        self.process_cpu = dict.fromkeys(PHASES, 0.0) | {"worker_start": worker_start_cpu}
+        self.data, self.milestones, self.report_seconds, self.node = data, sorted(milestones), report_seconds, node
 
     def start(self, config):
         from caspar.model.callbacks import BestEpoch, StopAfterSeconds
@@ -61,11 +103,11 @@ class Trial(tune.Trainable):
         setup_started = time.process_time()
         hp = Hyperparameters(**config)
         check(hp)  # a sampled configuration passes the checks a command line does
-        data, trees = self.data, study_trees(self.data, hp)
-        network = compiled_network(hp, data["x_train"], trees and trees["layer"])
+        data, trees = self.data, self.data.trees_of(hp)
+        network = compiled_network(hp, data.x_train, trees and trees.layer())
         self.model = network.trainer
-        self.batches = tf_datasets(network.inputs(data["x_train"], trees and trees["train"]), data["y_train"],
-                                   network.inputs(data["x_val"], trees and trees["val"]), data["y_val"],
+        self.batches = tf_datasets(network.inputs(data.x_train, trees and trees.train), data.y_train,
+                                   network.inputs(data.x_val, trees and trees.val), data.y_val,
                                    hp.batch_size, hp.seed)
         self.best = BestEpoch(validation_loss(self.model, self.batches[1]), restore=False)  # traces evaluation
         trace_training(self.model, self.batches[1])
@@ -140,27 +182,18 @@ def trace_training(trainer, batches) -> None:
         variable.assign(value)
 
 
-def study_trees(data: dict, hp: Hyperparameters) -> dict | None:
-    """The study's trees for a trial that has them (fitted once, on the driver), as a TreeEnsemble
-    layer ("layer") with their predictions on the train and validation rows ("train", "val")."""
-    from caspar.model.layers import TreeEnsemble
-
-    trees = data.get("trees", {}).get(hp.trees) if hp.trees else None
-    return trees and {"layer": TreeEnsemble(**trees["arrays"]), "train": trees["train"], "val": trees["val"]}
-
-
 def saved_arrays(checkpoint_dir: str, name: str) -> list[np.ndarray]:
     with np.load(os.path.join(checkpoint_dir, name)) as saved:
         return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
-def load_best_model(checkpoint_dir: str, config: dict, data: dict):
+def load_best_model(checkpoint_dir: str, config: dict, data: StudyData):
     """The network (its model is what the game runs, trees included) of a trial's checkpoint, with
-    the weights of the trial's best epoch up to then. `config`: the trial's, `data`: the study's."""
+    the weights of the trial's best epoch up to then. `config`: the trial's."""
     from caspar.model.network import build_network
 
     hp = Hyperparameters(**config)
-    trees = study_trees(data, hp)
-    network = build_network(hp, data["x_train"], trees and trees["layer"])
+    trees = data.trees_of(hp)
+    network = build_network(hp, data.x_train, trees and trees.layer())
     network.trainer.set_weights(saved_arrays(checkpoint_dir, BEST_WEIGHTS_FILE))
     return network

@@ -44,7 +44,7 @@ from caspar.tuning.study import (
     prune_checkpoints,
     summarise,
 )
-from caspar.tuning.trial import load_best_model
+from caspar.tuning.trial import StudyData, load_best_model
 
 
 def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) -> Study:
@@ -78,12 +78,7 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
             tree_seconds = time.perf_counter() - trees_started
             recipes_fitted = max((len(s.crossed.recipes) for s in stages.values() if s.crossed), default=0)
             mlflow.log_metric("tree_recipes_fitted", recipes_fitted)
-            normalizer = next(iter(stages.values())).normalizer  # the same for every tree count
-            data = {"x_train": normalizer.transform(prepared.splits["train"][0]), "y_train": prepared.splits["train"][1],
-                    "x_val": normalizer.transform(prepared.splits["val"][0]), "y_val": prepared.splits["val"][1],
-                    "trees": {count: {"arrays": dict(stage.layer.arrays),  # not Keras's TrackedDict
-                                      "train": stage.train_trees, "val": stage.val_trees}
-                              for count, stage in stages.items() if count}}
+            data = StudyData.of(stages, prepared.splits)
             if previous_run is None:
                 mlflow.log_dict({k: list(v) for k, v in search_space(config.search).items()}, "search_space.json")
                 mlflow.log_params(study_parameters(config))
@@ -100,18 +95,17 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
             search_seconds = time.time() - search_started
         best, checkpoint, checkpoint_metrics = best_checkpoint(results)
         summary = summarise(results, config, search_started)
-        cpu_parts = meter.breakdown(summary.pop("trial_phases"), summary.pop("worker_pids"))
-        summary["best_val_loss"] = float(checkpoint_metrics["best_val_loss"])
-        log_study(results, dict(best.config), summary, cpu_parts)
+        cpu_parts = meter.breakdown(summary.trial_phases, summary.worker_pids)
+        best_val_loss = float(checkpoint_metrics["best_val_loss"])
+        log_study(results, dict(best.config), summary, best_val_loss, cpu_parts)
         mlflow.set_tag("caspar.interrupted", str(interrupted).lower())
-    counts = {"trials": len(results), "stopped_early": summary["stopped_early"], "unfinished": summary["unfinished"],
-              "errored": len(results.errors), "tracking_uri": uri, "path": study_path(config), "cpu_parts": cpu_parts,
-              "mean_startup_seconds": summary["mean_trial_startup_seconds"], "fit_on": config.fit_on,
-              "best_val_loss": summary["best_val_loss"], "tree_seconds": tree_seconds, "search_seconds": search_seconds,
-              "best_config": {k: best.config[k] for k in search_space(config.search)}}
+    study = Study(best_config={k: best.config[k] for k in search_space(config.search)}, best_val_loss=best_val_loss,
+                  trials=len(results), stopped_early=summary.stopped_early, unfinished=summary.unfinished,
+                  errored=len(results.errors), fit_on=config.fit_on, interrupted=interrupted, tracking_uri=uri,
+                  path=study_path(config), cpu_parts=cpu_parts, mean_startup_seconds=summary.mean_trial_startup_seconds,
+                  tree_seconds=tree_seconds, search_seconds=search_seconds)
     if interrupted and not config.register_partial:
-        return Study(**counts, metrics={}, run_id=None, registered_version=None, verdict=evaluate.Verdict(""),
-                     seconds=time.perf_counter() - started, interrupted=True)
+        return dataclasses.replace(study, seconds=time.perf_counter() - started)
     train_config = TrainConfig(**hyperparameters(best.config), data=config.data, experiment_name=config.experiment_name,
                                run_name=config.run_name, model_name=config.model_name, alias=config.alias,
                                fit_on=config.fit_on)
@@ -124,8 +118,8 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     metrics, run_id, version, verdict = log_best(network, history, best, stage, prepared, train_config, parent.info)
     if verdict.kind == evaluate.REFUSED:
         raise UserError(f"{verdict.message} (run {run_id}, tagged caspar.verdict=refused)")
-    return Study(**counts, metrics=metrics, run_id=run_id, registered_version=version, verdict=verdict,
-                 seconds=time.perf_counter() - started, interrupted=interrupted)
+    return dataclasses.replace(study, metrics=metrics, run_id=run_id, registered_version=version, verdict=verdict,
+                               seconds=time.perf_counter() - started)
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -197,7 +191,7 @@ def keep_secrets_out_of_trials() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE = {name for name in class_cache.ENV_VARS_TO_PROPAGATE if not name.startswith("AWS_")}
 
 
-def build_tuner(config: TuneConfig, data: dict, tracking_uri: str, parent, verbose: bool, earlier=([], [])):
+def build_tuner(config: TuneConfig, data: StudyData, tracking_uri: str, parent, verbose: bool, earlier=([], [])):
     """The Tuner of a new study, or of the stored one with --resume. `parent`: the study run's info;
     `earlier`: trials of an earlier study to seed the search with."""
     from ray import tune
