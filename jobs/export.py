@@ -20,7 +20,7 @@ def export_job(config: ExportConfig) -> list[str]:
     tracking.configure()  # the server is checked before TensorFlow loads
     from caspar.export.formats import export
 
-    return export(config.run, config.output, config.experiment_name).lines()
+    return export(config.run, config.output, config.experiment_name, say=lambda line: print(line, flush=True)).lines()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def main(argv=None) -> int:
 def prepare_job(config: PrepareConfig) -> list[str]:
     from caspar.data import dataset
 
-    return dataset.prepare(config).lines()
+    return dataset.prepare(config, say=lambda line: print(line, flush=True)).lines()
 
 
 if __name__ == "__main__":

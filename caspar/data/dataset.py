@@ -36,6 +36,7 @@ from caspar.data.logfiles import Inputs, found_logs
 from caspar.data.prepared import ROWS_FOLDER, SPLITS
 from caspar.data.rows import SYNTHETIC_BOARD, row_schema, rows_of_game
 from caspar.errors import InputError
+from caspar.progress import Every, since, ticking
 
 FILES_PER_BLOCK = 8
 IN_PROCESS_GAMES = 48  # at most this many local games are prepared without Ray (starting it takes 4-6 s)
@@ -104,6 +105,9 @@ def _manifest_collector():
         def all(self) -> list[dict]:
             return [self.entries[k] for k in sorted(self.entries)]
 
+        def count(self) -> int:
+            return len(self.entries)
+
     return ManifestCollector.remote()
 
 
@@ -142,11 +146,13 @@ class Summary:
         return lines
 
 
-def prepare(config: PrepareConfig, parallelism: int | None = None, in_process: bool | None = None) -> Summary:
+def prepare(config: PrepareConfig, parallelism: int | None = None, in_process: bool | None = None,
+            say=None) -> Summary:
     """Read every log under `config.input`, featurise in parallel and write the dataset to
     `config.output`, replacing the previous one only when the new one is complete and usable.
     A few local logs (at most IN_PROCESS_GAMES) are featurised in this process, without starting
-    Ray (`in_process` decides otherwise): the same per-game work and the same dataset, seconds sooner."""
+    Ray (`in_process` decides otherwise): the same per-game work and the same dataset, seconds sooner.
+    `say`: a function taking a progress line (how many games are done, now and then)."""
     started = time.perf_counter()
     check(config)
     if config.mekfile:
@@ -164,11 +170,14 @@ def prepare(config: PrepareConfig, parallelism: int | None = None, in_process: b
     with found_logs(config.input) as inputs, _staging(out_fs, out_path, config.output) as staging:
         if in_process is None:
             in_process = len(inputs.games) <= IN_PROCESS_GAMES and not storage.is_s3(config.input)
+        if say:
+            say(f"prepare: {len(inputs.games)} games found; featurising them"
+                f"{' in this process' if in_process else ' on Ray'}")
         if in_process:
-            ray_seconds, entries = 0.0, _write_rows_in_process(inputs, recipe, out_fs, staging)
+            ray_seconds, entries = 0.0, _write_rows_in_process(inputs, recipe, out_fs, staging, say)
         else:
             ray_seconds = _start_ray()
-            entries = _write_rows(inputs, recipe, out_fs, staging, parallelism)
+            entries = _write_rows(inputs, recipe, out_fs, staging, parallelism, say)
         manifest = _manifest(entries, config.input, recipe, inputs.root, out_fs, staging)
         _check_usable(manifest, config)
         storage.write_bytes(out_fs, storage.join(staging, "schema.json"), json.dumps(schema(), indent=1).encode())
@@ -195,7 +204,7 @@ def _start_ray() -> float:
     return time.perf_counter() - started
 
 
-def _write_rows(inputs: Inputs, recipe: dict, out_fs, staging: str, parallelism: int | None) -> list[dict]:
+def _write_rows(inputs: Inputs, recipe: dict, out_fs, staging: str, parallelism: int | None, say=None) -> list[dict]:
     """Ray Data: read the logs in blocks of a few files, featurise, write Parquet; returns the
     manifest entry of every input file."""
     import ray
@@ -209,21 +218,26 @@ def _write_rows(inputs: Inputs, recipe: dict, out_fs, staging: str, parallelism:
     dataset = dataset.map_batches(
         _featurize_batch, batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
         fn_kwargs={"filesystem": inputs.filesystem, "recipe": recipe, "collector": collector})
-    dataset.write_parquet(storage.join(staging, ROWS_FOLDER), filesystem=out_fs)
+    started = time.perf_counter()
+    with ticking(say, lambda: f"prepare: {ray.get(collector.count.remote())}/{len(games)} games featurised "
+                              f"({since(started)})"):
+        dataset.write_parquet(storage.join(staging, ROWS_FOLDER), filesystem=out_fs)
     entries = ray.get(collector.all.remote())
     return entries + [{"file": os.path.basename(p), "path": p, "rows": 0, "problems": [{"line": 0, "reason": why}]}
                       for p, why in inputs.skipped.items()]
 
 
-def _write_rows_in_process(inputs: Inputs, recipe: dict, out_fs, staging: str) -> list[dict]:
+def _write_rows_in_process(inputs: Inputs, recipe: dict, out_fs, staging: str, say=None) -> list[dict]:
     """_write_rows without Ray: the games one after another, their rows in one Parquet file."""
     import pyarrow.parquet as pq
 
     tables, entries = [], []
+    started, every = time.perf_counter(), Every(say)
     for name, paths in inputs.games.items():
         table, entry = featurize_game(name, paths, inputs.filesystem, recipe)
         tables.append(table)
         entries.append(entry)
+        every(lambda: f"prepare: {len(entries)}/{len(inputs.games)} games featurised ({since(started)})")
     rows = pa.concat_tables(tables) if tables else row_schema().empty_table()
     if rows.num_rows:
         folder = storage.join(staging, ROWS_FOLDER)

@@ -89,12 +89,16 @@ class Exported:
         return lines + [f"for MegaMek: copy {self.folder}/ to data/ai/brains/{os.path.basename(self.folder)}/"]
 
 
-def export(ref: str, output: str = "exports", experiment_name: str | None = None) -> Exported:
+def export(ref: str, output: str = "exports", experiment_name: str | None = None, say=None) -> Exported:
+    """The model `ref` names, written to output/<run name>/ in every format and verified; `say`: a
+    function taking a line as each step starts."""
     import mlflow
     import pyarrow.fs as pafs
 
+    say = say or (lambda line: None)
     tracking.configure()
     source = find_model(ref, experiment_name)  # an unknown run is reported before TensorFlow loads
+    say(f"export: run {source.run_id} ({source.name}); loading its model")
     import tensorflow as tf
 
     try:  # latency as one game thread sees it (not possible once TensorFlow has run in this process)
@@ -111,17 +115,22 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
         with javamodel.classes() as classes:
             storage.check_owned(pafs.LocalFileSystem(), folder, folder, "an export", export_names(source.name))
             with storage.replacing(folder, "the export") as staging:  # verified before it replaces anything
+                say("export: writing the SavedModel")
                 keras_model.export(staging, format="tf_saved_model", verbose=False)
                 for artifact in (NORMALIZATION_FILE, TEST_INPUTS_FILE, "schema.json"):
                     shutil.copy(os.path.join(downloads, artifact), staging)
                 with open(os.path.join(staging, "schema.json")) as handle:
                     schema = json.load(handle)
                 _write_readme(os.path.join(staging, "README.md"), source.name, schema)
+                say("export: converting it to TFLite")
                 with open(os.path.join(staging, tflite_name), "wb") as handle:
                     handle.write(_to_tflite(staging))
+                say("export: checking the SavedModel and TFLite outputs against training's")
                 difference = verify(keras_model, staging, os.path.join(staging, tflite_name), schema["width"])
+                say("export: writing the Java model" + (" and checking it in Java" if classes else ""))
                 java = write_java(keras_model, staging, schema["version"], classes)
             tflite_path = os.path.join(folder, tflite_name)
+            say("export: measuring the latency of each format")
             latency = measure_latency(folder, tflite_path, schema["width"])
             if java.verified:
                 latency |= javamodel.latency(folder, classes)
@@ -130,6 +139,7 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
     sizes["SavedModel"] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs
                               if f == "saved_model.pb" or os.path.basename(d) == "variables")
     # through the client, not start_run: reopening the run would end it FINISHED, whatever it was
+    say("export: logging the export to the run in MLflow")
     client = mlflow.MlflowClient()
     client.log_artifacts(source.run_id, folder, artifact_path=f"export/{source.name}")
     client.set_tag(source.run_id, "caspar.java", java.status if java.written else f"none: {java.note}")

@@ -10,6 +10,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
+from caspar.progress import Every, since  # noqa: E402
+
 
 class BestEpoch(keras.callbacks.Callback):
     """Keeps the weights of the epoch with the lowest val_loss. The model as it was before training
@@ -66,7 +68,9 @@ class StopAfterSeconds(keras.callbacks.Callback):
 
 
 class EpochPrinter(keras.callbacks.Callback):
-    """One line per epoch with the losses and an upper bound of the time left."""
+    """One line per epoch with the losses and an upper bound of the time the remaining epochs take
+    (early stopping may end them sooner; what follows the epochs is not in it); within an epoch
+    that runs long, a line now and then with the batches done."""
 
     def __init__(self, epochs: int, what: str = "epoch"):
         super().__init__()
@@ -74,6 +78,15 @@ class EpochPrinter(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.began = time.perf_counter()
+        self.every = Every(lambda line: print(line, flush=True))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.epoch_began = epoch, time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps = self.params.get("steps")
+        self.every(lambda: f"{self.what} {self.epoch + 1}/{self.epochs}: {batch + 1}"
+                           f"{f'/{steps}' if steps else ''} batches ({since(self.epoch_began)})")
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -82,8 +95,9 @@ class EpochPrinter(keras.callbacks.Callback):
         losses = f"loss {logs.get('loss', float('nan')):.5f}"
         if "val_loss" in logs:
             losses += f", val_loss {logs['val_loss']:.5f}"
-        print(f"{self.what} {epoch + 1}/{self.epochs}: {losses}, {per_epoch:.1f} s per epoch, "
-              f"at most {_duration(left)} left", flush=True)
+        print(f"{self.what} {epoch + 1}/{self.epochs}: {losses}, {per_epoch:.1f} s per epoch; "
+              f"the epochs left take at most {_duration(left)}", flush=True)
+        self.every.last = time.monotonic()
 
 
 def _duration(seconds: float) -> str:

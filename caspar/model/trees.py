@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from caspar.progress import Every, since
+
 LEARNERS = ("sklearn", "lightgbm")
 SELECTION_ROUNDS = 20  # ensemble selection: each round adds one recipe (with repetition) to the average
 
@@ -69,15 +71,35 @@ def recipes(hp) -> list[Recipe]:
                    hp.tree_feature_fraction, hp.tree_row_fraction, hp.seed) for learner in hp.tree_learners.split("+")]
 
 
-def fit(recipe: Recipe, x: np.ndarray, y: np.ndarray):
-    """The fitted model of a recipe (its own library's object, with `predict`)."""
+# With a listener, scikit-learn's trees are grown a chunk of iterations at a time (warm start: the
+# same model as one fit), each chunk sized to take about CHUNK_SECONDS, so that a long fit can say
+# how far it is; each chunk costs a pass over the rows (binning), so chunks are no smaller than needed.
+SKLEARN_CHUNK = 25  # the first chunk
+CHUNK_SECONDS = 5.0
+
+
+def fit(recipe: Recipe, x: np.ndarray, y: np.ndarray, progress=None):
+    """The fitted model of a recipe (its own library's object, with `predict`). `progress`: called
+    with the number of iterations fitted so far, now and then during the fit."""
     if recipe.learner == "sklearn":
         from sklearn.ensemble import HistGradientBoostingRegressor
 
-        return HistGradientBoostingRegressor(
+        model = HistGradientBoostingRegressor(
             max_iter=recipe.iterations, learning_rate=recipe.learning_rate, max_leaf_nodes=recipe.leaves,
             min_samples_leaf=recipe.min_leaf, l2_regularization=recipe.l2, max_features=recipe.feature_fraction,
-            early_stopping=False, random_state=recipe.seed).fit(x, y)
+            early_stopping=False, random_state=recipe.seed)
+        if progress is None:
+            return model.fit(x, y)
+        model.set_params(warm_start=True)
+        done, chunk = 0, SKLEARN_CHUNK
+        while done < recipe.iterations:
+            started = time.perf_counter()
+            model.set_params(max_iter=min(done + chunk, recipe.iterations)).fit(x, y)
+            per_iteration = (time.perf_counter() - started) / max(1, model.n_iter_ - done)
+            done = model.n_iter_
+            chunk = max(SKLEARN_CHUNK, int(CHUNK_SECONDS / max(per_iteration, 1e-6)))
+            progress(done)
+        return model.set_params(warm_start=False, max_iter=recipe.iterations)
     if recipe.learner == "lightgbm":
         import lightgbm
 
@@ -87,7 +109,7 @@ def fit(recipe: Recipe, x: np.ndarray, y: np.ndarray):
             min_child_samples=recipe.min_leaf, reg_lambda=recipe.l2, colsample_bytree=recipe.feature_fraction,
             subsample=recipe.row_fraction, subsample_freq=1 if recipe.row_fraction < 1 else 0,
             random_state=recipe.seed, deterministic=True, force_row_wise=True, n_jobs=os.cpu_count() or 1,
-            verbose=-1).fit(x, y)
+            verbose=-1).fit(x, y, callbacks=[lambda env: progress(env.iteration + 1)] if progress else None)
     raise ValueError(f"unknown tree learner {recipe.learner!r} ({', '.join(LEARNERS)})")
 
 
@@ -168,9 +190,11 @@ class CrossFitted:
         chosen = [(node_tables(model), weight) for model, weight in zip(self.models, self.weights) if weight > 0]
         return TreeEnsemble.from_node_tables([(trees, constant, weight) for (trees, constant), weight in chosen])
 
-    def refitted(self, x: np.ndarray, y: np.ndarray) -> CrossFitted:
+    def refitted(self, x: np.ndarray, y: np.ndarray, say=None) -> CrossFitted:
         """The same recipes and weights, the models fitted on other rows (e.g. every game)."""
-        models = [fit(recipe, x, y) if weight > 0 else None for recipe, weight in zip(self.recipes, self.weights)]
+        started = time.perf_counter()
+        models = [fit(recipe, x, y, _progress(say, recipe, f"on all {len(y)} rows", started)) if weight > 0 else None
+                  for recipe, weight in zip(self.recipes, self.weights)]
         return CrossFitted(self.recipes, self.weights, np.zeros((0, len(self.recipes))), models)
 
     def members(self) -> dict[str, object]:
@@ -210,7 +234,9 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
         column = np.zeros(len(y))
         for k in range(count):
             held_out = fold == k
-            column[held_out] = fit(recipe, x[~held_out], y[~held_out]).predict(x[held_out])
+            where = f"({r + 1}/{len(recipe_list)}), fold {k + 1}/{count}"
+            column[held_out] = fit(recipe, x[~held_out], y[~held_out], _progress(say, recipe, where, started)
+                                   ).predict(x[held_out])
             if say:
                 say(f"trees: {recipe.name} ({r + 1}/{len(recipe_list)}), fold {k + 1}/{count} "
                     f"({time.perf_counter() - started:.0f} s)")
@@ -220,8 +246,17 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
     weights = ensemble_weights(out_of_fold, y)
     models = []
     for recipe, weight in zip(recipe_list, weights):
-        models.append(fit(recipe, x, y) if weight > 0 else None)
+        models.append(fit(recipe, x, y, _progress(say, recipe, f"on all {len(y)} rows", started)) if weight > 0 else None)
     if say:
         shares = ", ".join(f"{r.name} {w:.2f}" for r, w in zip(recipe_list, weights) if w > 0)
         say(f"trees: weights {shares}; fitted on all {len(y)} rows ({time.perf_counter() - started:.0f} s)")
     return CrossFitted(recipe_list, weights, out_of_fold, models)
+
+
+def _progress(say, recipe: Recipe, where: str, started: float):
+    """A fit's progress callback: a line now and then (caspar.progress.PERIOD) while one fit runs long."""
+    if say is None:
+        return None
+    every = Every(say)
+    return lambda done: every(lambda: f"trees: {recipe.name} {where}: {done}/{recipe.iterations} iterations "
+                                      f"({since(started)})")

@@ -120,9 +120,10 @@ def predict(model, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
 
 
 def group_importance(model, x_val: np.ndarray, y_val: np.ndarray, groups: list[tuple[str, int]],
-                     seed: int = 0) -> dict[str, float]:
+                     seed: int = 0, progress=None) -> dict[str, float]:
     """Permutation importance per feature group (one registered feature or block): the rise in
-    validation MSE when the group's columns are shuffled together across rows."""
+    validation MSE when the group's columns are shuffled together across rows. `progress`: called
+    with the number of groups done after each."""
     rng = np.random.default_rng(seed)
     base = float(np.mean((predict(model, x_val) - y_val) ** 2))
     order = rng.permutation(len(x_val))
@@ -132,6 +133,8 @@ def group_importance(model, x_val: np.ndarray, y_val: np.ndarray, groups: list[t
         shuffled[:, start:start + width] = x_val[order, start:start + width]
         importance[name] = float(np.mean((predict(model, shuffled) - y_val) ** 2)) - base
         start += width
+        if progress:
+            progress(len(importance))
     return importance
 
 

@@ -20,6 +20,7 @@ from caspar.config import Hyperparameters, TrainConfig, check
 from caspar.data.prepared import Prepared, load_prepared
 from caspar.errors import UserError
 from caspar.model.network import Network, Normalizer, build_network, trees_model
+from caspar.progress import Every, since, ticking
 from caspar.training import evaluate
 from caspar.training.drift import FeatureProfile
 from caspar.training.fit import FIT_ON, Stage, check_trained, fit, fit_stage, rows  # noqa: F401  (fit: tests patch it here)
@@ -87,7 +88,7 @@ def release(hp: Hyperparameters, splits: dict, network: Network, history: dict, 
     if say:
         say("trees: fitting the same recipes on every game (--fit-on all)")
     x, y = rows(splits, FIT_ON["all"])
-    layer = stage.crossed.refitted(stage.normalizer.transform(x), y).layer()
+    layer = stage.crossed.refitted(stage.normalizer.transform(x), y, say).layer()
     if history["best_epoch"] == 0:
         return scored, Fitted(trees_model(layer, width), stage.normalizer, FIT_ON["all"])
     rebuilt = build_network(hp, stage.normalizer.transform(splits["train"][0]), layer)
@@ -137,8 +138,10 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
     x_test, y_test = prepared.splits["test"]
     members = {} if stage.crossed is None else stage.crossed.members()
     say("baselines: the train mean, GBDT and LightGBM with their defaults, the model's own trees, on the test games")
-    results = evaluate.scorecard(scored.model, scored.normalizer, *rows(prepared.splits, scored.splits), x_test, y_test,
-                                 seed=config.seed, members=members)
+    started = time.perf_counter()
+    with ticking(say, lambda: f"baselines: fitting and scoring ({since(started)})"):
+        results = evaluate.scorecard(scored.model, scored.normalizer, *rows(prepared.splits, scored.splits), x_test,
+                                     y_test, seed=config.seed, members=members)
     verdict = evaluate.verdict(results)
     gain = history.get("network_gain") or {}
     mlflow.log_metrics(results | {"best_epoch": history["best_epoch"],
@@ -152,8 +155,10 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
     groups = [(f["name"], f["width"]) for f in prepared.schema["features"]]
     say(f"importance: each of the {len(groups)} feature groups permuted on the test games")
     # on the test games: the trees were fitted on the validation games (it chooses nothing; it explains)
-    importance = evaluate.group_importance(scored.model, scored.normalizer.transform(x_test), y_test, groups,
-                                           seed=config.seed)
+    started, every = time.perf_counter(), Every(say)
+    importance = evaluate.group_importance(
+        scored.model, scored.normalizer.transform(x_test), y_test, groups, seed=config.seed,
+        progress=lambda done: every(lambda: f"importance: {done}/{len(groups)} groups ({since(started)})"))
     n_test = shipped.normalizer.transform(x_test)
     shipped_predictions = evaluate.predict(shipped.model, n_test)
     import pandas as pd
@@ -164,7 +169,9 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
     example = pd.DataFrame(x_test[:2].astype(np.float64), columns=columns)
     signature = infer_signature(example, shipped_predictions[:2].astype(np.float64))
     say("logging the model and its files to MLflow")
-    info = log_model(shipped.model, shipped.normalizer, signature, example, _requirements())
+    started = time.perf_counter()
+    with ticking(say, lambda: f"logging: the model to MLflow ({since(started)})"):
+        info = log_model(shipped.model, shipped.normalizer, signature, example, _requirements())
     with tempfile.TemporaryDirectory() as folder:  # after the model: these files say the run has one (caspar.artifacts)
         def path(name):
             return os.path.join(folder, name)

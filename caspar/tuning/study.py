@@ -15,6 +15,7 @@ from ray import tune
 from caspar import tracking
 from caspar.config import TuneConfig
 from caspar.errors import UserError
+from caspar.progress import Every, since
 from caspar.training import evaluate
 from caspar.tuning import cpu
 from caspar.tuning.trial import EPOCH_METRICS, PER_EPOCH, PHASES, STEP_METRICS
@@ -75,17 +76,29 @@ class TrialRuns(tune.Callback):
 
 
 class TrialPrinter(tune.Callback):
-    """One line per finished trial: its result and the best so far."""
+    """One line per finished trial: its result and the best so far; between them, a line now and
+    then with the trials running and their epochs (a trial may take minutes)."""
 
     def __init__(self, config: TuneConfig):
         self.trials, self.epochs = config.n_trials, config.epochs
         self.finished, self.best = 0, np.inf
+        self.started, self.every = time.perf_counter(), Every(lambda line: print(line, flush=True))
+
+    def on_step_end(self, iteration, trials, **info):
+        def line() -> str:
+            running = [t for t in trials if t.status == "RUNNING"]
+            epochs = ", ".join(str((t.last_result or {}).get("epoch", 0)) for t in running)
+            best = f"; best val_loss so far {self.best:.5f}" if np.isfinite(self.best) else ""
+            return (f"search: {self.finished} of {self.trials} trials finished, {len(running)} running"
+                    f"{f' (epochs done: {epochs})' if running else ''}{best} ({since(self.started)})")
+        self.every(line)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1
         epochs = (trial.last_result or {}).get("epoch", 0)
         loss = float(trial.metric_analysis.get(METRIC, {}).get("min", np.nan))
         self.best = min(self.best, loss)
+        self.every.last = time.monotonic()
         stopped = " (stopped by ASHA)" if epochs < self.epochs else ""
         print(f"trial {self.finished}/{self.trials} ({trial.trial_id}): best val_loss {loss:.5f} "
               f"in {epochs} epochs{stopped}; best of the study {self.best:.5f}", flush=True)
