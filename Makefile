@@ -40,7 +40,7 @@ test: lint $(COMPOSE_SCHEMA)
 
 # The tests that need no server, Ray node, cluster, real corpus, JDK or whole job: a loop in minutes.
 test-fast: lint $(COMPOSE_SCHEMA)
-	$(PY) -m pytest -q --durations=8 -m "not (server or ray or cluster or corpus or jdk or slow)" tests
+	$(PY) -m pytest -q --durations=8 -m "not (server or ray or cluster or corpus or jdk or slow or browser)" tests
 
 # The feature documentation, generated from the feature registry (a test fails when it is stale).
 docs: $(VENV)/.installed

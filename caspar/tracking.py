@@ -160,10 +160,23 @@ def experiment_id(name: str) -> str:
     return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
 
 
-def ui_hint(uri: str) -> str:
+def ui_hint(uri: str, experiment_id: str | None = None) -> str:
+    """Where the user sees the runs: the command that opens the UI of an embedded store, or the
+    server's page of the experiment's runs."""
     if uri.startswith("sqlite:"):
-        return f"open the MLflow UI: mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"
+        return f"open the MLflow UI: mlflow ui --backend-store-uri {uri}, then {runs_page('http://127.0.0.1:5000', experiment_id)}"
+    if uri.startswith(("http://", "https://")):
+        return f"runs: {runs_page(shown(uri), experiment_id)}"
     return f"runs are in {shown(uri)}"
+
+
+def runs_page(server: str, experiment_id: str | None) -> str:
+    """The UI page of an experiment's training runs. MLflow 3's UI opens an experiment on its GenAI
+    overview (traces, token usage) whatever the experiment's kind, unless the link names the runs
+    page and the model-training view (the view's switch is kept in the browser: mlflow/mlflow#24498)."""
+    if experiment_id is None:
+        return server
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def git_commit() -> str | None:

@@ -73,9 +73,10 @@ def recipes(hp) -> list[Recipe]:
 
 # With a listener, scikit-learn's trees are grown a chunk of iterations at a time (warm start: the
 # same model as one fit), each chunk sized to take about CHUNK_SECONDS, so that a long fit can say
-# how far it is; each chunk costs a pass over the rows (binning), so chunks are no smaller than needed.
-SKLEARN_CHUNK = 25  # the first chunk
-CHUNK_SECONDS = 5.0
+# how far it is. Each chunk also costs a pass over the rows (binning them, predicting them with the
+# trees so far), so chunks are no smaller than progress lines need (caspar.progress.PERIOD).
+SKLEARN_CHUNK = 25  # the first chunk, and the smallest
+CHUNK_SECONDS = 6.0
 
 
 def fit(recipe: Recipe, x: np.ndarray, y: np.ndarray, progress=None):
@@ -95,9 +96,9 @@ def fit(recipe: Recipe, x: np.ndarray, y: np.ndarray, progress=None):
         while done < recipe.iterations:
             started = time.perf_counter()
             model.set_params(max_iter=min(done + chunk, recipe.iterations)).fit(x, y)
-            per_iteration = (time.perf_counter() - started) / max(1, model.n_iter_ - done)
+            seconds = time.perf_counter() - started  # the chunk's iterations and its pass over the rows
             done = model.n_iter_
-            chunk = max(SKLEARN_CHUNK, int(CHUNK_SECONDS / max(per_iteration, 1e-6)))
+            chunk = max(SKLEARN_CHUNK, int(chunk * CHUNK_SECONDS / max(seconds, 1e-3)))
             progress(done)
         return model.set_params(warm_start=False, max_iter=recipe.iterations)
     if recipe.learner == "lightgbm":

@@ -117,6 +117,9 @@ def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=N
         return Stage(normalizer, names)
     groups = np.concatenate([files[n] for n in names])
     defaults = recipes(hp)
+    if say:
+        say(f"trees: {len(defaults) + len(searched)} recipes x {hp.tree_folds} folds by game on the {len(y):,} rows of "
+            f"{len(np.unique(groups)):,} games ({'+'.join(names)}), then each on all of them")
     crossed = cross_fit([*defaults, *searched], normalizer.transform(x), y, groups, hp.tree_folds, hp.seed, say,
                         deadline, required=len(defaults))
     layer = crossed.layer()

@@ -109,6 +109,7 @@ class Result:
     fit_on: str = "train"
     model_name: str = "CASPAR"
     model: object = field(repr=False, default=None)  # the model that ships
+    experiment_id: str | None = None
 
     def lines(self) -> list[str]:
         lines = [f"trained {self.epochs} epochs in {self.seconds:.0f} s; run {self.run_id}",
@@ -118,7 +119,7 @@ class Result:
                          f"export with --run models:/{self.model_name}/{self.registered_version})")
         if self.verdict.message:
             lines.append(f"warning: {self.verdict.message}")
-        return lines + [tracking.ui_hint(self.tracking_uri)]
+        return lines + [tracking.ui_hint(self.tracking_uri, self.experiment_id)]
 
 
 def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: TrainConfig, history: dict,
@@ -243,6 +244,9 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
     x_train, y_train = prepared.splits["train"]
     experiment = tracking.experiment_id(config.experiment_name)
     say = functools.partial(print, flush=True) if show_progress else None
+    if say:
+        say(f"train: dataset {prepared.version} ({', '.join(f'{n} {len(y):,}' for n, (_, y) in prepared.splits.items())} "
+            f"rows); run {config.run_name or '(unnamed)'} in experiment {config.experiment_name}")
     with mlflow.start_run(experiment_id=experiment, run_name=config.run_name, tags=run_tags(prepared)) as run:
         mlflow.log_params(dataclasses.asdict(config) | evaluate.baseline_parameters()
                           | {"rows_train": len(y_train), "n_features": x_train.shape[1]})
@@ -260,4 +264,4 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
     if verdict.kind == evaluate.REFUSED:
         raise UserError(f"{verdict.message} (run {run.info.run_id}, tagged caspar.verdict=refused)")
     return Result(run.info.run_id, model_uri, version, results, len(history["loss"]), time.perf_counter() - started, uri,
-                  verdict, config.fit_on, config.model_name, shipped.model)
+                  verdict, config.fit_on, config.model_name, shipped.model, experiment)

@@ -222,6 +222,7 @@ class Study:
     fit_on: str
     interrupted: bool
     tracking_uri: str
+    experiment_id: str
     path: str
     cpu_parts: dict  # CPU seconds of this machine over the study, per part (caspar.tuning.cpu)
     mean_startup_seconds: float  # trial function entered -> first epoch
@@ -246,7 +247,7 @@ class Study:
             f"best: {config}",
             *self.outcome_lines(),
             f"study stored in {self.path}" + (" (continue it with --resume)" if self.interrupted else ""),
-            tracking.ui_hint(self.tracking_uri),
+            tracking.ui_hint(self.tracking_uri, self.experiment_id),
         ]
 
     def outcome_lines(self) -> list[str]:

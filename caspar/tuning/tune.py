@@ -102,7 +102,8 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     study = Study(best_config={k: best.config[k] for k in search_space(config.search)}, best_val_loss=best_val_loss,
                   trials=len(results), stopped_early=summary.stopped_early, unfinished=summary.unfinished,
                   errored=len(results.errors), fit_on=config.fit_on, interrupted=interrupted, tracking_uri=uri,
-                  path=study_path(config), cpu_parts=cpu_parts, mean_startup_seconds=summary.mean_trial_startup_seconds,
+                  experiment_id=experiment, path=study_path(config), cpu_parts=cpu_parts,
+                  mean_startup_seconds=summary.mean_trial_startup_seconds,
                   tree_seconds=tree_seconds, search_seconds=search_seconds)
     if interrupted and not config.register_partial:
         return dataclasses.replace(study, seconds=time.perf_counter() - started)
