@@ -315,6 +315,36 @@ def test_a_model_no_better_than_the_mean_is_neither_registered_nor_exported(good
     assert not (tmp_path / "exports").exists()
 
 
+def test_a_failure_while_registering_removes_the_version_it_created(monkeypatch):
+    """The version is registered, then its description or alias fails (a server error, a lost
+    connection): the version is deleted again and the error goes on, so the run fails with nothing
+    of it in the registry. (The registry's own calls are stand-ins: what is tested is this order.)"""
+    import mlflow
+
+    from caspar.training import evaluate
+    from caspar.training.train import register
+
+    calls = []
+
+    class Client:
+        def update_model_version(self, name, version, description):
+            calls.append(("describe", version))
+
+        def set_registered_model_alias(self, name, alias, version):
+            raise mlflow.exceptions.MlflowException("the server went away")
+
+        def delete_model_version(self, name, version):
+            calls.append(("delete", version))
+
+    monkeypatch.setattr(mlflow, "register_model", lambda uri, name: type("Version", (), {"version": "7"})())
+    monkeypatch.setattr(mlflow, "MlflowClient", Client)
+    metrics = {"test_r2": 0.5, "test_mse": 0.1, "test_mae": 0.2, "baseline_mean_test_r2": 0.0, "baseline_gbdt_test_r2": 0.4}
+    with pytest.raises(mlflow.exceptions.MlflowException, match="went away"):
+        register("runs:/r/model", TrainConfig(alias="champion"), metrics, evaluate.Verdict(evaluate.GOOD))
+    assert calls == [("describe", "7"), ("delete", "7")]
+    assert register("runs:/r/model", TrainConfig(), metrics, evaluate.Verdict(evaluate.REFUSED)) is None
+
+
 def test_a_reserved_alias_is_refused_before_training(good, tmp_path):
     error = one_error_line(job("train", "--data", str(good / "prepared"), "--alias", "v2",
                                env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}), "train")
