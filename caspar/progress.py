@@ -23,6 +23,10 @@ class Every:
         self.say, self.period = say, period
         self.last = time.monotonic()  # the phase's own first line was just printed
 
+    def reset(self) -> None:
+        """A line of the phase's own was just printed: the next progress line waits a period again."""
+        self.last = time.monotonic()
+
     def __call__(self, line: Callable[[], str] | str) -> None:
         now = time.monotonic()
         if self.say is not None and now - self.last >= self.period:

@@ -97,7 +97,7 @@ class EpochPrinter(keras.callbacks.Callback):
             losses += f", val_loss {logs['val_loss']:.5f}"
         print(f"{self.what} {epoch + 1}/{self.epochs}: {losses}, {per_epoch:.1f} s per epoch; "
               f"the epochs left take at most {_duration(left)}", flush=True)
-        self.every.last = time.monotonic()
+        self.every.reset()
 
 
 def _duration(seconds: float) -> str:

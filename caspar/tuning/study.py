@@ -98,7 +98,7 @@ class TrialPrinter(tune.Callback):
         epochs = (trial.last_result or {}).get("epoch", 0)
         loss = float(trial.metric_analysis.get(METRIC, {}).get("min", np.nan))
         self.best = min(self.best, loss)
-        self.every.last = time.monotonic()
+        self.every.reset()
         stopped = " (stopped by ASHA)" if epochs < self.epochs else ""
         print(f"trial {self.finished}/{self.trials} ({trial.trial_id}): best val_loss {loss:.5f} "
               f"in {epochs} epochs{stopped}; best of the study {self.best:.5f}", flush=True)
