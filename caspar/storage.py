@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import glob
 import os
 import posixpath
@@ -186,20 +187,32 @@ def replacing(path: str, what: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def exclusive_lock(lock_path: str, busy: str | None = None) -> Iterator[None]:
-    """An exclusive lock on `lock_path` (filelock: an flock, which ends with the process that holds
-    it, so a killed job leaves no stale lock; the empty file stays). If another process holds it: a
-    StorageError saying `busy`, or without `busy`, wait for it."""
-    import filelock
-
-    lock = filelock.FileLock(lock_path, blocking=busy is None)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise StorageError(busy) from None
+    """An flock on `lock_path`, removed when done (filelock would leave the file beside every output;
+    removing it while still holding it needs the same-file check below). If another process holds it: a StorageError
+    saying `busy`, or without `busy`, wait for it. A process killed while holding it leaves the
+    file, but not the lock (it ends with the process)."""
+    while True:
+        lock = open(lock_path, "a")  # noqa: SIM115  (held past this block)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+        except BlockingIOError:
+            lock.close()
+            raise StorageError(busy) from None
+        if _same_file(lock, lock_path):
+            break
+        lock.close()  # the holder before us removed the file once done: lock the one now there
     try:
         yield
     finally:
-        lock.release()
+        os.unlink(lock_path)  # while still holding it, so that nobody else holds this file
+        lock.close()
+
+
+def _same_file(handle, path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 _RENAME_EXCHANGE = 2  # Linux renameat2 flag

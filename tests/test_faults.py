@@ -428,6 +428,7 @@ def test_jobs_started_together_on_a_new_sqlite_store_all_work(tmp_path):
     later = subprocess.run([sys.executable, "-c", code, "e3"], env=env, cwd=tmp_path, capture_output=True, text=True,
                            timeout=120)
     assert later.returncode == 0, later.stderr[-500:]
+    assert not list(tmp_path.glob(".*.lock"))
 
 
 def test_a_damaged_store_and_a_deleted_experiment_are_one_line(good, tmp_path):
