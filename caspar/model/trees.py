@@ -194,7 +194,7 @@ class CrossFitted:
     def refitted(self, x: np.ndarray, y: np.ndarray, say=None) -> CrossFitted:
         """The same recipes and weights, the models fitted on other rows (e.g. every game)."""
         started = time.perf_counter()
-        models = [fit(recipe, x, y, _progress(say, recipe, f"on all {len(y)} rows", started)) if weight > 0 else None
+        models = [_fit_on_all(recipe, x, y, say, started) if weight > 0 else None
                   for recipe, weight in zip(self.recipes, self.weights)]
         return CrossFitted(self.recipes, self.weights, np.zeros((0, len(self.recipes))), models)
 
@@ -245,13 +245,18 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
     recipe_list = recipe_list[:len(columns)]
     out_of_fold = np.stack(columns, axis=1)
     weights = ensemble_weights(out_of_fold, y)
-    models = []
-    for recipe, weight in zip(recipe_list, weights):
-        models.append(fit(recipe, x, y, _progress(say, recipe, f"on all {len(y)} rows", started)) if weight > 0 else None)
+    models = [_fit_on_all(recipe, x, y, say, started) if weight > 0 else None for recipe, weight in zip(recipe_list, weights)]
     if say:
         shares = ", ".join(f"{r.name} {w:.2f}" for r, w in zip(recipe_list, weights) if w > 0)
         say(f"trees: weights {shares}; fitted on all {len(y)} rows ({time.perf_counter() - started:.0f} s)")
     return CrossFitted(recipe_list, weights, out_of_fold, models)
+
+
+def _fit_on_all(recipe: Recipe, x: np.ndarray, y: np.ndarray, say, started: float):
+    """A recipe with a weight, fitted on every row, saying so as it starts."""
+    if say:
+        say(f"trees: {recipe.name} on all {len(y):,} rows ({since(started)})")
+    return fit(recipe, x, y, _progress(say, recipe, f"on all {len(y):,} rows", started))
 
 
 def _progress(say, recipe: Recipe, where: str, started: float):

@@ -90,6 +90,8 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
                 searching = dataclasses.replace(config, time_budget=max(1.0, config.time_budget
                                                                        - (time.perf_counter() - started)))
             tuner = build_tuner(searching, data, uri, parent.info, verbose, earlier)
+            left = f", {searching.time_budget:.0f} s left of --time-budget" if config.time_budget else ""
+            print(f"search: up to {config.n_trials} trials on Ray{left}", flush=True)
             search_started = time.time()
             results, interrupted = fit_noting_interrupt(tuner)
             search_seconds = time.time() - search_started
