@@ -6,11 +6,19 @@ LOGS ?=
 
 .PHONY: demo lint test test-fast docs bench-prepare bench-train clean
 
+# With uv on the PATH (CI has it) the same requirements install in about a third of pip's time;
+# uv reads PyPI or UV_INDEX_URL, not pip's configuration: without uv, pip.
+UV ?= $(shell command -v uv)
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+ifneq ($(UV),)
+	$(UV) pip install --quiet --python $(PY) -r requirements-dev.txt
+	$(UV) pip install --quiet --python $(PY) --no-deps --editable .
+else
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps --editable .  # without setuptools' editable-install banner
+endif
 	touch $@
 
 # The whole pipeline on embedded defaults (local Ray, local MLflow store) on synthetic logs, kept

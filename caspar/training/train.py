@@ -122,6 +122,15 @@ class Result:
         return lines + [tracking.ui_hint(self.tracking_uri, self.experiment_id)]
 
 
+def log_dataset_files(prepared: Prepared) -> None:
+    """Inside an active run, first of its files: the feature set and the dataset's input files. An
+    artefact store that refuses files then fails the run at once, not after its training."""
+    import mlflow
+
+    mlflow.log_dict(prepared.schema, SCHEMA_FILE)
+    mlflow.log_dict(prepared.manifest, MANIFEST_FILE)
+
+
 def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: TrainConfig, history: dict,
                   stage: Stage, say=None) -> tuple[dict, str, evaluate.Verdict]:
     """Inside an active run: the test split's scorecard of `scored` (the model and every baseline
@@ -177,10 +186,6 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
         def path(name):
             return os.path.join(folder, name)
         shipped.normalizer.write_csv(path(NORMALIZATION_FILE))
-        with open(path(SCHEMA_FILE), "w") as handle:
-            json.dump(prepared.schema, handle, indent=1)
-        with open(path(MANIFEST_FILE), "w") as handle:
-            json.dump(prepared.manifest, handle, indent=1)
         write_test_inputs(path(TEST_INPUTS_FILE), x_test[:TEST_ROWS_KEPT], shipped_predictions[:TEST_ROWS_KEPT])
         with open(path(FEATURE_PROFILE_FILE), "w") as handle:  # what the shipped normalisation was fitted on
             handle.write(FeatureProfile.fit(rows(prepared.splits, shipped.splits)[0]).to_json())
@@ -250,6 +255,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
     with mlflow.start_run(experiment_id=experiment, run_name=config.run_name, tags=run_tags(prepared)) as run:
         mlflow.log_params(dataclasses.asdict(config) | evaluate.baseline_parameters()
                           | {"rows_train": len(y_train), "n_features": x_train.shape[1]})
+        log_dataset_files(prepared)
         stage = fit_stage(config, prepared.splits, prepared.files, config.fit_on, say)
         if stage.crossed is not None:
             mlflow.log_metrics(stage.crossed.describe(rows(prepared.splits, stage.splits)[1]))

@@ -68,6 +68,8 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     quiet_libraries(verbose)
     with mlflow.start_run(run_id=previous_run, experiment_id=experiment, run_name=f"{config.run_name}-study",
                           tags={"study": config.run_name, "caspar.kind": "study"}) as parent:
+        if previous_run is None:  # first of its files: an artefact store that refuses files fails the study now
+            mlflow.log_dict({k: list(v) for k, v in search_space(config.search).items()}, "search_space.json")
         with CpuMeter() as meter:  # the trees, the search and the driver's work
             # A resumed study cross-fits exactly the recipes its first session fitted (its trials
             # learnt against those trees), whatever time is left now.
@@ -80,7 +82,6 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
             mlflow.log_metric("tree_recipes_fitted", recipes_fitted)
             data = StudyData.of(stages, prepared.splits)
             if previous_run is None:
-                mlflow.log_dict({k: list(v) for k, v in search_space(config.search).items()}, "search_space.json")
                 mlflow.log_params(study_parameters(config))
                 mlflow.log_metric("warm_start_trials", len(earlier[0]))
                 if config.warm_start:
@@ -248,12 +249,13 @@ def log_best(network, history: dict, best, stage, prepared, config: TrainConfig,
     study run's info."""
     import mlflow
 
-    from caspar.training.train import log_model_run, register, release, run_tags
+    from caspar.training.train import log_dataset_files, log_model_run, register, release, run_tags
 
     tags = {**run_tags(prepared), "study": config.run_name, "mlflow.parentRunId": parent.run_id}
     with mlflow.start_run(experiment_id=parent.experiment_id, run_name=config.run_name, tags=tags) as run:
         mlflow.log_params(dataclasses.asdict(config) | evaluate.baseline_parameters()
                           | {"trial_id": best.path.rstrip("/").split("/")[-1]})
+        log_dataset_files(prepared)
         say = functools.partial(print, flush=True)  # the study's last phase: the best trial's model, scored and logged
         scored, shipped = release(config, prepared.splits, network, history, stage, config.fit_on, say)
         metrics, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, stage, say)
