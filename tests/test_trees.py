@@ -1,5 +1,7 @@
 """The trees that carry the model (caspar/model/trees.py): recipes of both learners compiled into the
 TreeEnsemble layer, cross-fitting by game, and ensemble selection."""
+import time
+
 import numpy as np
 import pytest
 
@@ -108,3 +110,22 @@ def test_a_study_draws_new_recipes_and_leaves_them_out_when_time_is_up(rows):
     crossed = trees.cross_fit(small, x, y, games, folds=2, seed=0, say=lines.append, deadline=0.0, required=2)
     assert [r.name for r in crossed.recipes] == ["sklearn", "lightgbm"] and crossed.out_of_fold.shape == (600, 2)
     assert any("5 of the 7 recipes left out" in line for line in lines)
+    # before the deadline, a recipe expected to end after it is not started, nor any after it
+    huge = trees.Recipe(**{**vars(small[2]), "learner": "sklearn", "iterations": 10_000_000})
+    lines.clear()
+    crossed = trees.cross_fit([*small[:2], huge, small[3]], x, y, games, folds=2, seed=0, say=lines.append,
+                              deadline=time.perf_counter() + 3600, required=2)
+    assert [r.name for r in crossed.recipes] == ["sklearn", "lightgbm"]
+    assert any("2 of the 4 recipes left out: the next would take about" in line for line in lines), lines
+
+
+def test_a_recipes_time_is_expected_from_the_recipes_timed_on_the_same_rows():
+    base = trees.Recipe("sklearn", 100, 0.1, 31, 20, 0.0, 1.0, 1.0, seed=0)
+    twice = trees.Recipe(**{**vars(base), "iterations": 200})
+    other = trees.Recipe(**{**vars(base), "learner": "lightgbm", "leaves": 62, "row_fraction": 0.5})
+    assert trees.expected_seconds(base, [], folds=4) == 0.0  # nothing timed: no estimate
+    # 4 fold fits took 8 s: 200 iterations take twice that, and the fit on every row a fold's more
+    assert trees.expected_seconds(twice, [(base, 8.0)], folds=4) == pytest.approx(16.0 * 5 / 4)
+    # no LightGBM timed: from every recipe timed; twice the leaves on half the rows is the same work
+    assert trees.expected_seconds(other, [(base, 8.0)], folds=4) == pytest.approx(8.0 * 5 / 4)
+    assert trees.expected_seconds(base, [(base, 8.0), (other, 100.0)], folds=4) == pytest.approx(10.0)

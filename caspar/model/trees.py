@@ -219,19 +219,24 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
     without them; each recipe and fold fitted once, whatever uses it), the ensemble weights chosen
     on those out-of-fold predictions, then every recipe with a weight fitted on all the rows.
     `say`: a function taking a progress line. With a `deadline` (time.perf_counter()), the
-    recipes after the first `required` that would start after it are left out."""
+    recipes after the first `required` stop at the first that would end after it (by
+    expected_seconds; the recipes fitted stay a prefix of the list, which --resume relies on)."""
     started = time.perf_counter()
     fold = game_folds(groups, folds, seed)
     count = int(fold.max()) + 1
     if count < 2:
         raise ValueError(f"cross-fitting the trees needs at least 2 games; these rows have {len(np.unique(groups))}")
     required = len(recipe_list) if required is None else required
-    columns = []
+    columns, timed = [], []
     for r, recipe in enumerate(recipe_list):
-        if r >= required and deadline is not None and time.perf_counter() > deadline:
+        expected = expected_seconds(recipe, timed, count)
+        if r >= required and deadline is not None and time.perf_counter() + expected > deadline:
             if say:
-                say(f"trees: time is up; {len(recipe_list) - r} of the {len(recipe_list)} recipes left out")
+                left = deadline - time.perf_counter()
+                say(f"trees: {len(recipe_list) - r} of the {len(recipe_list)} recipes left out: the next would take "
+                    f"about {expected:.0f} s, {max(0.0, left):.0f} s are left of the tree search's time")
             break
+        recipe_started = time.perf_counter()
         column = np.zeros(len(y))
         for k in range(count):
             held_out = fold == k
@@ -242,6 +247,7 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
                 say(f"trees: {recipe.name} ({r + 1}/{len(recipe_list)}), fold {k + 1}/{count} "
                     f"({time.perf_counter() - started:.0f} s)")
         columns.append(column)
+        timed.append((recipe, time.perf_counter() - recipe_started))
     recipe_list = recipe_list[:len(columns)]
     out_of_fold = np.stack(columns, axis=1)
     weights = ensemble_weights(out_of_fold, y)
@@ -250,6 +256,24 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
         shares = ", ".join(f"{r.name} {w:.2f}" for r, w in zip(recipe_list, weights) if w > 0)
         say(f"trees: weights {shares}; fitted on all {len(y)} rows ({time.perf_counter() - started:.0f} s)")
     return CrossFitted(recipe_list, weights, out_of_fold, models)
+
+
+def _work(recipe: Recipe) -> float:
+    """A recipe's fitting work in arbitrary units: boosting grows `leaves` per iteration, each split
+    over the share of features (and, for LightGBM, of rows) it may use."""
+    rows = recipe.row_fraction if recipe.learner == "lightgbm" else 1.0
+    return recipe.iterations * recipe.leaves * recipe.feature_fraction * rows
+
+
+def expected_seconds(recipe: Recipe, timed: list[tuple[Recipe, float]], folds: int) -> float:
+    """How long `recipe` would take (its `folds` fits and the fit on every row), from the seconds
+    the recipes in `timed` took on the same rows, per unit of work: those of its own learner where
+    there are any, else all of them; 0 with nothing timed. An estimate, not a bound."""
+    same = [(r, s) for r, s in timed if r.learner == recipe.learner] or timed
+    if not same:
+        return 0.0
+    per_work = sum(s for _, s in same) / sum(_work(r) for r, _ in same)
+    return per_work * _work(recipe) * (folds + 1) / folds
 
 
 def _fit_on_all(recipe: Recipe, x: np.ndarray, y: np.ndarray, say, started: float):

@@ -108,7 +108,7 @@ def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=N
               deadline: float | None = None) -> Stage:
     """The normalisation and the trees for the shipped model's games (train, or train + validation
     with fit_on train+val or all; the test split never): hp's tree recipes, and any `searched`
-    ones (a study's, left out once `deadline` passes), cross-fitted by game over those rows,
+    ones (a study's, left out from the first expected to end after `deadline`), cross-fitted by game over those rows,
     weighted by ensemble selection on their out-of-fold predictions."""
     names = FIT_ON["train" if fit_on == "train" else "train+val"]
     x, y = rows(splits, names)
