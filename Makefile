@@ -9,18 +9,14 @@ LOGS ?=
 # With uv (UV=path, or on the PATH; CI has it) the same requirements install in about half of
 # pip's time. Compiled to bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, every process
 # would otherwise compile TensorFlow's sources again (5 s more per job). uv reads PyPI or
-# UV_INDEX_URL, not pip's configuration: without uv, pip.
+# UV_INDEX_URL, not pip's configuration: where it cannot install them, or without uv, pip does.
 UV ?= $(shell command -v uv)
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-ifneq ($(UV),)
-	$(UV) pip install --quiet --compile-bytecode --python $(PY) -r requirements-dev.txt
-	$(UV) pip install --quiet --compile-bytecode --python $(PY) --no-deps --editable .
-else
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@if [ -n "$(UV)" ] && $(UV) pip install --quiet --compile-bytecode --python $(PY) -r requirements-dev.txt; then :; \
+	else [ -z "$(UV)" ] || echo "uv could not install the requirements: pip installs them"; \
+		$(PY) -m pip install --quiet --upgrade pip && $(PY) -m pip install --quiet -r requirements-dev.txt; fi
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps --editable .  # without setuptools' editable-install banner
-endif
 	touch $@
 
 # The whole pipeline on embedded defaults (local Ray, local MLflow store) on synthetic logs, kept
