@@ -227,12 +227,13 @@ def test_s3_down_while_logging_leaves_no_good_looking_model(sample_dataset, tmp_
                             "--run-name", "half",
                             "--model-name", "CASPAR-half", env=env, timeout=300)
             assert result.returncode != 0
-            assert "train: error:" in result.stderr and "Traceback" not in result.stderr
+            assert "train: error: the run's files cannot be stored" in result.stderr and "Traceback" not in result.stderr
             tracking = MlflowClient(url, registry_uri=url)
             assert not tracking.search_model_versions("name = 'CASPAR-half'")
             runs = tracking.search_runs([e.experiment_id for e in tracking.search_experiments()],
                                         "attributes.run_name = 'half'")
             assert runs and all(r.info.status == "FAILED" for r in runs)
+            assert not runs[0].data.metrics  # it failed at its first file, before any training
 
 
 def test_the_server_lets_nobody_in_without_credentials(stack):
