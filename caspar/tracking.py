@@ -6,6 +6,7 @@ folder: `mlflow.db` (SQLite) with artefacts under `mlartifacts/` beside it; no s
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import subprocess
 import urllib.error
@@ -45,6 +46,20 @@ def configure() -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+@contextlib.contextmanager
+def first_files():
+    """Around a run's first files, stored as it starts: an artefact store that refuses them (the
+    server's S3 down, say) is one line, before any training, instead of an error after it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as error:
+        cause = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise TrackingError(f"the run's files cannot be stored (the tracking server's artefact store may be down "
+                            f"or refuse them): {cause[:300]}") from error
 
 
 def credentials_out_of(uri: str) -> str:

@@ -234,6 +234,11 @@ def test_s3_down_while_logging_leaves_no_good_looking_model(sample_dataset, tmp_
                                         "attributes.run_name = 'half'")
             assert runs and all(r.info.status == "FAILED" for r in runs)
             assert not runs[0].data.metrics  # it failed at its first file, before any training
+            # a study too: at its first file, before its trees and trials
+            result, _ = job("tune", "--data", sample_dataset, "--n-trials", "1", "--run-name", "half-study",
+                            "--storage-path", str(tmp_path / "ray"), env=env, timeout=300)
+            assert result.returncode == 2 and "Traceback" not in result.stderr
+            assert "tune: error: the run's files cannot be stored" in result.stderr and "trees:" not in result.stdout
 
 
 def test_the_server_lets_nobody_in_without_credentials(stack):

@@ -126,15 +126,10 @@ def log_dataset_files(prepared: Prepared) -> None:
     """Inside an active run, first of its files: the feature set and the dataset's input files. An
     artefact store that refuses files then fails the run at once, not after its training."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    try:
+    with tracking.first_files():
         mlflow.log_dict(prepared.schema, SCHEMA_FILE)
         mlflow.log_dict(prepared.manifest, MANIFEST_FILE)
-    except MlflowException as error:  # e.g. the server's S3 store is down: say so before any training
-        cause = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise tracking.TrackingError(f"the run's files cannot be stored (the tracking server's artefact store may "
-                                     f"be down or refuse them): {cause[:300]}") from error
 
 
 def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: TrainConfig, history: dict,

@@ -69,7 +69,8 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     with mlflow.start_run(run_id=previous_run, experiment_id=experiment, run_name=f"{config.run_name}-study",
                           tags={"study": config.run_name, "caspar.kind": "study"}) as parent:
         if previous_run is None:  # first of its files: an artefact store that refuses files fails the study now
-            mlflow.log_dict({k: list(v) for k, v in search_space(config.search).items()}, "search_space.json")
+            with tracking.first_files():
+                mlflow.log_dict({k: list(v) for k, v in search_space(config.search).items()}, "search_space.json")
         with CpuMeter() as meter:  # the trees, the search and the driver's work
             # A resumed study cross-fits exactly the recipes its first session fitted (its trials
             # learnt against those trees), whatever time is left now.
