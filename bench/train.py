@@ -177,6 +177,9 @@ def cross_validation(prepared, changes: dict, folds: int, with_flaml: bool, base
         trees = evaluate.own_trees(scored.model)
         if trees is not None:
             row["own trees alone"] = r2_score(y[held_out], np.clip(np.asarray(trees(n_test)).reshape(-1), 0, 1))
+        if stage.layer is not None:  # what the gate kept out, or let in: the network of validation's best epoch
+            row["network, ungated"] = (r2_score(y[held_out], evaluate.predict(network.model, n_test))
+                                       if history.get("network_best_epoch", 0) > 0 else row["own trees alone"])
         for name in baselines:
             kind, parameters = SINGLES[name]
             row[name] = r2_score(y[held_out], single_model(kind, parameters, hp.seed).fit(n_fit, y[rest]).predict(n_test))
@@ -191,7 +194,7 @@ def cross_validation(prepared, changes: dict, folds: int, with_flaml: bool, base
     print(f"{label}, {folds}-fold cross-validation by game over the train and validation splits; R² per model "
           "(mean ± sd over folds) and the model's paired difference with it (mean ± sd; folds where the model is ahead):")
     model = np.array(table["model"])
-    singles = [name for name in table if name not in ("model", "own trees alone")]
+    singles = [name for name in table if name not in ("model", "own trees alone", "network, ungated")]
     best_single = max(singles, key=lambda name: np.mean(table[name]))
     for name, values in table.items():
         difference = model - np.array(values)
