@@ -369,10 +369,10 @@ def test_cross_validation_benchmark_holds_out_every_game_once(sample_dataset):
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     folds = re.findall(r"fold \d/3: (\d+) games, \d+ rows, \d+ s, best epoch \d+: model (\S+), own trees alone (\S+), "
-                       r"lightgbm-defaults (\S+)$", result.stdout, re.MULTILINE)
+                       r"network, ungated (\S+), lightgbm-defaults (\S+)$", result.stdout, re.MULTILINE)
     assert len(folds) == 3 and sum(int(fold[0]) for fold in folds) == len(games)
-    model, trees, light = (np.array([float(fold[i].rstrip(",")) for fold in folds]) for i in (1, 2, 3))
-    for name, values in (("own trees alone", trees), ("lightgbm-defaults", light)):
+    model, trees, ungated, light = (np.array([float(fold[i].rstrip(",")) for fold in folds]) for i in (1, 2, 3, 4))
+    for name, values in (("own trees alone", trees), ("network, ungated", ungated), ("lightgbm-defaults", light)):
         line = re.search(name + r": (\S+) ± \S+; model − it (\S+) ± \S+ \((\d)/3\)", result.stdout)
         assert float(line.group(1)) == pytest.approx(values.mean(), abs=2e-4)
         assert float(line.group(2)) == pytest.approx((model - values).mean(), abs=2e-4)
