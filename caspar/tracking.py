@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from caspar.cli import in_ray_job
+from caspar.cli import in_ray_job, mlflow_message
 from caspar.errors import UserError
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -57,9 +57,8 @@ def first_files():
     try:
         yield
     except MlflowException as error:
-        cause = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise TrackingError(f"the run's files cannot be stored (the tracking server's artefact store may be down "
-                            f"or refuse them): {cause[:300]}") from error
+                            f"or refuse them): {mlflow_message(error)[:300]}") from error
 
 
 def credentials_out_of(uri: str) -> str:
