@@ -14,6 +14,7 @@ import typing
 from collections.abc import Callable
 
 from caspar.config import check, field_types
+from caspar.runtime import in_ray_job, start_ray  # noqa: F401  (the jobs' shell re-exports them)
 from caspar.errors import UserError
 
 # Lines that TensorFlow (absl, C++), Ray and MLflow write straight to the stderr file descriptor,
@@ -50,30 +51,6 @@ class Interrupted(Exception):
     def __init__(self, lines: list[str]):
         super().__init__(lines[-1] if lines else "interrupted")
         self.lines = lines
-
-
-def in_ray_job() -> bool:
-    """True when this process is the entrypoint of `ray job submit` (it runs on the cluster, in a
-    copy of --working-dir without its git-ignored folders)."""
-    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-
-
-def start_ray(log_to_driver: bool = False) -> None:
-    """Connect to the Ray cluster of RAY_ADDRESS (a Ray job's own), or start a local one, without a
-    dashboard. A local Ray gets a token of this process's own (Ray's token authentication is on by default, and would
-    otherwise write one into ~/.ray of the user's home)."""
-    import secrets
-
-    import ray
-
-    if ray.is_initialized():
-        return
-    local = {}
-    if not os.environ.get("RAY_ADDRESS"):
-        if not os.environ.get("RAY_AUTH_MODE") and not os.environ.get("RAY_AUTH_TOKEN"):
-            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-        local = {"include_dashboard": False}  # 3 s of every start; a local Ray lives as long as its job
-    ray.init(logging_level="WARNING", log_to_driver=log_to_driver, **local)
 
 
 def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:

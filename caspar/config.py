@@ -28,13 +28,14 @@ MODEL_NAME = re.compile(r"^(?=.*\S)[^/:]{1,255}$")  # registry URIs (models:/NAM
 
 
 def setting(default, help: str, *, choices=None, minimum=None, maximum=None, above=None, below=None,
-            also=(), required: bool = False, search=None):
+            also=(), required: bool = False, search=None, trial: str | None = None):
     """A field with its command-line help and allowed values: [minimum, maximum], (above, below),
     `choices`, plus any values in `also` (e.g. -1 meaning "automatic"). `search`: its domain in
-    the tune search space, as (Ray Tune sampler, *arguments), e.g. ("choice", [0, 8]) or
-    ("loguniform", 1e-4, 1e-2)."""
+    the tune search space, as (sampler, *arguments), e.g. ("choice", [0, 8]) or
+    ("loguniform", 1e-4, 1e-2). `trial`: the kind of study trial that reads the field ("network"
+    or "trees"; None: no trial varies it, e.g. the epochs or the folds every trial shares)."""
     metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "above": above,
-                "below": below, "also": tuple(also), "required": required, "search": search}
+                "below": below, "also": tuple(also), "required": required, "search": search, "trial": trial}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -66,66 +67,79 @@ class Hyperparameters:
     (seeded TPE); the study fixes the others."""
     hidden_layers: list[int] = setting([128, 128], "units per hidden layer", minimum=1, maximum=4096,
                                        search=("choice", [[128], [256], [128, 128], [256, 256], [354, 354], [512, 512],
-                                                          [256, 256, 256], [354, 354, 354, 354]]))
-    dropout_rate: float = setting(0.3, "dropout after each hidden layer", minimum=0, below=1, search=("uniform", 0.0, 0.4))
-    learning_rate: float = setting(1e-3, "initial learning rate", above=0, maximum=10, search=("loguniform", 1e-4, 1e-2))
-    batch_size: int = setting(128, "samples per gradient step", minimum=1, maximum=65536, search=("choice", [32, 64, 128, 256]))
+                                                          [256, 256, 256], [354, 354, 354, 354]]), trial="network")
+    dropout_rate: float = setting(0.3, "dropout after each hidden layer", minimum=0, below=1, search=("uniform", 0.0, 0.4), trial="network")
+    learning_rate: float = setting(1e-3, "initial learning rate", above=0, maximum=10, search=("loguniform", 1e-4, 1e-2), trial="network")
+    batch_size: int = setting(128, "samples per gradient step", minimum=1, maximum=65536, search=("choice", [32, 64, 128, 256]), trial="network")
     epochs: int = setting(200, "at most; early stopping ends sooner", minimum=1, maximum=100000)
     patience: int = setting(25, "epochs without a better validation loss before stopping", minimum=1, maximum=100000)
     activation: str = setting("relu", "activation of the hidden layers", choices=ACTIVATIONS,
-                              search=("choice", ["relu", "gelu", "swish", "sigmoid"]))
+                              search=("choice", ["relu", "gelu", "swish", "sigmoid"]), trial="network")
     optimizer: str = setting("adam", "adam (with --weight-decay: AdamW's decoupled decay); sgd: SGD with Nesterov "
-                             "momentum 0.9", choices=OPTIMIZERS)
+                             "momentum 0.9", choices=OPTIMIZERS, trial="network")
     weight_decay: float = setting(0.0, "decoupled weight decay of the optimizer (0: none)", minimum=0, maximum=1,
-                                  search=("choice", [0.0, 1e-5, 1e-4, 1e-3]))
+                                  search=("choice", [0.0, 1e-5, 1e-4, 1e-3]), trial="network")
     lr_schedule: str = setting("plateau", "plateau: cut the learning rate when val_loss stalls; cosine: warm up, then "
                                "cosine decay to 0 at the last epoch (RealMLP's recipe)",
-                               choices=LR_SCHEDULES, search=("choice", ["plateau", "cosine"]))
+                               choices=LR_SCHEDULES, search=("choice", ["plateau", "cosine"]), trial="network")
     plateau_factor: float = setting(0.5, "plateau schedule: the learning rate is multiplied by this when val_loss stalls",
-                                    above=0, below=1)
+                                    above=0, below=1, trial="network")
     plateau_patience: int = setting(0, "plateau schedule: epochs without a better val_loss before the cut "
-                                    "(0: a third of --patience, at least 2)", minimum=0)
+                                    "(0: a third of --patience, at least 2)", minimum=0, trial="network")
     plateau_floor: float = setting(0.01, "plateau schedule: the lowest learning rate, as a share of --learning-rate",
-                                   minimum=0, maximum=1)
-    warmup_share: float = setting(0.05, "cosine schedule: share of all training steps spent warming up", minimum=0, below=1)
+                                   minimum=0, maximum=1, trial="network")
+    warmup_share: float = setting(0.05, "cosine schedule: share of all training steps spent warming up", minimum=0, below=1, trial="network")
     encoding_bins: int = setting(16, "piecewise-linear encoding bins per input; 0 feeds the inputs as they are",
-                                 minimum=0, maximum=256, search=("choice", [0, 8, 16]))
+                                 minimum=0, maximum=256, search=("choice", [0, 8, 16]), trial="network")
     periodic_frequencies: int = setting(0, "periodic (PLR) embedding of each input with this many frequencies, "
                                         "instead of the piecewise-linear encoding (0: off)", minimum=0, maximum=64,
-                                        search=("choice", [0, 16]))
-    periodic_dimension: int = setting(8, "periodic embedding: values per input after its linear map", minimum=1, maximum=64)
-    periodic_sigma: float = setting(1.0, "periodic embedding: standard deviation of the initial frequencies", above=0)
+                                        search=("choice", [0, 16]), trial="network")
+    periodic_dimension: int = setting(8, "periodic embedding: values per input after its linear map", minimum=1, maximum=64, trial="network")
+    periodic_sigma: float = setting(1.0, "periodic embedding: standard deviation of the initial frequencies", above=0, trial="network")
     ensemble_size: int = setting(4, "members of a TabM-style ensemble sharing the hidden layers (1: one network)",
-                                 minimum=1, maximum=64, search=("choice", [1, 4]))
+                                 minimum=1, maximum=64, search=("choice", [1, 4]), trial="network")
     ensemble_kind: str = setting("mini", "mini: TabM-mini, one adapter on the inputs, then shared hidden layers; full: TabM, "
                                  "BatchEnsemble adapters in every hidden layer", choices=ENSEMBLE_KINDS,
-                                 search=("choice", ["mini", "full"]))
+                                 search=("choice", ["mini", "full"]), trial="network")
     ensemble_loss: str = setting("average", "average: the loss of the members' average prediction; members: the mean of "
                                  "the members' own losses (TabM's)", choices=ENSEMBLE_LOSSES,
-                                 search=("choice", ["average", "members"]))
-    trees: int = setting(600, "boosting iterations of each tree model the network corrects (0: no trees, the network "
-                         "alone)", minimum=0, maximum=2000, search=("choice", [0, 600]))
+                                 search=("choice", ["average", "members"]), trial="network")
+    trees: int = setting(600, "boosting iterations of each tree model (0: no trees, the network alone); in a study, the "
+                         "iterations of a tree trial's recipe", minimum=0, maximum=2000,
+                         search=("choice", [300, 600, 1000]), trial="trees")
     tree_learners: str = setting("sklearn+lightgbm", "the tree models, averaged with weights chosen on their out-of-fold "
-                                 "predictions: scikit-learn's histogram GBDT, LightGBM, or both", choices=TREE_LEARNERS)
+                                 "predictions: scikit-learn's histogram GBDT, LightGBM, or both", choices=TREE_LEARNERS,
+                                 search=("choice", ["sklearn", "lightgbm"]), trial="trees")
     tree_learning_rate: float = setting(0.03, "learning rate of the trees' boosting (scikit-learn's default: 0.1)",
-                                        above=0, maximum=1)
-    tree_leaves: int = setting(31, "most leaves of a tree", minimum=2, maximum=1024)
+                                        above=0, maximum=1, search=("loguniform", 0.01, 0.2), trial="trees")
+    tree_leaves: int = setting(31, "most leaves of a tree", minimum=2, maximum=1024, search=("choice", [15, 31, 63, 127]),
+                               trial="trees")
     tree_min_leaf: int = setting(10, "fewest training rows in a leaf of the trees (scikit-learn's default: 20)", minimum=1,
-                                 maximum=10000)
-    tree_l2: float = setting(0.0, "L2 regularisation of the trees' leaf values", minimum=0, maximum=1000)
+                                 maximum=10000, search=("choice", [5, 10, 20, 40, 80]), trial="trees")
+    tree_l2: float = setting(0.0, "L2 regularisation of the trees' leaf values", minimum=0, maximum=1000,
+                             search=("choice", [0.0, 0.1, 1.0, 10.0]), trial="trees")
     tree_feature_fraction: float = setting(0.5, "share of the features a split (scikit-learn) or a tree (LightGBM) may use",
-                                           above=0, maximum=1)
-    tree_row_fraction: float = setting(0.8, "share of the rows each LightGBM tree is fitted on (bagging)", above=0, maximum=1)
+                                           above=0, maximum=1, search=("uniform", 0.2, 1.0), trial="trees")
+    tree_row_fraction: float = setting(0.8, "share of the rows each LightGBM tree is fitted on (bagging)", above=0, maximum=1,
+                                       search=("uniform", 0.5, 1.0), trial="trees")
     tree_folds: int = setting(5, "folds by game the trees are cross-fitted in: the network and the ensemble weights learn "
                               "from the trees' predictions on games they were not fitted on", minimum=2, maximum=20)
     seed: int = setting(42, "seed of weights, shuffling and the GBDT baseline")
 
 
+TRIAL_KINDS = ("trees", "network")  # a study's trials: a tree recipe, or a network correcting the study's trees
+
+
+def trial_kind(name: str) -> str | None:
+    """The kind of trial that reads the Hyperparameters field `name` (None: no trial varies it)."""
+    return {f.name: f.metadata["trial"] for f in dataclasses.fields(Hyperparameters)}.get(name)
+
+
 def search_space(changes: list[str] = ()) -> dict[str, tuple]:
-    """The searched fields of Hyperparameters: {name: (Ray Tune sampler, *arguments)}, with the
-    `changes` of tune's --search applied (see parse_search)."""
+    """The searched fields of Hyperparameters: {name: (sampler, *arguments)}, with the `changes` of
+    tune's --search applied (see parse_search), and "kind": the kinds of trial searched."""
     space = {f.name: f.metadata["search"] for f in dataclasses.fields(Hyperparameters) if f.metadata["search"]}
-    return space | dict(parse_search(change) for change in changes)
+    return {"kind": ("choice", list(TRIAL_KINDS))} | space | dict(parse_search(change) for change in changes)
 
 
 RANGES = ("uniform", "loguniform")
@@ -150,10 +164,16 @@ def parse_search(change: str) -> tuple[str, tuple]:
     """NAME=V1,V2,… (a choice; a list of hidden layers as 256x256), or NAME=uniform:LOW,HIGH or
     NAME=loguniform:LOW,HIGH: (name, domain), every value checked as the option's own."""
     name, _, domain = change.partition("=")
-    fields = {f.name: f for f in dataclasses.fields(Hyperparameters)}
+    if name == "kind":  # which kinds of trial the study runs, e.g. kind=trees
+        kinds = domain.split(",")
+        if not domain or not set(kinds) <= set(TRIAL_KINDS):
+            raise UserError(f"--search {change}: kind is one or more of {', '.join(TRIAL_KINDS)}")
+        return name, ("choice", [k for k in TRIAL_KINDS if k in kinds])
+    fields = {f.name: f for f in dataclasses.fields(Hyperparameters) if f.metadata["trial"]}
     if name not in fields or not domain:
-        raise UserError(f"--search {change}: expected NAME=V1,V2 or NAME=uniform:LOW,HIGH with NAME one of "
-                        f"{', '.join(fields)}")
+        unread = f" ({name} is the same for every trial of a study)" if trial_kind(name) is None and name else ""
+        raise UserError(f"--search {change}: expected NAME=V1,V2 or NAME=uniform:LOW,HIGH with NAME kind or one of "
+                        f"{', '.join(fields)}{unread}")
     kind, _, values = domain.rpartition(":")
     if kind and kind not in RANGES:
         raise UserError(f"--search {change}: {kind!r} is not uniform or loguniform")
@@ -212,7 +232,8 @@ class Tracking:
 
 @dataclass
 class TrainConfig(Tracking, Hyperparameters):
-    pass
+    cpus_per_fit: int = setting(1, "CPUs (threads) each tree fit holds; the fits run side by side as Ray tasks on every "
+                                "CPU of this machine (or of the cluster of RAY_ADDRESS)", minimum=1, maximum=256)
 
 
 @dataclass
@@ -238,12 +259,9 @@ class TuneConfig(Tracking):
                                            "in this experiment): their configurations and results, where this search "
                                            "space holds them")
     search: list[str] = setting([], "change the search space: NAME=V1,V2 (a choice; hidden layers as 256x256) or "
-                                "NAME=uniform:LOW,HIGH or NAME=loguniform:LOW,HIGH, NAME a train option (e.g. "
-                                "trees=0,100 learning_rate=loguniform:1e-4,1e-2)")
-    tree_recipes: int = setting(6, "tree recipes the study draws (learner, iterations, learning rate, leaves, smallest "
-                                "leaf, L2, feature and row shares) beside the default ones, each cross-fitted once on "
-                                "the driver; the trees of the study's model are their weighted ensemble", minimum=0,
-                                maximum=100)
+                                "NAME=uniform:LOW,HIGH or NAME=loguniform:LOW,HIGH, NAME a train option a trial reads "
+                                "(e.g. tree_leaves=31,63 learning_rate=loguniform:1e-4,1e-2), or kind=trees or "
+                                "kind=network for one kind of trial")
     reduction_factor: int = setting(3, "ASHA keeps the best 1/this of the trials at each of its milestones", minimum=2)
     report_seconds: float = setting(10.0, "a trial reports at least this often (at an epoch's end), so that little is "
                                           "lost when the study's time is up", above=0)

@@ -13,7 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from caspar.cli import in_ray_job, mlflow_message
+from caspar.cli import mlflow_message
+from caspar.runtime import in_ray_job
 from caspar.errors import UserError
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ def test_no_module_imports_from_a_later_stage_and_shared_modules_from_none():
 
 def test_every_module_is_in_a_stage_or_shared():
     top = {path.stem for path in (ROOT / "caspar").glob("*.py")}
-    assert top == {"__init__", "errors", "config", "storage", "tracking", "artifacts", "cli", "progress"}, top
+    assert top == {"__init__", "errors", "config", "storage", "tracking", "artifacts", "cli", "progress", "runtime"}, top
     assert {path.name for path in (ROOT / "caspar").iterdir() if path.is_dir() and path.name != "__pycache__"} == set(STAGES)
 
 

@@ -1,12 +1,11 @@
-"""The trees that carry the model (caspar/model/trees.py): recipes of both learners compiled into the
-TreeEnsemble layer, cross-fitting by game, and ensemble selection."""
-import time
-
+"""The trees that carry the model (caspar/model/trees.py, caspar/model/crossfit.py): recipes of both
+learners compiled into the TreeEnsemble layer, fits with the threads they hold, cross-fitting by game
+as Ray tasks, and ensemble selection."""
 import numpy as np
 import pytest
 
 from caspar.config import Hyperparameters
-from caspar.model import trees
+from caspar.model import crossfit, trees
 from caspar.model.layers import TreeEnsemble
 from caspar.model.network import predict_trees
 
@@ -45,13 +44,13 @@ def test_a_weighted_ensemble_is_the_weighted_sum_of_its_models(rows):
 
 def test_game_folds_keep_games_whole_and_use_every_game(rows):
     _, _, games = rows
-    fold = trees.game_folds(games, 5, seed=1)
+    fold = crossfit.game_folds(games, 5, seed=1)
     assert sorted(set(fold)) == [0, 1, 2, 3, 4]
     for game in np.unique(games):
         assert len(set(fold[games == game])) == 1
-    assert np.array_equal(fold, trees.game_folds(games, 5, seed=1))
-    assert not np.array_equal(fold, trees.game_folds(games, 5, seed=2))
-    assert sorted(set(trees.game_folds(games[:60], 5, seed=1))) == [0, 1]  # two games: two folds
+    assert np.array_equal(fold, crossfit.game_folds(games, 5, seed=1))
+    assert not np.array_equal(fold, crossfit.game_folds(games, 5, seed=2))
+    assert sorted(set(crossfit.game_folds(games[:60], 5, seed=1))) == [0, 1]  # two games: two folds
 
 
 def test_ensemble_selection_mixes_complementary_members_and_drops_a_useless_one():
@@ -67,11 +66,11 @@ def test_ensemble_selection_mixes_complementary_members_and_drops_a_useless_one(
     assert best_alone[1] >= 0.9  # the member worth having carries the average
 
 
-def test_out_of_fold_predictions_come_from_models_that_never_saw_the_game(rows):
+def test_out_of_fold_predictions_come_from_models_that_never_saw_the_game(rows, ray_local):
     x, y, games = rows
     recipes = [recipe(learner) for learner in trees.LEARNERS]
-    crossed = trees.cross_fit(recipes, x, y, games, folds=4, seed=7)
-    fold = trees.game_folds(games, 4, seed=7)
+    crossed = crossfit.cross_fit(recipes, x, y, games, folds=4, seed=7)
+    fold = crossfit.game_folds(games, 4, seed=7)
     held_out = fold == 2
     again = trees.fit(recipes[1], x[~held_out], y[~held_out]).predict(x[held_out])
     np.testing.assert_allclose(crossed.out_of_fold[held_out, 1], again)
@@ -88,44 +87,38 @@ def test_out_of_fold_predictions_come_from_models_that_never_saw_the_game(rows):
                             "trees_oof_r2_lightgbm"}
 
 
-def test_the_same_rows_and_seed_give_the_same_trees(rows):
+def test_the_same_rows_and_seed_give_the_same_trees(rows, ray_local):
     x, y, games = rows
     recipes = [recipe(learner) for learner in trees.LEARNERS]
-    first, second = (trees.cross_fit(recipes, x, y, games, folds=3, seed=1).layer() for _ in range(2))
+    first, second = (crossfit.cross_fit(recipes, x, y, games, folds=3, seed=1).layer() for _ in range(2))
     for name, array in first.arrays.items():
         np.testing.assert_array_equal(array, second.arrays[name])
 
 
-def test_a_study_draws_new_recipes_and_leaves_them_out_when_time_is_up(rows):
+@pytest.mark.parametrize("learner", trees.LEARNERS)
+def test_a_fit_uses_exactly_the_threads_it_is_given(learner, rows):
+    """OpenMP threads beyond the CPUs a fit holds spin against other work (15x slower beside it)."""
+    from threadpoolctl import threadpool_info
+
+    x, y, _ = rows
+    seen = []
+    for threads in (1, 2):
+        model = trees.fit(recipe(learner), x, y, threads=threads,
+                          progress=lambda done: seen.append(max(p["num_threads"] for p in threadpool_info()
+                                                                if p["user_api"] == "openmp")))
+        if learner == "lightgbm":
+            assert model.get_params()["n_jobs"] == threads
+        assert seen and seen[-1] == threads
+    import os
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # set before OpenMP loaded, inherited by Ray's workers
+
+
+def test_every_fit_of_a_cross_fit_is_a_ray_task_with_its_interval(rows, ray_local):
     x, y, games = rows
-    defaults = trees.recipes(Hyperparameters(trees=20, seed=3))
-    drawn = trees.sampled_recipes(5, seed=3, known=defaults)
-    assert len(set(drawn)) == 5 and [r.name for r in drawn] == [f"search{i}" for i in range(1, 6)]
-    assert drawn == trees.sampled_recipes(5, seed=3, known=defaults)
-    for recipe in drawn:
-        assert all(getattr(recipe, field) in choices for field, choices in trees.SEARCH.items())
-    # past the deadline only the required (default) recipes are cross-fitted
-    small = [trees.Recipe(**{**vars(r), "iterations": 10}) for r in [*defaults, *drawn]]
     lines = []
-    crossed = trees.cross_fit(small, x, y, games, folds=2, seed=0, say=lines.append, deadline=0.0, required=2)
-    assert [r.name for r in crossed.recipes] == ["sklearn", "lightgbm"] and crossed.out_of_fold.shape == (600, 2)
-    assert any("5 of the 7 recipes left out" in line for line in lines)
-    # before the deadline, a recipe expected to end after it is not started, nor any after it
-    huge = trees.Recipe(**{**vars(small[2]), "learner": "sklearn", "iterations": 10_000_000})
-    lines.clear()
-    crossed = trees.cross_fit([*small[:2], huge, small[3]], x, y, games, folds=2, seed=0, say=lines.append,
-                              deadline=time.perf_counter() + 3600, required=2)
-    assert [r.name for r in crossed.recipes] == ["sklearn", "lightgbm"]
-    assert any("2 of the 4 recipes left out: the next would take about" in line for line in lines), lines
-
-
-def test_a_recipes_time_is_expected_from_the_recipes_timed_on_the_same_rows():
-    base = trees.Recipe("sklearn", 100, 0.1, 31, 20, 0.0, 1.0, 1.0, seed=0)
-    twice = trees.Recipe(**{**vars(base), "iterations": 200})
-    other = trees.Recipe(**{**vars(base), "learner": "lightgbm", "leaves": 62, "row_fraction": 0.5})
-    assert trees.expected_seconds(base, [], folds=4) == 0.0  # nothing timed: no estimate
-    # 4 fold fits took 8 s: 200 iterations take twice that, and the fit on every row a fold's more
-    assert trees.expected_seconds(twice, [(base, 8.0)], folds=4) == pytest.approx(16.0 * 5 / 4)
-    # no LightGBM timed: from every recipe timed; twice the leaves on half the rows is the same work
-    assert trees.expected_seconds(other, [(base, 8.0)], folds=4) == pytest.approx(8.0 * 5 / 4)
-    assert trees.expected_seconds(base, [(base, 8.0), (other, 100.0)], folds=4) == pytest.approx(10.0)
+    crossed = crossfit.cross_fit([recipe(learner) for learner in trees.LEARNERS], x, y, games, folds=3, seed=1,
+                                 say=lines.append)
+    folds = [b for b in crossed.busy]
+    assert len(folds) == 2 * 3 + sum(m is not None for m in crossed.models)
+    assert all(b.ended >= b.started and b.cpus == 1 and b.node for b in folds)
+    assert any("lightgbm fold 3/3" in line for line in lines) and "weights" in lines[-1]

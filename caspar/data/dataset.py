@@ -28,7 +28,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from caspar import storage
-from caspar.cli import start_ray
+from caspar.runtime import start_ray
 from caspar.config import PrepareConfig, check
 from caspar.data import corpus
 from caspar.data.features import load_unit_points, schema

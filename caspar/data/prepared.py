@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from caspar import storage
-from caspar.cli import in_ray_job
+from caspar.runtime import in_ray_job
 from caspar.data.features import schema
 from caspar.errors import InputError
 

@@ -11,7 +11,9 @@ import numpy as np
 from caspar.config import Hyperparameters
 from caspar.errors import UserError
 from caspar.model.network import Network, Normalizer, build_network, make_optimizer, predict_trees
-from caspar.model.trees import CrossFitted, cross_fit, recipes
+from caspar.model.crossfit import CrossFitted, cross_fit
+from caspar.model.trees import recipes
+from caspar.runtime import start_ray
 
 # The games the shipped model's trees (and normalisation) are fitted on, by --fit-on.
 FIT_ON = {"train": ("train",), "train+val": ("train", "val"), "all": ("train", "val", "test")}
@@ -104,12 +106,11 @@ def rows(splits: dict, names) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([splits[n][0] for n in names]), np.concatenate([splits[n][1] for n in names])
 
 
-def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=None, searched=(),
-              deadline: float | None = None) -> Stage:
+def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=None, cpus_per_fit: int = 1) -> Stage:
     """The normalisation and the trees for the shipped model's games (train, or train + validation
-    with fit_on train+val or all; the test split never): hp's tree recipes, and any `searched`
-    ones (a study's, left out from the first expected to end after `deadline`), cross-fitted by game over those rows,
-    weighted by ensemble selection on their out-of-fold predictions."""
+    with fit_on train+val or all; the test split never): hp's tree recipes cross-fitted by game over
+    those rows, every fit a Ray task of `cpus_per_fit` CPUs (a local Ray is started if none is
+    running), weighted by ensemble selection on their out-of-fold predictions."""
     names = FIT_ON["train" if fit_on == "train" else "train+val"]
     x, y = rows(splits, names)
     normalizer = Normalizer.fit(x)
@@ -117,11 +118,12 @@ def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=N
         return Stage(normalizer, names)
     groups = np.concatenate([files[n] for n in names])
     defaults = recipes(hp)
+    start_ray()
     if say:
-        say(f"trees: {len(defaults) + len(searched)} recipes x {hp.tree_folds} folds by game on the {len(y):,} rows of "
-            f"{len(np.unique(groups)):,} games ({'+'.join(names)}), then each on all of them")
-    crossed = cross_fit([*defaults, *searched], normalizer.transform(x), y, groups, hp.tree_folds, hp.seed, say,
-                        deadline, required=len(defaults))
+        say(f"trees: {len(defaults)} recipes x {hp.tree_folds} folds by game on the {len(y):,} rows of "
+            f"{len(np.unique(groups)):,} games ({'+'.join(names)}), as Ray tasks of {cpus_per_fit} CPU each, then each "
+            "weighted recipe on all of them")
+    crossed = cross_fit(defaults, normalizer.transform(x), y, groups, hp.tree_folds, hp.seed, say, cpus_per_fit)
     layer = crossed.layer()
     n_train = len(splits["train"][1])
     val_trees = (crossed.prediction[n_train:] if "val" in names

@@ -7,7 +7,7 @@ import dataclasses
 import os
 
 from caspar import storage, tracking
-from caspar.cli import in_ray_job
+from caspar.runtime import in_ray_job
 from caspar.config import TuneConfig, search_space
 from caspar.errors import UserError
 

@@ -16,7 +16,7 @@ import time
 import warnings
 
 from caspar import storage, tracking
-from caspar.cli import start_ray
+from caspar.runtime import start_ray
 from caspar.config import TrainConfig, TuneConfig, check, hyperparameters, search_space
 from caspar.data.prepared import Prepared
 from caspar.errors import UserError

@@ -1,0 +1,188 @@
+"""Tree recipes cross-fitted by game, every fit a Ray task on any node: each recipe fitted once per
+fold without that fold's games, so every fitted row has an out-of-fold prediction; the recipes
+weighted by ensemble selection on those predictions; the weighted ones fitted on every row; the
+whole compiled into one TreeEnsemble layer.
+
+Why out of fold: ensemble weights chosen on rows a recipe was fitted on favour the recipe that
+memorises best, and a network that learns a correction to the trees must see their errors on
+games they were not fitted on (600 trees nearly memorise 8,000 rows; a correction learned there
+does not carry over to new games).
+
+Why Ray tasks: the fits are independent, so they run side by side on every CPU of the machine or
+the cluster, each with exactly the threads its task holds (caspar.runtime).
+"""
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from caspar.model.trees import Recipe, ensemble_weights, fit, node_tables
+from caspar.progress import PERIOD, Every, since
+
+
+@dataclass(frozen=True)
+class Busy:
+    """When a fit held CPUs (time.time() seconds), how many, and on which Ray node."""
+    started: float
+    ended: float
+    cpus: float
+    node: str
+
+
+def game_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """The fold (0 … folds-1) of every row: whole games to a fold, games shuffled by `seed`, so a
+    fold's rows are games the other folds have never seen. At most one fold per game.
+    groups: [rows] game names -> [rows] int64."""
+    games = np.unique(groups)
+    order = np.random.default_rng(seed).permutation(len(games))
+    fold_of_game = np.empty(len(games), np.int64)
+    fold_of_game[order] = np.arange(len(games)) % min(folds, len(games))
+    return fold_of_game[np.searchsorted(games, groups)]
+
+
+def fold_prediction(recipe: Recipe, x: np.ndarray, y: np.ndarray, fold: np.ndarray, k: int, threads: int,
+                    outside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The recipe fitted on every row outside fold k: (its predictions of fold k's rows, of the
+    `outside` rows [n, features] if given). x: [rows, features]; y, fold: [rows]."""
+    held_out = fold == k
+    model = fit(recipe, x[~held_out], y[~held_out], threads=threads)
+    return model.predict(x[held_out]), None if outside is None else model.predict(outside)
+
+
+def _timed(function, cpus: float, *args):
+    """Runs in a Ray task: function(*args) and the Busy interval of the task."""
+    import ray
+
+    started = time.time()
+    value = function(*args)
+    return value, Busy(started, time.time(), cpus, ray.get_runtime_context().get_node_id())
+
+
+@functools.cache
+def _remote():
+    import ray
+
+    return ray.remote(_timed)
+
+
+def run_fits(calls: list[tuple[str, object, tuple]], cpus: int, say=None, busy: list | None = None) -> list:
+    """Each (label, function, args) as a Ray task holding `cpus` CPUs (the function fits with that
+    many threads), all at once: Ray runs as many side by side as the cluster's CPUs hold. Returns
+    the values in the order of `calls`; says a line as each ends, and while none does, every
+    PERIOD seconds. `busy` collects each task's Busy interval."""
+    import ray
+
+    started = time.perf_counter()
+    refs = [_remote().options(num_cpus=cpus).remote(function, cpus, *args) for _, function, args in calls]
+    position = {ref: i for i, ref in enumerate(refs)}
+    values: list = [None] * len(refs)
+    pending, every = list(refs), Every(say)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=PERIOD / 2)
+        for ref in ready:
+            i = position[ref]
+            values[i], interval = ray.get(ref)
+            if busy is not None:
+                busy.append(interval)
+            if say:
+                say(f"trees: {calls[i][0]} ({len(refs) - len(pending)} of {len(refs)} fits; {since(started)})")
+                every.reset()
+        every(lambda: f"trees: {len(refs) - len(pending)} of {len(refs)} fits done ({since(started)})")
+    return values
+
+
+def _fit_on_all(recipe: Recipe, x, y, threads: int):
+    return fit(recipe, x, y, threads=threads)
+
+
+def fit_on_all(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, cpus: int = 1, say=None,
+               busy: list | None = None) -> list:
+    """Each recipe fitted on every row, as parallel Ray tasks: their models, in order."""
+    import ray
+
+    x_ref, y_ref = ray.put(x), ray.put(y)
+    return run_fits([(f"{r.name} on all {len(y):,} rows", _fit_on_all, (r, x_ref, y_ref, cpus)) for r in recipe_list],
+                    cpus, say, busy)
+
+
+@dataclass
+class CrossFitted:
+    """The trees of one set of recipes on one set of rows."""
+    recipes: list[Recipe]
+    weights: np.ndarray  # [recipes], sum 1 (ensemble selection on the out-of-fold predictions)
+    out_of_fold: np.ndarray  # [rows, recipes]: each row predicted by the recipe fitted without its game
+    models: list  # per recipe with a weight above 0, fitted on every row; None where the weight is 0
+    busy: list[Busy] = field(default_factory=list)  # when each fit held CPUs
+
+    @property
+    def prediction(self) -> np.ndarray:
+        """The ensemble's out-of-fold prediction of every row, float32 [rows, 1]: what a network
+        correcting the trees learns from."""
+        return (self.out_of_fold @ self.weights).astype(np.float32).reshape(-1, 1)
+
+    def layer(self):
+        """The weighted ensemble of the models fitted on every row, as one TreeEnsemble layer."""
+        return tree_layer([(model, weight) for model, weight in zip(self.models, self.weights) if weight > 0])
+
+    def refitted(self, x: np.ndarray, y: np.ndarray, say=None, cpus: int = 1) -> CrossFitted:
+        """The same recipes and weights, the models fitted on other rows (e.g. every game)."""
+        chosen = [r for r, w in zip(self.recipes, self.weights) if w > 0]
+        fitted = iter(fit_on_all(chosen, x, y, cpus, say))
+        models = [next(fitted) if weight > 0 else None for weight in self.weights]
+        return CrossFitted(self.recipes, self.weights, np.zeros((0, len(self.recipes))), models)
+
+    def members(self) -> dict[str, object]:
+        """{recipe name: its model fitted on every row}, for the recipes with a weight."""
+        return {recipe.name: model for recipe, model in zip(self.recipes, self.models) if model is not None}
+
+    def describe(self, y: np.ndarray) -> dict[str, float]:
+        """Per recipe its weight and its out-of-fold R², and the ensemble's (MLflow metrics)."""
+        from sklearn.metrics import r2_score
+
+        figures = {"trees_oof_r2": float(r2_score(y, self.prediction.reshape(-1)))}
+        for r, (recipe, weight) in enumerate(zip(self.recipes, self.weights)):
+            figures |= {f"trees_weight_{recipe.name}": float(weight),
+                        f"trees_oof_r2_{recipe.name}": float(r2_score(y, self.out_of_fold[:, r]))}
+        return figures
+
+
+def tree_layer(weighted: list[tuple[object, float]]):
+    """[(fitted model, weight)] as one TreeEnsemble layer computing the weighted sum of the models."""
+    from caspar.model.layers import TreeEnsemble
+
+    return TreeEnsemble.from_node_tables([(*node_tables(model), weight) for model, weight in weighted])
+
+
+def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int,
+              say=None, cpus: int = 1) -> CrossFitted:
+    """Every recipe fitted `folds` times by game (each fold's rows predicted by a model fitted
+    without them), all fits at once as Ray tasks of `cpus` CPUs each; the ensemble weights chosen
+    on those out-of-fold predictions; then every recipe with a weight fitted on all the rows, again
+    side by side. x: [rows, features], y and groups: [rows]. `say`: a function taking a progress line."""
+    import ray
+
+    started = time.perf_counter()
+    fold = game_folds(groups, folds, seed)
+    count = int(fold.max()) + 1
+    if count < 2:
+        raise ValueError(f"cross-fitting the trees needs at least 2 games; these rows have {len(np.unique(groups))}")
+    x_ref, y_ref = ray.put(x), ray.put(y)
+    busy: list[Busy] = []
+    calls = [(f"{recipe.name} fold {k + 1}/{count}", fold_prediction, (recipe, x_ref, y_ref, fold, k, cpus))
+             for recipe in recipe_list for k in range(count)]
+    predictions = iter(run_fits(calls, cpus, say, busy))
+    out_of_fold = np.zeros((len(y), len(recipe_list)))
+    for r in range(len(recipe_list)):
+        for k in range(count):
+            out_of_fold[fold == k, r] = next(predictions)[0]
+    weights = ensemble_weights(out_of_fold, y)
+    chosen = [r for r, w in zip(recipe_list, weights) if w > 0]
+    fitted = iter(fit_on_all(chosen, x, y, cpus, say, busy))
+    models = [next(fitted) if weight > 0 else None for weight in weights]
+    if say:
+        shares = ", ".join(f"{r.name} {w:.2f}" for r, w in zip(recipe_list, weights) if w > 0)
+        say(f"trees: weights {shares}; fitted on all {len(y):,} rows ({since(started)})")
+    return CrossFitted(recipe_list, weights, out_of_fold, models, busy)
