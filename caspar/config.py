@@ -28,12 +28,13 @@ MODEL_NAME = re.compile(r"^(?=.*\S)[^/:]{1,255}$")  # registry URIs (models:/NAM
 
 
 def setting(default, help: str, *, choices=None, minimum=None, maximum=None, above=None, below=None,
-            also=(), required: bool = False, search=None, trial: str | None = None):
+            also=(), required: bool = False, search=None, trial: str | None = "network"):
     """A field with its command-line help and allowed values: [minimum, maximum], (above, below),
     `choices`, plus any values in `also` (e.g. -1 meaning "automatic"). `search`: its domain in
     the tune search space, as (sampler, *arguments), e.g. ("choice", [0, 8]) or
-    ("loguniform", 1e-4, 1e-2). `trial`: the kind of study trial that reads the field ("network"
-    or "trees"; None: no trial varies it, e.g. the epochs or the folds every trial shares)."""
+    ("loguniform", 1e-4, 1e-2). `trial`, for Hyperparameters: the kind of study trial that reads the
+    field ("network" or "trees"; None: no trial varies it, e.g. the epochs or the folds every trial
+    shares)."""
     metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "above": above,
                 "below": below, "also": tuple(also), "required": required, "search": search, "trial": trial}
     if isinstance(default, list):
@@ -67,43 +68,43 @@ class Hyperparameters:
     (seeded TPE); the study fixes the others."""
     hidden_layers: list[int] = setting([128, 128], "units per hidden layer", minimum=1, maximum=4096,
                                        search=("choice", [[128], [256], [128, 128], [256, 256], [354, 354], [512, 512],
-                                                          [256, 256, 256], [354, 354, 354, 354]]), trial="network")
-    dropout_rate: float = setting(0.3, "dropout after each hidden layer", minimum=0, below=1, search=("uniform", 0.0, 0.4), trial="network")
-    learning_rate: float = setting(1e-3, "initial learning rate", above=0, maximum=10, search=("loguniform", 1e-4, 1e-2), trial="network")
-    batch_size: int = setting(128, "samples per gradient step", minimum=1, maximum=65536, search=("choice", [32, 64, 128, 256]), trial="network")
-    epochs: int = setting(200, "at most; early stopping ends sooner", minimum=1, maximum=100000)
-    patience: int = setting(25, "epochs without a better validation loss before stopping", minimum=1, maximum=100000)
+                                                          [256, 256, 256], [354, 354, 354, 354]]))
+    dropout_rate: float = setting(0.3, "dropout after each hidden layer", minimum=0, below=1, search=("uniform", 0.0, 0.4))
+    learning_rate: float = setting(1e-3, "initial learning rate", above=0, maximum=10, search=("loguniform", 1e-4, 1e-2))
+    batch_size: int = setting(128, "samples per gradient step", minimum=1, maximum=65536, search=("choice", [32, 64, 128, 256]))
+    epochs: int = setting(200, "at most; early stopping ends sooner", minimum=1, maximum=100000, trial=None)
+    patience: int = setting(25, "epochs without a better validation loss before stopping", minimum=1, maximum=100000, trial=None)
     activation: str = setting("relu", "activation of the hidden layers", choices=ACTIVATIONS,
-                              search=("choice", ["relu", "gelu", "swish", "sigmoid"]), trial="network")
+                              search=("choice", ["relu", "gelu", "swish", "sigmoid"]))
     optimizer: str = setting("adam", "adam (with --weight-decay: AdamW's decoupled decay); sgd: SGD with Nesterov "
-                             "momentum 0.9", choices=OPTIMIZERS, trial="network")
+                             "momentum 0.9", choices=OPTIMIZERS)
     weight_decay: float = setting(0.0, "decoupled weight decay of the optimizer (0: none)", minimum=0, maximum=1,
-                                  search=("choice", [0.0, 1e-5, 1e-4, 1e-3]), trial="network")
+                                  search=("choice", [0.0, 1e-5, 1e-4, 1e-3]))
     lr_schedule: str = setting("plateau", "plateau: cut the learning rate when val_loss stalls; cosine: warm up, then "
                                "cosine decay to 0 at the last epoch (RealMLP's recipe)",
-                               choices=LR_SCHEDULES, search=("choice", ["plateau", "cosine"]), trial="network")
+                               choices=LR_SCHEDULES, search=("choice", ["plateau", "cosine"]))
     plateau_factor: float = setting(0.5, "plateau schedule: the learning rate is multiplied by this when val_loss stalls",
-                                    above=0, below=1, trial="network")
+                                    above=0, below=1)
     plateau_patience: int = setting(0, "plateau schedule: epochs without a better val_loss before the cut "
-                                    "(0: a third of --patience, at least 2)", minimum=0, trial="network")
+                                    "(0: a third of --patience, at least 2)", minimum=0)
     plateau_floor: float = setting(0.01, "plateau schedule: the lowest learning rate, as a share of --learning-rate",
-                                   minimum=0, maximum=1, trial="network")
-    warmup_share: float = setting(0.05, "cosine schedule: share of all training steps spent warming up", minimum=0, below=1, trial="network")
+                                   minimum=0, maximum=1)
+    warmup_share: float = setting(0.05, "cosine schedule: share of all training steps spent warming up", minimum=0, below=1)
     encoding_bins: int = setting(16, "piecewise-linear encoding bins per input; 0 feeds the inputs as they are",
-                                 minimum=0, maximum=256, search=("choice", [0, 8, 16]), trial="network")
+                                 minimum=0, maximum=256, search=("choice", [0, 8, 16]))
     periodic_frequencies: int = setting(0, "periodic (PLR) embedding of each input with this many frequencies, "
                                         "instead of the piecewise-linear encoding (0: off)", minimum=0, maximum=64,
-                                        search=("choice", [0, 16]), trial="network")
-    periodic_dimension: int = setting(8, "periodic embedding: values per input after its linear map", minimum=1, maximum=64, trial="network")
-    periodic_sigma: float = setting(1.0, "periodic embedding: standard deviation of the initial frequencies", above=0, trial="network")
+                                        search=("choice", [0, 16]))
+    periodic_dimension: int = setting(8, "periodic embedding: values per input after its linear map", minimum=1, maximum=64)
+    periodic_sigma: float = setting(1.0, "periodic embedding: standard deviation of the initial frequencies", above=0)
     ensemble_size: int = setting(4, "members of a TabM-style ensemble sharing the hidden layers (1: one network)",
-                                 minimum=1, maximum=64, search=("choice", [1, 4]), trial="network")
+                                 minimum=1, maximum=64, search=("choice", [1, 4]))
     ensemble_kind: str = setting("mini", "mini: TabM-mini, one adapter on the inputs, then shared hidden layers; full: TabM, "
                                  "BatchEnsemble adapters in every hidden layer", choices=ENSEMBLE_KINDS,
-                                 search=("choice", ["mini", "full"]), trial="network")
+                                 search=("choice", ["mini", "full"]))
     ensemble_loss: str = setting("average", "average: the loss of the members' average prediction; members: the mean of "
                                  "the members' own losses (TabM's)", choices=ENSEMBLE_LOSSES,
-                                 search=("choice", ["average", "members"]), trial="network")
+                                 search=("choice", ["average", "members"]))
     trees: int = setting(600, "boosting iterations of each tree model (0: no trees, the network alone); in a study, the "
                          "iterations of a tree trial's recipe", minimum=0, maximum=2000,
                          search=("choice", [300, 600, 1000]), trial="trees")
@@ -123,8 +124,8 @@ class Hyperparameters:
     tree_row_fraction: float = setting(0.8, "share of the rows each LightGBM tree is fitted on (bagging)", above=0, maximum=1,
                                        search=("uniform", 0.5, 1.0), trial="trees")
     tree_folds: int = setting(5, "folds by game the trees are cross-fitted in: the network and the ensemble weights learn "
-                              "from the trees' predictions on games they were not fitted on", minimum=2, maximum=20)
-    seed: int = setting(42, "seed of weights, shuffling and the GBDT baseline")
+                              "from the trees' predictions on games they were not fitted on", minimum=2, maximum=20, trial=None)
+    seed: int = setting(42, "seed of weights, shuffling and the GBDT baseline", trial=None)
 
 
 TRIAL_KINDS = ("trees", "network")  # a study's trials: a tree recipe, or a network correcting the study's trees
@@ -262,6 +263,9 @@ class TuneConfig(Tracking):
                                 "NAME=uniform:LOW,HIGH or NAME=loguniform:LOW,HIGH, NAME a train option a trial reads "
                                 "(e.g. tree_leaves=31,63 learning_rate=loguniform:1e-4,1e-2), or kind=trees or "
                                 "kind=network for one kind of trial")
+    trees: int = setting(600, "boosting iterations of the study's own tree recipes (jobs/train.py's defaults), cross-fitted "
+                         "before the search: every network trial corrects them, and they are candidates of the "
+                         "ensemble beside the tree trials' recipes", minimum=1, maximum=2000)
     reduction_factor: int = setting(3, "ASHA keeps the best 1/this of the trials at each of its milestones", minimum=2)
     report_seconds: float = setting(10.0, "a trial reports at least this often (at an epoch's end), so that little is "
                                           "lost when the study's time is up", above=0)
@@ -278,7 +282,7 @@ class TuneConfig(Tracking):
     def trial_hyperparameters(self) -> Hyperparameters:
         """What every trial starts from before the search space overrides its sampled fields:
         no early stopping of its own (ASHA stops trials), the study's epochs and seed."""
-        return Hyperparameters(epochs=self.epochs, patience=self.epochs, seed=self.seed)
+        return Hyperparameters(epochs=self.epochs, patience=self.epochs, seed=self.seed, trees=self.trees)
 
 
 @dataclass

@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 
 from caspar.cli import mlflow_message
-from caspar.runtime import in_ray_job
 from caspar.errors import UserError
+from caspar.runtime import in_ray_job
 
 PROJECT = Path(__file__).resolve().parents[1]
 HEALTH_TIMEOUT_S = 10  # a server that accepts the connection but does not answer (a refused one fails at once)

@@ -28,7 +28,6 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from caspar import storage
-from caspar.runtime import start_ray
 from caspar.config import PrepareConfig, check
 from caspar.data import corpus
 from caspar.data.features import load_unit_points, schema
@@ -37,6 +36,7 @@ from caspar.data.prepared import ROWS_FOLDER, SPLITS
 from caspar.data.rows import SYNTHETIC_BOARD, row_schema, rows_of_game
 from caspar.errors import InputError
 from caspar.progress import Every, since, ticking
+from caspar.runtime import start_ray
 
 FILES_PER_BLOCK = 8
 IN_PROCESS_GAMES = 48  # at most this many local games are prepared without Ray (starting it takes 4-6 s)

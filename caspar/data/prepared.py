@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from caspar import storage
-from caspar.runtime import in_ray_job
 from caspar.data.features import schema
 from caspar.errors import InputError
+from caspar.runtime import in_ray_job
 
 SPLITS = ("train", "val", "test")
 ROWS_FOLDER = "rows"

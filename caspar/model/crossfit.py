@@ -43,13 +43,11 @@ def game_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold_of_game[np.searchsorted(games, groups)]
 
 
-def fold_prediction(recipe: Recipe, x: np.ndarray, y: np.ndarray, fold: np.ndarray, k: int, threads: int,
-                    outside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The recipe fitted on every row outside fold k: (its predictions of fold k's rows, of the
-    `outside` rows [n, features] if given). x: [rows, features]; y, fold: [rows]."""
+def fold_prediction(recipe: Recipe, x: np.ndarray, y: np.ndarray, fold: np.ndarray, k: int, threads: int) -> np.ndarray:
+    """The recipe fitted on every row outside fold k with `threads` threads: its predictions of fold
+    k's rows. x: [rows, features]; y, fold: [rows] -> [rows of fold k]."""
     held_out = fold == k
-    model = fit(recipe, x[~held_out], y[~held_out], threads=threads)
-    return model.predict(x[held_out]), None if outside is None else model.predict(outside)
+    return fit(recipe, x[~held_out], y[~held_out], threads=threads).predict(x[held_out])
 
 
 def _timed(function, cpus: float, *args):
@@ -82,15 +80,16 @@ def run_fits(calls: list[tuple[str, object, tuple]], cpus: int, say=None, busy: 
     pending, every = list(refs), Every(say)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=PERIOD / 2)
+        done = len(refs) - len(pending)
         for ref in ready:
             i = position[ref]
             values[i], interval = ray.get(ref)
             if busy is not None:
                 busy.append(interval)
             if say:
-                say(f"trees: {calls[i][0]} ({len(refs) - len(pending)} of {len(refs)} fits; {since(started)})")
+                say(f"trees: {calls[i][0]} ({done} of {len(refs)} fits; {since(started)})")
                 every.reset()
-        every(lambda: f"trees: {len(refs) - len(pending)} of {len(refs)} fits done ({since(started)})")
+        every(f"trees: {done} of {len(refs)} fits done ({since(started)})")
     return values
 
 
@@ -177,7 +176,7 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
     out_of_fold = np.zeros((len(y), len(recipe_list)))
     for r in range(len(recipe_list)):
         for k in range(count):
-            out_of_fold[fold == k, r] = next(predictions)[0]
+            out_of_fold[fold == k, r] = next(predictions)
     weights = ensemble_weights(out_of_fold, y)
     chosen = [r for r, w in zip(recipe_list, weights) if w > 0]
     fitted = iter(fit_on_all(chosen, x, y, cpus, say, busy))

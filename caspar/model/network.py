@@ -134,3 +134,12 @@ def make_optimizer(name: str, learning_rate, weight_decay: float = 0.0):
         return keras.optimizers.Adam(learning_rate, weight_decay=decay)
     raise ValueError(f"unknown optimizer {name!r} (sgd, adam)")
 
+
+
+def scale_correction(network: Network, factor: float) -> None:
+    """Multiplies the network's correction (its output before the trees are added) by `factor`: the
+    last layer of the correction is linear (Dense(1), or EnsembleHeads averaging linear heads), so
+    scaling its weights and bias scales its output. A network with share w of an ensemble ships as
+    the trees plus w x its correction."""
+    head = [layer for layer in network.model.layers if type(layer).__name__ in ("Dense", "EnsembleHeads")][-1]
+    head.set_weights([weight * factor for weight in head.get_weights()])

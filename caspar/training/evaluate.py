@@ -112,6 +112,19 @@ def summary_line(results: dict[str, float], fit_on: str = "train") -> str:
             f"train mean {results['baseline_mean_test_r2']:.4f}{how}")
 
 
+def gain_by_game(y: np.ndarray, before: np.ndarray, after: np.ndarray, games: np.ndarray) -> dict:
+    """How much `after` lowers the squared error of `before`, game by game (all [rows]): the mean of
+    the games' differences, its standard error, the games, and whether the mean is more than twice
+    its standard error (beyond_noise). Choosing among many candidates on a few games favours a lucky
+    one; a change counts only when the games agree it helps."""
+    worse, better = (before - y) ** 2, (after - y) ** 2
+    names = np.unique(games)
+    gains = np.array([np.mean(worse[games == g] - better[games == g]) for g in names])
+    error = float(np.std(gains, ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else float("inf")
+    return {"mean": float(np.mean(gains)), "standard_error": error, "games": len(names),
+            "beyond_noise": bool(np.mean(gains) > 2 * error)}
+
+
 def predict(model, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     # predict_on_batch reuses the compiled function without predict()'s per-call set-up (~50 ms),
     # which dominated the permutation importance's dozens of calls

@@ -10,8 +10,8 @@ import numpy as np
 
 from caspar.config import Hyperparameters
 from caspar.errors import UserError
-from caspar.model.network import Network, Normalizer, build_network, make_optimizer, predict_trees
 from caspar.model.crossfit import CrossFitted, cross_fit
+from caspar.model.network import Network, Normalizer, build_network, make_optimizer, predict_trees
 from caspar.model.trees import recipes
 from caspar.runtime import start_ray
 

@@ -42,20 +42,11 @@ def shipping_line(history: dict, stage: Stage) -> str:
 
 def network_gain(network: Network, stage: Stage, val: tuple) -> dict:
     """How much the network's correction lowers the squared error of the trees alone on the
-    validation games, game by game: the mean of the games' differences, its standard error, and
-    whether it is more than twice that (beyond_noise). Picking the best of many epochs on a few
-    games favours a lucky epoch; a network ships only when the games agree it helps."""
+    validation games, game by game (caspar.training.evaluate.gain_by_game)."""
     x_val, y_val = val
     inputs = network.inputs(stage.normalizer.transform(x_val), stage.val_trees)
-    with_network = (np.asarray(network.trainer.predict_on_batch(inputs)).reshape(-1) - y_val) ** 2
-    alone = (stage.val_trees.reshape(-1) - y_val) ** 2
-    games = np.unique(stage.val_games)
-    gains = np.array([np.mean(alone[stage.val_games == g] - with_network[stage.val_games == g]) for g in games])
-    error = float(np.std(gains, ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else float("inf")
-    return {"mean": float(np.mean(gains)), "standard_error": error, "games": len(games),
-            "beyond_noise": bool(np.mean(gains) > 2 * error)}
-
-
+    with_network = np.asarray(network.trainer.predict_on_batch(inputs)).reshape(-1)
+    return evaluate.gain_by_game(y_val, stage.val_trees.reshape(-1), with_network, stage.val_games)
 
 
 @dataclass
@@ -88,7 +79,7 @@ def release(hp: Hyperparameters, splits: dict, network: Network, history: dict, 
     if say:
         say("trees: fitting the same recipes on every game (--fit-on all)")
     x, y = rows(splits, FIT_ON["all"])
-    layer = stage.crossed.refitted(stage.normalizer.transform(x), y, say).layer()
+    layer = stage.crossed.refitted(stage.normalizer.transform(x), y, say, getattr(hp, "cpus_per_fit", 1)).layer()
     if history["best_epoch"] == 0:
         return scored, Fitted(trees_model(layer, width), stage.normalizer, FIT_ON["all"])
     rebuilt = build_network(hp, stage.normalizer.transform(splits["train"][0]), layer)
@@ -133,10 +124,11 @@ def log_dataset_files(prepared: Prepared) -> None:
 
 
 def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: TrainConfig, history: dict,
-                  stage: Stage, say=None) -> tuple[dict, str, evaluate.Verdict]:
+                  members: dict, say=None) -> tuple[dict, str, evaluate.Verdict]:
     """Inside an active run: the test split's scorecard of `scored` (the model and every baseline
-    fitted on its rows), the artefacts of `shipped` (normalisation, test inputs with its outputs)
-    and the model itself, not yet registered. Returns (metrics, model URI, verdict)."""
+    fitted on its rows, each of its tree models alone among them: `members`, {name: fitted model}),
+    the artefacts of `shipped` (normalisation, test inputs with its outputs) and the model itself,
+    not yet registered. Returns (metrics, model URI, verdict)."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -147,7 +139,6 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
         mlflow.log_input(dataset, context="training" if split in shipped.splits else split)
     say = say or (lambda line: None)
     x_test, y_test = prepared.splits["test"]
-    members = {} if stage.crossed is None else stage.crossed.members()
     say("baselines: the train mean, GBDT and LightGBM with their defaults, the model's own trees, on the test games")
     started = time.perf_counter()
     with ticking(say, lambda: f"baselines: fitting and scoring ({since(started)})"):
@@ -257,7 +248,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
         mlflow.log_params(dataclasses.asdict(config) | evaluate.baseline_parameters()
                           | {"rows_train": len(y_train), "n_features": x_train.shape[1]})
         log_dataset_files(prepared)
-        stage = fit_stage(config, prepared.splits, prepared.files, config.fit_on, say)
+        stage = fit_stage(config, prepared.splits, prepared.files, config.fit_on, say, config.cpus_per_fit)
         if stage.crossed is not None:
             mlflow.log_metrics(stage.crossed.describe(rows(prepared.splits, stage.splits)[1]))
         progress = [EpochPrinter(config.epochs)] if show_progress else []
@@ -266,7 +257,8 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
         scored, shipped = release(config, prepared.splits, network, history, stage, config.fit_on, say)
         if say:
             say(shipping_line(history, stage))
-        results, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, stage, say)
+        members = {} if stage.crossed is None else stage.crossed.members()
+        results, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, members, say)
         version = register(model_uri, config, results, verdict)
     if verdict.kind == evaluate.REFUSED:
         raise UserError(f"{verdict.message} (run {run.info.run_id}, tagged caspar.verdict=refused)")

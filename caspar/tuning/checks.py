@@ -7,9 +7,9 @@ import dataclasses
 import os
 
 from caspar import storage, tracking
-from caspar.runtime import in_ray_job
 from caspar.config import TuneConfig, search_space
 from caspar.errors import UserError
+from caspar.runtime import in_ray_job
 
 
 def study_path(config: TuneConfig) -> str:
@@ -67,8 +67,8 @@ def check_storage(config: TuneConfig) -> None:
 
 
 # What defines a study: --resume refuses to continue one with other values (the rest may change).
-STUDY_DEFINING = ("data", "n_trials", "epochs", "grace_period", "seed", "cpus_per_trial", "reduction_factor", "tree_recipes",
-                  "report_seconds", "search", "warm_start")
+STUDY_DEFINING = ("data", "n_trials", "epochs", "grace_period", "seed", "cpus_per_trial", "reduction_factor", "trees",
+                  "fit_on", "report_seconds", "search", "warm_start")
 
 
 def study_parameters(config: TuneConfig) -> dict:

@@ -103,3 +103,20 @@ def line(parts: dict[str, float]) -> str:
             f"trial set-up {setup:.2f}, checkpoints {share['trial_checkpoint']:.2f}, other trial-worker time "
             f"{share['trial_other']:.2f}, driver {share['driver']:.2f}, Ray {share['ray']:.2f}, other "
             f"{share['other']:.2f}, idle {share['idle']:.2f}")
+
+
+def serial_share(intervals: list[tuple[float, float]], capacity: int, started: float, ended: float) -> float:
+    """The share of [started, ended] (time.time() seconds) in which fewer fits ran at once than the
+    cluster holds (`capacity`: trials or fit tasks at a time): the driver fitting, selecting,
+    refitting or logging alone, or a search with too few trials left. intervals: each fit's (start,
+    end) — a trial's or a Ray task's."""
+    if ended <= started:
+        return 0.0
+    events = sorted([(max(s, started), 1) for s, e in intervals if e > s] + [(min(e, ended), -1) for s, e in intervals if e > s])
+    running, last, short = 0, started, 0.0
+    for moment, change in events:
+        moment = min(max(moment, started), ended)
+        if running < capacity:
+            short += moment - last
+        running, last = running + change, moment
+    return (short + (ended - last)) / (ended - started)

@@ -1,37 +1,105 @@
-"""The search of a study: seeded TPE (Optuna) over the searched fields of Hyperparameters, told the
-best trials of an earlier study first (--warm-start)."""
+"""The search of a study: seeded TPE (Optuna) over one conditional space — the kind of trial first (a
+tree recipe or a network), then the fields that kind reads — told the best trials of an earlier
+study first (--warm-start); and the scheduler that stops weak trials of each kind (ASHA, by kind)."""
 from __future__ import annotations
 
 import dataclasses
 
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
 from caspar import tracking
-from caspar.config import TuneConfig, search_space
+from caspar.config import TuneConfig, search_space, trial_kind
 from caspar.errors import UserError
 from caspar.tuning.study import METRIC, MODE
 
 WARM_START_TRIALS = 20  # the best trials of an earlier study that seed a new one
+LIGHTGBM_ONLY = ("tree_row_fraction",)  # scikit-learn's histogram GBDT has no bagging
+
+
+def layers_text(layers: list[int]) -> str:
+    """Hidden layers as one choice of Optuna's (its choices are numbers and strings): [256, 256] -> "256x256"."""
+    return "x".join(map(str, layers))
+
+
+def distribution(domain: tuple):
+    """An Optuna distribution of a search domain (caspar.config: ("choice", values), ("uniform", low,
+    high) or ("loguniform", low, high))."""
+    import optuna
+
+    kind, *args = domain
+    if kind == "choice":
+        return optuna.distributions.CategoricalDistribution([layers_text(v) if isinstance(v, list) else v for v in args[0]])
+    return optuna.distributions.FloatDistribution(args[0], args[1], log=kind == "loguniform")
+
+
+def read(name: str, value):
+    """A sampled value as the Hyperparameters field takes it."""
+    return [int(units) for units in value.split("x")] if name == "hidden_layers" else value
+
+
+def searched_names(space: dict[str, tuple], kind: str, learner: str | None = None) -> list[str]:
+    """The fields a trial of `kind` samples (for a tree recipe of `learner`, the ones it reads)."""
+    return [name for name in space if trial_kind(name) == kind and not (learner != "lightgbm" and name in LIGHTGBM_ONLY)]
+
+
+class ConditionalSpace:
+    """The study's conditional space as Optuna's define-by-run function (a class: Tune pickles the
+    search with the study's state): the kind, then that kind's fields; the fields nobody samples
+    keep the study's values (returned as constants)."""
+
+    def __init__(self, config: TuneConfig):
+        self.space = search_space(config.search)
+        self.fixed = dataclasses.asdict(config.trial_hyperparameters())
+        self.distributions = {name: distribution(domain) for name, domain in self.space.items()}
+
+    def __call__(self, trial) -> dict:
+        kind = trial.suggest_categorical("kind", self.distributions["kind"].choices)
+        sampled, learner = {}, None
+        if kind == "trees":
+            learner = sampled["tree_learners"] = trial.suggest_categorical(
+                "tree_learners", self.distributions["tree_learners"].choices)
+        for name in searched_names(self.space, kind, learner):
+            if name in sampled:
+                continue
+            dist = self.distributions[name]
+            value = (trial.suggest_categorical(name, dist.choices) if hasattr(dist, "choices")
+                     else trial.suggest_float(name, dist.low, dist.high, log=dist.log))
+            sampled[name] = read(name, value)
+        # Tune takes the values Optuna captured; these replace them (hidden layers as lists) and add the rest
+        return {**self.fixed, **sampled, "kind": kind}
 
 
 def searcher(config: TuneConfig, earlier: tuple[list[dict], list[float]] = ([], [])):
-    """(search algorithm, Tune's param space): seeded TPE (Optuna) over the searched fields of
-    Hyperparameters, the study's values for the others. `earlier`: configurations of an earlier
-    study and their results, which TPE is told before it proposes (--warm-start)."""
-    from ray import tune
+    """Seeded TPE (Optuna) over the study's conditional space. `earlier`: configurations of an earlier
+    study (their sampled fields, kind included) and their results, which TPE is told before it
+    proposes (--warm-start)."""
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    domains = {name: getattr(tune, kind)(*args) for name, (kind, *args) in search_space(config.search).items()}
-    fixed = {k: v for k, v in dataclasses.asdict(config.trial_hyperparameters()).items() if k not in domains}
+    define = ConditionalSpace(config)
+    distributions = define.distributions
+    storage, name = optuna.storages.InMemoryStorage(), "study"
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize" if MODE == "min" else "maximize")
     points, results = earlier
-    if not config.warm_start:
-        return OptunaSearch(seed=config.seed), fixed | domains
-    # Optuna takes results of earlier trials only with the space given to it, not through Tune's.
-    return OptunaSearch(space=OptunaSearch.convert_search_space(domains), metric=METRIC, mode=MODE, seed=config.seed,
-                        points_to_evaluate=points or None, evaluated_rewards=results or None), fixed
+    for point, value in zip(points, results):  # told through the study Optuna loads (Ray's warm start takes no define-by-run space)
+        params = {k: layers_text(v) if isinstance(v, list) else v for k, v in point.items()}
+        study.add_trial(optuna.trial.create_trial(params=params, value=value,
+                                                  distributions={k: distributions[k] for k in params}))
+    # TPE starts from random draws; the kinds take turns in them, so that neither is left out by chance
+    kinds = distributions["kind"].choices
+    for i in range(STARTUP_TRIALS):
+        study.enqueue_trial({"kind": kinds[i % len(kinds)]})
+    return OptunaSearch(space=define, metric=METRIC, mode=MODE, seed=config.seed, storage=storage, study_name=name)
+
+
+# TPE's first trials are random draws (Optuna's n_startup_trials)
+STARTUP_TRIALS = 10
 
 
 def earlier_trials(config: TuneConfig, experiment: str) -> tuple[list[dict], list[float]]:
     """The best finished trials of the study --warm-start names whose configuration this search
-    space holds: (configurations of the searched fields, their best validation losses)."""
+    space holds: (their kind and sampled fields, their best validation losses). A trial of a study
+    from before trees were trials is a network."""
     import mlflow
 
     from caspar.config import Hyperparameters, parse_logged
@@ -44,8 +112,11 @@ def earlier_trials(config: TuneConfig, experiment: str) -> tuple[list[dict], lis
     space = search_space(config.search)
     seeds = []
     for run in sorted(trials, key=lambda r: r.data.metrics["best_val_loss"]):
-        point = {name: parse_logged(Hyperparameters, name, run.data.params.get(name)) for name in space}
-        if all(in_domain(point[name], domain) for name, domain in space.items()):
+        kind = run.data.params.get("kind", "network")
+        learner = run.data.params.get("tree_learners") if kind == "trees" else None
+        names = searched_names(space, kind, learner)
+        point = {"kind": kind} | {name: parse_logged(Hyperparameters, name, run.data.params.get(name)) for name in names}
+        if all(in_domain(point[name], space[name]) for name in point):
             seeds.append((point, run.data.metrics["best_val_loss"]))
     seeds = seeds[:WARM_START_TRIALS]
     return [point for point, _ in seeds], [loss for _, loss in seeds]
@@ -56,3 +127,48 @@ def in_domain(value, domain: tuple) -> bool:
     if value is None:
         return False
     return value in args[0] if kind == "choice" else args[0] <= value <= args[1]
+
+
+def scheduler(config: TuneConfig, folds: int):
+    """ASHA for each kind of trial, each on its own clock: a network's epochs, a recipe's game folds.
+    A recipe's out-of-fold error after its first folds ranks it as a network's validation loss
+    after its first epochs does; the two kinds are never ranked against each other here."""
+    return ByKind({
+        "network": ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=config.epochs,
+                                 grace_period=min(config.grace_period, config.epochs),
+                                 reduction_factor=config.reduction_factor),
+        "trees": ASHAScheduler(time_attr="fold", metric=METRIC, mode=MODE, max_t=folds, grace_period=1,
+                               reduction_factor=config.reduction_factor)})
+
+
+class ByKind(FIFOScheduler):
+    """Hands each trial to the scheduler of its kind (its configuration's "kind"); runs trials in the
+    order the search proposed them."""
+
+    def __init__(self, schedulers: dict):
+        super().__init__()
+        self.schedulers = schedulers
+
+    def of(self, trial):
+        return self.schedulers[trial.config.get("kind", "network")]
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return all([s.set_search_properties(metric, mode, **spec) or s.metric == metric for s in self.schedulers.values()])
+
+    def on_trial_add(self, tune_controller, trial):
+        self.of(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial):
+        self.of(trial).on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result):
+        return self.of(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        self.of(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial):
+        self.of(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "\n".join(f"{kind}: {s.debug_string()}" for kind, s in self.schedulers.items())

@@ -14,7 +14,6 @@ from ray import tune
 
 from caspar import tracking
 from caspar.config import TuneConfig
-from caspar.errors import UserError
 from caspar.progress import Every, since
 from caspar.training import evaluate
 from caspar.tuning import cpu
@@ -56,7 +55,7 @@ class TrialRuns(tune.Callback):
         self.runs[trial.trial_id] = run.info.run_id
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        now, last = int(time.time() * 1000), result["epoch"]
+        now, last = int(time.time() * 1000), result.get("epoch", result.get("fold", 0))  # a network's epochs, a recipe's folds
         metrics = [Metric(key, float(result[key]), now, last) for key in STEP_METRICS if key in result]
         for key in EPOCH_METRICS:
             values = result.get(key + PER_EPOCH, [])
@@ -76,57 +75,80 @@ class TrialRuns(tune.Callback):
 
 
 class TrialPrinter(tune.Callback):
-    """One line per finished trial: its result and the best so far; between them, a line now and
-    then with the trials running and their epochs (a trial may take minutes)."""
+    """One line per finished trial: its kind, its result and the best so far of its kind; between
+    them, a line now and then with the trials running and how far each is (a trial may take minutes)."""
 
-    def __init__(self, config: TuneConfig):
-        self.trials, self.epochs = config.n_trials, config.epochs
-        self.finished, self.best = 0, np.inf
+    def __init__(self, config: TuneConfig, folds: int):
+        self.trials, self.epochs, self.folds = config.n_trials, config.epochs, folds
+        self.finished, self.best = 0, {}
         self.started, self.every = time.perf_counter(), Every(lambda line: print(line, flush=True))
 
     def on_step_end(self, iteration, trials, **info):
         def line() -> str:
             running = [t for t in trials if t.status == "RUNNING"]
-            epochs = ", ".join(str((t.last_result or {}).get("epoch", 0)) for t in running)
-            best = f"; best val_loss so far {self.best:.5f}" if np.isfinite(self.best) else ""
+            where = ", ".join(progress(t.last_result or {}) for t in running)
             return (f"search: {self.finished} of {self.trials} trials finished, {len(running)} running"
-                    f"{f' (epochs done: {epochs})' if running else ''}{best} ({since(self.started)})")
+                    f"{f' ({where})' if running else ''} ({since(self.started)})")
         self.every(line)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1
-        epochs = (trial.last_result or {}).get("epoch", 0)
+        kind = trial.config.get("kind", "network")
+        result = trial.last_result or {}
         loss = float(trial.metric_analysis.get(METRIC, {}).get("min", np.nan))
-        self.best = min(self.best, loss)
+        self.best[kind] = min(self.best.get(kind, np.inf), loss)
         self.every.reset()
-        stopped = " (stopped by ASHA)" if epochs < self.epochs else ""
-        print(f"trial {self.finished}/{self.trials} ({trial.trial_id}): best val_loss {loss:.5f} "
-              f"in {epochs} epochs{stopped}; best of the study {self.best:.5f}", flush=True)
+        if kind == "trees":
+            folds = result.get("fold", 0)
+            what = (f"{trial.config.get('tree_learners')} recipe: out-of-fold MSE {loss:.5f} after {folds} of "
+                    f"{self.folds} folds{' (stopped by ASHA)' if folds < self.folds else ''}")
+        else:
+            epochs = result.get("epoch", 0)
+            what = (f"network: best val_loss {loss:.5f} in {epochs} epochs"
+                    f"{' (stopped by ASHA)' if epochs < self.epochs else ''}")
+        print(f"trial {self.finished}/{self.trials} ({trial.trial_id}), {what}; best {kind} so far "
+              f"{self.best[kind]:.5f}", flush=True)
+
+
+def progress(result: dict) -> str:
+    """How far a running trial is: a network's epochs, a recipe's folds."""
+    return f"fold {result['fold']}" if "fold" in result else f"epoch {result.get('epoch', 0)}"
 
 
 # --- After the search -------------------------------------------------------------------------------
 
-def best_checkpoint(results):
-    """(result, checkpoint, its metrics) of the lowest validation loss any trial saved a
-    checkpoint with: the figure is always that of the weights that load."""
-    saved = [(result, checkpoint, metrics) for result in results
-             for checkpoint, metrics in (result.best_checkpoints or []) if "best_val_loss" in metrics]
-    if not saved:
-        raise UserError("no trial got far enough to save a model: give the study more --time-budget "
-                        "or a smaller --grace-period")
-    return min(saved, key=lambda item: item[2]["best_val_loss"])
-
-
-def prune_checkpoints(results, keep) -> int:
-    """Deletes every trial's checkpoints but `keep` (the best model's) once a study has ended: a
-    finished trial is never resumed. Returns how many were deleted."""
+def prune_checkpoints(results, keep=None) -> int:
+    """Deletes every trial's checkpoints but `keep` (the shipped network's) once a study has ended
+    and its model is logged: a finished trial is never resumed. Returns how many were deleted."""
     deleted = 0
     for result in results:
-        for checkpoint, _ in result.best_checkpoints or []:
-            if checkpoint.path != keep.path:
+        saved = {c.path: c for c, _ in result.best_checkpoints or []}
+        if result.checkpoint is not None:
+            saved[result.checkpoint.path] = result.checkpoint
+        for checkpoint in saved.values():
+            if keep is None or checkpoint.path != keep.path:
                 checkpoint.filesystem.delete_dir(checkpoint.path)
                 deleted += 1
     return deleted
+
+
+def trial_intervals(results, since: float) -> tuple[list[tuple[float, float]], set[tuple[str, str]]]:
+    """When each trial of this session ran (time.time() seconds: from its first report less that
+    report's time, to its last report) and the (kind, node) pairs they ran on."""
+    intervals, nodes = [], set()
+    for result in results:
+        frame = result.metrics_dataframe
+        if frame is None or "timestamp" not in frame or frame.empty:
+            continue
+        frame = frame[frame["timestamp"] >= int(since)]
+        if frame.empty:
+            continue
+        first = frame.iloc[0]
+        intervals.append((float(first["timestamp"]) - float(first.get("time_this_iter_s", 0.0)),
+                          float(frame["timestamp"].iloc[-1])))
+        if "node_id" in frame:
+            nodes |= {((result.config or {}).get("kind", "network"), node) for node in frame["node_id"].dropna()}
+    return intervals, nodes
 
 
 def best_history(result, checkpoint_metrics: dict) -> dict:
@@ -150,17 +172,30 @@ class SearchSummary:
     mean_trial_startup_seconds: float  # trial function entered -> first epoch
     trial_phases: dict[str, float]  # the trials' CPU seconds per phase (caspar.tuning.trial.PHASES)
     worker_pids: set[int]  # the processes that ran them
+    kinds: dict[str, int] = field(default_factory=dict)  # trials per kind (network, trees)
 
     def metrics(self) -> dict[str, float]:
         return {"trials": self.trials, "stopped_early": self.stopped_early, "unfinished": self.unfinished,
-                "mean_trial_startup_seconds": self.mean_trial_startup_seconds}
+                "mean_trial_startup_seconds": self.mean_trial_startup_seconds,
+                **{f"trials_{kind}": count for kind, count in self.kinds.items()}}
+
+
+def completed(result, config: TuneConfig) -> bool:
+    """The trial ran to its end: a network all its epochs, a recipe all its folds."""
+    metrics = result.metrics or {}
+    if (result.config or {}).get("kind") == "trees":
+        return metrics.get("fold", 0) >= (result.config or {}).get("tree_folds", 0)
+    return metrics.get("epoch", 0) >= config.epochs
 
 
 def summarise(results, config: TuneConfig, session_started: float) -> SearchSummary:
     phases: dict[str, float] = dict.fromkeys(PHASES, 0.0)
     by_process: dict[int, dict] = {}
     startups = []
+    kinds: dict[str, int] = {}
     for result in results:
+        kind = (result.config or {}).get("kind", "network")
+        kinds[kind] = kinds.get(kind, 0) + 1
         frame = result.metrics_dataframe
         if frame is None or "cpu_training" not in frame:
             continue
@@ -174,16 +209,13 @@ def summarise(results, config: TuneConfig, session_started: float) -> SearchSumm
     return SearchSummary(
         trials=len(results),
         # ASHA's stop marks the trial's last result done; the time budget and an interrupt do not
-        stopped_early=sum(1 for r in results if not r.error and (r.metrics or {}).get("done")
-                          and r.metrics.get("epoch", 0) < config.epochs),
+        stopped_early=sum(1 for r in results if not r.error and (r.metrics or {}).get("done") and not completed(r, config)),
         unfinished=sum(1 for r in results if not r.error and not (r.metrics or {}).get("done")),
         mean_trial_startup_seconds=float(np.mean(startups)) if startups else 0.0,
-        trial_phases=phases, worker_pids=set(by_process))
+        trial_phases=phases, worker_pids=set(by_process), kinds=kinds)
 
 
-def log_study(results, best_config: dict, summary: SearchSummary, best_val_loss: float, cpu_parts: dict[str, float]) -> None:
-    mlflow.log_dict(best_config, "best_config.json")
-    mlflow.log_metrics(summary.metrics() | {"best_val_loss": best_val_loss})
+def log_study(results, cpu_parts: dict[str, float]) -> None:
     mlflow.log_metrics({f"cpu_share_{name}": value for name, value in cpu.shares(cpu_parts).items()})
     log_val_loss_plot(results)
 
@@ -198,10 +230,15 @@ def log_val_loss_plot(results) -> None:
     frames = [f for f in frames if f is not None and METRIC in f and "timestamp" in f]
     start = min((f["timestamp"].min() for f in frames), default=0)
     figure, axis = plt.subplots(figsize=(7, 4))
-    for frame in frames:
-        axis.plot(frame["timestamp"] - start, frame[METRIC], linewidth=1, marker=".")
-    axis.set(xlabel="seconds since the study started", ylabel=METRIC, yscale="log",
-             title="Best validation loss per trial over time")
+    for result in results:
+        frame = result.metrics_dataframe
+        if frame is None or METRIC not in frame or "timestamp" not in frame:
+            continue
+        tree = (result.config or {}).get("kind") == "trees"
+        axis.plot(frame["timestamp"] - start, frame[METRIC], linewidth=1, marker="s" if tree else ".",
+                  color="tab:green" if tree else "tab:blue")
+    axis.set(xlabel="seconds since the study started", ylabel="validation loss (recipes: out-of-fold MSE)",
+             yscale="log", title="Trials over time: tree recipes (green), networks (blue)")
     figure.tight_layout()
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "val_loss_per_trial.png")
@@ -213,8 +250,6 @@ def log_val_loss_plot(results) -> None:
 @dataclass
 class Study:
     """What the tune job prints at the end."""
-    best_config: dict
-    best_val_loss: float
     trials: int
     stopped_early: int
     unfinished: int  # cut off by the time budget or an interrupt
@@ -226,38 +261,46 @@ class Study:
     path: str
     cpu_parts: dict  # CPU seconds of this machine over the study, per part (caspar.tuning.cpu)
     mean_startup_seconds: float  # trial function entered -> first epoch
-    tree_seconds: float  # the tree search, before the trials
+    tree_seconds: float  # the study's own trees, before the trials
     search_seconds: float  # the trials (Ray Tune's search)
+    kinds: dict = field(default_factory=dict)  # trials per kind
     seconds: float = 0.0  # the whole study
-    # the best trial's model, once scored and logged (None: interrupted, nothing registered)
+    # the study's model, once chosen, scored and logged (None: interrupted, nothing registered)
     metrics: dict = field(default_factory=dict)
     run_id: str | None = None
     registered_version: str | None = None
     verdict: evaluate.Verdict = field(default_factory=lambda: evaluate.Verdict(""))
+    ensemble_lines: list[str] = field(default_factory=list)
+    serial_share: float | None = None  # of the wall time, fewer fits running than the cluster holds
+    capacity: int = 0  # fits the cluster holds at once
+    nodes: dict = field(default_factory=dict)  # kind -> nodes its fits ran on
 
     def lines(self) -> list[str]:
-        config = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.best_config.items())
-        return [
-            f"{self.trials} trials in {self.search_seconds:.0f} s of search: {self.stopped_early} stopped early by ASHA, "
-            f"{self.unfinished} unfinished (time budget or interrupt), {self.errored} failed; the trees "
-            f"{self.tree_seconds:.0f} s before it; {self.seconds:.0f} s in all",
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.kinds.items()))
+        lines = [
+            f"{self.trials} trials ({kinds}) in {self.search_seconds:.0f} s of search: {self.stopped_early} stopped "
+            f"early by ASHA, {self.unfinished} unfinished (time budget or interrupt), {self.errored} failed; the study's "
+            f"trees {self.tree_seconds:.0f} s before it; {self.seconds:.0f} s in all",
             cpu.line(self.cpu_parts),
             f"trial start-up {self.mean_startup_seconds:.1f} s, "
             f"{3600 * self.trials / max(self.search_seconds, 1):.0f} trials per hour of search",
-            f"best: {config}",
-            *self.outcome_lines(),
-            f"study stored in {self.path}" + (" (continue it with --resume)" if self.interrupted else ""),
-            tracking.ui_hint(self.tracking_uri, self.experiment_id),
         ]
+        if self.serial_share is not None:
+            lines.append(f"fits ran on {self.nodes.get('trees', 0)} node(s) for trees, {self.nodes.get('network', 0)} for "
+                         f"networks; fewer than the {self.capacity} fits the cluster holds ran during "
+                         f"{100 * self.serial_share:.0f} % of the study (its serial share)")
+        return [*lines, *self.outcome_lines(),
+                f"study stored in {self.path}" + (" (continue it with --resume)" if self.interrupted else ""),
+                tracking.ui_hint(self.tracking_uri, self.experiment_id)]
 
     def outcome_lines(self) -> list[str]:
         if self.run_id is None:
-            return [f"interrupted after {self.trials} trials, best val_loss {self.best_val_loss:.5f}: nothing registered; "
-                    "--resume continues the study (with --register-partial, an interrupted study registers its best)"]
-        registered = f", registered version {self.registered_version}" if self.registered_version else ""
+            return [f"interrupted after {self.trials} trials: nothing registered; --resume continues the study "
+                    "(with --register-partial, an interrupted study registers its best)"]
+        registered = f"registered as version {self.registered_version}" if self.registered_version else "not registered"
         return [
-            f"best val_loss {self.best_val_loss:.5f}; trees fitted on {self.fit_on}: "
+            *self.ensemble_lines,
             f"{evaluate.summary_line(self.metrics, self.fit_on)}",
-            f"best model: run {self.run_id}{registered}",
+            f"the model: run {self.run_id}, {registered}",
             *([f"warning: {self.verdict.message}"] if self.verdict.message else []),
         ]

@@ -1,5 +1,7 @@
-"""One tune trial, run by Ray Tune in a worker process: trains a configuration epoch by epoch,
-reports its losses, and checkpoints what it needs to continue exactly where it was."""
+"""One study trial, run by Ray Tune in a worker process on any node: a tree recipe cross-fitted by
+game fold after fold, or a network correcting the study's trees epoch after epoch. Either reports
+as it goes (ASHA stops a weak one early) and checkpoints what it needs to continue exactly where it
+was, and what the study's ensemble is chosen from (a recipe's out-of-fold predictions)."""
 from __future__ import annotations
 
 import json
@@ -12,21 +14,23 @@ from ray import tune
 
 from caspar.config import Hyperparameters, TuneConfig, check
 
-# A checkpoint holds no trees and no architecture: both come from the study and the trial's configuration.
+# A network's checkpoint holds no trees and no architecture: both come from the study and the trial's configuration.
 WEIGHTS_FILE = "weights.npz"  # the network's weights as they are now
 OPTIMIZER_FILE = "optimizer.npz"  # the optimizer's state (its step, learning rate and moments)
 BEST_WEIGHTS_FILE = "best_weights.npz"  # the weights of its best epoch so far
-STATE_FILE = "state.json"  # epochs trained, best validation loss and its epoch
+STATE_FILE = "state.json"  # epochs trained (or folds fitted), best validation loss and its epoch
+OUT_OF_FOLD_FILE = "out_of_fold.npy"  # a tree trial's: [tree rows], its predictions of the folds fitted so far, NaN elsewhere
 EPOCH_METRICS = ("loss", "val_loss", "val_mae", "learning_rate")  # per epoch, in MLflow
 STEP_METRICS = ("best_val_loss", "cpu_seconds", "startup_seconds")  # per result, in MLflow
 PHASES = ("worker_start", "setup", "training", "checkpoint")  # this process's CPU seconds in each, reported as cpu_<phase>
 PER_EPOCH = "_per_epoch"  # a result's list of every epoch's value since the previous result
+NETWORK, TREES = "network", "trees"  # the kinds of trial (a configuration's "kind")
 
 
 @dataclass(frozen=True)
 class StudyTrees:
-    """The study's trees of one tree count, fitted once on the driver: the arrays of their
-    TreeEnsemble layer and their (out-of-fold) predictions on the train and validation rows."""
+    """The study's trees every network trial corrects (its default recipes, cross-fitted on Ray before
+    the search): the arrays of their TreeEnsemble layer and their out-of-fold predictions."""
     arrays: dict[str, np.ndarray]
     train: np.ndarray  # [train rows, 1]
     val: np.ndarray  # [validation rows, 1]
@@ -38,26 +42,61 @@ class StudyTrees:
 
 
 @dataclass(frozen=True)
+class TreeRows:
+    """What a tree trial is cross-fitted on: the study's --fit-on rows (normalised) and their game
+    folds, the same as the study's own trees'."""
+    x: np.ndarray  # [rows, features]
+    y: np.ndarray  # [rows]
+    fold: np.ndarray  # [rows], 0 … folds-1 (caspar.model.crossfit.game_folds)
+
+    @property
+    def folds(self) -> int:
+        return int(self.fold.max()) + 1
+
+
+@dataclass(frozen=True)
 class StudyData:
     """What every trial of a study trains on (sent to the trials once, through Ray's object store):
-    the normalised train and validation rows and the study's trees per tree count."""
+    the normalised train and validation rows, the study's trees, the rows tree trials fit."""
     x_train: np.ndarray  # [train rows, features], normalised
     y_train: np.ndarray  # [train rows]
     x_val: np.ndarray  # [validation rows, features], normalised
     y_val: np.ndarray  # [validation rows]
-    trees: dict[int, StudyTrees] = field(default_factory=dict)  # tree count -> its trees (0: none)
+    base: StudyTrees | None = None  # None: a study without trees for its networks
+    tree_rows: TreeRows | None = field(default=None, repr=False)
 
     @classmethod
-    def of(cls, stages: dict, splits: dict) -> StudyData:
-        """From the study's {tree count: caspar.training.fit.Stage} and the dataset's splits."""
-        normalizer = next(iter(stages.values())).normalizer  # the same for every tree count
-        trees = {count: StudyTrees(dict(stage.layer.arrays), stage.train_trees, stage.val_trees)  # not Keras's TrackedDict
-                 for count, stage in stages.items() if count}
-        return cls(normalizer.transform(splits["train"][0]), splits["train"][1],
-                   normalizer.transform(splits["val"][0]), splits["val"][1], trees)
+    def of(cls, stage, splits: dict, files: dict, folds: int, seed: int) -> StudyData:
+        """From the study's caspar.training.fit.Stage (its normalisation, its trees) and the dataset."""
+        from caspar.model.crossfit import game_folds
+        from caspar.training.fit import rows
+
+        norm = stage.normalizer.transform
+        x_fit, y_fit = rows(splits, stage.splits)
+        groups = np.concatenate([files[n] for n in stage.splits])
+        base = (StudyTrees(dict(stage.layer.arrays), stage.train_trees, stage.val_trees)  # not Keras's TrackedDict
+                if stage.layer is not None else None)
+        return cls(norm(splits["train"][0]), splits["train"][1], norm(splits["val"][0]), splits["val"][1], base,
+                   TreeRows(norm(x_fit), y_fit, game_folds(groups, folds, seed)))
 
     def trees_of(self, hp: Hyperparameters) -> StudyTrees | None:
-        return self.trees.get(hp.trees) if hp.trees else None
+        """The trees a network of these hyperparameters corrects (none with hp.trees 0)."""
+        return self.base if hp.trees else None
+
+
+def hyperparameters_of(config: dict) -> Hyperparameters:
+    """A trial's Hyperparameters from its configuration (its kind aside)."""
+    return Hyperparameters(**{k: v for k, v in config.items() if k != "kind"})
+
+
+def recipe_of(config: dict, name: str = ""):
+    """The tree recipe of a tree trial's configuration (tree_learners is one learner), named `name`."""
+    import dataclasses
+
+    from caspar.model.trees import recipes
+
+    (recipe,) = recipes(hyperparameters_of(config))
+    return dataclasses.replace(recipe, label=name)
 
 
 def milestones(config: TuneConfig) -> set[int]:
@@ -70,39 +109,53 @@ def milestones(config: TuneConfig) -> set[int]:
 
 
 class Trial(tune.Trainable):
-    """One trial: each step() trains up to the next epoch at which ASHA may stop the trial (its
-    milestones, and the last epoch), or for about `report_seconds` if that comes first, and reports
-    every epoch's losses at once. ASHA decides exactly as with one result per epoch, since it acts
-    only at those epochs, while the driver handles a few results per trial instead of one per
-    epoch. A step that found a better epoch checkpoints, so that the best result a trial reports
-    is always one it saved. reset_config lets Tune run the next trial in this process (no
-    TensorFlow start-up)."""
+    """One trial of either kind. A network's step() trains up to the next epoch at which ASHA may
+    stop it (its milestones, and the last epoch), or for about `report_seconds` if that comes
+    first, and reports every epoch's losses at once: ASHA decides exactly as with one result per
+    epoch, while the driver handles a few results per trial. A step that found a better epoch
+    checkpoints, so that the best result a trial reports is always one it saved. A tree recipe's
+    step() fits one game fold with the CPUs the trial holds and reports the out-of-fold error of the
+    folds so far, with a checkpoint of its predictions. reset_config lets Tune run the next trial
+    in this process (no TensorFlow start-up)."""
 
     def setup(self, config, data, cpus_per_trial, milestones, report_seconds):
         import ray
         import tensorflow as tf
 
-        threads = max(1, int(cpus_per_trial))
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        self.threads = max(1, int(cpus_per_trial))
+        tf.config.threading.set_intra_op_parallelism_threads(self.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(self.threads)
         self.attach(data, milestones, report_seconds, node=ray.get_runtime_context().get_node_id(),
                     worker_start_cpu=time.process_time())  # Ray's worker start and TensorFlow's import
         self.start(config)
 
-    def attach(self, data: StudyData, milestones, report_seconds: float, node: str, worker_start_cpu: float = 0.0):
+    def attach(self, data: StudyData, milestones, report_seconds: float, node: str, worker_start_cpu: float = 0.0,
+               threads: int = 1):
         """What the trial keeps across configurations (Tune reuses its process): the study's data, the
         epochs it reports at, the node it runs on, and its process's CPU seconds per phase."""
         self.process_cpu = dict.fromkeys(PHASES, 0.0) | {"worker_start": worker_start_cpu}
         self.data, self.milestones, self.report_seconds, self.node = data, sorted(milestones), report_seconds, node
+        self.threads = getattr(self, "threads", threads)
 
     def start(self, config):
+        self.started, self.cpu_started, self.startup = time.perf_counter(), time.process_time(), None
+        setup_started = time.process_time()
+        self.kind = config.get("kind", NETWORK)
+        hp = hyperparameters_of(config)
+        check(hp)  # a sampled configuration passes the checks a command line does
+        if self.kind == TREES:
+            self.recipe = recipe_of(config)
+            rows = self.data.tree_rows
+            self.out_of_fold = np.full(len(rows.y), np.nan)
+            self.fold = 0
+        else:
+            self.start_network(hp)
+        self.process_cpu["setup"] += time.process_time() - setup_started
+
+    def start_network(self, hp: Hyperparameters):
         from caspar.model.callbacks import BestEpoch, StopAfterSeconds
         from caspar.training.fit import compiled_network, schedule_callbacks, tf_datasets, validation_loss
 
-        self.started, self.cpu_started, self.startup = time.perf_counter(), time.process_time(), None
-        setup_started = time.process_time()
-        hp = Hyperparameters(**config)
-        check(hp)  # a sampled configuration passes the checks a command line does
         data, trees = self.data, self.data.trees_of(hp)
         network = compiled_network(hp, data.x_train, trees and trees.layer())
         self.model = network.trainer
@@ -114,50 +167,75 @@ class Trial(tune.Trainable):
         self.callbacks = [*schedule_callbacks(hp), self.best,
                           StopAfterSeconds(lambda: self.step_started, self.report_seconds)]
         self.epoch, self.saved_best = 0, None
-        self.process_cpu["setup"] += time.process_time() - setup_started
 
     def step(self):
         if self.startup is None:
             self.startup = time.perf_counter() - self.started
+        self.step_started, cpu = time.perf_counter(), time.process_time()
+        result = self.tree_step() if self.kind == TREES else self.network_step()
+        self.process_cpu["training"] += time.process_time() - cpu
+        return {**result, "cpu_seconds": time.process_time() - self.cpu_started, "startup_seconds": self.startup,
+                **{f"cpu_{phase}": seconds for phase, seconds in self.process_cpu.items()},
+                "node_id": self.node}  # not a number, not in MLflow
+
+    def tree_step(self) -> dict:
+        """One more game fold of the recipe: its rows predicted by a fit without them."""
+        from caspar.model.crossfit import fold_prediction
+
+        rows = self.data.tree_rows
+        self.out_of_fold[rows.fold == self.fold] = fold_prediction(self.recipe, rows.x, rows.y, rows.fold, self.fold,
+                                                                   self.threads)
+        self.fold += 1
+        predicted = ~np.isnan(self.out_of_fold)
+        loss = float(np.mean((self.out_of_fold[predicted] - rows.y[predicted]) ** 2))
+        # best_val_loss: what TPE and the summary rank every trial by; for a recipe, its out-of-fold error so far
+        return {"fold": self.fold, "best_val_loss": loss, "done": self.fold == rows.folds, "should_checkpoint": True}
+
+    def network_step(self) -> dict:
         train, val = self.batches
         until = next(m for m in self.milestones if m > self.epoch)
-        self.step_started, cpu = time.perf_counter(), time.process_time()
         history = self.model.fit(train, validation_data=val, initial_epoch=self.epoch, epochs=until,
                                  verbose=0, shuffle=False, callbacks=self.callbacks).history
-        self.process_cpu["training"] += time.process_time() - cpu
         self.epoch += len(history["loss"])
         per_epoch = {f"{k}{PER_EPOCH}": [float(v) for v in history[k]] for k in EPOCH_METRICS if k in history}
         return {**{k: float(history[k][-1]) for k in EPOCH_METRICS if k in history}, **per_epoch,
                 "epoch": self.epoch, "best_val_loss": self.best.best, "best_epoch": self.best.best_epoch,
-                "cpu_seconds": time.process_time() - self.cpu_started, "startup_seconds": self.startup,
-                **{f"cpu_{phase}": seconds for phase, seconds in self.process_cpu.items()},
-                "node_id": self.node,  # not a number, not in MLflow
+                "done": self.epoch >= self.milestones[-1],
                 "should_checkpoint": self.epoch in self.milestones or self.best.best != self.saved_best}
 
     def save_checkpoint(self, checkpoint_dir):
         cpu = time.process_time()
-        np.savez(os.path.join(checkpoint_dir, WEIGHTS_FILE), *self.model.get_weights())
-        optimizer = {}
-        self.model.optimizer.save_own_variables(optimizer)
-        np.savez(os.path.join(checkpoint_dir, OPTIMIZER_FILE), **optimizer)
-        np.savez(os.path.join(checkpoint_dir, BEST_WEIGHTS_FILE), *self.best.best_weights)
-        state = {"epoch": self.epoch, "best_val_loss": self.best.best, "best_epoch": self.best.best_epoch}
+        if self.kind == TREES:
+            np.save(os.path.join(checkpoint_dir, OUT_OF_FOLD_FILE), self.out_of_fold)
+            state = {"fold": self.fold}
+        else:
+            np.savez(os.path.join(checkpoint_dir, WEIGHTS_FILE), *self.model.get_weights())
+            optimizer = {}
+            self.model.optimizer.save_own_variables(optimizer)
+            np.savez(os.path.join(checkpoint_dir, OPTIMIZER_FILE), **optimizer)
+            np.savez(os.path.join(checkpoint_dir, BEST_WEIGHTS_FILE), *self.best.best_weights)
+            state = {"epoch": self.epoch, "best_val_loss": self.best.best, "best_epoch": self.best.best_epoch}
+            self.saved_best = self.best.best
         with open(os.path.join(checkpoint_dir, STATE_FILE), "w") as handle:
             json.dump(state, handle)
-        self.saved_best = self.best.best
         self.process_cpu["checkpoint"] += time.process_time() - cpu
 
     def load_checkpoint(self, checkpoint_dir):
-        """The trial as it was: its current model (optimizer included), its best epoch so far and
-        that epoch's weights. (The shuffling order of later epochs is not restored.)"""
+        """The trial as it was: a recipe's folds fitted and their predictions; a network's current
+        model (optimizer included), its best epoch so far and that epoch's weights. (The shuffling
+        order of a network's later epochs is not restored.)"""
+        with open(os.path.join(checkpoint_dir, STATE_FILE)) as handle:
+            state = json.load(handle)
+        if self.kind == TREES:
+            self.out_of_fold = np.load(os.path.join(checkpoint_dir, OUT_OF_FOLD_FILE))
+            self.fold = state["fold"]
+            return
         self.model.set_weights(saved_arrays(checkpoint_dir, WEIGHTS_FILE))
         optimizer = self.model.optimizer
         if not optimizer.built:
             optimizer.build(self.model.trainable_variables)
         with np.load(os.path.join(checkpoint_dir, OPTIMIZER_FILE)) as saved:
             optimizer.load_own_variables(dict(saved))
-        with open(os.path.join(checkpoint_dir, STATE_FILE)) as handle:
-            state = json.load(handle)
         self.epoch = state["epoch"]
         self.best.best, self.best.best_epoch = state["best_val_loss"], state["best_epoch"]
         self.best.best_weights = saved_arrays(checkpoint_dir, BEST_WEIGHTS_FILE)
@@ -187,13 +265,14 @@ def saved_arrays(checkpoint_dir: str, name: str) -> list[np.ndarray]:
         return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
-def load_best_model(checkpoint_dir: str, config: dict, data: StudyData):
+def load_best_model(checkpoint_dir: str, config: dict, data: StudyData, trees=None):
     """The network (its model is what the game runs, trees included) of a trial's checkpoint, with
-    the weights of the trial's best epoch up to then. `config`: the trial's."""
+    the weights of the trial's best epoch up to then. `config`: the trial's; `trees`: a
+    TreeEnsemble layer in place of the study's (the network's weights are the same)."""
     from caspar.model.network import build_network
 
-    hp = Hyperparameters(**config)
-    trees = data.trees_of(hp)
-    network = build_network(hp, data.x_train, trees and trees.layer())
+    hp = hyperparameters_of(config)
+    base = data.trees_of(hp)
+    network = build_network(hp, data.x_train, trees if trees is not None or base is None else base.layer())
     network.trainer.set_weights(saved_arrays(checkpoint_dir, BEST_WEIGHTS_FILE))
     return network

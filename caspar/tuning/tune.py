@@ -15,12 +15,15 @@ import os
 import time
 import warnings
 
+import numpy as np
+
 from caspar import storage, tracking
-from caspar.runtime import start_ray
-from caspar.config import TrainConfig, TuneConfig, check, hyperparameters, search_space
+from caspar.config import Tracking, TrainConfig, TuneConfig, check, hyperparameters, search_space
 from caspar.data.prepared import Prepared
 from caspar.errors import UserError
+from caspar.runtime import start_ray
 from caspar.training import evaluate
+from caspar.training.fit import fit_stage
 from caspar.tuning.checks import (
     check_cpus,
     check_new_study,
@@ -30,19 +33,20 @@ from caspar.tuning.checks import (
     study_path,
     study_storage,
 )
-from caspar.tuning.cpu import CpuMeter
-from caspar.tuning.search import earlier_trials, searcher
+from caspar.tuning.cpu import CpuMeter, serial_share
+from caspar.tuning.ensemble import Ensemble, NetworkCandidate, choose, members_of, network_share
+from caspar.tuning.search import earlier_trials, scheduler, searcher
 from caspar.tuning.study import (
     METRIC,
     MODE,
     Study,
     TrialPrinter,
     TrialRuns,
-    best_checkpoint,
     best_history,
     log_study,
     prune_checkpoints,
     summarise,
+    trial_intervals,
 )
 from caspar.tuning.trial import StudyData, load_best_model
 
@@ -53,7 +57,7 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     import mlflow
 
     check(config)
-    started = time.perf_counter()
+    started, wall_started = time.perf_counter(), time.time()
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_SAVE_SECONDS)
     uri = tracking.configure()
     experiment = tracking.experiment_id(config.experiment_name)
@@ -66,65 +70,121 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     check_storage(config)
     check_cpus(config)
     quiet_libraries(verbose)
+    say = functools.partial(print, flush=True)
+    hp = config.trial_hyperparameters()
+    threads = max(1, int(config.cpus_per_trial))
     with mlflow.start_run(run_id=previous_run, experiment_id=experiment, run_name=f"{config.run_name}-study",
                           tags={"study": config.run_name, "caspar.kind": "study"}) as parent:
         if previous_run is None:  # first of its files: an artefact store that refuses files fails the study now
             with tracking.first_files():
                 mlflow.log_dict({k: list(v) for k, v in search_space(config.search).items()}, "search_space.json")
         with CpuMeter() as meter:  # the trees, the search and the driver's work
-            # A resumed study cross-fits exactly the recipes its first session fitted (its trials
-            # learnt against those trees), whatever time is left now.
-            fitted_before = (int(parent.data.metrics["tree_recipes_fitted"])
-                             if previous_run and "tree_recipes_fitted" in parent.data.metrics else None)
-            trees_started = time.perf_counter()
-            stages = fit_study_stages(config, prepared, fitted_before)
-            tree_seconds = time.perf_counter() - trees_started
-            recipes_fitted = max((len(s.crossed.recipes) for s in stages.values() if s.crossed), default=0)
-            mlflow.log_metric("tree_recipes_fitted", recipes_fitted)
-            data = StudyData.of(stages, prepared.splits)
+            # the study's own trees: its default recipes, cross-fitted as Ray tasks (every network corrects them)
+            stage = fit_stage(hp, prepared.splits, prepared.files, config.fit_on, say, cpus_per_fit=threads)
+            busy = [(b.started, b.ended) for b in stage.crossed.busy]
+            nodes = {("trees", b.node) for b in stage.crossed.busy}
+            tree_seconds = time.perf_counter() - started
+            data = StudyData.of(stage, prepared.splits, prepared.files, hp.tree_folds, hp.seed)
             if previous_run is None:
                 mlflow.log_params(study_parameters(config))
                 mlflow.log_metric("warm_start_trials", len(earlier[0]))
                 if config.warm_start:
                     mlflow.set_tag("caspar.warm_start", config.warm_start)
-            searching = config  # the trials get what the tree search left of the time budget
+            searching = config  # the trials get what the study's trees left of the time budget, less the final share
             if config.time_budget:
-                searching = dataclasses.replace(config, time_budget=max(1.0, config.time_budget
-                                                                       - (time.perf_counter() - started)))
+                left = config.time_budget * (1 - FINAL_SHARE) - (time.perf_counter() - started)
+                searching = dataclasses.replace(config, time_budget=max(1.0, left))
             tuner = build_tuner(searching, data, uri, parent.info, verbose, earlier)
             left = f", {searching.time_budget:.0f} s left of --time-budget" if config.time_budget else ""
-            print(f"search: up to {config.n_trials} trials on Ray{left}", flush=True)
+            say(f"search: up to {config.n_trials} trials on Ray (tree recipes and networks correcting the study's "
+                f"trees){left}")
             search_started = time.time()
             results, interrupted = fit_noting_interrupt(tuner)
             search_seconds = time.time() - search_started
-        best, checkpoint, checkpoint_metrics = best_checkpoint(results)
+            intervals, trial_nodes = trial_intervals(results, search_started)
+            busy += intervals
+            nodes |= trial_nodes
         summary = summarise(results, config, search_started)
         cpu_parts = meter.breakdown(summary.trial_phases, summary.worker_pids)
-        best_val_loss = float(checkpoint_metrics["best_val_loss"])
-        log_study(results, dict(best.config), summary, best_val_loss, cpu_parts)
+        mlflow.log_metrics(summary.metrics())
         mlflow.set_tag("caspar.interrupted", str(interrupted).lower())
-    study = Study(best_config={k: best.config[k] for k in search_space(config.search)}, best_val_loss=best_val_loss,
-                  trials=len(results), stopped_early=summary.stopped_early, unfinished=summary.unfinished,
-                  errored=len(results.errors), fit_on=config.fit_on, interrupted=interrupted, tracking_uri=uri,
-                  experiment_id=experiment, path=study_path(config), cpu_parts=cpu_parts,
-                  mean_startup_seconds=summary.mean_trial_startup_seconds,
-                  tree_seconds=tree_seconds, search_seconds=search_seconds)
-    if interrupted and not config.register_partial:
-        return dataclasses.replace(study, seconds=time.perf_counter() - started)
-    train_config = TrainConfig(**hyperparameters(best.config), data=config.data, experiment_name=config.experiment_name,
-                               run_name=config.run_name, model_name=config.model_name, alias=config.alias,
-                               fit_on=config.fit_on)
-    with checkpoint.as_directory() as folder:
-        network = load_best_model(folder, best.config, data)
-    if not interrupted:
-        prune_checkpoints(results, keep=checkpoint)
-    history = best_history(best, checkpoint_metrics)
-    stage = stages[best.config["trees"]]
-    metrics, run_id, version, verdict = log_best(network, history, best, stage, prepared, train_config, parent.info)
+        study = Study(trials=len(results), stopped_early=summary.stopped_early, unfinished=summary.unfinished,
+                      errored=len(results.errors), fit_on=config.fit_on, interrupted=interrupted, tracking_uri=uri,
+                      experiment_id=experiment, path=study_path(config), cpu_parts=cpu_parts,
+                      mean_startup_seconds=summary.mean_trial_startup_seconds, tree_seconds=tree_seconds,
+                      search_seconds=search_seconds, kinds=summary.kinds)
+        if interrupted and not config.register_partial:
+            log_study(results, cpu_parts)
+            return dataclasses.replace(study, seconds=time.perf_counter() - started)
+        say(f"ensemble: choosing from the {len(stage.crossed.recipes)} default recipes, "
+            f"{summary.kinds.get('trees', 0)} tree trials and the best of {summary.kinds.get('network', 0)} network trials")
+        ensemble = choose_ensemble(stage, results, data, prepared, threads, say, busy)
+        capacity = concurrency(config.n_jobs, config.cpus_per_trial)
+        train_config = TrainConfig(**hyperparameters(ensemble.network.config if ensemble.network_share else hp),
+                                   data=config.data, experiment_name=config.experiment_name, run_name=config.run_name,
+                                   model_name=config.model_name, alias=config.alias, fit_on=config.fit_on,
+                                   cpus_per_fit=threads)
+        metrics, run_id, version, verdict = log_best(ensemble, stage, data, prepared, train_config, parent.info, say, busy)
+        ended = time.time()
+        serial = serial_share(busy, capacity, wall_started, ended)
+        mlflow.log_metrics({"serial_share": serial, "nodes_trees": len({n for k, n in nodes if k == "trees"}),
+                            "nodes_networks": len({n for k, n in nodes if k == "network"})})
+        log_study(results, cpu_parts)
+        if not interrupted:
+            prune_checkpoints(results, keep=ensemble.network.checkpoint if ensemble.network else None)
     if verdict.kind == evaluate.REFUSED:
         raise UserError(f"{verdict.message} (run {run_id}, tagged caspar.verdict=refused)")
     return dataclasses.replace(study, metrics=metrics, run_id=run_id, registered_version=version, verdict=verdict,
+                               ensemble_lines=ensemble.lines(), serial_share=serial, capacity=capacity,
+                               nodes={kind: len({n for k, n in nodes if k == kind}) for kind in ("trees", "network")},
                                seconds=time.perf_counter() - started)
+
+
+# The share of --time-budget kept for after the search: choosing the ensemble, fitting its recipes on
+# every row, scoring and logging the model.
+FINAL_SHARE = 0.1
+
+
+def choose_ensemble(stage, results, data: StudyData, prepared: Prepared, threads: int, say, busy: list) -> Ensemble:
+    """The study's ensemble from every finished trial (caspar.tuning.ensemble), its weighted tree
+    recipes fitted on every --fit-on row as parallel Ray tasks."""
+    from caspar.model.crossfit import fit_on_all
+
+    members = members_of(stage, results, data.tree_rows.folds)
+    tree_weights = choose(members, data.tree_rows.y)
+    missing = [m for m, w in zip(members, tree_weights) if w > 0 and m.model is None]
+    intervals: list = []
+    for member, model in zip(missing, fit_on_all([m.recipe for m in missing], data.tree_rows.x, data.tree_rows.y,
+                                                 threads, say, intervals)):
+        member.model = model
+    busy += [(b.started, b.ended) for b in intervals]
+    n_train = len(data.y_train)
+    if "val" in stage.splits:  # the validation rows are tree rows: their out-of-fold predictions
+        trees_val = np.stack([m.out_of_fold[n_train:] for m in members], axis=1) @ tree_weights
+    else:
+        trees_val = sum(w * m.model.predict(data.x_val) for m, w in zip(members, tree_weights) if w > 0)
+    candidate = best_network(results, data)
+    if candidate is None:
+        return Ensemble(members, tree_weights, val_loss=float(np.mean((trees_val - data.y_val) ** 2)))
+    share, gain = network_share(trees_val, candidate, data.y_val, prepared.files["val"])
+    shipped_val = (1 - share) * trees_val + share * candidate.val_prediction
+    return Ensemble(members, tree_weights, candidate, share, gain, float(np.mean((shipped_val - data.y_val) ** 2)))
+
+
+def best_network(results, data: StudyData) -> NetworkCandidate | None:
+    """The network trial with the lowest validation loss any of its checkpoints saved, with its
+    predictions of the validation rows (the study's trees' plus its correction)."""
+    saved = [(result, checkpoint, metrics) for result in results if (result.config or {}).get("kind") == "network"
+             for checkpoint, metrics in (result.best_checkpoints or []) if "best_val_loss" in metrics]
+    if not saved:
+        return None
+    result, checkpoint, metrics = min(saved, key=lambda item: item[2]["best_val_loss"])
+    with checkpoint.as_directory() as folder:
+        network = load_best_model(folder, result.config, data)
+    inputs = network.inputs(data.x_val, data.base.val if data.base is not None else None)
+    prediction = np.asarray(network.trainer.predict_on_batch(inputs)).reshape(-1)
+    return NetworkCandidate(metrics.get("trial_id") or result.metrics.get("trial_id"), dict(result.config), checkpoint,
+                            prediction, float(metrics["best_val_loss"]), best_history(result, metrics))
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -157,35 +217,6 @@ def fit_noting_interrupt(tuner):
     return results, interrupted
 
 
-def fit_study_stages(config: TuneConfig, prepared: Prepared, fitted_before: int | None = None) -> dict:
-    """The normalisation and the trees of every tree count a trial may use (0: none), cross-fitted
-    once here (caspar.training.train.fit_stage), with their out-of-fold predictions on the train and
-    validation rows: {count: Stage}. The trees are searched here, not in the trials: the default
-    recipes and --tree-recipes more drawn from caspar.model.trees.SEARCH, weighted together by ensemble
-    selection; with --time-budget, at most TREE_SEARCH_SHARE of it goes to recipes beyond the defaults."""
-    from caspar.model.trees import recipes, sampled_recipes
-    from caspar.training.fit import fit_stage
-
-    fixed = config.trial_hyperparameters()
-    counts = search_space(config.search).get("trees", ("choice", [fixed.trees]))[1]
-    say = functools.partial(print, flush=True)
-    deadline = time.perf_counter() + TREE_SEARCH_SHARE * config.time_budget if config.time_budget else None
-    if fitted_before is not None:  # --resume: the recipes of the first session, no deadline
-        deadline = None
-    stages = {}
-    for n in sorted(set(counts) | {0}):
-        hp = dataclasses.replace(fixed, trees=n)
-        searched = sampled_recipes(config.tree_recipes, config.seed, recipes(hp)) if n else []
-        if fitted_before is not None:
-            searched = searched[:max(0, fitted_before - len(recipes(hp)))]
-        stages[n] = fit_stage(hp, prepared.splits, prepared.files, config.fit_on, say, searched, deadline)
-    return stages
-
-
-# A study's tree search takes at most this share of --time-budget (the default recipes always run).
-TREE_SEARCH_SHARE = 0.3
-
-
 def keep_secrets_out_of_trials() -> None:
     """Ray Tune copies the driver's AWS_* credentials into every trial's runtime environment, which
     Ray writes into its logs (runtime_env_agent.log). The trials need none: they reach S3 storage
@@ -200,7 +231,6 @@ def build_tuner(config: TuneConfig, data: StudyData, tracking_uri: str, parent, 
     """The Tuner of a new study, or of the stored one with --resume. `parent`: the study run's info;
     `earlier`: trials of an earlier study to seed the search with."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from caspar.tuning.trial import Trial, milestones
 
@@ -210,28 +240,25 @@ def build_tuner(config: TuneConfig, data: StudyData, tracking_uri: str, parent, 
                              report_seconds=config.report_seconds), {"cpu": config.cpus_per_trial})
     callbacks = [TrialRuns(tracking_uri, parent.experiment_id, config.run_name, parent.run_id)]
     if not verbose:
-        callbacks.append(TrialPrinter(config))
+        callbacks.append(TrialPrinter(config, data.tree_rows.folds))
     filesystem, folder = study_storage(config)
-    search_alg, param_space = searcher(config, earlier)
-    if config.resume:  # the callbacks and the search's state come back from the stored study
+    if config.resume:  # the search's and the scheduler's state come back from the stored study
         return tune.Tuner.restore(storage.join(folder, config.run_name), trainable=trainable, resume_errored=True,
-                                  param_space=param_space, storage_filesystem=filesystem)
+                                  storage_filesystem=filesystem)
     run_config = tune.RunConfig(
         name=config.run_name, storage_path=folder, storage_filesystem=filesystem, callbacks=callbacks,
-        stop={"epoch": config.epochs},
         verbose=2 if verbose else 0,
         failure_config=tune.FailureConfig(max_failures=config.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=config.keep_checkpoints,
                                                 checkpoint_score_attribute="best_val_loss", checkpoint_score_order=MODE))
     return tune.Tuner(
-        trainable, param_space=param_space, run_config=run_config,
+        trainable, run_config=run_config,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=config.n_trials,
             max_concurrent_trials=concurrency(config.n_jobs, config.cpus_per_trial),
-            search_alg=search_alg,
+            search_alg=searcher(config, earlier),
             reuse_actors=True,  # a new trial reuses a finished one's process: no TensorFlow start-up
-            scheduler=ASHAScheduler(time_attr="epoch", max_t=config.epochs, grace_period=min(config.grace_period, config.epochs),
-                                    reduction_factor=config.reduction_factor),
+            scheduler=scheduler(config, data.tree_rows.folds),
             time_budget_s=config.time_budget))
 
 
@@ -243,22 +270,53 @@ def concurrency(n_jobs: int, cpus_per_trial: float) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_trial))
 
 
-def log_best(network, history: dict, best, stage, prepared, config: TrainConfig, parent):
-    """The best trial's model as a run of its own, named --run-name, with a train run's artefacts
-    and parameters: its network as validation chose it (with its trees fitted on every game for
-    --fit-on all), scored with every baseline, registered unless the verdict refuses. `parent`: the
-    study run's info."""
+def log_best(ensemble: Ensemble, stage, data: StudyData, prepared: Prepared, config: TrainConfig, parent, say,
+             busy: list):
+    """The study's model as a run of its own, named --run-name, with a train run's artefacts: its
+    ensemble (ensemble.json, each member's recipe or configuration and its weight), the trees
+    fitted on --fit-on's games, scored with every baseline, registered unless the verdict refuses.
+    `parent`: the study run's info."""
     import mlflow
 
-    from caspar.training.train import log_dataset_files, log_model_run, register, release, run_tags
+    from caspar.model.crossfit import fit_on_all, tree_layer
+    from caspar.model.network import scale_correction, trees_model
+    from caspar.training.fit import FIT_ON, rows
+    from caspar.training.train import Fitted, log_dataset_files, log_model_run, register, run_tags
 
+    width = data.x_train.shape[1]
+    shipped_members = ensemble.shipped()
+
+    def model_of(models: list) -> object:
+        layer = tree_layer([(model, weight) for model, (_, weight) in zip(models, shipped_members)])
+        if not ensemble.network_share:
+            return trees_model(layer, width)
+        with ensemble.network.checkpoint.as_directory() as folder:
+            network = load_best_model(folder, ensemble.network.config, data, trees=layer)
+        scale_correction(network, ensemble.network_share)
+        return network.model
+
+    scored = shipped = Fitted(model_of([m.model for m, _ in shipped_members]), stage.normalizer, stage.splits)
+    if config.fit_on == "all":
+        say("trees: fitting the ensemble's recipes on every game (--fit-on all)")
+        x, y = rows(prepared.splits, FIT_ON["all"])
+        intervals: list = []
+        models = fit_on_all([m.recipe for m, _ in shipped_members], stage.normalizer.transform(x), y,
+                            config.cpus_per_fit, say, intervals)
+        busy += [(b.started, b.ended) for b in intervals]
+        shipped = Fitted(model_of(models), stage.normalizer, FIT_ON["all"])
+    history = ensemble.history()
+    network = ensemble.network_share > 0
+    tracking_fields = {f.name for f in dataclasses.fields(Tracking)} | {"cpus_per_fit", "tree_folds", "seed"}
+    parameters = {k: v for k, v in dataclasses.asdict(config).items() if network or k in tracking_fields}
     tags = {**run_tags(prepared), "study": config.run_name, "mlflow.parentRunId": parent.run_id}
-    with mlflow.start_run(experiment_id=parent.experiment_id, run_name=config.run_name, tags=tags) as run:
-        mlflow.log_params(dataclasses.asdict(config) | evaluate.baseline_parameters()
-                          | {"trial_id": best.path.rstrip("/").split("/")[-1]})
+    with mlflow.start_run(experiment_id=parent.experiment_id, run_name=config.run_name, tags=tags, nested=True) as run:
+        mlflow.log_params(parameters | evaluate.baseline_parameters()
+                          | {"ensemble_recipes": len(shipped_members), "network_trial": ensemble.network.trial_id
+                             if network else "none (not shipped)"})
         log_dataset_files(prepared)
-        say = functools.partial(print, flush=True)  # the study's last phase: the best trial's model, scored and logged
-        scored, shipped = release(config, prepared.splits, network, history, stage, config.fit_on, say)
-        metrics, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, stage, say)
+        mlflow.log_dict(ensemble.description(), "ensemble.json")
+        mlflow.log_metrics({f"weight_{m.name}": w for m, w in shipped_members} | {"network_share": ensemble.network_share})
+        members = {m.name: m.model for m, _ in shipped_members}
+        metrics, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, members, say)
         version = register(model_uri, config, metrics, verdict)
     return metrics, run.info.run_id, version, verdict
