@@ -172,7 +172,8 @@ def parse_search(change: str) -> tuple[str, tuple]:
         return name, ("choice", [k for k in TRIAL_KINDS if k in kinds])
     fields = {f.name: f for f in dataclasses.fields(Hyperparameters) if f.metadata["trial"]}
     if name not in fields or not domain:
-        unread = f" ({name} is the same for every trial of a study)" if trial_kind(name) is None and name else ""
+        every = {f.name for f in dataclasses.fields(Hyperparameters)} - set(fields)
+        unread = f" ({name} is the same for every trial of a study)" if name in every else ""
         raise UserError(f"--search {change}: expected NAME=V1,V2 or NAME=uniform:LOW,HIGH with NAME kind or one of "
                         f"{', '.join(fields)}{unread}")
     kind, _, values = domain.rpartition(":")
@@ -186,6 +187,8 @@ def parse_search(change: str) -> tuple[str, tuple]:
             parsed = [convert(value) for value in values.split(",")]
     except ValueError:
         raise UserError(f"--search {change}: values of --{name.replace('_', '-')} are {convert.__name__} numbers") from None
+    if name == "trees" and 0 in parsed:
+        raise UserError(f"--search {change}: a tree trial's recipe fits at least 1 iteration")
     for value in parsed:
         problem = _out_of_range(value, fields[name].metadata) if not isinstance(value, list) else next(
             filter(None, (_out_of_range(v, fields[name].metadata) for v in value)), None)

@@ -44,7 +44,8 @@ def start_ray(log_to_driver: bool = False) -> None:
     if not os.environ.get("RAY_ADDRESS"):
         if not os.environ.get("RAY_AUTH_MODE") and not os.environ.get("RAY_AUTH_TOKEN"):
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-        local = {"include_dashboard": False}  # 3 s of every start; a local Ray lives as long as its job
+        # no dashboard: 3 s of every start; a local Ray lives as long as its job, reached from this machine only
+        local = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
     ray.init(logging_level="WARNING", log_to_driver=log_to_driver, **local)
 
 

@@ -65,6 +65,9 @@ def test_the_search_space_samples_hyperparameters_by_their_own_names():
 def test_every_searched_domain_lies_inside_its_allowed_values():
     fields = {f.name: f for f in dataclasses.fields(config.Hyperparameters)}
     for name, (kind, *args) in config.search_space().items():
+        if name == "kind":  # which kinds of trial the study runs: no field of Hyperparameters
+            assert args[0] == list(config.TRIAL_KINDS)
+            continue
         values = args[0] if kind == "choice" else args  # a choice's values; a range's ends
         for value in values:
             config.check(dataclasses.replace(config.Hyperparameters(), **{name: value}))  # raises if outside
@@ -86,12 +89,18 @@ def test_feature_documentation_is_current():
 
 
 def test_search_changes_replace_domains_and_are_checked_like_options():
-    space = config.search_space(["trees=0,50", "learning_rate=loguniform:1e-4,1e-2", "hidden_layers=64,128x128"])
-    assert space["trees"] == ("choice", [0, 50]) and space["learning_rate"] == ("loguniform", 1e-4, 1e-2)
+    space = config.search_space(["trees=10,50", "learning_rate=loguniform:1e-4,1e-2", "hidden_layers=64,128x128",
+                                 "kind=trees"])
+    assert space["kind"] == ("choice", ["trees"])
+    assert space["trees"] == ("choice", [10, 50]) and space["learning_rate"] == ("loguniform", 1e-4, 1e-2)
     assert space["hidden_layers"] == ("choice", [[64], [128, 128]])
     for bad, named in [("trees=5000", r"5000 must be in \[0, 2000\]"), ("activation=softmax", "must be one of"),
-                       ("nothing=1", "NAME one of"), ("trees=uniform:0,9", "not a range"),
-                       ("dropout_rate=uniform:0.3,0.1", "LOW < HIGH"), ("trees=many", "int numbers")]:
+                       ("nothing=1", r"NAME kind or one of .*tree_row_fraction$"), ("trees=uniform:1,9", "not a range"),
+                       ("dropout_rate=uniform:0.3,0.1", "LOW < HIGH"), ("trees=many", "int numbers"),
+                       # a field no trial reads, or one every trial must share, is refused rather than ignored
+                       ("tree_folds=3,5", "the same for every trial"), ("epochs=5,10", "the same for every trial"),
+                       ("seed=1,2", "the same for every trial"), ("trees=0,50", "at least 1"),
+                       ("kind=forest", "kind is one or more of trees, network")]:
         with pytest.raises(config.UserError, match=named):
             config.check(config.TuneConfig(search=[bad]))
 

@@ -170,7 +170,8 @@ NETWORK_HELPS = {"trees and a TabM-mini ensemble correcting them": True, "the tr
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_model_family_exports_and_reports_its_latency(family, mlflow_url, sample_dataset, tmp_path, monkeypatch):
+def test_every_model_family_exports_and_reports_its_latency(family, mlflow_url, sample_dataset, tmp_path, monkeypatch,
+                                                           ray_local):
     from mlflow.tracking import MlflowClient
 
     from caspar.training import train as training

@@ -258,7 +258,7 @@ def test_the_train_job_reports_a_damaged_dataset_in_one_line(existing, tmp_path)
 
 # --- Never register a model that did not train ------------------------------------------------------
 
-def test_a_diverged_run_is_failed_and_registers_nothing(good, tmp_path, monkeypatch):
+def test_a_diverged_run_is_failed_and_registers_nothing(good, tmp_path, monkeypatch, ray_local):
     import mlflow
 
     from caspar.training import train as training
@@ -282,7 +282,7 @@ def test_a_diverged_run_is_failed_and_registers_nothing(good, tmp_path, monkeypa
     mlflow.set_tracking_uri(None)
 
 
-def test_a_model_no_better_than_the_mean_is_neither_registered_nor_exported(good, tmp_path, monkeypatch):
+def test_a_model_no_better_than_the_mean_is_neither_registered_nor_exported(good, tmp_path, monkeypatch, ray_local):
     """The registration gate: a run whose model does not beat always predicting the train mean stays,
     FINISHED and tagged with the reason, registers nothing, and the export job refuses it in one line."""
     import mlflow
@@ -452,7 +452,7 @@ def test_an_output_that_cannot_be_written_is_one_line(good):
     assert error == "prepare: error: /sys/caspar-test: Operation not permitted"
 
 
-def test_a_run_that_did_not_finish_is_exported_by_no_reference_and_export_keeps_its_status(good, tmp_path, monkeypatch):
+def test_a_run_that_did_not_finish_is_exported_by_no_reference_and_export_keeps_its_status(good, tmp_path, monkeypatch, ray_local):
     """A run marked FAILED after its model was logged and registered: no run name, run id, registry
     URI or logged-model URI exports it, and trying leaves it FAILED (export used to reopen the run,
     which ended it FINISHED)."""

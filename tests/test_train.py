@@ -30,7 +30,7 @@ def test_normalizer_constant_feature_and_clamping():
     # ... and is 0 whatever its value: what never varied in training cannot move a prediction
 
 
-def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
+def test_training_run_is_fully_tracked(tracking_server, sample_dataset, ray_local):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -78,7 +78,7 @@ def test_training_run_is_fully_tracked(tracking_server, sample_dataset):
     assert run.data.tags["caspar.fit_on"] == "train+val" and run.data.params["fit_on"] == "train+val"
 
 
-def test_the_same_data_options_and_seed_give_the_same_model(tracking_server, sample_dataset):
+def test_the_same_data_options_and_seed_give_the_same_model(tracking_server, sample_dataset, ray_local):
     """Trees cross-fitted by game, their ensemble weights, the network and the choice between them:
     two runs with the same seed ship the same model, byte for byte in its predictions."""
     config = TrainConfig(**SMALL, data=sample_dataset, experiment_name="test-train", model_name="CASPAR-test")
@@ -90,7 +90,7 @@ def test_the_same_data_options_and_seed_give_the_same_model(tracking_server, sam
 
 
 @pytest.mark.parametrize("network_helps", [True, False])
-def test_fit_on_all_ships_the_validated_network_on_trees_fitted_on_every_game(sample_dataset, monkeypatch, network_helps):
+def test_fit_on_all_ships_the_validated_network_on_trees_fitted_on_every_game(sample_dataset, monkeypatch, network_helps, ray_local):
     """--fit-on all: the same recipes and weights, the trees fitted on every game; the network is not
     fitted again (its weights are those validation chose), or absent when it does not beat the trees."""
     from caspar.training import evaluate
@@ -187,7 +187,7 @@ def run_train(*args, env=None, timeout=120):
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(sample_dataset):
+def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(sample_dataset, ray_local):
     import keras
 
     from caspar.config import Hyperparameters
@@ -280,7 +280,7 @@ def test_missing_dataset_says_to_prepare_first(tmp_path):
 README_EXAMPLE = {"hidden_layers": [354, 354], "dropout_rate": 0.06, "learning_rate": 0.01}  # jobs/train.py's usage
 
 
-def test_readme_example_on_the_real_corpus_is_at_least_its_own_trees(corpus_dataset, tracking_server):
+def test_readme_example_on_the_real_corpus_is_at_least_its_own_trees(corpus_dataset, tracking_server, ray_local):
     """The README's example (few epochs) trains into a registered model that is no worse than its own
     trees alone on the test games (it once trained into a constant that every check let through);
     the trees and GBDT baselines are scored on the rows the model was fitted on."""

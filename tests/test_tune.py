@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,9 @@ from conftest import ROOT
 from services import ray_cluster
 
 FINISHED_LINE = re.compile(r"^trial \d+/\d+ \((\w+)\):", re.MULTILINE)
-# --seed 2: the one recipe the tree search draws is small (LightGBM, 300 iterations; seed 42 draws 1,000 of scikit-learn's)
-TINY = ["--n-trials", "6", "--epochs", "4", "--grace-period", "1", "--cpus-per-trial", "1", "--search", "trees=0,25",
-        "--tree-recipes", "1", "--seed", "2"]
+# small trees: the study's own (--trees) and the tree trials' recipes (--search trees=…)
+TINY = ["--n-trials", "6", "--epochs", "4", "--grace-period", "1", "--cpus-per-trial", "1", "--trees", "25", "--search",
+        "trees=25,50", "--seed", "2"]
 
 
 def trial_results(study_path) -> dict[str, list[dict]]:
@@ -66,8 +65,12 @@ def test_tune_job_on_a_two_node_cluster(mlflow_url, sample_dataset, tmp_path):
     assert "stopped early by ASHA" in job.stdout
     results = trial_results(storage / "cluster-study")
     assert len(results) == 6
-    stopped = [rows for rows in results.values() if rows[-1]["epoch"] < 4]
-    assert stopped and all(rows[-1]["epoch"] in (1, 3) for rows in stopped)  # ASHA stopped some, at its milestones
+    kinds = {kind: [rows for rows in results.values() if ("fold" in rows[-1]) == (kind == "trees")] for kind in ("trees", "network")}
+    assert len(kinds["trees"]) == len(kinds["network"]) == 3  # the kinds take turns in TPE's first (random) trials
+    stopped = [rows for rows in kinds["network"] if rows[-1]["epoch"] < 4] + [rows for rows in kinds["trees"]
+                                                                              if rows[-1]["fold"] < 5]
+    # ASHA stopped some, at its milestones: a network's epochs, a recipe's game folds
+    assert stopped and all(rows[-1].get("epoch", rows[-1].get("fold")) in (1, 3) for rows in stopped)
     pids = [rows[0]["pid"] for rows in results.values()]
     assert len(set(pids)) < len(pids)  # later trials ran in an earlier trial's process
     client = MlflowClient(mlflow_url, registry_uri=mlflow_url)
@@ -78,7 +81,9 @@ def test_tune_job_on_a_two_node_cluster(mlflow_url, sample_dataset, tmp_path):
     for trial in trials:
         assert len(client.get_metric_history(trial.info.run_id, "val_loss")) >= 1
     study = [r for r in runs if r.data.tags.get("caspar.kind") == "study"]
-    assert len(study) == 1 and "best_val_loss" in study[0].data.metrics
+    assert len(study) == 1 and 0 <= study[0].data.metrics["serial_share"] <= 1
+    # the study's own trees (ten fits at once as Ray tasks) and the trials ran on both one-CPU nodes
+    assert study[0].data.metrics["nodes_trees"] == 2 and study[0].data.metrics["nodes_networks"] >= 1
     versions = client.search_model_versions("name = 'CASPAR-cluster'")
     assert len(versions) == 1
     assert client.get_run(versions[0].run_id).info.run_name == "cluster-study"
@@ -89,16 +94,27 @@ def run_tune(args, env, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
+def shipped_ensemble(store: str, experiment: str, study: str) -> tuple[list, float]:
+    """(each shipped tree recipe and its weight, test R²) of a study's model run, trial ids aside."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                               f"tags.study = '{study}' and attributes.run_name = '{study}'")
+    ensemble = json.loads(Path(client.download_artifacts(run.info.run_id, "ensemble.json")).read_text())
+    recipes = [({k: v for k, v in m["recipe"].items() if k != "label"}, m["weight"]) for m in ensemble["trees"]]
+    return recipes, run.data.metrics["test_r2"]
+
+
 @pytest.mark.slow
-def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
+def test_resume_does_not_repeat_finished_trials_and_ships_the_model_of_an_uninterrupted_study(sample_dataset, tmp_path):
     storage = tmp_path / "ray_results"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    # Trials long enough (12 epochs each) that the interrupt lands while the third one runs.
-    args = ["--data", sample_dataset, "--n-trials", "4", "--epochs", "12", "--grace-period", "12", "--n-jobs", "1",
-            "--search", "trees=0,25", "--tree-recipes", "0",
-            "--storage-path", str(storage), "--run-name", "resumable", "--experiment-name", "resume-test"]
-    first = run_tune(args, env, start_new_session=True)
+    # Tree recipes only, each long enough (5 folds of 400 iterations) that the interrupt lands while the third runs.
+    args = ["--data", sample_dataset, "--n-trials", "4", "--n-jobs", "1", "--trees", "25",
+            "--search", "kind=trees", "trees=400", "--storage-path", str(storage), "--experiment-name", "resume-test"]
+    first = run_tune([*args, "--run-name", "resumable"], env, start_new_session=True)
     printed, two_finished = [], threading.Event()
 
     def read_first_output():  # the job prints a line per trial once Tune has recorded it as finished
@@ -120,11 +136,11 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
     store = env["MLFLOW_TRACKING_URI"]  # the registry too: an earlier test may have set this process's default
     assert MlflowClient(store, registry_uri=store).search_model_versions("name = 'CASPAR'") == []
     finished_ids = set(FINISHED_LINE.findall(output))
-    trials, unfinished = map(int, re.search(r"(\d+) trials in .* (\d+) unfinished", output).groups())
+    trials, unfinished = map(int, re.search(r"(\d+) trials \(.*?\) in .* (\d+) unfinished", output).groups())
     assert unfinished + len(finished_ids) == trials  # an interrupted trial is not "stopped by ASHA"
     before = {rows[-1]["trial_id"]: rows for rows in trial_results(storage / "resumable").values() if rows}
     assert 2 <= len(finished_ids) < 4 and all(before[trial][-1]["done"] for trial in finished_ids)
-    second = run_tune(args + ["--resume"], env)
+    second = run_tune([*args, "--run-name", "resumable", "--resume"], env)
     output, _ = second.communicate(timeout=600)
     assert second.returncode == 0, output[-3000:]
     after = trial_results(storage / "resumable")
@@ -140,7 +156,12 @@ def test_resume_does_not_repeat_finished_trials(sample_dataset, tmp_path):
     studies = [r for r in runs if r.data.tags.get("caspar.kind") == "study"]
     assert len(studies) == 1 and studies[0].info.status == "FINISHED"
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert 0 < float(re.search(r"training steps ([\d.]+)", output).group(1)) <= 1.0
+    # the same trials uninterrupted: the same recipes, the same weights, the same model
+    straight = run_tune([*args, "--run-name", "straight"], env)
+    output, _ = straight.communicate(timeout=600)
+    assert straight.returncode == 0, output[-3000:]
+    resumed = shipped_ensemble(store, "resume-test", "resumable")
+    assert resumed == shipped_ensemble(store, "resume-test", "straight") and len(resumed[0]) >= 1
 
 
 def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_path, monkeypatch):
@@ -171,15 +192,17 @@ def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_pat
 
     killer = threading.Thread(target=kill_one_trial_worker, daemon=True)
     killer.start()
-    study = tune_study(TuneConfig(data=sample_dataset, n_trials=2, n_jobs=1, epochs=30, grace_period=30, search=["trees=0,25"],
-                                  tree_recipes=0, storage_path=str(storage), run_name="killed", experiment_name="kill-test",
-                                  model_name="CASPAR-kill-test"), load_prepared(sample_dataset))
+    study = tune_study(TuneConfig(data=sample_dataset, n_trials=2, n_jobs=1, epochs=30, grace_period=30, trees=25,
+                                  search=["kind=network"], storage_path=str(storage), run_name="killed",
+                                  experiment_name="kill-test", model_name="CASPAR-kill-test"), load_prepared(sample_dataset))
     killer.join(timeout=5)
     assert killed, "no trial worker was found to kill"
     assert study.trials == 2 and study.errored == 0
     results = trial_results(storage / "killed")
     assert all(rows[-1]["epoch"] == 30 for rows in results.values())
-    assert len(glob.glob(str(storage / "killed" / "*" / "checkpoint_*"))) == 1  # the study ended: the best model's only
+    shipped = int(any("network trial" in line and "no network" not in line for line in study.ensemble_lines))
+    # the study ended: no checkpoint kept but the shipped network's
+    assert len(glob.glob(str(storage / "killed" / "*" / "checkpoint_*"))) == shipped
     state = "".join(open(p).read() for p in glob.glob(str(storage / "killed" / "experiment_state-*.json")))
     assert re.search(r'num_failures\\*": 1', state)
 
@@ -291,26 +314,26 @@ def local_trial(data, config: dict, milestones: list[int]):
     return trial
 
 
-def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
+def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path, ray_local):
     """A trial restored from its checkpoint (after its worker died) has its epoch, its best epoch,
     that epoch's loss and weights, and its current model; the best weights load with the figure
-    the trial reported for them. With trees: the checkpoint holds none, the study's are used again."""
+    the trial reported for them. With trees: the checkpoint holds none, the study's are used again.
+    A tree trial restored after two folds ends with the predictions of one never interrupted."""
     import numpy as np
 
     from caspar.config import TuneConfig
+    from caspar.training.fit import fit_stage
     from caspar.tuning.trial import OPTIMIZER_FILE, StudyData, load_best_model
-    from caspar.tuning.tune import fit_study_stages
 
     rng = np.random.default_rng(0)
     x = rng.random((400, 8)).astype("float32")
     y = (0.6 * x[:, 0] + 0.3 * x[:, 1] * x[:, 2]).astype("float32")
     games = np.repeat([f"game{i}" for i in range(10)], 40)
-    prepared = types.SimpleNamespace(splits={"train": (x[:300], y[:300]), "val": (x[300:], y[300:])},
-                                     files={"train": games[:300], "val": games[300:]})
-    study = TuneConfig(epochs=6, search=["trees=20"], tree_recipes=0)
-    data = StudyData.of(fit_study_stages(study, prepared), prepared.splits)
-    config = dict(vars(study.trial_hyperparameters()), hidden_layers=[16], trees=20, ensemble_size=1,
-                  encoding_bins=0, batch_size=32, learning_rate=0.01)
+    splits, files = {"train": (x[:300], y[:300]), "val": (x[300:], y[300:])}, {"train": games[:300], "val": games[300:]}
+    study = TuneConfig(epochs=6, trees=20)
+    hp = study.trial_hyperparameters()
+    data = StudyData.of(fit_stage(hp, splits, files, "train+val"), splits, files, hp.tree_folds, hp.seed)
+    config = dict(vars(hp), hidden_layers=[16], ensemble_size=1, encoding_bins=0, batch_size=32, learning_rate=0.01)
 
     first = local_trial(data, config, milestones=[2, 4, 6])
     result = first.step()
@@ -328,10 +351,24 @@ def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path):
     best = load_best_model(str(tmp_path), config, data)
     assert [t.name for t in best.model.inputs] == ["features"]  # what the game runs: features in, the trees inside
     # the trial's figure: the network on the trees' out-of-fold predictions of the validation rows
-    inputs = best.inputs(data.x_val, data.trees[20].val)
+    inputs = best.inputs(data.x_val, data.base.val)
     loss = float(np.mean((best.trainer.predict(inputs, verbose=0).ravel() - data.y_val) ** 2))
     assert abs(loss - result["best_val_loss"]) < 1e-6
     assert restored.step()["epoch"] == 4  # and it goes on from there
+
+    recipe = {**config, "kind": "trees", "tree_learners": "lightgbm", "trees": 15}
+    whole = local_trial(data, recipe, milestones=[2, 4, 6])
+    results = [whole.step() for _ in range(5)]
+    assert [r["fold"] for r in results] == [1, 2, 3, 4, 5] and [r["done"] for r in results] == [False] * 4 + [True]
+    halted = local_trial(data, recipe, milestones=[2, 4, 6])
+    halted.step(), halted.step()
+    (tmp_path / "trees").mkdir()
+    halted.save_checkpoint(str(tmp_path / "trees"))
+    resumed = local_trial(data, recipe, milestones=[2, 4, 6])
+    resumed.load_checkpoint(str(tmp_path / "trees"))
+    last = [resumed.step() for _ in range(3)][-1]
+    np.testing.assert_array_equal(resumed.out_of_fold, whole.out_of_fold)
+    assert last["best_val_loss"] == results[-1]["best_val_loss"] and not np.isnan(whole.out_of_fold).any()
 
 
 def test_a_trial_traces_its_training_step_in_set_up_and_then_trains_as_without(monkeypatch):
@@ -382,7 +419,7 @@ def test_a_study_starts_from_the_best_trials_of_an_earlier_one(ray_local, sample
 
     store = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    common = {"data": sample_dataset, "epochs": 1, "grace_period": 1, "n_jobs": 1, "experiment_name": "warm", "tree_recipes": 0,
+    common = {"data": sample_dataset, "epochs": 1, "grace_period": 1, "n_jobs": 1, "experiment_name": "warm", "trees": 25,
               "model_name": "CASPAR-warm", "storage_path": str(tmp_path / "ray"), "search": ["trees=25"]}
     prepared = load_prepared(sample_dataset)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-secret-7f3a")  # must reach no trial and no log
@@ -403,10 +440,14 @@ def test_a_study_starts_from_the_best_trials_of_an_earlier_one(ray_local, sample
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("warm").experiment_id
     points, losses = earlier_trials(TuneConfig(**common, warm_start="first"), experiment)
-    assert len(points) == 2 and losses == sorted(losses) and set(points[0]) == {
-        "hidden_layers", "dropout_rate", "learning_rate", "batch_size", "activation", "encoding_bins", "weight_decay",
-        "lr_schedule", "ensemble_size", "ensemble_kind", "ensemble_loss", "periodic_frequencies", "trees"}
-    narrow = TuneConfig(**{**common, "search": ["trees=25", "batch_size=7"]}, warm_start="first")
+    assert len(points) == 2 and losses == sorted(losses) and {p["kind"] for p in points} == {"trees", "network"}
+    for point in points:  # each its kind and the fields of that kind it sampled
+        network = {"hidden_layers", "dropout_rate", "learning_rate", "batch_size", "activation", "encoding_bins",
+                   "weight_decay", "lr_schedule", "ensemble_size", "ensemble_kind", "ensemble_loss", "periodic_frequencies"}
+        recipe = {"trees", "tree_learners", "tree_learning_rate", "tree_leaves", "tree_min_leaf", "tree_l2",
+                  "tree_feature_fraction"} | ({"tree_row_fraction"} if point.get("tree_learners") == "lightgbm" else set())
+        assert set(point) == {"kind"} | (network if point["kind"] == "network" else recipe), point
+    narrow = TuneConfig(**{**common, "search": ["trees=25", "batch_size=7", "tree_leaves=7"]}, warm_start="first")
     assert earlier_trials(narrow, experiment) == ([], [])  # no earlier configuration lies in this space
     study = tune_study(TuneConfig(**common, n_trials=1, run_name="second", warm_start="first"), prepared)
     assert study.trials == 1 and study.errored == 0
