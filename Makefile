@@ -24,7 +24,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 demo: $(VENV)/.installed
 	@test -d data/demo/raw || $(PY) -m caspar.data.samples data/demo/raw --count 40
 	$(PY) jobs/prepare.py --input data/demo/raw --output data/demo/prepared
-	$(PY) jobs/tune.py --data data/demo/prepared --n-trials 6 --epochs 8 --grace-period 2 --tree-recipes 2 --replace --run-name demo-model \
+	$(PY) jobs/tune.py --data data/demo/prepared --n-trials 6 --epochs 8 --grace-period 2 --trees 100 --search trees=100,200 --replace --run-name demo-model \
 		--experiment-name demo --model-name CASPAR-demo
 	$(PY) jobs/export.py --run demo-model --output exports
 	@echo "exported model: exports/demo-model/ (model.caspar and CasparModel.java for MegaMek's Java inside)"

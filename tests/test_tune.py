@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from services import ray_cluster
 
-FINISHED_LINE = re.compile(r"^trial \d+/\d+ \((\w+)\):", re.MULTILINE)
+FINISHED_LINE = re.compile(r"^trial \d+/\d+ \((\w+)\),", re.MULTILINE)
 # small trees: the study's own (--trees) and the tree trials' recipes (--search trees=…)
 TINY = ["--n-trials", "6", "--epochs", "4", "--grace-period", "1", "--cpus-per-trial", "1", "--trees", "25", "--search",
         "trees=25,50", "--seed", "2"]
@@ -78,8 +78,9 @@ def test_tune_job_on_a_two_node_cluster(mlflow_url, sample_dataset, tmp_path):
     runs = client.search_runs([experiment.experiment_id], "tags.study = 'cluster-study'")
     trials = [r for r in runs if "trial_name" in r.data.tags]
     assert len(trials) == 6
-    for trial in trials:
-        assert len(client.get_metric_history(trial.info.run_id, "val_loss")) >= 1
+    for trial in trials:  # a network's losses per epoch; a recipe's out-of-fold error per fold
+        metric = "val_loss" if trial.data.params["kind"] == "network" else "best_val_loss"
+        assert len(client.get_metric_history(trial.info.run_id, metric)) >= 1
     study = [r for r in runs if r.data.tags.get("caspar.kind") == "study"]
     assert len(study) == 1 and 0 <= study[0].data.metrics["serial_share"] <= 1
     # the study's own trees (ten fits at once as Ray tasks) and the trials ran on both one-CPU nodes
@@ -111,9 +112,9 @@ def test_resume_does_not_repeat_finished_trials_and_ships_the_model_of_an_uninte
     storage = tmp_path / "ray_results"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    # Tree recipes only, each long enough (5 folds of 400 iterations) that the interrupt lands while the third runs.
+    # Tree recipes only, each long enough (5 folds of 150 iterations) that the interrupt lands while the third runs.
     args = ["--data", sample_dataset, "--n-trials", "4", "--n-jobs", "1", "--trees", "25",
-            "--search", "kind=trees", "trees=400", "--storage-path", str(storage), "--experiment-name", "resume-test"]
+            "--search", "kind=trees", "trees=150", "--storage-path", str(storage), "--experiment-name", "resume-test"]
     first = run_tune([*args, "--run-name", "resumable"], env, start_new_session=True)
     printed, two_finished = [], threading.Event()
 
@@ -276,10 +277,10 @@ def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tm
     assert anonymous.returncode != 0 and "Missing authentication token" in anonymous.stdout + anonymous.stderr
     assert wrong.returncode != 0 and "invalid or incorrect" in wrong.stdout + wrong.stderr
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    trained = re.search(r"best model: run ([0-9a-f]{32})", result.stdout).group(1)  # printed by the job
+    trained = re.search(r"the model: run ([0-9a-f]{32})", result.stdout).group(1)  # printed by the job
     exported = re.search(r"exported run ([0-9a-f]{32})", result.stdout).group(1)  # printed by export, here
     assert trained == exported
-    assert (checkout / "exports" / "model-v1" / "model-v1.tflite").is_file()
+    assert (checkout / "exports" / "cluster-check" / "cluster-check.tflite").is_file()
     assert "cluster-test" in [b["Name"] for b in s3_client(s3_endpoint).list_buckets()["Buckets"]]  # created by prepare
 
 
@@ -291,14 +292,19 @@ def test_the_summary_tells_trials_stopped_by_asha_from_trials_cut_off():
     from caspar.config import TuneConfig
     from caspar.tuning.study import summarise
 
-    def trial(epoch, done, error=None, pid=1):
+    def trial(epoch, done, error=None, pid=1, fold=None):
         frame = pd.DataFrame({"best_val_loss": [0.1], "cpu_training": [float(epoch)], "cpu_setup": [1.0], "pid": [pid],
-                              "trial_id": [f"t{epoch}{done}{pid}"], "startup_seconds": [0.2], "timestamp": [100]})
-        return SimpleNamespace(metrics={"epoch": epoch, "done": done}, error=error, metrics_dataframe=frame)
+                              "trial_id": [f"t{epoch}{done}{pid}{fold}"], "startup_seconds": [0.2], "timestamp": [100]})
+        if fold is not None:  # a tree recipe: its clock is its game folds
+            return SimpleNamespace(metrics={"fold": fold, "done": done}, error=error, metrics_dataframe=frame,
+                                   config={"kind": "trees", "tree_folds": 5})
+        return SimpleNamespace(metrics={"epoch": epoch, "done": done}, error=error, metrics_dataframe=frame,
+                               config={"kind": "network"})
 
-    results = [trial(30, True), trial(10, True), trial(20, False, pid=2), trial(10, False), trial(10, False, error=RuntimeError())]
+    results = [trial(30, True), trial(10, True), trial(20, False, pid=2), trial(10, False), trial(10, False, error=RuntimeError()),
+               trial(0, True, fold=5), trial(0, True, fold=1), trial(0, False, fold=2)]
     summary = summarise(results, TuneConfig(data="unused", epochs=30), session_started=0)
-    assert (summary.stopped_early, summary.unfinished) == (1, 2)
+    assert (summary.stopped_early, summary.unfinished) == (2, 3) and summary.kinds == {"network": 5, "trees": 3}
     # per process, its last cumulative report: process 1 reported 10 last, process 2 20
     assert summary.trial_phases["training"] == 30.0 and summary.worker_pids == {1, 2}
 

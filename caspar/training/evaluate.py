@@ -70,6 +70,7 @@ def scorecard(model, normalizer, x_fit, y_fit, x_test, y_test, seed: int = 0, me
 
 
 REFUSED, WORSE_THAN_TREES, GOOD = "refused", "worse-than-its-trees", "good"
+SAME_R2 = 5e-5  # R² this close to a baseline's is the same figure (the trees alone ship: their own R²)
 
 
 @dataclass
@@ -86,10 +87,12 @@ BASELINE_NAMES = {"baseline_trees_test_r2": "its own trees", "baseline_trees_skl
 
 def verdict(results: dict[str, float]) -> Verdict:
     r2, mean = results["test_r2"], results["baseline_mean_test_r2"]
-    beaten = [f"{name} {results[key]:.4f}" for key, name in BASELINE_NAMES.items() if key in results and r2 > results[key]]
-    not_beaten = [f"{name} {results[key]:.4f}" for key, name in BASELINE_NAMES.items()
-                  if key in results and not r2 > results[key]]
+    compared = [(name, results[key]) for key, name in BASELINE_NAMES.items() if key in results]
+    beaten = [f"{name} {value:.4f}" for name, value in compared if r2 > value + SAME_R2]
+    same = [f"{name} {value:.4f}" for name, value in compared if abs(r2 - value) <= SAME_R2]  # e.g. the trees that ship alone
+    not_beaten = [f"{name} {value:.4f}" for name, value in compared if r2 < value - SAME_R2]
     reason = (f"test R² {r2:.4f}; beats " + (", ".join(beaten) or "no baseline")
+              + ("; equals " + ", ".join(same) if same else "")
               + ("; does not beat " + ", ".join(not_beaten) if not_beaten else ""))
     if not r2 > mean:
         return Verdict(REFUSED, f"not registered: test R² {r2:.4f} does not beat always predicting the train mean "
@@ -99,6 +102,13 @@ def verdict(results: dict[str, float]) -> Verdict:
         return Verdict(WORSE_THAN_TREES, f"test R² {r2:.4f} is below the model's own trees alone ({trees:.4f}): the "
                                          "network's correction did not carry over to the test games", reason)
     return Verdict(GOOD, "", reason)
+
+
+def in_words(verdict: Verdict) -> str:
+    """The verdict's comparison as a sentence: the baselines the model beats on the test games, and those it does not."""
+    return (verdict.reason.replace("test R²", "on the test games, test R²", 1).replace("; beats ", ": better than ", 1)
+            .replace("; equals ", "; the same as ", 1).replace("; does not beat ", "; not better than ", 1)
+            + " (each fitted on the same rows)")
 
 
 def summary_line(results: dict[str, float], fit_on: str = "train") -> str:

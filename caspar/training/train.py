@@ -28,6 +28,26 @@ from caspar.training.fit import FIT_ON, Stage, check_trained, fit, fit_stage, ro
 TEST_ROWS_KEPT = 256  # test rows logged with the model, for checking an export
 # --- The model that ships: only weights chosen on games they were not fitted on ---------------------
 
+# The settings of the network alone: logged as a run's parameters only when a network ships.
+NETWORK_FIELDS = {f.name for f in dataclasses.fields(Hyperparameters) if f.metadata["trial"] == "network"} | {"epochs", "patience"}
+
+
+def network_ships(history: dict, stage: Stage) -> bool:
+    return stage.layer is None or history["best_epoch"] > 0
+
+
+def model_description(history: dict, stage: Stage) -> str:
+    """What the model is, in one sentence: its tree recipes and their weights, and the network if one ships."""
+    if stage.layer is None:
+        return f"the model: a network alone, its weights of epoch {history['best_epoch']}"
+    weighted = [(r, w) for r, w in zip(stage.crossed.recipes, stage.crossed.weights) if w > 0]
+    trees = (f"trees: {', '.join(f'{r.name} {w:.2f}' for r, w in weighted)} ({weighted[0][0].iterations} boosting "
+             f"iterations each, weights chosen on their out-of-fold predictions)")
+    if history["best_epoch"] > 0:
+        return f"the model: {trees}, with the network of epoch {history['best_epoch']} correcting them"
+    return f"the model: {trees}; no network"
+
+
 def shipping_line(history: dict, stage: Stage) -> str:
     gain = history.get("network_gain")
     games = f"{gain['mean']:+.5f} ± {gain['standard_error']:.5f} MSE per game over {gain['games']} validation games" \
@@ -101,13 +121,16 @@ class Result:
     model_name: str = "CASPAR"
     model: object = field(repr=False, default=None)  # the model that ships
     experiment_id: str | None = None
+    description: str = ""  # what the model is (model_description)
+    alias: str | None = None
 
     def lines(self) -> list[str]:
-        lines = [f"trained {self.epochs} epochs in {self.seconds:.0f} s; run {self.run_id}",
-                 evaluate.summary_line(self.metrics, self.fit_on)]
+        lines = [f"trained in {self.seconds:.0f} s ({self.epochs} epochs of the network); run {self.run_id}",
+                 self.description, evaluate.summary_line(self.metrics, self.fit_on), evaluate.in_words(self.verdict)]
         if self.registered_version:
-            lines.append(f"model {self.model_uri} (registered version {self.registered_version}; "
-                         f"export with --run models:/{self.model_name}/{self.registered_version})")
+            alias = f", alias {self.alias}" if self.alias else ""
+            lines.append(f"registered as {self.model_name} version {self.registered_version}{alias}: export it with "
+                         f"python jobs/export.py --run models:/{self.model_name}/{self.registered_version}")
         if self.verdict.message:
             lines.append(f"warning: {self.verdict.message}")
         return lines + [tracking.ui_hint(self.tracking_uri, self.experiment_id)]
@@ -124,11 +147,12 @@ def log_dataset_files(prepared: Prepared) -> None:
 
 
 def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: TrainConfig, history: dict,
-                  members: dict, say=None) -> tuple[dict, str, evaluate.Verdict]:
+                  members: dict, say=None, description: str = "") -> tuple[dict, str, evaluate.Verdict]:
     """Inside an active run: the test split's scorecard of `scored` (the model and every baseline
     fitted on its rows, each of its tree models alone among them: `members`, {name: fitted model}),
     the artefacts of `shipped` (normalisation, test inputs with its outputs) and the model itself,
-    not yet registered. Returns (metrics, model URI, verdict)."""
+    not yet registered. `description`: what the model is, the first line of the run's description.
+    Returns (metrics, model URI, verdict)."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -152,7 +176,7 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
     if "best_val_loss" in history:  # the headline figure: the validation loss of what ships, not of the last epoch
         mlflow.log_metric("best_val_loss", history["best_val_loss"])
     mlflow.set_tags({"caspar.verdict": verdict.kind, "caspar.verdict_reason": verdict.reason,
-                     "mlflow.note.content": evaluate.summary_line(results, config.fit_on),  # the run's description
+                     "mlflow.note.content": described(description, results, config.fit_on),  # the run's description
                      "caspar.fit_on": "+".join(shipped.splits)})
     groups = [(f["name"], f["width"]) for f in prepared.schema["features"]]
     say(f"importance: each of the {len(groups)} feature groups permuted on the test games")
@@ -191,9 +215,15 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
     return results, info.model_uri, verdict
 
 
-def register(model_uri: str, config: TrainConfig, metrics: dict, verdict: evaluate.Verdict) -> str | None:
+def described(description: str, metrics: dict, fit_on: str) -> str:
+    """The run's and the registered version's description: what the model is, then its figures."""
+    return "\n".join(filter(None, [description, evaluate.summary_line(metrics, fit_on)]))
+
+
+def register(model_uri: str, config: TrainConfig, metrics: dict, verdict: evaluate.Verdict,
+             description: str = "") -> str | None:
     """Registers the logged model as `config.model_name` (with `config.alias`) unless the verdict
-    refuses it; returns the version."""
+    refuses it; returns the version. `description`: what the model is."""
     import mlflow
 
     if verdict.kind == evaluate.REFUSED:
@@ -201,7 +231,7 @@ def register(model_uri: str, config: TrainConfig, metrics: dict, verdict: evalua
     version = mlflow.register_model(model_uri, config.model_name).version
     client = mlflow.MlflowClient()
     try:
-        client.update_model_version(config.model_name, version, evaluate.summary_line(metrics, config.fit_on))
+        client.update_model_version(config.model_name, version, described(description, metrics, config.fit_on))
         if config.alias:
             client.set_registered_model_alias(config.model_name, config.alias, version)
     except BaseException:  # a version half registered is removed: the run fails and nothing of it ships
@@ -245,8 +275,9 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
         say(f"train: dataset {prepared.version} ({', '.join(f'{n} {len(y):,}' for n, (_, y) in prepared.splits.items())} "
             f"rows); run {config.run_name or '(unnamed)'} in experiment {config.experiment_name}")
     with mlflow.start_run(experiment_id=experiment, run_name=config.run_name, tags=run_tags(prepared)) as run:
-        mlflow.log_params(dataclasses.asdict(config) | evaluate.baseline_parameters()
-                          | {"rows_train": len(y_train), "n_features": x_train.shape[1]})
+        # the network's settings are logged once it is known to ship (below)
+        mlflow.log_params({k: v for k, v in dataclasses.asdict(config).items() if k not in NETWORK_FIELDS}
+                          | evaluate.baseline_parameters() | {"rows_train": len(y_train), "n_features": x_train.shape[1]})
         log_dataset_files(prepared)
         stage = fit_stage(config, prepared.splits, prepared.files, config.fit_on, say, config.cpus_per_fit)
         if stage.crossed is not None:
@@ -257,10 +288,25 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
         scored, shipped = release(config, prepared.splits, network, history, stage, config.fit_on, say)
         if say:
             say(shipping_line(history, stage))
+        log_network_settings(config, network_ships(history, stage))
+        description = model_description(history, stage)
         members = {} if stage.crossed is None else stage.crossed.members()
-        results, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, members, say)
-        version = register(model_uri, config, results, verdict)
+        results, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, members, say, description)
+        version = register(model_uri, config, results, verdict, description)
     if verdict.kind == evaluate.REFUSED:
         raise UserError(f"{verdict.message} (run {run.info.run_id}, tagged caspar.verdict=refused)")
     return Result(run.info.run_id, model_uri, version, results, len(history["loss"]), time.perf_counter() - started, uri,
-                  verdict, config.fit_on, config.model_name, shipped.model, experiment)
+                  verdict, config.fit_on, config.model_name, shipped.model, experiment, description, config.alias)
+
+
+def log_network_settings(config, ships: bool) -> None:
+    """The network's settings: as the run's parameters when it ships; otherwise the parameter
+    network says it did not, and the settings tried are a file of the run (network_not_shipped.json)."""
+    import mlflow
+
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k in NETWORK_FIELDS}
+    if ships:
+        mlflow.log_params(settings)
+    else:
+        mlflow.log_param("network", "not shipped: the trees alone")
+        mlflow.log_dict(settings, "network_not_shipped.json")

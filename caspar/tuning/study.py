@@ -120,14 +120,16 @@ def progress(result: dict) -> str:
 def prune_checkpoints(results, keep=None) -> int:
     """Deletes every trial's checkpoints but `keep` (the shipped network's) once a study has ended
     and its model is logged: a finished trial is never resumed. Returns how many were deleted."""
+    import pyarrow.fs as pafs
+
     deleted = 0
     for result in results:
-        saved = {c.path: c for c, _ in result.best_checkpoints or []}
-        if result.checkpoint is not None:
-            saved[result.checkpoint.path] = result.checkpoint
-        for checkpoint in saved.values():
-            if keep is None or checkpoint.path != keep.path:
-                checkpoint.filesystem.delete_dir(checkpoint.path)
+        if result.filesystem is None or not result.path:
+            continue
+        for entry in result.filesystem.get_file_info(pafs.FileSelector(result.path, allow_not_found=True)):
+            if entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint_") \
+                    and (keep is None or entry.path.rstrip("/") != keep.path.rstrip("/")):
+                result.filesystem.delete_dir(entry.path)
                 deleted += 1
     return deleted
 
@@ -274,6 +276,7 @@ class Study:
     serial_share: float | None = None  # of the wall time, fewer fits running than the cluster holds
     capacity: int = 0  # fits the cluster holds at once
     nodes: dict = field(default_factory=dict)  # kind -> nodes its fits ran on
+    model_name: str = "CASPAR"
 
     def lines(self) -> list[str]:
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.kinds.items()))
@@ -297,10 +300,13 @@ class Study:
         if self.run_id is None:
             return [f"interrupted after {self.trials} trials: nothing registered; --resume continues the study "
                     "(with --register-partial, an interrupted study registers its best)"]
-        registered = f"registered as version {self.registered_version}" if self.registered_version else "not registered"
+        registered = (f"registered as {self.model_name} version {self.registered_version}: export it with python "
+                      f"jobs/export.py --run models:/{self.model_name}/{self.registered_version}"
+                      if self.registered_version else "not registered")
         return [
             *self.ensemble_lines,
-            f"{evaluate.summary_line(self.metrics, self.fit_on)}",
+            evaluate.summary_line(self.metrics, self.fit_on),
+            evaluate.in_words(self.verdict),
             f"the model: run {self.run_id}, {registered}",
             *([f"warning: {self.verdict.message}"] if self.verdict.message else []),
         ]

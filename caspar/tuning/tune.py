@@ -136,6 +136,7 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
         raise UserError(f"{verdict.message} (run {run_id}, tagged caspar.verdict=refused)")
     return dataclasses.replace(study, metrics=metrics, run_id=run_id, registered_version=version, verdict=verdict,
                                ensemble_lines=ensemble.lines(), serial_share=serial, capacity=capacity,
+                               model_name=config.model_name,
                                nodes={kind: len({n for k, n in nodes if k == kind}) for kind in ("trees", "network")},
                                seconds=time.perf_counter() - started)
 
@@ -311,12 +312,14 @@ def log_best(ensemble: Ensemble, stage, data: StudyData, prepared: Prepared, con
     tags = {**run_tags(prepared), "study": config.run_name, "mlflow.parentRunId": parent.run_id}
     with mlflow.start_run(experiment_id=parent.experiment_id, run_name=config.run_name, tags=tags, nested=True) as run:
         mlflow.log_params(parameters | evaluate.baseline_parameters()
-                          | {"ensemble_recipes": len(shipped_members), "network_trial": ensemble.network.trial_id
-                             if network else "none (not shipped)"})
+                          | {"ensemble_recipes": len(shipped_members),
+                             "network": f"trial {ensemble.network.trial_id}, share {ensemble.network_share:.2f}"
+                             if network else "not shipped: the trees alone"})
         log_dataset_files(prepared)
         mlflow.log_dict(ensemble.description(), "ensemble.json")
         mlflow.log_metrics({f"weight_{m.name}": w for m, w in shipped_members} | {"network_share": ensemble.network_share})
         members = {m.name: m.model for m, _ in shipped_members}
-        metrics, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, members, say)
-        version = register(model_uri, config, metrics, verdict)
+        description = "\n".join(ensemble.lines())
+        metrics, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, members, say, description)
+        version = register(model_uri, config, metrics, verdict, description)
     return metrics, run.info.run_id, version, verdict
