@@ -131,7 +131,7 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
                             "nodes_networks": len({n for k, n in nodes if k == "network"})})
         log_study(results, cpu_parts)
         if not interrupted:
-            prune_checkpoints(results, keep=ensemble.network.checkpoint if ensemble.network else None)
+            prune_checkpoints(results, keep=ensemble.network.checkpoint if ensemble.network_share else None)
     if verdict.kind == evaluate.REFUSED:
         raise UserError(f"{verdict.message} (run {run_id}, tagged caspar.verdict=refused)")
     return dataclasses.replace(study, metrics=metrics, run_id=run_id, registered_version=version, verdict=verdict,
