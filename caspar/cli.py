@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import os
 import re
+import signal
 import sys
 import threading
 import typing
@@ -53,12 +54,33 @@ class Interrupted(Exception):
         self.lines = lines
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an interrupt: the job cleans up as after Ctrl-C (its MLflow run ends KILLED)."""
+
+
+@contextlib.contextmanager
+def terminated_as_interrupt():
+    """While the block runs in the main thread, SIGTERM raises Terminated there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
     """Run `work`; print its lines (exit 0), or one `job: error: ...` line (exit 2 for a UserError,
     1 when MLflow failed); interrupted (Ctrl-C), what it says (exit 130). Without `verbose`, the
     libraries' own log lines are hidden."""
     quiet = contextlib.nullcontext() if verbose else quiet_libraries()
-    with quiet:
+    with quiet, terminated_as_interrupt():
         try:
             lines = work()
         except UserError as error:
@@ -68,6 +90,9 @@ def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
             for line in stop.lines:
                 print(line, flush=True)
             return 130
+        except Terminated:
+            print(f"{job}: stopped (SIGTERM)", file=sys.stderr)
+            return 143
         except KeyboardInterrupt:
             print(f"{job}: interrupted", file=sys.stderr)
             return 130

@@ -211,3 +211,17 @@ def literal(text: str) -> str:
     if '"' not in text:
         return f'"{text}"'
     raise UserError(f"{text!r}: a name with both ' and \" cannot be looked up in MLflow")
+
+
+@contextlib.contextmanager
+def run(**kwargs):
+    """mlflow.start_run(**kwargs), ended KILLED (not FAILED) when the job is interrupted (Ctrl-C, or
+    SIGTERM, which the jobs' shell turns into the same interrupt): the run did not fail, it was stopped."""
+    import mlflow
+
+    with mlflow.start_run(**kwargs) as active:
+        try:
+            yield active
+        except KeyboardInterrupt:
+            mlflow.end_run("KILLED")  # start_run's own exit then finds no active run to mark FAILED
+            raise

@@ -452,3 +452,29 @@ print(json.dumps(model.predict(pd.read_csv("rows.csv")).tolist()))
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_a_job_stopped_with_sigterm_or_ctrl_c_ends_its_run_killed(sample_dataset, tmp_path):
+    """A stopped run did not fail: MLflow shows it KILLED, whether a user pressed Ctrl-C or a
+    scheduler sent SIGTERM; the job exits 130 or 143."""
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "RAY_AUTH_MODE": "disabled"}
+    for stop, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        job = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "train.py"), "--data", sample_dataset, "--trees", "0",
+                                "--epochs", "100000", "--patience", "100000", "--hidden-layers", "8",
+                                "--experiment-name", "stopped", "--run-name", f"stopped-{code}"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in job.stdout:  # training has started: the run is open
+            if line.startswith("epoch 1/"):
+                break
+        job.send_signal(stop)
+        rest, _ = job.communicate(timeout=120)
+        assert job.returncode == code, rest[-2000:]
+        client = MlflowClient(store)
+        [run] = client.search_runs([client.get_experiment_by_name("stopped").experiment_id],
+                                   f"attributes.run_name = 'stopped-{code}'")
+        assert run.info.status == "KILLED"

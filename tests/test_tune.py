@@ -136,6 +136,9 @@ def test_resume_does_not_repeat_finished_trials_and_ships_the_model_of_an_uninte
 
     store = env["MLFLOW_TRACKING_URI"]  # the registry too: an earlier test may have set this process's default
     assert MlflowClient(store, registry_uri=store).search_model_versions("name = 'CASPAR'") == []
+    stopped = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("resume-test").experiment_id],
+                                              "tags.`caspar.kind` = 'study'")
+    assert [r.info.status for r in stopped] == ["KILLED"]  # stopped, not failed; --resume reopens it
     finished_ids = set(FINISHED_LINE.findall(output))
     trials, unfinished = map(int, re.search(r"(\d+) trials \(.*?\) in .* (\d+) unfinished", output).groups())
     assert unfinished + len(finished_ids) == trials  # an interrupted trial is not "stopped by ASHA"

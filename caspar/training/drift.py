@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from caspar import tracking
+
 BINS = 10
 SHARE_FLOOR = 1e-4  # a bin no row falls in counts as this share, so the PSI stays finite
 OUTSIDE_FLAG = 0.01  # a feature with more than 1 % of new rows outside the training range is flagged
@@ -133,7 +135,7 @@ def check(config) -> list[str]:
                 f"{run.info.run_name} ({source.run_id}): {len(flagged)} of {len(found)} features flagged "
                 f"(more than {OUTSIDE_FLAG:.0%} of rows outside the training range, or PSI above {PSI_FLAG})")
     mlflow.set_experiment(config.drift_experiment)
-    with mlflow.start_run(run_name=f"drift-{source.name}") as drift_run:
+    with tracking.run(run_name=f"drift-{source.name}") as drift_run:
         mlflow.log_params({"model_run_id": source.run_id, "model": config.run, "data": config.data})
         mlflow.log_metrics({"drift_rows": len(features), "drift_flagged_features": len(flagged),
                             "drift_max_psi": max(s.psi for s in found),

@@ -274,7 +274,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
     if say:
         say(f"train: dataset {prepared.version} ({', '.join(f'{n} {len(y):,}' for n, (_, y) in prepared.splits.items())} "
             f"rows); run {config.run_name or '(unnamed)'} in experiment {config.experiment_name}")
-    with mlflow.start_run(experiment_id=experiment, run_name=config.run_name, tags=run_tags(prepared)) as run:
+    with tracking.run(experiment_id=experiment, run_name=config.run_name, tags=run_tags(prepared)) as run:
         # the network's settings are logged once it is known to ship (below)
         mlflow.log_params({k: v for k, v in dataclasses.asdict(config).items() if k not in NETWORK_FIELDS}
                           | evaluate.baseline_parameters() | {"rows_train": len(y_train), "n_features": x_train.shape[1]})

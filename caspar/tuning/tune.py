@@ -73,7 +73,7 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     say = functools.partial(print, flush=True)
     hp = config.trial_hyperparameters()
     threads = max(1, int(config.cpus_per_trial))
-    with mlflow.start_run(run_id=previous_run, experiment_id=experiment, run_name=f"{config.run_name}-study",
+    with tracking.run(run_id=previous_run, experiment_id=experiment, run_name=f"{config.run_name}-study",
                           tags={"study": config.run_name, "caspar.kind": "study"}) as parent:
         if previous_run is None:  # first of its files: an artefact store that refuses files fails the study now
             with tracking.first_files():
@@ -115,6 +115,7 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
                       search_seconds=search_seconds, kinds=summary.kinds)
         if interrupted and not config.register_partial:
             log_study(results, cpu_parts)
+            mlflow.end_run("KILLED")  # stopped, not failed: --resume reopens it
             return dataclasses.replace(study, seconds=time.perf_counter() - started)
         say(f"ensemble: choosing from the {len(stage.crossed.recipes)} default recipes, "
             f"{summary.kinds.get('trees', 0)} tree trials and the best of {summary.kinds.get('network', 0)} network trials")
@@ -310,7 +311,7 @@ def log_best(ensemble: Ensemble, stage, data: StudyData, prepared: Prepared, con
     tracking_fields = {f.name for f in dataclasses.fields(Tracking)} | {"cpus_per_fit", "tree_folds", "seed"}
     parameters = {k: v for k, v in dataclasses.asdict(config).items() if network or k in tracking_fields}
     tags = {**run_tags(prepared), "study": config.run_name, "mlflow.parentRunId": parent.run_id}
-    with mlflow.start_run(experiment_id=parent.experiment_id, run_name=config.run_name, tags=tags, nested=True) as run:
+    with tracking.run(experiment_id=parent.experiment_id, run_name=config.run_name, tags=tags, nested=True) as run:
         mlflow.log_params(parameters | evaluate.baseline_parameters()
                           | {"ensemble_recipes": len(shipped_members),
                              "network": f"trial {ensemble.network.trial_id}, share {ensemble.network_share:.2f}"
