@@ -21,11 +21,12 @@ def has_model(client, run_id: str) -> bool:
     return any(a.path == MODEL_MARKER for a in client.list_artifacts(run_id))
 
 
-def write_test_inputs(path: str, raw_features: np.ndarray, expected: np.ndarray) -> None:
-    """Test rows as the game would see them before normalising, and the model's output."""
+def write_test_inputs(path: str, raw_features: np.ndarray, expected: np.ndarray, columns: list[str] | None = None) -> None:
+    """Test rows as the game would see them before normalising, and the model's output. `columns`:
+    the features' names (schema.json's, as the MLflow model takes them); f0, f1, … without."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow([f"f{i}" for i in range(raw_features.shape[1])] + ["expected"])
+        writer.writerow(list(columns or [f"f{i}" for i in range(raw_features.shape[1])]) + ["expected"])
         for features, output in zip(raw_features.tolist(), expected.tolist()):
             writer.writerow([repr(v) for v in features] + [repr(output)])
 

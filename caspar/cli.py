@@ -29,8 +29,17 @@ NATIVE_NOISE = re.compile(
     rb"|Successfully registered model '|Created version '\d+' of model |Registered model '.*' already exists"
     rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\tINFO "
     rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\tWARNING authentication_token_setup\.py:\d+ -- Token authentication is enabled)")
+# What every start of TensorFlow prints on a CPU-only machine, hidden even with --verbose: it says nothing
+# about the run (oneDNN's notice, no CUDA driver, absl's start, cuInit failing where there is no GPU).
+STARTUP_NOISE = re.compile(
+    rb"^(I\d{4} [\d:.]+ +\d+ (port|cudart_stub|cpu_feature_guard|cuda_executor|cuda_dnn|cuda_fft|cuda_blas)\.cc:\d+\]"
+    rb"|E\d{4} [\d:.]+ +\d+ cuda_(platform|executor|driver)\.cc:\d+\] failed call to cuInit"
+    rb"|E\d{4} [\d:.]+ +\d+ util\.cc:\d+\] oneDNN supports DT_BOOL only on platforms with AVX-512"
+    rb"|WARNING: All log messages before absl::InitializeLog"
+    rb"|To enable the following instructions: .* in other operations, rebuild TensorFlow)")
 QUIET_ENVIRONMENT = {
     "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "CRITICAL", "RAY_DATA_LOG_LEVEL": "WARNING",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # Ray Data's own progress lines: the jobs say their progress themselves
     "RAY_AIR_NEW_OUTPUT": "0",  # Tune's classic reporter, silent at RunConfig(verbose=0)
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
@@ -79,7 +88,7 @@ def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
     """Run `work`; print its lines (exit 0), or one `job: error: ...` line (exit 2 for a UserError,
     1 when MLflow failed); interrupted (Ctrl-C), what it says (exit 130). Without `verbose`, the
     libraries' own log lines are hidden."""
-    quiet = contextlib.nullcontext() if verbose else quiet_libraries()
+    quiet = quiet_libraries(STARTUP_NOISE, {}) if verbose else quiet_libraries()
     with quiet, terminated_as_interrupt():
         try:
             lines = work()
@@ -149,11 +158,13 @@ def mlflow_message(error: Exception) -> str:
 
 
 @contextlib.contextmanager
-def quiet_libraries():
-    """Hide the libraries' own log lines: quieter log levels by environment (inherited by Ray's
-    workers), and a filter on file descriptor 2 for what C++ code writes there directly."""
-    saved_environment = {k: os.environ.get(k) for k in QUIET_ENVIRONMENT}
-    for key, value in QUIET_ENVIRONMENT.items():
+def quiet_libraries(noise: re.Pattern = NATIVE_NOISE, environment: dict | None = None):
+    """Hide the libraries' own log lines: quieter log levels by `environment` (inherited by Ray's
+    workers; QUIET_ENVIRONMENT by default), and a filter on file descriptor 2 for what C++ code
+    writes there directly (the lines `noise` matches)."""
+    environment = QUIET_ENVIRONMENT if environment is None else environment
+    saved_environment = {k: os.environ.get(k) for k in environment}
+    for key, value in environment.items():
         os.environ.setdefault(key, value)
     sys.stderr.flush()
     read_end, write_end = os.pipe()
@@ -166,7 +177,7 @@ def quiet_libraries():
     def pump():
         with os.fdopen(read_end, "rb") as source, os.fdopen(target_fd, "wb") as target:
             for line in source:
-                if not NATIVE_NOISE.match(line):
+                if not noise.match(line):
                     target.write(line)
                     target.flush()
 

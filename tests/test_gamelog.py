@@ -167,3 +167,20 @@ def test_synthetic_logs_round_trip():
         to_x = float(first_move.split("\t")[7])
         assert log.moves["TO_X"][0].as_py() == to_x
         assert np.all(log.states["X"].to_numpy() >= 0)
+
+
+def test_the_writer_takes_a_folder_of_logs_and_names_a_missing_one(tmp_path):
+    """`python -m caspar.data.gamelog.writer FOLDER --output DIR`, as the README shows it."""
+    import subprocess
+    import sys
+
+    from caspar.data.samples import write_samples
+
+    write_samples(tmp_path / "logs" / "nested", count=2)
+    done = subprocess.run([sys.executable, "-m", "caspar.data.gamelog.writer", str(tmp_path / "logs"), "--output",
+                           str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 0 and "wrote 2 games" in done.stdout, done.stderr
+    assert len(list((tmp_path / "out").glob("*.tsv"))) == 2
+    missing = subprocess.run([sys.executable, "-m", "caspar.data.gamelog.writer", str(tmp_path / "none.tsv"), "--output",
+                              str(tmp_path / "out2")], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "none.tsv" in missing.stderr

@@ -142,7 +142,7 @@ public abstract class EntityDataMap<F extends Enum<F>> {
 public class UnitAction extends EntityDataMap<UnitAction.Field> {
     public enum Field { ID, TEAM_ID, PLAYER_ID, FACING, FROM_X, FROM_Y, TO_X, TO_Y, HEXES_MOVED, MP_USED, MAX_MP, JUMPING }
     public UnitAction() { super(Field.class); }
-    public static UnitAction fromMovePath(megamek.stub.MovePath path) {
+    public static UnitAction fromMovePath(megamek.common.moves.MovePath path) {
         UnitAction map = new UnitAction();
         map.put(Field.ID, 1).put(Field.TEAM_ID, 1).put(Field.TO_X, 3).put(Field.TO_Y, 4).put(Field.JUMPING, true);
         return map;
@@ -152,7 +152,7 @@ public class UnitAction extends EntityDataMap<UnitAction.Field> {
 public class UnitState extends EntityDataMap<UnitState.Field> {
     public enum Field { ID, TEAM_ID, PLAYER_ID, TYPE, ROLE, X, Y, MAX_RANGE, TOTAL_DAMAGE, ARMOR, INTERNAL }
     public UnitState() { super(Field.class); }
-    public static UnitState fromEntity(megamek.stub.Entity entity, megamek.stub.Game game) {
+    public static UnitState fromEntity(megamek.common.units.Entity entity, megamek.common.game.Game game) {
         UnitState map = new UnitState();
         map.put(Field.ID, entity.id).put(Field.TEAM_ID, entity.id % 2).put(Field.X, entity.id).put(Field.Y, 2)
            .put(Field.TYPE, "BipedMek").put(Field.MAX_RANGE, 9).put(Field.TOTAL_DAMAGE, 30).put(Field.ARMOR, 100)
@@ -160,15 +160,21 @@ public class UnitState extends EntityDataMap<UnitState.Field> {
         return map;
     }
 }""",
-    "megamek/stub/Entity.java": "package megamek.stub; public class Entity { public final int id; "
-                                "public Entity(int id) { this.id = id; } }",
-    "megamek/stub/Board.java": "package megamek.stub; public class Board { public int getWidth() { return 16; } "
-                               "public int getHeight() { return 17; } }",
-    "megamek/stub/Game.java": "package megamek.stub; public class Game { public java.util.List<Entity> getEntitiesVector() "
-                              "{ return java.util.List.of(new Entity(1), new Entity(2), new Entity(3)); } "
-                              "public Board getBoard() { return new Board(); } }",
-    "megamek/stub/MovePath.java": "package megamek.stub; public class MovePath { "
-                                  "public Entity getEntity() { return new Entity(1); } }",
+    # MegaMek's main line (2026): units, game, board and moves in packages of their own; a game of
+    # several boards has no getBoard() without an id (the legacy call answered board 0 whatever the path)
+    "megamek/common/units/Entity.java": "package megamek.common.units; public class Entity { public final int id; "
+                                        "public Entity(int id) { this.id = id; } }",
+    "megamek/common/board/Board.java": "package megamek.common.board; public class Board { private final int id; "
+                                       "public Board(int id) { this.id = id; } public int getWidth() { return 16 + id; } "
+                                       "public int getHeight() { return 17; } }",
+    "megamek/common/game/Game.java": "package megamek.common.game; import megamek.common.units.Entity; "
+                                     "import megamek.common.board.Board; public class Game { "
+                                     "public java.util.List<Entity> getEntitiesVector() "
+                                     "{ return java.util.List.of(new Entity(1), new Entity(2), new Entity(3)); } "
+                                     "public Board getBoard(int boardId) { return new Board(boardId); } }",
+    "megamek/common/moves/MovePath.java": "package megamek.common.moves; import megamek.common.units.Entity; "
+                                          "public class MovePath { public Entity getEntity() { return new Entity(1); } "
+                                          "public int getFinalBoardId() { return 1; } }",
 }
 
 
@@ -192,7 +198,7 @@ def test_the_readme_megamek_adapter_compiles_and_scores(classes, tmp_path):
         (tmp_path / "src" / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "src" / path).write_text(text)
     bot = ["package bot;", *imports, "import java.nio.file.Path;", "import java.util.ArrayList;", "import java.util.List;",
-           "import megamek.stub.*;", "public class Bot {", body[:method_end],
+           "public class Bot {", body[:method_end],
            "static float score(Game game, MovePath path) throws java.io.IOException {", body[method_end:],
            "return reward; }",
            "public static void main(String[] args) throws Exception { System.out.println(score(new Game(), new MovePath())); } }"]

@@ -96,7 +96,14 @@ def _newest_run_named(client, ref: str, experiment_name: str | None) -> Source:
         raise ExportError(f"no run named {ref!r}{where}{hint}")
     newest = with_model[0]
     _check_shippable(newest)
-    note = f"{len(with_model)} runs are named {ref!r}; exporting the newest, {newest.info.run_id}" if len(with_model) > 1 else ""
+    note = ""
+    if len(with_model) > 1:  # say which, and how to name another: a name is not a model
+        others = ", ".join(f"{r.info.run_id} (test R² {r.data.metrics.get('test_r2', float('nan')):.4f})"
+                           for r in with_model[1:4])
+        newest_r2 = newest.data.metrics.get("test_r2", float("nan"))
+        note = (f"{len(with_model)} finished runs are named {ref!r}; exporting the newest, {newest.info.run_id} "
+                f"(test R² {newest_r2:.4f}); the others: {others}{' …' if len(with_model) > 4 else ''}; "
+                "--run RUN_ID or models:/NAME/VERSION exports another")
     return Source(newest.info.run_id, safe_name(ref), f"runs:/{newest.info.run_id}/model", note)
 
 

@@ -202,7 +202,7 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
         def path(name):
             return os.path.join(folder, name)
         shipped.normalizer.write_csv(path(NORMALIZATION_FILE))
-        write_test_inputs(path(TEST_INPUTS_FILE), x_test[:TEST_ROWS_KEPT], shipped_predictions[:TEST_ROWS_KEPT])
+        write_test_inputs(path(TEST_INPUTS_FILE), x_test[:TEST_ROWS_KEPT], shipped_predictions[:TEST_ROWS_KEPT], columns)
         with open(path(FEATURE_PROFILE_FILE), "w") as handle:  # what the shipped normalisation was fitted on
             handle.write(FeatureProfile.fit(rows(prepared.splits, shipped.splits)[0]).to_json())
         with open(path("feature_group_importance.json"), "w") as handle:

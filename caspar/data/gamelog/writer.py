@@ -214,11 +214,17 @@ if __name__ == "__main__":
     from pathlib import Path
 
     parser = argparse.ArgumentParser(description="Rewrite game logs in a newer MegaMek layout.")
-    parser.add_argument("logs", nargs="+", type=Path)
+    parser.add_argument("logs", nargs="+", type=Path, help="log files, or folders searched for *.tsv")
     parser.add_argument("--layout", choices=LAYOUTS, default="versioned")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--crlf", action="store_true")
     args = parser.parse_args()
+    logs = [log for path in args.logs for log in (sorted(path.rglob("*.tsv")) if path.is_dir() else [path])]
+    missing = [path for path in logs if not path.is_file()]
+    if missing or not logs:
+        parser.exit(2, f"writer: error: {missing[0] if missing else ' '.join(map(str, args.logs))}: "
+                       f"{'no such file' if missing else 'no *.tsv log there'}\n")
+    args.logs = logs
     args.output.mkdir(parents=True, exist_ok=True)
     for number, path in enumerate(args.logs):
         stamp = f"20250101_{number // 3600 % 24:02d}{number // 60 % 60:02d}{number % 60:02d}"
