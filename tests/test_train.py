@@ -478,3 +478,32 @@ def test_a_job_stopped_with_sigterm_or_ctrl_c_ends_its_run_killed(sample_dataset
         [run] = client.search_runs([client.get_experiment_by_name("stopped").experiment_id],
                                    f"attributes.run_name = 'stopped-{code}'")
         assert run.info.status == "KILLED"
+
+
+def test_drift_flags_a_shift_beyond_what_as_many_training_games_show_by_chance():
+    """Rows of one game are alike: five new games of the training distribution move a feature whose
+    values depend on the game by a PSI far above 0.2, by chance; the check flags only what also
+    exceeds what five training games reach, and a real shift still."""
+    from caspar.training.drift import FeatureProfile, shifts
+
+    rng = np.random.default_rng(0)
+
+    def games(count, shift=0.0):
+        rows, names = [], []
+        for g in range(count):
+            level = rng.random()  # the game's own level of feature 0 (a map, a force): its rows cluster there
+            part = np.stack([np.clip(level + 0.05 * rng.normal(size=40), 0, 1), rng.random(40),
+                             np.clip(rng.random(40) * 0.5 + shift, 0, 1)], axis=1)
+            rows.append(part)
+            names += [f"g{count}-{g}"] * 40
+        return np.concatenate(rows), np.array(names)
+
+    training, names = games(120)
+    profile = FeatureProfile.fit(training, names, seed=1)
+    assert FeatureProfile.from_json(profile.to_json()).noise_for(5).shape == (3,)
+    new, _ = games(5, shift=0.4)  # feature 2 moved for a reason; 0 and 1 drawn as in training
+    by_chance = {s.feature: s for s in shifts(profile, new, ["by_game", "uniform", "moved"], games=5)}
+    assert by_chance["by_game"].psi > 0.2 and not by_chance["by_game"].flagged  # game-to-game variation, not drift
+    assert by_chance["moved"].flagged and not by_chance["uniform"].flagged
+    naive = {s.feature: s for s in shifts(profile, new, ["by_game", "uniform", "moved"])}
+    assert naive["by_game"].flagged  # without the games' noise it would have been

@@ -20,6 +20,12 @@ BINS = 10
 SHARE_FLOOR = 1e-4  # a bin no row falls in counts as this share, so the PSI stays finite
 OUTSIDE_FLAG = 0.01  # a feature with more than 1 % of new rows outside the training range is flagged
 PSI_FLAG = 0.2  # the usual threshold of a shift worth acting on
+# Sampling noise: a few new games differ from the training rows by chance (rows of one game are
+# alike), so a feature is flagged only when its PSI is also above what NOISE_DRAWS draws of that many
+# of the training games give it at the NOISE_QUANTILE. Tabulated for these numbers of games.
+NOISE_GAMES = (1, 2, 3, 5, 10, 20, 50)
+NOISE_DRAWS = 200
+NOISE_QUANTILE = 0.99
 
 
 @dataclass
@@ -28,15 +34,40 @@ class FeatureProfile:
     maximum: np.ndarray  # [F]
     shares: np.ndarray  # [F, BINS + 2]: below the range, BINS bins of it, above (0 for the fitted rows)
     rows: int
+    noise: dict = None  # {games: [F]}: the PSI that many training games reach by chance (NOISE_QUANTILE)
 
     @classmethod
-    def fit(cls, features: np.ndarray) -> FeatureProfile:
-        """features: [N, F] raw rows (the rows the model's normalisation was fitted on)."""
+    def fit(cls, features: np.ndarray, games: np.ndarray | None = None, seed: int = 0) -> FeatureProfile:
+        """features: [N, F] raw rows (the rows the model's normalisation was fitted on); games: [N],
+        the game of each row, for the sampling noise of a few games' rows (none without)."""
         minimum, maximum = features.min(axis=0), features.max(axis=0)
         profile = cls(minimum.astype(np.float64), maximum.astype(np.float64), np.zeros((features.shape[1], BINS + 2)),
-                      len(features))
+                      len(features), {})
         profile.shares = profile.bin_shares(features)
+        if games is not None:
+            profile.noise = profile.sampling_noise(features, games, seed)
         return profile
+
+    def sampling_noise(self, features: np.ndarray, games: np.ndarray, seed: int) -> dict:
+        """{n: [F]} for n in NOISE_GAMES below the number of games: the NOISE_QUANTILE of the PSI of n
+        training games drawn at random (without replacement) against all the training rows."""
+        names, game_of_row = np.unique(games, return_inverse=True)
+        counts = np.stack([self.bin_shares(features[game_of_row == g]) * np.sum(game_of_row == g)
+                           for g in range(len(names))])  # [games, F, BINS + 2]: rows per bin
+        rows = counts[:, 0, :].sum(axis=1)  # [games]
+        rng = np.random.default_rng(seed)
+        noise = {}
+        for n in (n for n in NOISE_GAMES if n < len(names)):
+            draws = [rng.choice(len(names), n, replace=False) for _ in range(NOISE_DRAWS)]
+            psi = np.stack([psi_of(counts[d].sum(axis=0) / rows[d].sum(), self.shares) for d in draws])  # [draws, F]
+            noise[n] = np.quantile(psi, NOISE_QUANTILE, axis=0)
+        return noise
+
+    def noise_for(self, games: int) -> np.ndarray | None:
+        """[F]: the chance PSI of `games` new games (that of the largest tabulated count not above it:
+        fewer games, more noise), or None without a table."""
+        counts = [n for n in sorted(self.noise or {}) if n <= games]
+        return self.noise[counts[-1]] if counts else (self.noise[min(self.noise)] if self.noise else None)
 
     def bin_shares(self, features: np.ndarray) -> np.ndarray:
         """[F, BINS + 2]: the share of rows below the range, in each bin, and above."""
@@ -51,14 +82,22 @@ class FeatureProfile:
 
     def to_json(self) -> str:
         return json.dumps({"bins": BINS, "rows": self.rows, "minimum": self.minimum.tolist(),
-                           "maximum": self.maximum.tolist(), "shares": np.round(self.shares, 6).tolist()})
+                           "maximum": self.maximum.tolist(), "shares": np.round(self.shares, 6).tolist(),
+                           "noise": {str(n): np.round(v, 6).tolist() for n, v in (self.noise or {}).items()}})
 
     @classmethod
     def from_json(cls, text: str) -> FeatureProfile:
         data = json.loads(text)
         if data.get("bins") != BINS:
             raise ValueError(f"a feature profile of {data.get('bins')} bins; this version reads {BINS}")
-        return cls(np.array(data["minimum"]), np.array(data["maximum"]), np.array(data["shares"]), int(data["rows"]))
+        noise = {int(n): np.array(v) for n, v in data.get("noise", {}).items()}
+        return cls(np.array(data["minimum"]), np.array(data["maximum"]), np.array(data["shares"]), int(data["rows"]), noise)
+
+
+def psi_of(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Population stability index per feature of bin shares [F, bins] against [F, bins] -> [F]."""
+    new, old = np.maximum(new, SHARE_FLOOR), np.maximum(old, SHARE_FLOOR)
+    return ((new - old) * np.log(new / old)).sum(axis=1)
 
 
 @dataclass
@@ -67,33 +106,37 @@ class Shift:
     outside: float  # share of the new rows outside the training range
     psi: float  # population stability index against the training rows
     constant_in_training: bool
+    noise: float = 0.0  # the PSI as many training games reach by chance (NOISE_QUANTILE)
 
     @property
     def flagged(self) -> bool:
-        return self.outside > OUTSIDE_FLAG or self.psi > PSI_FLAG
+        return self.outside > OUTSIDE_FLAG or self.psi > max(PSI_FLAG, self.noise)
 
 
-def shifts(profile: FeatureProfile, features: np.ndarray, names: list[str]) -> list[Shift]:
-    """One Shift per feature of the new rows [N, F], largest PSI first."""
+def shifts(profile: FeatureProfile, features: np.ndarray, names: list[str], games: int | None = None) -> list[Shift]:
+    """One Shift per feature of the new rows [N, F] (of `games` games), largest PSI first."""
     if features.shape[1] != len(profile.minimum):
         raise ValueError(f"the new rows have {features.shape[1]} features, the model {len(profile.minimum)}")
-    new = np.maximum(profile.bin_shares(features), SHARE_FLOOR)
-    old = np.maximum(profile.shares, SHARE_FLOOR)
-    psi = ((new - old) * np.log(new / old)).sum(axis=1)
-    outside = profile.bin_shares(features)[:, [0, BINS + 1]].sum(axis=1)
+    shares = profile.bin_shares(features)
+    psi = psi_of(shares, profile.shares)
+    outside = shares[:, [0, BINS + 1]].sum(axis=1)
     constant = profile.maximum <= profile.minimum
-    result = [Shift(name, float(o), float(p), bool(c)) for name, o, p, c in zip(names, outside, psi, constant)]
+    noise = profile.noise_for(games) if games else None
+    noise = np.zeros(len(psi)) if noise is None else noise
+    result = [Shift(name, float(o), float(p), bool(c), float(n))
+              for name, o, p, c, n in zip(names, outside, psi, constant, noise)]
     return sorted(result, key=lambda s: -s.psi)
 
 
 def table(found: list[Shift], limit: int = 25) -> str:
     """The flagged features as a Markdown table (the `limit` largest shifts)."""
     flagged = [s for s in found if s.flagged]
-    lines = ["| feature | outside the training range | PSI | constant in training |", "|---|---|---|---|"]
-    lines += [f"| `{s.feature}` | {s.outside:.1%} | {s.psi:.3f} | {'yes' if s.constant_in_training else ''} |"
+    lines = ["| feature | outside the training range | PSI | PSI by chance (as many games) | constant in training |",
+             "|---|---|---|---|---|"]
+    lines += [f"| `{s.feature}` | {s.outside:.1%} | {s.psi:.3f} | {s.noise:.3f} | {'yes' if s.constant_in_training else ''} |"
               for s in flagged[:limit]]
     if len(flagged) > limit:
-        lines.append(f"| … {len(flagged) - limit} more | | | |")
+        lines.append(f"| … {len(flagged) - limit} more | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -129,17 +172,24 @@ def check(config) -> list[str]:
     features = np.concatenate([x for x, _ in prepared.splits.values()])
     if not len(features):
         raise UserError(f"--data {config.data}: no rows")
-    found = shifts(profile, features, feature_names())
+    games = len(np.unique(np.concatenate(list(prepared.files.values()))))
+    found = shifts(profile, features, feature_names(), games)
     flagged = [s for s in found if s.flagged]
-    headline = (f"{len(features)} rows of {config.data} against the {profile.rows} training rows of run "
+    headline = (f"{len(features)} rows ({games} games) of {config.data} against the {profile.rows} training rows of run "
                 f"{run.info.run_name} ({source.run_id}): {len(flagged)} of {len(found)} features flagged "
-                f"(more than {OUTSIDE_FLAG:.0%} of rows outside the training range, or PSI above {PSI_FLAG})")
+                f"(more than {OUTSIDE_FLAG:.0%} of rows outside the training range, or a PSI above {PSI_FLAG} and above "
+                f"what {games} training games reach by chance, {NOISE_QUANTILE:.0%} of the time)")
+    noise = profile.noise_for(games)
+    if noise is not None and np.median(noise) > PSI_FLAG:
+        enough = next((n for n in sorted(profile.noise) if np.median(profile.noise[n]) <= PSI_FLAG), None)
+        headline += (f"; with {games} games, half the features move by PSI {np.median(noise):.2f} by chance: "
+                     + (f"{enough} games or more make a sharper check" if enough else "more games make a sharper check"))
     mlflow.set_experiment(config.drift_experiment)
     with tracking.run(run_name=f"drift-{source.name}") as drift_run:
         mlflow.log_params({"model_run_id": source.run_id, "model": config.run, "data": config.data})
         mlflow.log_metrics({"drift_rows": len(features), "drift_flagged_features": len(flagged),
                             "drift_max_psi": max(s.psi for s in found),
-                            "drift_max_outside": max(s.outside for s in found)})
+                            "drift_max_outside": max(s.outside for s in found), "drift_games": games})
         mlflow.set_tag("mlflow.note.content", headline)
         with tempfile.TemporaryDirectory() as folder:
             with open(os.path.join(folder, "drift.md"), "w") as handle:

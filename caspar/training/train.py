@@ -204,7 +204,8 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
         shipped.normalizer.write_csv(path(NORMALIZATION_FILE))
         write_test_inputs(path(TEST_INPUTS_FILE), x_test[:TEST_ROWS_KEPT], shipped_predictions[:TEST_ROWS_KEPT], columns)
         with open(path(FEATURE_PROFILE_FILE), "w") as handle:  # what the shipped normalisation was fitted on
-            handle.write(FeatureProfile.fit(rows(prepared.splits, shipped.splits)[0]).to_json())
+            games = np.concatenate([prepared.files[name] for name in shipped.splits])
+            handle.write(FeatureProfile.fit(rows(prepared.splits, shipped.splits)[0], games, config.seed).to_json())
         with open(path("feature_group_importance.json"), "w") as handle:
             json.dump(importance, handle, indent=1)
         evaluate.plot_learning_curve(history, path("learning_curve.png"))
