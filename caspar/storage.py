@@ -99,10 +99,12 @@ def first_line(error: Exception) -> str:
 OWNER_MARKER = ".caspar-output"  # written into every output folder a job creates: the job may replace it
 
 
-def check_owned(filesystem: pafs.FileSystem, path: str, uri: str, what: str, names: set[str]) -> None:
-    """Refuses (StorageError, one line) to replace `path` unless it is absent, empty, or a folder a
-    job of this project wrote: it holds the owner marker, or (written before the marker existed)
-    nothing but the `names` the job writes. A symbolic link counts as its target."""
+def check_owned(filesystem: pafs.FileSystem, path: str, uri: str, what: str, names: set[str], whole: str) -> None:
+    """Refuses (StorageError, one line, nothing touched) to replace `path` unless it is absent, empty,
+    or provably a folder a job of this project wrote: its owner marker lists every file it holds
+    (a marker without a list: written before lists existed, the folder is the job's), or, written
+    before the marker existed, it holds `whole` (the file that completes such an output) and nothing
+    but the top-level `names` the job writes. A symbolic link counts as its target."""
     if isinstance(filesystem, pafs.LocalFileSystem):
         path = os.path.realpath(path)
     found = info(filesystem, path, uri)
@@ -110,19 +112,34 @@ def check_owned(filesystem: pafs.FileSystem, path: str, uri: str, what: str, nam
         return
     if found.type != pafs.FileType.Directory:
         raise StorageError(f"{uri} is a file, not {what}: not replacing it")
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        entries = set(os.listdir(path))
-    else:  # an object store has no folders: the first part of every key below the prefix
-        entries = {posixpath.relpath(i.path, path).split("/")[0] for i in list_files(filesystem, path, uri)}
-    if OWNER_MARKER in entries or entries <= names | {OWNER_MARKER}:
+    files = {posixpath.relpath(i.path, path) for i in list_files(filesystem, path, uri)}
+    if not files:
         return
-    foreign = ", ".join(sorted(entries - names)[:3])
-    raise StorageError(f"{uri} exists and is not {what} (it holds {foreign}{', …' if len(entries - names) > 3 else ''}): "
-                       "not replacing it; choose another output")
+    if OWNER_MARKER in files:
+        with filesystem.open_input_stream(join(path, OWNER_MARKER)) as stream:
+            listed = set(stream.read().decode(errors="replace").splitlines()[1:])
+        foreign = sorted(files - listed - {OWNER_MARKER}) if listed else []
+    else:
+        foreign = sorted(f for f in files if f.split("/")[0] not in names) or ([] if whole in files else sorted(files))
+    if foreign:
+        more = f", … ({len(foreign)} files)" if len(foreign) > 3 else ""
+        raise StorageError(f"{uri} exists and is not {what} (it holds {', '.join(foreign[:3])}{more}): no job of this "
+                           "project wrote them, so it is not replaced; move them or choose another output")
 
 
 def mark_owned(filesystem: pafs.FileSystem, folder: str, what: str) -> None:
+    """The owner marker of an output folder being written: what it is, then (mark_complete) every file in it."""
     write_bytes(filesystem, join(folder, OWNER_MARKER), f"{what}, written by caspar-trainer; replaced as a whole\n".encode())
+
+
+def mark_complete(filesystem: pafs.FileSystem, folder: str, uri: str) -> None:
+    """The owner marker lists every file of the finished folder: a later job replaces the folder
+    only if it holds nothing else (a file a user put there is never deleted)."""
+    marker = join(folder, OWNER_MARKER)
+    with filesystem.open_input_stream(marker) as stream:
+        header = stream.read().decode().splitlines()[0]
+    files = sorted(posixpath.relpath(i.path, folder) for i in list_files(filesystem, folder, uri))
+    write_bytes(filesystem, marker, "\n".join([header, *files]).encode() + b"\n")
 
 
 # --- Replacing an output on an object store -----------------------------------------------------
@@ -139,6 +156,7 @@ def replacing_objects(filesystem: pafs.FileSystem, path: str, uri: str, what: st
         filesystem.create_dir(staging)  # and the bucket, if it is missing
         mark_owned(filesystem, staging, what)
         yield staging
+        mark_complete(filesystem, staging, uri)
         new = {posixpath.relpath(i.path, staging) for i in list_files(filesystem, staging, uri)}
         old = {posixpath.relpath(i.path, path) for i in list_files(filesystem, path, uri)}
         for name in sorted(new, key=lambda n: n == last):
@@ -180,6 +198,7 @@ def replacing(path: str, what: str) -> Iterator[str]:
         mark_owned(pafs.LocalFileSystem(), staging, what)
         try:
             yield staging
+            mark_complete(pafs.LocalFileSystem(), staging, staging)
             exchange(staging, path)  # staging now holds the previous version, if there was one
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -354,3 +354,25 @@ def test_a_folder_mixing_synthetic_and_real_games_is_named_in_one_warning(ray_lo
     warnings = [line for line in dataset.prepare(config).lines() if "warning" in line]
     assert warnings == ["warning: 27 of the 30 games are synthetic sample logs (boards named 'Synthetic #…', written by "
                         "make demo): keep them apart from real logs"]
+
+
+def test_a_folder_is_replaced_only_when_every_file_in_it_is_the_jobs_own(ray_local, sample_logs, tmp_path):
+    """Names alone prove nothing: a user's own rows/ folder (or a schema.json) is not an old dataset,
+    and a file a user put into a dataset the job wrote is not the job's: nothing of either is lost."""
+    mine = tmp_path / "mine"
+    (mine / "rows").mkdir(parents=True)
+    (mine / "rows" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match=r"is not a prepared dataset \(it holds rows/notes.txt"):
+        dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(mine)))
+    (tmp_path / "schema-only").mkdir()
+    (tmp_path / "schema-only" / "schema.json").write_text("{}")
+    with pytest.raises(UserError, match=r"is not a prepared dataset \(it holds schema.json"):
+        dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(tmp_path / "schema-only")))
+    assert (mine / "rows" / "notes.txt").read_text() == "keep me" and (tmp_path / "schema-only" / "schema.json").exists()
+    ours = tmp_path / "ours"
+    dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(ours), test_size=0.3, validation_size=0.3))
+    dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(ours), test_size=0.3, validation_size=0.3))  # its own: replaced
+    (ours / "rows" / "mine.csv").write_text("a user's file, added later")
+    with pytest.raises(UserError, match=r"\(it holds rows/mine.csv"):
+        dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(ours), test_size=0.3, validation_size=0.3))
+    assert (ours / "rows" / "mine.csv").exists() and (ours / "manifest.json").exists()

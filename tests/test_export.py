@@ -127,6 +127,21 @@ def test_export_never_replaces_a_folder_it_did_not_write(trained, tmp_path):
     assert [p.name for p in (tmp_path / "export-me").iterdir()] == ["notes.txt"]
 
 
+def test_export_keeps_a_users_files_whatever_their_names(trained, tmp_path):
+    """A folder of a README.md and java/NOTES.txt is not an old export; nor is a file a user put into one."""
+    (tmp_path / "export-me" / "java").mkdir(parents=True)
+    (tmp_path / "export-me" / "README.md").write_text("mine")
+    (tmp_path / "export-me" / "java" / "NOTES.txt").write_text("mine too")
+    with pytest.raises(UserError, match=r"is not an export \(it holds README.md, java/NOTES.txt"):
+        export.export("export-me", str(tmp_path))
+    assert (tmp_path / "export-me" / "java" / "NOTES.txt").read_text() == "mine too"
+    first = export.export("export-me", str(tmp_path / "ours"))
+    (tmp_path / "ours" / "export-me" / "java" / "NOTES.txt").write_text("added by the user")
+    with pytest.raises(UserError, match=r"\(it holds java/NOTES.txt"):
+        export.export("export-me", str(tmp_path / "ours"))
+    assert os.path.exists(os.path.join(first.folder, "java", "NOTES.txt"))
+
+
 def test_a_linked_export_folder_stays_a_link_to_the_new_export(trained, tmp_path):
     """MegaMek's data/ai/brains/NAME may be a link to the export: the link stays, its target is replaced."""
     first = export.export("export-me", str(tmp_path / "real"))

@@ -312,7 +312,7 @@ DATASET_NAMES = {ROWS_FOLDER, "schema.json", "manifest.json"}
 
 def _check_replaceable(filesystem, path, uri) -> None:
     """Refuse to replace a folder that is not an earlier dataset (it may hold anything)."""
-    storage.check_owned(filesystem, path, uri, "a prepared dataset", DATASET_NAMES)
+    storage.check_owned(filesystem, path, uri, "a prepared dataset", DATASET_NAMES, "manifest.json")
 
 
 def _check_input_outside_output(source: str, output: str) -> None:

@@ -113,7 +113,8 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
             mlflow.artifacts.download_artifacts(run_id=source.run_id, artifact_path=artifact, dst_path=downloads)
         keras_model = keras_model_of(source.model_uri)
         with javamodel.classes() as classes:
-            storage.check_owned(pafs.LocalFileSystem(), folder, folder, "an export", export_names(source.name))
+            storage.check_owned(pafs.LocalFileSystem(), folder, folder, "an export", export_names(source.name),
+                                "saved_model.pb")
             with storage.replacing(folder, "the export") as staging:  # verified before it replaces anything
                 say("export: writing the SavedModel")
                 keras_model.export(staging, format="tf_saved_model", verbose=False)
