@@ -315,34 +315,42 @@ def test_a_model_no_better_than_the_mean_is_neither_registered_nor_exported(good
     assert not (tmp_path / "exports").exists()
 
 
-def test_a_failure_while_registering_removes_the_version_it_created(monkeypatch):
-    """The version is registered, then its description or alias fails (a server error, a lost
-    connection): the version is deleted again and the error goes on, so the run fails with nothing
-    of it in the registry. (The registry's own calls are stand-ins: what is tested is this order.)"""
+def test_the_registry_only_ever_points_at_finished_runs(good, tmp_path, monkeypatch, ray_local):
+    """A job killed at any moment (kill -9, the OOM killer) must not leave a version or an alias on a
+    run that never finished: the run ends FINISHED before its version is created (whole, with its
+    description), and the alias moves last. An alias that cannot move removes the version again."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    from caspar.training import evaluate
-    from caspar.training.train import register
+    from caspar.training import train as training
 
-    calls = []
+    store = f"sqlite:///{tmp_path}/m.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    seen = []
+    create, move = mlflow.MlflowClient.create_model_version, mlflow.MlflowClient.set_registered_model_alias
 
-    class Client:
-        def update_model_version(self, name, version, description):
-            calls.append(("describe", version))
+    def created(self, name, source, run_id=None, **kwargs):
+        seen.append(("version", self.get_run(run_id).info.status, bool(kwargs.get("description"))))
+        return create(self, name, source, run_id=run_id, **kwargs)
 
-        def set_registered_model_alias(self, name, alias, version):
-            raise mlflow.exceptions.MlflowException("the server went away")
+    def moved(self, name, alias, version):
+        seen.append(("alias", self.get_run(self.get_model_version(name, version).run_id).info.status))
+        if alias == "unlucky":
+            raise MlflowException("the server went away")
+        return move(self, name, alias, version)
 
-        def delete_model_version(self, name, version):
-            calls.append(("delete", version))
-
-    monkeypatch.setattr(mlflow, "register_model", lambda uri, name: type("Version", (), {"version": "7"})())
-    monkeypatch.setattr(mlflow, "MlflowClient", Client)
-    metrics = {"test_r2": 0.5, "test_mse": 0.1, "test_mae": 0.2, "baseline_mean_test_r2": 0.0, "baseline_gbdt_test_r2": 0.4}
-    with pytest.raises(mlflow.exceptions.MlflowException, match="went away"):
-        register("runs:/r/model", TrainConfig(alias="champion"), metrics, evaluate.Verdict(evaluate.GOOD))
-    assert calls == [("describe", "7"), ("delete", "7")]
-    assert register("runs:/r/model", TrainConfig(), metrics, evaluate.Verdict(evaluate.REFUSED)) is None
+    monkeypatch.setattr(mlflow.MlflowClient, "create_model_version", created)
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", moved)
+    common = {"data": str(good / "prepared"), "hidden_layers": [8], "epochs": 1, "trees": 20, "tree_folds": 2,
+              "model_name": "CASPAR-order"}
+    training.train(TrainConfig(**common, alias="champion"))
+    assert seen == [("version", "FINISHED", True), ("alias", "FINISHED")]
+    with pytest.raises(MlflowException, match="went away"):
+        training.train(TrainConfig(**common, alias="unlucky"))
+    client = mlflow.MlflowClient(store)
+    assert [str(v.version) for v in client.search_model_versions("name = 'CASPAR-order'")] == ["1"]  # the second removed
+    assert str(client.get_model_version_by_alias("CASPAR-order", "champion").version) == "1"
+    mlflow.set_tracking_uri(None)
 
 
 def test_a_reserved_alias_is_refused_before_training(good, tmp_path):

@@ -221,21 +221,32 @@ def described(description: str, metrics: dict, fit_on: str) -> str:
     return "\n".join(filter(None, [description, evaluate.summary_line(metrics, fit_on)]))
 
 
-def register(model_uri: str, config: TrainConfig, metrics: dict, verdict: evaluate.Verdict,
-             description: str = "") -> str | None:
-    """Registers the logged model as `config.model_name` (with `config.alias`) unless the verdict
-    refuses it; returns the version. `description`: what the model is."""
+def register(model_uri: str, config: TrainConfig, metrics: dict, verdict: evaluate.Verdict, description: str,
+             run_id: str) -> str | None:
+    """Registers the logged model of the FINISHED run `run_id` as `config.model_name`, then moves
+    `config.alias` to it, unless the verdict refuses it; returns the version. Called after the run
+    ended: a job killed at any moment leaves the registry on finished runs only (the version is
+    created whole, its description with it; the alias moves last, from one finished version to
+    another). `description`: what the model is."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     if verdict.kind == evaluate.REFUSED:
         return None
-    version = mlflow.register_model(model_uri, config.model_name).version
     client = mlflow.MlflowClient()
     try:
-        client.update_model_version(config.model_name, version, described(description, metrics, config.fit_on))
+        client.create_registered_model(config.model_name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(config.model_name, model_uri, run_id=run_id,
+                                          description=described(description, metrics, config.fit_on),
+                                          model_id=model_uri.split("/")[-1] if model_uri.startswith("models:/m-") else None
+                                          ).version
+    try:
         if config.alias:
             client.set_registered_model_alias(config.model_name, config.alias, version)
-    except BaseException:  # a version half registered is removed: the run fails and nothing of it ships
+    except BaseException:  # a version whose alias could not move is removed: the job fails and nothing of it ships
         client.delete_model_version(config.model_name, version)
         raise
     return str(version)
@@ -293,7 +304,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
         description = model_description(history, stage)
         members = {} if stage.crossed is None else stage.crossed.members()
         results, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, members, say, description)
-        version = register(model_uri, config, results, verdict, description)
+    version = register(model_uri, config, results, verdict, description, run.info.run_id)  # the run has ended FINISHED
     if verdict.kind == evaluate.REFUSED:
         raise UserError(f"{verdict.message} (run {run.info.run_id}, tagged caspar.verdict=refused)")
     return Result(run.info.run_id, model_uri, version, results, len(history["loss"]), time.perf_counter() - started, uri,

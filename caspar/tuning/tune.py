@@ -322,5 +322,5 @@ def log_best(ensemble: Ensemble, stage, data: StudyData, prepared: Prepared, con
         members = {m.name: m.model for m, _ in shipped_members}
         description = "\n".join(ensemble.lines())
         metrics, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, members, say, description)
-        version = register(model_uri, config, metrics, verdict, description)
+    version = register(model_uri, config, metrics, verdict, description, run.info.run_id)  # the run has ended FINISHED
     return metrics, run.info.run_id, version, verdict
