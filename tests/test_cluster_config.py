@@ -24,3 +24,5 @@ def test_cluster_yaml_is_valid_for_the_ray_launcher():
     assert config["file_mounts"]["~/caspar-trainer/cluster.env"] == "./cluster.env"  # and the MLflow and S3 settings
     assert all(". ~/caspar-trainer/cluster.env" in c for c in starts)  # in Ray's environment, so in every job's
     assert "cluster.env" in (ROOT / ".gitignore").read_text().split()
+    # every node: the token and the keys readable by their owner alone, before anything runs
+    assert "chmod 600 ~/.ray/auth_token ~/caspar-trainer/cluster.env" in config["setup_commands"][0]

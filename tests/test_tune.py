@@ -241,7 +241,7 @@ def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tm
     from caspar.data.samples import write_samples
 
     commands = readme_block("## A Ray cluster")
-    assert commands[0].startswith("cp cluster.env.example cluster.env")
+    assert commands[0].startswith("install -m 600 cluster.env.example cluster.env")
     assert commands[1].startswith("ray get-auth-token --generate") and commands[2].startswith("ray up cluster.yaml")
     assert not [c for c in commands if "SECRET" in c or "runtime-env" in c]  # no secret on a command line
     checkout = tmp_path / "checkout"
@@ -271,6 +271,9 @@ def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tm
     (checkout / "cluster.env").write_text(settings)
     assert shell(commands[1]).returncode == 0
     token = (home / ".ray" / "auth_token").read_text().strip()
+    # the keys and the token: readable by their owner alone, as the README's commands leave them
+    assert (checkout / "cluster.env").stat().st_mode & 0o777 == 0o600
+    assert (home / ".ray" / "auth_token").stat().st_mode & 0o777 == 0o600
     with ray_cluster(nodes=1, cpus_per_node=2, token=token, env=filled) as address:
         # The head refuses a job without the token or with another one; the README's jobs present it.
         submit = f"ray job submit --address {address} -- python -c 'print(6 * 7)'"
