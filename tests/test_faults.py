@@ -548,3 +548,22 @@ def test_a_full_disk_or_memory_is_one_line_wherever_it_happens(raised, words, ca
     assert cli.run("prepare", work) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"prepare: error: {words}") and "\n" not in err, err
+
+
+def test_a_log_beyond_the_size_limit_is_a_reported_problem_not_a_memory_blowup(good, tmp_path, monkeypatch):
+    """One file of a single endless line beside real logs: not read (its size is checked before, and
+    no more than the limit is ever read), reported with its file, and the other games prepared."""
+    import json
+    import shutil
+
+    from caspar.config import PrepareConfig
+    from caspar.data import dataset
+
+    monkeypatch.setattr(dataset, "MAX_LOG_BYTES", 1 << 20)
+    shutil.copytree(good / "raw", tmp_path / "raw")
+    (tmp_path / "raw" / "endless.tsv").write_bytes(b"ROUND\tPHASE" + b"\tx" * (1 << 20))  # 2 MB, no line end
+    summary = dataset.prepare(PrepareConfig(input=str(tmp_path / "raw"), output=str(tmp_path / "out"), seed=6))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    [endless] = [f for f in manifest["files"] if f["file"].endswith("endless.tsv")]
+    assert endless["rows"] == 0 and "more than the 1 MB a game's log may be" in endless["problems"][0]["reason"]
+    assert sum(summary.rows.values()) > 0 and summary.files_with_problems >= 1

@@ -39,6 +39,22 @@ from caspar.progress import Every, since, ticking
 from caspar.runtime import start_ray
 
 FILES_PER_BLOCK = 8
+# A log file above this is not read (a whole game's log is under 1 MB; the largest of the 143 shared
+# games is 0.75 MB): it is a reported problem, and a worker's memory stays bounded, about
+# FILES_PER_BLOCK x this x the parser's overhead, whatever one file holds.
+MAX_LOG_BYTES = 64 << 20
+
+
+def read_log_bytes(filesystem, path: str) -> bytes:
+    """A log file's bytes; an InputError above MAX_LOG_BYTES, checked by its size and by reading no further."""
+    size = filesystem.get_file_info(path).size
+    if size is not None and size > MAX_LOG_BYTES:
+        raise InputError(f"{size / 2**20:.0f} MB, more than the {MAX_LOG_BYTES >> 20} MB a game's log may be; not read")
+    with filesystem.open_input_stream(path) as stream:
+        data = stream.read(MAX_LOG_BYTES + 1)
+    if len(data) > MAX_LOG_BYTES:
+        raise InputError(f"more than the {MAX_LOG_BYTES >> 20} MB a game's log may be; not read")
+    return data
 IN_PROCESS_GAMES = 48  # at most this many local games are prepared without Ray (starting it takes 4-6 s)
 # --- The Ray Data job ------------------------------------------------------------------------
 
@@ -47,8 +63,8 @@ def featurize_game(name: str, paths: list[str], filesystem, recipe: dict) -> tup
     the work of every prepare, in a Ray worker or in this process."""
     cpu = time.process_time()
     try:
-        files = {os.path.basename(path): storage.read_bytes(filesystem, path) for path in paths}
-    except OSError as error:  # reported in the manifest; the other files go on
+        files = {os.path.basename(path): read_log_bytes(filesystem, path) for path in paths}
+    except (OSError, InputError) as error:  # reported in the manifest; the other files go on
         table = row_schema().empty_table()
         entry = {"file": name, "rows": 0, "problems": [{"line": 0, "reason": f"unreadable: {error}"}]}
     else:
