@@ -376,3 +376,23 @@ def test_a_folder_is_replaced_only_when_every_file_in_it_is_the_jobs_own(ray_loc
     with pytest.raises(UserError, match=r"\(it holds rows/mine.csv"):
         dataset.prepare(PrepareConfig(input=str(sample_logs), output=str(ours), test_size=0.3, validation_size=0.3))
     assert (ours / "rows" / "mine.csv").exists() and (ours / "manifest.json").exists()
+
+
+def test_the_same_log_under_two_names_is_one_game(sample_logs, tmp_path):
+    """A game is its content: a copy under another name (another folder) is read once, named in the
+    manifest and the summary, so its rows can never be in two splits."""
+    import json
+    import shutil
+
+    shutil.copytree(sample_logs, tmp_path / "logs")
+    original = sorted((tmp_path / "logs").rglob("*.tsv"))[0]
+    (tmp_path / "logs" / "again").mkdir()
+    shutil.copy(original, tmp_path / "logs" / "again" / "renamed.tsv")
+    summary = dataset.prepare(PrepareConfig(input=str(tmp_path / "logs"), output=str(tmp_path / "out"), test_size=0.3,
+                                            validation_size=0.3))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    [copy] = [f for f in manifest["files"] if "duplicate_of" in f]
+    assert copy["rows"] == 0 and {copy["file"], copy["duplicate_of"]} == {"renamed.tsv", original.name}
+    assert any("the same game as another" in line for line in summary.lines())
+    rows = read_rows(tmp_path / "out")
+    assert "renamed.tsv" not in set(rows["file"].to_pylist()) or original.name not in set(rows["file"].to_pylist())

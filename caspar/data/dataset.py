@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import posixpath
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -140,6 +141,7 @@ class Summary:
     seconds: float
     ray_start_seconds: float
     output: str
+    duplicates: list = field(default_factory=list)  # (file, the file of the same content that was read)
 
     def lines(self) -> list[str]:
         splits = ", ".join(f"{k} {v:,}" for k, v in self.rows.items())
@@ -151,6 +153,10 @@ class Summary:
         ]
         if dropped:
             lines.append(f"moves that did not become rows: {dropped}")
+        if self.duplicates:
+            named = "; ".join(f"{copy} = {kept}" for copy, kept in self.duplicates[:3])
+            lines.append(f"{len(self.duplicates)} files are the same game as another (the same content), read once: "
+                         f"{named}{' …' if len(self.duplicates) > 3 else ''}")
         if 0 < self.synthetic < self.files:
             lines.append(f"warning: {self.synthetic} of the {self.files} games are synthetic sample logs (boards named "
                          f"'{SYNTHETIC_BOARD}…', written by make demo): keep them apart from real logs")
@@ -184,6 +190,7 @@ def prepare(config: PrepareConfig, parallelism: int | None = None, in_process: b
                 "include_bots": config.include_bots, "seed": config.seed, "test_size": config.test_size,
                 "validation_size": config.validation_size}
     with found_logs(config.input) as inputs, _staging(out_fs, out_path, config.output) as staging:
+        duplicates = drop_duplicate_games(inputs)
         if in_process is None:
             in_process = len(inputs.games) <= IN_PROCESS_GAMES and not storage.is_s3(config.input)
         if say:
@@ -194,6 +201,7 @@ def prepare(config: PrepareConfig, parallelism: int | None = None, in_process: b
         else:
             ray_seconds = _start_ray()
             entries = _write_rows(inputs, recipe, out_fs, staging, parallelism, say)
+        entries = [*entries, *duplicates]
         manifest = _manifest(entries, config.input, recipe, inputs.root, out_fs, staging)
         _check_usable(manifest, config)
         storage.write_bytes(out_fs, storage.join(staging, "schema.json"), json.dumps(schema(), indent=1).encode())
@@ -207,7 +215,37 @@ def prepare(config: PrepareConfig, parallelism: int | None = None, in_process: b
         unreadable_files=sum(1 for e in entries if any(p["line"] == 0 for p in e["problems"])),
         rows=manifest["rows"], human_moves=sum(e.get("human_moves", 0) for e in entries), dropped=dropped,
         formats=_count_formats(entries), synthetic=sum(1 for e in entries if e.get("synthetic")),
-        seconds=time.perf_counter() - started, ray_start_seconds=ray_seconds, output=config.output)
+        seconds=time.perf_counter() - started, ray_start_seconds=ray_seconds, output=config.output,
+        duplicates=[(e["file"], e["duplicate_of"]) for e in entries if "duplicate_of" in e])
+
+
+def drop_duplicate_games(inputs) -> list[dict]:
+    """A game is its content: a log found twice (copied under another name, in another folder) is one
+    game, read once (the first by name), or its rows would count twice and could land in two splits
+    (test rows in training). Removes the copies from inputs.games; returns their manifest entries."""
+    first: dict[str, str] = {}
+    entries = []
+    for name in sorted(inputs.games):
+        digest = hashlib.sha256()
+        for path in sorted(inputs.games[name], key=os.path.basename):  # as rows_of_game hashes a game
+            digest.update(read_log_bytes(inputs.filesystem, path) if _readable(inputs.filesystem, path) else b"")
+        key = digest.hexdigest()
+        if key in first:
+            paths = inputs.games.pop(name)
+            entries.append({"file": name, "path": paths[0], "sha256": key, "rows": 0, "duplicate_of": first[key],
+                            "problems": [{"line": 0, "reason": f"the same content as {first[key]}: one game, read once"}]})
+        else:
+            first[key] = name
+    return entries
+
+
+def _readable(filesystem, path: str) -> bool:
+    """Whether the file can be hashed here (one that cannot is reported when it is featurised)."""
+    try:
+        size = filesystem.get_file_info(path).size
+    except OSError:
+        return False
+    return size is not None and size <= MAX_LOG_BYTES
 
 
 def _count_formats(entries: list[dict]) -> dict[str, int]:
