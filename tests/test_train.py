@@ -392,6 +392,12 @@ def test_cross_validation_benchmark_holds_out_every_game_once(sample_dataset):
         assert int(line.group(3)) == int(np.sum(model - values > 0))
 
 
+def mlflow_pyfunc_load(uri: str):
+    import mlflow
+
+    return mlflow.pyfunc.load_model(uri)
+
+
 def test_the_registered_model_is_a_complete_mlflow_model(tracking_server, one_epoch_run, sample_dataset, tmp_path):
     """The registered model loads with mlflow.pyfunc in a process that cannot import the project, takes
     raw feature rows by name, and answers as the trained model does; `mlflow models serve` answers the same
@@ -424,6 +430,14 @@ print(json.dumps(model.predict(pd.read_csv("rows.csv")).tolist()))
     loaded = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     np.testing.assert_allclose(json.loads(loaded.stdout.strip().splitlines()[-1]), expected, atol=1e-5)
+    # the run's test_inputs.csv (what an export carries) is such rows: its columns are the schema's names
+    from mlflow.tracking import MlflowClient
+
+    inputs = pd.read_csv(MlflowClient().download_artifacts(result.run_id, "test_inputs.csv", str(tmp_path)))
+    assert list(inputs.columns) == [*columns, "expected"]
+    in_process = mlflow_pyfunc_load(uri)
+    np.testing.assert_allclose(in_process.predict(inputs.drop(columns=["expected"])), inputs["expected"], atol=1e-5)
+    assert len(in_process.predict(inputs.drop(columns=["expected"]).iloc[:0])) == 0
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -448,6 +462,22 @@ print(json.dumps(model.predict(pd.read_csv("rows.csv")).tolist()))
         with urllib.request.urlopen(request, timeout=60) as answer:
             served = json.loads(answer.read())["predictions"]
         np.testing.assert_allclose(served, expected, atol=1e-5)
+
+        def invoke(data):
+            body = json.dumps({"dataframe_split": {"columns": columns, "data": data}}).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as answer:
+                    return answer.status, answer.read().decode()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode()
+
+        status, text = invoke([])  # no rows: an empty answer
+        assert status == 200 and json.loads(text)["predictions"] == [], text
+        damaged = raw[:2].tolist()
+        damaged[1][5] = None  # a value missing from the row
+        status, text = invoke(damaged)
+        assert status == 400 and f"row 1: {columns[5]} is nan" in text and "Traceback" not in text, text
     finally:
         server.terminate()
         server.wait(timeout=30)

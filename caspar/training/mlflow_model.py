@@ -36,9 +36,22 @@ class CasparModel(mlflow.pyfunc.PythonModel):
         self.normalizer = Normalizer.read_csv(context.artifacts["normalization"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
         rows = np.asarray(model_input, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != len(self.normalizer.minimum):
-            raise ValueError(f"expected rows of {len(self.normalizer.minimum)} raw feature values, got shape {rows.shape}")
+            raise MlflowException(f"expected rows of {len(self.normalizer.minimum)} raw feature values, got shape "
+                                  f"{rows.shape}", INVALID_PARAMETER_VALUE)
+        if not len(rows):
+            return np.zeros(0, np.float64)
+        bad = np.argwhere(~np.isfinite(rows))
+        if len(bad):  # a missing value would become a silent 0 (clamped) or NaN: refused, named (over REST: a 400)
+            row, column = bad[0]
+            name = model_input.columns[column] if hasattr(model_input, "columns") else f"column {column}"
+            raise MlflowException(f"row {row}: {name} is {rows[row, column]}; the model takes finite raw values "
+                                  f"({len(np.unique(bad[:, 0]))} rows have a missing or infinite value)",
+                                  INVALID_PARAMETER_VALUE)
         scaled = self.normalizer.transform(rows)
         return self.keras_model.predict(scaled, batch_size=4096, verbose=0).reshape(-1).astype(np.float64)
 
