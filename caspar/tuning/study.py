@@ -36,12 +36,16 @@ class TrialRuns(tune.Callback):
         self.tracking_uri, self.experiment_id, self.study, self.parent_run_id = \
             tracking_uri, experiment_id, study, parent_run_id
         self.runs: dict[str, str] = {}  # trial id -> MLflow run id
+        self.ended: set[str] = set()  # trials whose run has been ended
 
     def client(self) -> mlflow.MlflowClient:
         return mlflow.MlflowClient(self.tracking_uri)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id in self.runs:
+            if trial.trial_id in self.__dict__.setdefault("ended", set()):  # a trial a resumed study continues
+                self.ended.discard(trial.trial_id)
+                self.client().update_run(self.runs[trial.trial_id], "RUNNING")
             return
         client = self.client()
         earlier = client.search_runs([self.experiment_id], f"tags.study = {tracking.literal(self.study)} "
@@ -69,9 +73,16 @@ class TrialRuns(tune.Callback):
         self.end(trial, "FAILED")
 
     def end(self, trial, status: str) -> None:
-        if trial.trial_id in self.runs:
+        if trial.trial_id in self.runs and trial.trial_id not in self.__dict__.setdefault("ended", set()):
             self.client().log_batch(self.runs[trial.trial_id], tags=[RunTag("trial_status", status.lower())])
             self.client().set_terminated(self.runs[trial.trial_id], status)
+            self.ended.add(trial.trial_id)
+
+    def on_experiment_end(self, trials, **info):
+        """No trial's run stays RUNNING: one cut off by the time budget or an interrupt, or lost with
+        its node, ends KILLED (FAILED if it errored)."""
+        for trial in trials:
+            self.end(trial, "FAILED" if trial.status == "ERROR" else "KILLED")
 
 
 class TrialPrinter(tune.Callback):
