@@ -248,3 +248,32 @@ def test_the_readme_java_check_runs_as_written_from_the_repository_root(classes,
         assert result.returncode == 0, (command, result.stderr)
     recorded = np.loadtxt(tmp_path / "exports" / "model-v1" / "test_inputs.csv", delimiter=",", skiprows=1)[:, -1]
     np.testing.assert_allclose(np.array(result.stdout.split(), float), recorded, atol=TOLERANCE)
+
+
+def test_the_java_tool_names_a_malformed_input_in_one_line(classes, tmp_path):
+    """A decisions file with a cut line, and an export whose test_inputs.csv has a header only: one
+    line naming the file and line, exit 2, no stack trace (CasparTool's promise)."""
+    import subprocess
+
+    path = tmp_path / "decisions.tsv"
+    javafeatures.write_decisions_file([read_log(game_log(1).encode(), "g1")], str(path), POINTS)
+    lines = path.read_text().splitlines()
+    cut = next(i for i, line in enumerate(lines) if line.startswith("decision\t"))
+    lines[cut] = "decision\tg1"  # its move and the board's size are missing
+    path.write_text("\n".join(lines) + "\n")
+
+    def tool(*args):
+        return subprocess.run(["java", "-cp", classes, "caspar.CasparTool", *map(str, args)], capture_output=True,
+                              text=True, timeout=60)
+
+    result = tool("features", path, tmp_path / "out.f32")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "\tat " not in result.stderr, result.stderr
+    assert f"{path} line {cut + 1}: a decision line needs at least 5" in result.stderr
+    export = tmp_path / "export"
+    export.mkdir()
+    tiny_export(export, schema()["version"])
+    header = (export / "test_inputs.csv").read_text().splitlines()[0]
+    (export / "test_inputs.csv").write_text(header + "\n")
+    result = tool("benchmark", export)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no rows after the header" in result.stderr, \
+        result.stderr

@@ -8,6 +8,7 @@ import pytest
 
 from caspar.artifacts import write_test_inputs
 from caspar.config import Hyperparameters
+from caspar.data.features import feature_names, schema
 from caspar.export import javamodel
 from caspar.export.formats import TOLERANCE, JavaModel, write_java
 from caspar.model.network import Normalizer, build_network, fit_trees
@@ -223,6 +224,10 @@ def damaged_copies(lines, arrays) -> dict[str, tuple]:
         "an array before any layer": ([*lines[:3], "array extra f32 0", *lines[3:]], arrays, b"", "before any layer"),
         "an unknown output": ([re.sub(r"^output .*", "output softmax", line) for line in lines], arrays, b"",
                               "unknown output"),
+        # a model claiming today's feature set with another width (353 of 354 inputs) fails at load, not in the game
+        "the wrong width for its feature set": ([re.sub(r"^feature_set .*", f"feature_set {schema()['version']}", line)
+                                                 for line in lines], arrays, b"",
+                                                f"has {len(feature_names())} inputs; this model takes {WIDTH}"),
     }
 
 

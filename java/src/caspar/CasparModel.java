@@ -263,6 +263,10 @@ public final class CasparModel {
         if (featureSet == null || inputWidth < 0 || output == null) {
             throw bad("the header lacks " + (featureSet == null ? "feature_set" : inputWidth < 0 ? "inputs" : "output"));
         }
+        if (featureSet.equals(CasparFeatures.FEATURE_SET) && inputWidth != CasparFeatures.WIDTH) {
+            // a model of the wrong width would fail only at predict, in the game: refused here, at load
+            throw bad("feature set " + featureSet + " has " + CasparFeatures.WIDTH + " inputs; this model takes " + inputWidth);
+        }
         boolean sigmoidOutput = switch (output) {
             case "sigmoid" -> true;
             case "clip" -> false;

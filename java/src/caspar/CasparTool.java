@@ -196,6 +196,15 @@ public final class CasparTool {
             for (String line = reader.readLine(); line != null; line = reader.readLine()) {
                 number++;
                 String[] cells = line.split("\t", -1);
+                int wanted = switch (cells[0]) {
+                    case "fields" -> 2;
+                    case "decision" -> 5;
+                    default -> 1;
+                };
+                if (cells.length < wanted) {  // a cut line: its cells are missing, named here rather than failing below
+                    throw new UsageException(path + " line " + number + ": a " + cells[0] + " line needs at least " + wanted
+                            + " tab-separated cells, it has " + cells.length);
+                }
                 switch (cells[0]) {
                     case "fields" -> fields.put(cells[1], Arrays.copyOfRange(cells, 2, cells.length));
                     case "decision" -> {
@@ -260,12 +269,25 @@ public final class CasparTool {
     /** Median milliseconds per call at batch 1 on this thread, after a warm-up: the model on test_inputs.csv rows;
      * with decisions, the features and the model together on real moves. */
     private static void benchmark(CasparModel model, Path folder, List<Decision> decisions) throws IOException {
-        List<String> lines = Files.readAllLines(folder.resolve("test_inputs.csv"), StandardCharsets.UTF_8);
+        Path inputs = folder.resolve("test_inputs.csv");
+        List<String> lines = Files.readAllLines(inputs, StandardCharsets.UTF_8);
+        if (lines.size() < 2) {
+            throw new IOException(inputs + ": no rows after the header: nothing to time the model on");
+        }
         float[][] rows = new float[256][model.inputWidth()];
         for (int r = 0; r < rows.length; r++) {
-            String[] cells = lines.get(1 + r % (lines.size() - 1)).split(",");
+            int number = 1 + r % (lines.size() - 1);
+            String[] cells = lines.get(number).split(",");
+            if (cells.length < model.inputWidth()) {
+                throw new IOException(inputs + " line " + (number + 1) + ": " + cells.length + " values, the model takes "
+                        + model.inputWidth());
+            }
             for (int i = 0; i < model.inputWidth(); i++) {
-                rows[r][i] = Float.parseFloat(cells[i]);
+                try {
+                    rows[r][i] = Float.parseFloat(cells[i]);
+                } catch (NumberFormatException error) {
+                    throw new IOException(inputs + " line " + (number + 1) + ": value " + (i + 1) + " is not a number");
+                }
             }
         }
         float[] sink = {0};
