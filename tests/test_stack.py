@@ -30,7 +30,9 @@ SCHEMA = ROOT / "tests" / ".cache" / "compose-spec.json"
 STACK_ENV = {"MINIO_ROOT_USER": S3_KEY, "MINIO_ROOT_PASSWORD": S3_SECRET, "MLFLOW_BUCKET": "mlflow",
              "POSTGRES_USER": "mlflow", "POSTGRES_PASSWORD": "stack-test", "POSTGRES_DB": "mlflow",
              "MLFLOW_ADMIN_PASSWORD": "admin-secret-for-tests", "MLFLOW_SECRET_KEY": "session-secret-for-tests",
-             "RAY_AUTH_TOKEN": "ray-token-for-tests"}
+             "RAY_AUTH_TOKEN": "ray-token-for-tests",
+             # a teammate's name for this machine, as a team's .env adds it (any port: the test's is free)
+             "MLFLOW_ALLOWED_HOSTS": "mlflow:5000,localhost:5000,127.0.0.1:5000,caspar-team-host:*"}
 SIGNED_IN = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": STACK_ENV["MLFLOW_ADMIN_PASSWORD"]}
 
 
@@ -134,6 +136,27 @@ def stack(tmp_path_factory):
         client.create_bucket(Bucket=STACK_ENV["MLFLOW_BUCKET"])  # what minio-init does
         with compose_mlflow(endpoint, pg_port) as url:
             yield {"s3": endpoint, "postgres_port": pg_port, "mlflow": url}
+
+
+def test_the_stack_answers_a_teammate_by_the_name_the_team_set_and_no_other(stack):
+    """A team reaches the server by the machine's own name: MLflow answers it (here: asks for the
+    password), and refuses a name nobody set with 403."""
+    import urllib.error
+    import urllib.request
+
+    port = stack["mlflow"].rsplit(":", 1)[1]
+
+    def status(host: str) -> int:
+        request = urllib.request.Request(f"{stack['mlflow']}/api/2.0/mlflow/experiments/search?max_results=1",
+                                         headers={"Host": f"{host}:{port}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert status("caspar-team-host") == 401  # reached, and asks who is there
+    assert status("stranger-host") == 403
 
 
 def job(name, *args, env, timeout=900):
