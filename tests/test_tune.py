@@ -308,11 +308,11 @@ def test_the_summary_tells_trials_stopped_by_asha_from_trials_cut_off():
                                config={"kind": "network"})
 
     results = [trial(30, True), trial(10, True), trial(20, False, pid=2), trial(10, False), trial(10, False, error=RuntimeError()),
-               trial(0, True, fold=5), trial(0, True, fold=1), trial(0, False, fold=2)]
+               trial(0, True, pid=3, fold=5), trial(0, True, pid=3, fold=1), trial(0, False, pid=3, fold=2)]
     summary = summarise(results, TuneConfig(data="unused", epochs=30), session_started=0)
     assert (summary.stopped_early, summary.unfinished) == (2, 3) and summary.kinds == {"network": 5, "trees": 3}
     # per process, its last cumulative report: process 1 reported 10 last, process 2 20
-    assert summary.trial_phases["training"] == 30.0 and summary.worker_pids == {1, 2}
+    assert summary.trial_phases["training"] == 30.0 and summary.worker_pids == {1, 2, 3}
 
 
 def local_trial(data, config: dict, milestones: list[int]):
