@@ -155,7 +155,10 @@ def main() -> None:
             except ImportError:
                 print("  FLAML not installed: left out", flush=True)
             if args.autogluon:
-                row["AutoGluon best_quality, same time"] = autogluon_r2(args.autogluon, fold, seconds, folder)
+                try:
+                    row["AutoGluon best_quality, same time"] = autogluon_r2(args.autogluon, fold, seconds, folder)
+                except RuntimeError as error:
+                    print(f"  {error}", flush=True)
             for name, value in row.items():
                 table.setdefault(name, []).append(value)
             print(f"fold {k + 1}/{args.folds}: {len(np.unique(games[held_out]))} held-out games, {len(held_out)} rows; "

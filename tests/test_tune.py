@@ -68,9 +68,9 @@ def test_tune_job_on_a_two_node_cluster(mlflow_url, sample_dataset, tmp_path):
     kinds = {kind: [rows for rows in results.values() if ("fold" in rows[-1]) == (kind == "trees")] for kind in ("trees", "network")}
     assert len(kinds["trees"]) == len(kinds["network"]) == 3  # the kinds take turns in TPE's first (random) trials
     stopped = [rows for rows in kinds["network"] if rows[-1]["epoch"] < 4] + [rows for rows in kinds["trees"]
-                                                                              if rows[-1]["fold"] < 5]
+                                                                              if rows[-1]["tree_step"] < 6]
     # ASHA stopped some, at its milestones: a network's epochs, a recipe's game folds
-    assert stopped and all(rows[-1].get("epoch", rows[-1].get("fold")) in (1, 3) for rows in stopped)
+    assert stopped and all(rows[-1].get("epoch", rows[-1].get("tree_step")) in (1, 3) for rows in stopped)
     pids = [rows[0]["pid"] for rows in results.values()]
     assert len(set(pids)) < len(pids)  # later trials ran in an earlier trial's process
     client = MlflowClient(mlflow_url, registry_uri=mlflow_url)
@@ -370,17 +370,25 @@ def test_a_restored_trial_is_the_trial_it_checkpointed(tmp_path, ray_local):
 
     recipe = {**config, "kind": "trees", "tree_learners": "lightgbm", "trees": 15}
     whole = local_trial(data, recipe, milestones=[2, 4, 6])
-    results = [whole.step() for _ in range(5)]
-    assert [r["fold"] for r in results] == [1, 2, 3, 4, 5] and [r["done"] for r in results] == [False] * 4 + [True]
+    results = [whole.step() for _ in range(6)]  # five game folds, then the fit on every row
+    assert [r["fold"] for r in results] == [1, 2, 3, 4, 5, 5] and [r["tree_step"] for r in results] == [1, 2, 3, 4, 5, 6]
+    assert [r["done"] for r in results] == [False] * 5 + [True] and whole.fitted is not None
     halted = local_trial(data, recipe, milestones=[2, 4, 6])
     halted.step(), halted.step()
     (tmp_path / "trees").mkdir()
     halted.save_checkpoint(str(tmp_path / "trees"))
     resumed = local_trial(data, recipe, milestones=[2, 4, 6])
     resumed.load_checkpoint(str(tmp_path / "trees"))
-    last = [resumed.step() for _ in range(3)][-1]
+    last = [resumed.step() for _ in range(4)][-1]
     np.testing.assert_array_equal(resumed.out_of_fold, whole.out_of_fold)
     assert last["best_val_loss"] == results[-1]["best_val_loss"] and not np.isnan(whole.out_of_fold).any()
+    # the shipped model of the recipe: its fit on every row, the same after the interruption
+    np.testing.assert_array_equal(resumed.fitted.predict(data.x_val), whole.fitted.predict(data.x_val))
+    (tmp_path / "fitted").mkdir()
+    resumed.save_checkpoint(str(tmp_path / "fitted"))
+    again = local_trial(data, recipe, milestones=[2, 4, 6])
+    again.load_checkpoint(str(tmp_path / "fitted"))
+    np.testing.assert_array_equal(again.fitted.predict(data.x_val), whole.fitted.predict(data.x_val))
 
 
 def test_a_trial_traces_its_training_step_in_set_up_and_then_trains_as_without(monkeypatch):

@@ -135,6 +135,19 @@ def gain_by_game(y: np.ndarray, before: np.ndarray, after: np.ndarray, games: np
             "beyond_noise": bool(np.mean(gains) > 2 * error)}
 
 
+class WeightedTrees:
+    """The trees alone as their own libraries compute them: clip(sum of weight x model.predict(x), 0, 1),
+    what the compiled TreeEnsemble layer computes (a test holds them within 1e-5), in C++ instead of
+    TensorFlow's graph: the permutation importance's many predictions in a fraction of the time."""
+
+    def __init__(self, weighted: list[tuple[object, float]]):
+        self.weighted = weighted
+
+    def predict(self, x: np.ndarray, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
+        total = sum(weight * model.predict(x) for model, weight in self.weighted)
+        return np.clip(total, 0.0, 1.0).reshape(-1, 1)
+
+
 def predict(model, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     # predict_on_batch reuses the compiled function without predict()'s per-call set-up (~50 ms),
     # which dominated the permutation importance's dozens of calls

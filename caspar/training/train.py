@@ -147,12 +147,13 @@ def log_dataset_files(prepared: Prepared) -> None:
 
 
 def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: TrainConfig, history: dict,
-                  members: dict, say=None, description: str = "") -> tuple[dict, str, evaluate.Verdict]:
+                  members: dict, say=None, description: str = "", explainer=None) -> tuple[dict, str, evaluate.Verdict]:
     """Inside an active run: the test split's scorecard of `scored` (the model and every baseline
     fitted on its rows, each of its tree models alone among them: `members`, {name: fitted model}),
     the artefacts of `shipped` (normalisation, test inputs with its outputs) and the model itself,
-    not yet registered. `description`: what the model is, the first line of the run's description.
-    Returns (metrics, model URI, verdict)."""
+    not yet registered. `description`: what the model is, the first line of the run's description;
+    `explainer`: what computes `scored`'s predictions for the permutation importance, if not its
+    Keras model (evaluate.WeightedTrees for the trees alone). Returns (metrics, model URI, verdict)."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -183,7 +184,7 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
     # on the test games: the trees were fitted on the validation games (it chooses nothing; it explains)
     started, every = time.perf_counter(), Every(say)
     importance = evaluate.group_importance(
-        scored.model, scored.normalizer.transform(x_test), y_test, groups, seed=config.seed,
+        explainer or scored.model, scored.normalizer.transform(x_test), y_test, groups, seed=config.seed,
         progress=lambda done: every(lambda: f"importance: {done}/{len(groups)} groups ({since(started)})"))
     n_test = shipped.normalizer.transform(x_test)
     shipped_predictions = evaluate.predict(shipped.model, n_test)
@@ -303,7 +304,10 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
         log_network_settings(config, network_ships(history, stage))
         description = model_description(history, stage)
         members = {} if stage.crossed is None else stage.crossed.members()
-        results, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, members, say, description)
+        explainer = (evaluate.WeightedTrees([(m, w) for m, w in zip(stage.crossed.models, stage.crossed.weights) if w > 0])
+                     if not network_ships(history, stage) else None)
+        results, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, members, say, description,
+                                                    explainer)
     version = register(model_uri, config, results, verdict, description, run.info.run_id)  # the run has ended FINISHED
     if verdict.kind == evaluate.REFUSED:
         raise UserError(f"{verdict.message} (run {run.info.run_id}, tagged caspar.verdict=refused)")

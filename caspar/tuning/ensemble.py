@@ -119,7 +119,7 @@ class Ensemble:
 def members_of(stage, results, folds: int) -> list[Member]:
     """The study's default recipes (from its cross-fitted trees) and every tree trial that fitted
     all `folds` folds (its last checkpoint's out-of-fold predictions), in the trials' order."""
-    from caspar.tuning.trial import OUT_OF_FOLD_FILE, recipe_of
+    from caspar.tuning.trial import OUT_OF_FOLD_FILE, recipe_of, saved_model
 
     crossed = stage.crossed
     members = [Member(r, crossed.out_of_fold[:, i], base_weight=float(w), model=m)
@@ -130,10 +130,11 @@ def members_of(stage, results, folds: int) -> list[Member]:
             continue
         trial_id = metrics.get("trial_id") or os.path.basename(result.path.rstrip("/"))
         with result.checkpoint.as_directory() as folder:
-            out_of_fold = np.load(os.path.join(folder, OUT_OF_FOLD_FILE))
+            out_of_fold, model = np.load(os.path.join(folder, OUT_OF_FOLD_FILE)), saved_model(folder)
         if np.isnan(out_of_fold).any():
             continue
-        members.append(Member(recipe_of(config, f"{config['tree_learners']}-{trial_id}"), out_of_fold, trial_id, config))
+        members.append(Member(recipe_of(config, f"{config['tree_learners']}-{trial_id}"), out_of_fold, trial_id, config,
+                              model=model))  # fitted on every row by the trial (None if the time was up before)
     return members
 
 

@@ -131,13 +131,15 @@ def in_domain(value, domain: tuple) -> bool:
 
 def scheduler(config: TuneConfig, folds: int):
     """ASHA for each kind of trial, each on its own clock: a network's epochs, a recipe's game folds.
-    A recipe's out-of-fold error after its first folds ranks it as a network's validation loss
-    after its first epochs does; the two kinds are never ranked against each other here."""
+    A recipe's out-of-fold error after its first folds (over every row predicted so far) ranks it
+    as a network's validation loss after its first epochs does; the two kinds are never ranked
+    against each other here (TPE compares them, on the validation games)."""
     return ByKind({
         "network": ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=config.epochs,
                                  grace_period=min(config.grace_period, config.epochs),
                                  reduction_factor=config.reduction_factor),
-        "trees": ASHAScheduler(time_attr="fold", metric=METRIC, mode=MODE, max_t=folds, grace_period=1,
+        # a recipe's steps: its folds, then its fit on every row (never stopped there: it is the last)
+        "trees": ASHAScheduler(time_attr="tree_step", metric="oof_loss", mode=MODE, max_t=folds + 1, grace_period=1,
                                reduction_factor=config.reduction_factor)})
 
 
@@ -153,7 +155,8 @@ class ByKind(FIFOScheduler):
         return self.schedulers[trial.config.get("kind", "network")]
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
-        return all([s.set_search_properties(metric, mode, **spec) or s.metric == metric for s in self.schedulers.values()])
+        """Every kind ranks by its own metric (set when it was made): the study's is taken as given."""
+        return all(s.metric is not None for s in self.schedulers.values())
 
     def on_trial_add(self, tune_controller, trial):
         self.of(trial).on_trial_add(tune_controller, trial)

@@ -111,8 +111,8 @@ class TrialPrinter(tune.Callback):
         self.every.reset()
         if kind == "trees":
             folds = result.get("fold", 0)
-            what = (f"{trial.config.get('tree_learners')} recipe: out-of-fold MSE {loss:.5f} after {folds} of "
-                    f"{self.folds} folds{' (stopped by ASHA)' if folds < self.folds else ''}")
+            what = (f"{trial.config.get('tree_learners')} recipe: out-of-fold MSE on the validation games {loss:.5f} "
+                    f"after {folds} of {self.folds} folds{' (stopped by ASHA)' if folds < self.folds else ''}")
         else:
             epochs = result.get("epoch", 0)
             what = (f"network: best val_loss {loss:.5f} in {epochs} epochs"
@@ -156,9 +156,9 @@ def trial_intervals(results, since: float) -> tuple[list[tuple[float, float]], s
         frame = frame[frame["timestamp"] >= int(since)]
         if frame.empty:
             continue
-        first = frame.iloc[0]
-        intervals.append((float(first["timestamp"]) - float(first.get("time_this_iter_s", 0.0)),
-                          float(frame["timestamp"].iloc[-1])))
+        first = frame.iloc[0]  # its first report, less that step's time and the trial's set-up before it
+        intervals.append((float(first["timestamp"]) - float(first.get("time_this_iter_s", 0.0))
+                          - float(first.get("startup_seconds", 0.0) or 0.0), float(frame["timestamp"].iloc[-1])))
         if "node_id" in frame:
             nodes |= {((result.config or {}).get("kind", "network"), node) for node in frame["node_id"].dropna()}
     return intervals, nodes

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ OPTIMIZER_FILE = "optimizer.npz"  # the optimizer's state (its step, learning ra
 BEST_WEIGHTS_FILE = "best_weights.npz"  # the weights of its best epoch so far
 STATE_FILE = "state.json"  # epochs trained (or folds fitted), best validation loss and its epoch
 OUT_OF_FOLD_FILE = "out_of_fold.npy"  # a tree trial's: [tree rows], its predictions of the folds fitted so far, NaN elsewhere
+MODEL_FILE = "model.pkl"  # a tree trial's recipe fitted on every tree row, once all its folds are done
 EPOCH_METRICS = ("loss", "val_loss", "val_mae", "learning_rate")  # per epoch, in MLflow
 STEP_METRICS = ("best_val_loss", "cpu_seconds", "startup_seconds")  # per result, in MLflow
 PHASES = ("worker_start", "setup", "training", "checkpoint")  # this process's CPU seconds in each, reported as cpu_<phase>
@@ -48,6 +50,7 @@ class TreeRows:
     x: np.ndarray  # [rows, features]
     y: np.ndarray  # [rows]
     fold: np.ndarray  # [rows], 0 … folds-1 (caspar.model.crossfit.game_folds)
+    val: np.ndarray  # [rows] bool: a validation row (the rows a network's loss is measured on)
 
     @property
     def folds(self) -> int:
@@ -76,8 +79,9 @@ class StudyData:
         groups = np.concatenate([files[n] for n in stage.splits])
         base = (StudyTrees(dict(stage.layer.arrays), stage.train_trees, stage.val_trees)  # not Keras's TrackedDict
                 if stage.layer is not None else None)
+        val = np.concatenate([np.full(len(splits[n][1]), n == "val") for n in stage.splits])
         return cls(norm(splits["train"][0]), splits["train"][1], norm(splits["val"][0]), splits["val"][1], base,
-                   TreeRows(norm(x_fit), y_fit, game_folds(groups, folds, seed)))
+                   TreeRows(norm(x_fit), y_fit, game_folds(groups, folds, seed), val))
 
     def trees_of(self, hp: Hyperparameters) -> StudyTrees | None:
         """The trees a network of these hyperparameters corrects (none with hp.trees 0)."""
@@ -147,7 +151,7 @@ class Trial(tune.Trainable):
             self.recipe = recipe_of(config)
             rows = self.data.tree_rows
             self.out_of_fold = np.full(len(rows.y), np.nan)
-            self.fold = 0
+            self.fold, self.fitted = 0, None
         else:
             self.start_network(hp)
         self.process_cpu["setup"] += time.process_time() - setup_started
@@ -179,17 +183,28 @@ class Trial(tune.Trainable):
                 "node_id": self.node}  # not a number, not in MLflow
 
     def tree_step(self) -> dict:
-        """One more game fold of the recipe: its rows predicted by a fit without them."""
+        """One more game fold of the recipe (its rows predicted by a fit without them); after the
+        last fold, the recipe fitted on every tree row (what ships if it gets a weight: fitted here,
+        in parallel with the other trials, not by the driver after the search)."""
         from caspar.model.crossfit import fold_prediction
+        from caspar.model.trees import fit
 
         rows = self.data.tree_rows
-        self.out_of_fold[rows.fold == self.fold] = fold_prediction(self.recipe, rows.x, rows.y, rows.fold, self.fold,
-                                                                   self.threads)
-        self.fold += 1
+        if self.fold < rows.folds:
+            self.out_of_fold[rows.fold == self.fold] = fold_prediction(self.recipe, rows.x, rows.y, rows.fold, self.fold,
+                                                                       self.threads)
+            self.fold += 1
+        else:
+            self.fitted = fit(self.recipe, rows.x, rows.y, threads=self.threads)
         predicted = ~np.isnan(self.out_of_fold)
-        loss = float(np.mean((self.out_of_fold[predicted] - rows.y[predicted]) ** 2))
-        # best_val_loss: what TPE and the summary rank every trial by; for a recipe, its out-of-fold error so far
-        return {"fold": self.fold, "best_val_loss": loss, "done": self.fold == rows.folds, "should_checkpoint": True}
+        error = (self.out_of_fold - rows.y) ** 2
+        on_val = predicted & rows.val
+        # oof_loss: what ASHA ranks recipes by (every row predicted so far); best_val_loss: what TPE
+        # ranks every trial by, on the rows a network's loss is measured on (the validation games)
+        return {"fold": self.fold, "tree_step": self.fold + (self.fitted is not None),
+                "oof_loss": float(np.mean(error[predicted])),
+                "best_val_loss": float(np.mean(error[on_val])) if on_val.any() else float(np.mean(error[predicted])),
+                "done": self.fitted is not None, "should_checkpoint": True}
 
     def network_step(self) -> dict:
         train, val = self.batches
@@ -207,6 +222,9 @@ class Trial(tune.Trainable):
         cpu = time.process_time()
         if self.kind == TREES:
             np.save(os.path.join(checkpoint_dir, OUT_OF_FOLD_FILE), self.out_of_fold)
+            if self.fitted is not None:
+                with open(os.path.join(checkpoint_dir, MODEL_FILE), "wb") as handle:
+                    pickle.dump(self.fitted, handle)
             state = {"fold": self.fold}
         else:
             np.savez(os.path.join(checkpoint_dir, WEIGHTS_FILE), *self.model.get_weights())
@@ -229,6 +247,7 @@ class Trial(tune.Trainable):
         if self.kind == TREES:
             self.out_of_fold = np.load(os.path.join(checkpoint_dir, OUT_OF_FOLD_FILE))
             self.fold = state["fold"]
+            self.fitted = saved_model(checkpoint_dir)
             return
         self.model.set_weights(saved_arrays(checkpoint_dir, WEIGHTS_FILE))
         optimizer = self.model.optimizer
@@ -258,6 +277,15 @@ def trace_training(trainer, batches) -> None:
     trainer.train_function(iter(batches.unbatch().batch(1).take(1)))
     for variable, value in zip(state, saved):
         variable.assign(value)
+
+
+def saved_model(checkpoint_dir: str):
+    """A tree trial's recipe fitted on every tree row, from its checkpoint (None before its last step)."""
+    path = os.path.join(checkpoint_dir, MODEL_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
 
 
 def saved_arrays(checkpoint_dir: str, name: str) -> list[np.ndarray]:

@@ -321,6 +321,8 @@ def log_best(ensemble: Ensemble, stage, data: StudyData, prepared: Prepared, con
         mlflow.log_metrics({f"weight_{m.name}": w for m, w in shipped_members} | {"network_share": ensemble.network_share})
         members = {m.name: m.model for m, _ in shipped_members}
         description = "\n".join(ensemble.lines())
-        metrics, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, members, say, description)
+        explainer = None if network else evaluate.WeightedTrees([(m.model, w) for m, w in shipped_members])
+        metrics, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, members, say, description,
+                                                    explainer)
     version = register(model_uri, config, metrics, verdict, description, run.info.run_id)  # the run has ended FINISHED
     return metrics, run.info.run_id, version, verdict
