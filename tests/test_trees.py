@@ -122,3 +122,16 @@ def test_every_fit_of_a_cross_fit_is_a_ray_task_with_its_interval(rows, ray_loca
     assert len(folds) == 2 * 3 + sum(m is not None for m in crossed.models)
     assert all(b.ended >= b.started and b.cpus == 1 and b.node for b in folds)
     assert any("lightgbm fold 3/3" in line for line in lines) and "weights" in lines[-1]
+
+
+def test_the_trees_own_libraries_compute_what_the_compiled_model_does(rows):
+    """The permutation importance of the trees alone runs through their own libraries (WeightedTrees):
+    it must see the very predictions the shipped Keras model gives."""
+    from caspar.model.crossfit import tree_layer
+    from caspar.model.network import trees_model
+    from caspar.training import evaluate
+
+    x, y, _ = rows
+    weighted = [(trees.fit(recipe(learner), x, y), weight) for learner, weight in zip(trees.LEARNERS, (0.3, 0.7))]
+    compiled = evaluate.predict(trees_model(tree_layer(weighted), x.shape[1]), x)
+    np.testing.assert_allclose(evaluate.predict(evaluate.WeightedTrees(weighted), x), compiled, atol=1e-5, rtol=0)

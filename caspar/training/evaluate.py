@@ -143,7 +143,8 @@ class WeightedTrees:
     def __init__(self, weighted: list[tuple[object, float]]):
         self.weighted = weighted
 
-    def predict(self, x: np.ndarray, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        """[rows, features] -> [rows, 1], as a Keras model's predict_on_batch (caspar.training.evaluate.predict)."""
         total = sum(weight * model.predict(x) for model, weight in self.weighted)
         return np.clip(total, 0.0, 1.0).reshape(-1, 1)
 

@@ -117,8 +117,10 @@ class Ensemble:
 
 
 def members_of(stage, results, folds: int) -> list[Member]:
-    """The study's default recipes (from its cross-fitted trees) and every tree trial that fitted
-    all `folds` folds (its last checkpoint's out-of-fold predictions), in the trials' order."""
+    """The study's default recipes (from its cross-fitted trees) and every tree trial that finished:
+    all `folds` folds (its last checkpoint's out-of-fold predictions) and its fit on every row (a
+    trial the time budget cut off before that is left out: fitting it here would hold up the
+    study), in the trials' order."""
     from caspar.tuning.trial import OUT_OF_FOLD_FILE, recipe_of, saved_model
 
     crossed = stage.crossed
@@ -131,10 +133,10 @@ def members_of(stage, results, folds: int) -> list[Member]:
         trial_id = metrics.get("trial_id") or os.path.basename(result.path.rstrip("/"))
         with result.checkpoint.as_directory() as folder:
             out_of_fold, model = np.load(os.path.join(folder, OUT_OF_FOLD_FILE)), saved_model(folder)
-        if np.isnan(out_of_fold).any():
+        if np.isnan(out_of_fold).any() or model is None:  # cut off before its fit on every row: unfinished
             continue
         members.append(Member(recipe_of(config, f"{config['tree_learners']}-{trial_id}"), out_of_fold, trial_id, config,
-                              model=model))  # fitted on every row by the trial (None if the time was up before)
+                              model=model))  # fitted on every row by the trial
     return members
 
 
