@@ -78,10 +78,16 @@ def terminated_as_interrupt():
         raise Terminated()
 
     before = signal.signal(signal.SIGTERM, stop)
+    # A process started in the background of a script inherits SIGINT ignored: a SIGINT sent to it
+    # (Ctrl-C reaches only the foreground) would then do nothing and the run would never end KILLED.
+    interrupt = signal.getsignal(signal.SIGINT)
+    if interrupt == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, interrupt)
 
 
 def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:

@@ -498,11 +498,14 @@ def test_a_job_stopped_with_sigterm_or_ctrl_c_ends_its_run_killed(sample_dataset
                                 "--epochs", "100000", "--patience", "100000", "--hidden-layers", "8",
                                 "--experiment-name", "stopped", "--run-name", f"stopped-{code}"],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in job.stdout:  # training has started: the run is open
-            if line.startswith("epoch 1/"):
-                break
-        job.send_signal(stop)
-        rest, _ = job.communicate(timeout=120)
+        try:
+            for line in job.stdout:  # training has started: the run is open
+                if line.startswith("epoch 1/"):
+                    break
+            job.send_signal(stop)
+            rest, _ = job.communicate(timeout=120)
+        finally:
+            job.kill()  # never left running: it would train for 100,000 epochs
         assert job.returncode == code, rest[-2000:]
         client = MlflowClient(store)
         [run] = client.search_runs([client.get_experiment_by_name("stopped").experiment_id],
