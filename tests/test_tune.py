@@ -112,9 +112,9 @@ def test_resume_does_not_repeat_finished_trials_and_ships_the_model_of_an_uninte
     storage = tmp_path / "ray_results"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    # Tree recipes only, each long enough (5 folds of 150 iterations) that the interrupt lands while the third runs.
+    # Tree recipes only, each long enough (5 folds and a fit of 100 iterations) that the interrupt lands while the third runs.
     args = ["--data", sample_dataset, "--n-trials", "4", "--n-jobs", "1", "--trees", "25",
-            "--search", "kind=trees", "trees=150", "--storage-path", str(storage), "--experiment-name", "resume-test"]
+            "--search", "kind=trees", "trees=100", "--storage-path", str(storage), "--experiment-name", "resume-test"]
     first = run_tune([*args, "--run-name", "resumable"], env, start_new_session=True)
     printed, two_finished = [], threading.Event()
 

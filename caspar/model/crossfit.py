@@ -66,13 +66,41 @@ def _remote():
     return ray.remote(_timed)
 
 
-def run_fits(calls: list[tuple[str, object, tuple]], cpus: int, say=None, busy: list | None = None) -> list:
+# Fits of less work than this (rows x boosting iterations, all fits together) run one after another
+# in this process when no Ray is running: starting Ray and its workers (5-10 s) would cost more
+# than the fits (a sample dataset's trees take a second or two).
+IN_PROCESS_WORK = 2_000_000
+
+
+def in_process(rows: int, recipe_list: list[Recipe], fits_per_recipe: int) -> bool:
+    """Whether fits of this size run in this process (small, and no Ray started yet)."""
+    import ray
+
+    return not ray.is_initialized() and rows * sum(r.iterations for r in recipe_list) * fits_per_recipe < IN_PROCESS_WORK
+
+
+def run_fits(calls: list[tuple[str, object, tuple]], cpus: int, say=None, busy: list | None = None,
+             here: bool = False) -> list:
     """Each (label, function, args) as a Ray task holding `cpus` CPUs (the function fits with that
     many threads), all at once: Ray runs as many side by side as the cluster's CPUs hold. Returns
     the values in the order of `calls`; says a line as each ends, and while none does, every
-    PERIOD seconds. `busy` collects each task's Busy interval."""
+    PERIOD seconds. `busy` collects each task's Busy interval. `here`: one after another in this
+    process instead (small fits, see in_process)."""
+    if here:
+        values, begun = [], time.perf_counter()
+        for label, function, args in calls:
+            started = time.time()
+            values.append(function(*args))
+            if busy is not None:
+                busy.append(Busy(started, time.time(), cpus, "local"))
+            if say:
+                say(f"trees: {label} ({len(values)} of {len(calls)} fits, in this process; {since(begun)})")
+        return values
     import ray
 
+    from caspar.runtime import start_ray
+
+    start_ray()
     started = time.perf_counter()
     refs = [_remote().options(num_cpus=cpus).remote(function, cpus, *args) for _, function, args in calls]
     position = {ref: i for i, ref in enumerate(refs)}
@@ -100,11 +128,20 @@ def _fit_on_all(recipe: Recipe, x, y, threads: int):
 def fit_on_all(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, cpus: int = 1, say=None,
                busy: list | None = None) -> list:
     """Each recipe fitted on every row, as parallel Ray tasks: their models, in order."""
+    here = in_process(len(y), recipe_list, 1)
+    x_ref, y_ref = (x, y) if here else _put(x, y)
+    return run_fits([(f"{r.name} on all {len(y):,} rows", _fit_on_all, (r, x_ref, y_ref, cpus)) for r in recipe_list],
+                    cpus, say, busy, here)
+
+
+def _put(*arrays):
+    """The arrays in Ray's object store (Ray started if it is not), each task reading them without a copy."""
     import ray
 
-    x_ref, y_ref = ray.put(x), ray.put(y)
-    return run_fits([(f"{r.name} on all {len(y):,} rows", _fit_on_all, (r, x_ref, y_ref, cpus)) for r in recipe_list],
-                    cpus, say, busy)
+    from caspar.runtime import start_ray
+
+    start_ray()
+    return tuple(ray.put(array) for array in arrays)
 
 
 @dataclass
@@ -158,21 +195,21 @@ def tree_layer(weighted: list[tuple[object, float]]):
 def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int,
               say=None, cpus: int = 1) -> CrossFitted:
     """Every recipe fitted `folds` times by game (each fold's rows predicted by a model fitted
-    without them), all fits at once as Ray tasks of `cpus` CPUs each; the ensemble weights chosen
+    without them), all fits at once as Ray tasks of `cpus` CPUs each (small fits without Ray
+    started: one after another in this process); the ensemble weights chosen
     on those out-of-fold predictions; then every recipe with a weight fitted on all the rows, again
     side by side. x: [rows, features], y and groups: [rows]. `say`: a function taking a progress line."""
-    import ray
-
     started = time.perf_counter()
     fold = game_folds(groups, folds, seed)
     count = int(fold.max()) + 1
     if count < 2:
         raise ValueError(f"cross-fitting the trees needs at least 2 games; these rows have {len(np.unique(groups))}")
-    x_ref, y_ref = ray.put(x), ray.put(y)
+    here = in_process(len(y), recipe_list, count + 1)
+    x_ref, y_ref = (x, y) if here else _put(x, y)
     busy: list[Busy] = []
     calls = [(f"{recipe.name} fold {k + 1}/{count}", fold_prediction, (recipe, x_ref, y_ref, fold, k, cpus))
              for recipe in recipe_list for k in range(count)]
-    predictions = iter(run_fits(calls, cpus, say, busy))
+    predictions = iter(run_fits(calls, cpus, say, busy, here))
     out_of_fold = np.zeros((len(y), len(recipe_list)))
     for r in range(len(recipe_list)):
         for k in range(count):

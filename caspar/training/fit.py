@@ -13,7 +13,6 @@ from caspar.errors import UserError
 from caspar.model.crossfit import CrossFitted, cross_fit
 from caspar.model.network import Network, Normalizer, build_network, make_optimizer, predict_trees
 from caspar.model.trees import recipes
-from caspar.runtime import start_ray
 
 # The games the shipped model's trees (and normalisation) are fitted on, by --fit-on.
 FIT_ON = {"train": ("train",), "train+val": ("train", "val"), "all": ("train", "val", "test")}
@@ -110,7 +109,8 @@ def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=N
     """The normalisation and the trees for the shipped model's games (train, or train + validation
     with fit_on train+val or all; the test split never): hp's tree recipes cross-fitted by game over
     those rows, every fit a Ray task of `cpus_per_fit` CPUs (a local Ray is started if none is
-    running), weighted by ensemble selection on their out-of-fold predictions."""
+    running; small fits run in this process), weighted by ensemble selection on their out-of-fold
+    predictions."""
     names = FIT_ON["train" if fit_on == "train" else "train+val"]
     x, y = rows(splits, names)
     normalizer = Normalizer.fit(x)
@@ -118,11 +118,10 @@ def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=N
         return Stage(normalizer, names)
     groups = np.concatenate([files[n] for n in names])
     defaults = recipes(hp)
-    start_ray()
     if say:
         say(f"trees: {len(defaults)} recipes x {hp.tree_folds} folds by game on the {len(y):,} rows of "
-            f"{len(np.unique(groups)):,} games ({'+'.join(names)}), as Ray tasks of {cpus_per_fit} CPU each, then each "
-            "weighted recipe on all of them")
+            f"{len(np.unique(groups)):,} games ({'+'.join(names)}), {cpus_per_fit} CPU each, then each weighted recipe "
+            "on all of them")
     crossed = cross_fit(defaults, normalizer.transform(x), y, groups, hp.tree_folds, hp.seed, say, cpus_per_fit)
     layer = crossed.layer()
     n_train = len(splits["train"][1])
