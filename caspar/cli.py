@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 from caspar.config import check, field_types
 from caspar.errors import UserError
-from caspar.runtime import in_ray_job, start_ray  # noqa: F401  (the jobs' shell re-exports them)
 
 # Lines that TensorFlow (absl, C++), Ray and MLflow write straight to the stderr file descriptor,
 # bypassing Python's logging: on a CPU-only machine they look like errors but are not. Native error
