@@ -154,10 +154,10 @@ def _wait_for_health(url: str, timeout: float = 60) -> None:
         time.sleep(0.3)
 
 
-def _stop_group(process: subprocess.Popen, timeout: float = 10) -> None:
+def _stop_group(process: subprocess.Popen, timeout: float = 10, stop_signal: int = signal.SIGTERM) -> None:
     """The server forks workers: signal its whole process group."""
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, stop_signal)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -287,7 +287,7 @@ def postgres(user: str, password: str, database: str):
         subprocess.run([*psql, f"create database {database} owner {user}"], check=True, capture_output=True)
         yield port
     finally:
-        _stop_group(process, timeout=20)
+        _stop_group(process, timeout=20, stop_signal=signal.SIGQUIT)  # immediate: its data is thrown away
         log.close()
         shutil.rmtree(folder, ignore_errors=True)
 

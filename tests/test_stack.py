@@ -204,8 +204,9 @@ def test_end_to_end_on_the_stack(stack, tmp_path, monkeypatch):
     runs = tracking.search_runs([experiment.experiment_id])
     best = next(r for r in runs if r.info.run_name == "stack-model")
     assert "test_r2" in best.data.metrics and tracking.search_model_versions("name = 'CASPAR-stack'")
+    query = f"select count(*) from runs where experiment_id = {experiment.experiment_id}"
     count = subprocess.run([_postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(stack["postgres_port"]), "-U", "postgres", "-d",
-                            "mlflow", "-tAc", "select count(*) from runs"], capture_output=True, text=True)
+                            "mlflow", "-tAc", query], capture_output=True, text=True)
     assert int(count.stdout.strip()) == len(runs)
     # artefacts are objects in the private bucket
     keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="mlflow")
@@ -236,32 +237,30 @@ def test_jobs_fail_fast_when_the_server_is_down(sample_dataset, name, args):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.server
-def test_s3_down_while_logging_leaves_no_good_looking_model(sample_dataset, tmp_path, monkeypatch):
+def test_s3_down_while_logging_leaves_no_good_looking_model(stack, sample_dataset, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     signed_in(monkeypatch)
-
-    with postgres("mlflow", "stack-test", "mlflow") as pg_port:
-        dead_endpoint = f"http://127.0.0.1:{free_port()}"  # the S3 server is down
-        with compose_mlflow(dead_endpoint, pg_port) as url:
-            env = without_s3_credentials(MLFLOW_TRACKING_URI=url, AWS_MAX_ATTEMPTS="1", **SIGNED_IN)  # no retries
-            result, _ = job("train", "--data", sample_dataset, "--epochs", "1", "--trees", "20", "--tree-folds", "2",
-                            "--run-name", "half",
-                            "--model-name", "CASPAR-half", env=env, timeout=300)
-            assert result.returncode != 0
-            assert "train: error: the run's files cannot be stored" in result.stderr and "Traceback" not in result.stderr
-            tracking = MlflowClient(url, registry_uri=url)
-            assert not tracking.search_model_versions("name = 'CASPAR-half'")
-            runs = tracking.search_runs([e.experiment_id for e in tracking.search_experiments()],
-                                        "attributes.run_name = 'half'")
-            assert runs and all(r.info.status == "FAILED" for r in runs)
-            assert not runs[0].data.metrics  # it failed at its first file, before any training
-            # a study too: at its first file, before its trees and trials
-            result, _ = job("tune", "--data", sample_dataset, "--n-trials", "1", "--run-name", "half-study",
-                            "--storage-path", str(tmp_path / "ray"), env=env, timeout=300)
-            assert result.returncode == 2 and "Traceback" not in result.stderr
-            assert "tune: error: the run's files cannot be stored" in result.stderr and "trees:" not in result.stdout
+    # a second server of the stack's database whose S3 is down
+    dead_endpoint = f"http://127.0.0.1:{free_port()}"
+    with compose_mlflow(dead_endpoint, stack["postgres_port"]) as url:
+        env = without_s3_credentials(MLFLOW_TRACKING_URI=url, AWS_MAX_ATTEMPTS="1", **SIGNED_IN)  # no retries
+        result, _ = job("train", "--data", sample_dataset, "--epochs", "1", "--trees", "20", "--tree-folds", "2",
+                        "--run-name", "half",
+                        "--model-name", "CASPAR-half", env=env, timeout=300)
+        assert result.returncode != 0
+        assert "train: error: the run's files cannot be stored" in result.stderr and "Traceback" not in result.stderr
+        tracking = MlflowClient(url, registry_uri=url)
+        assert not tracking.search_model_versions("name = 'CASPAR-half'")
+        runs = tracking.search_runs([e.experiment_id for e in tracking.search_experiments()],
+                                    "attributes.run_name = 'half'")
+        assert runs and all(r.info.status == "FAILED" for r in runs)
+        assert not runs[0].data.metrics  # it failed at its first file, before any training
+        # a study too: at its first file, before its trees and trials
+        result, _ = job("tune", "--data", sample_dataset, "--n-trials", "1", "--run-name", "half-study",
+                        "--storage-path", str(tmp_path / "ray"), env=env, timeout=300)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "tune: error: the run's files cannot be stored" in result.stderr and "trees:" not in result.stdout
 
 
 def test_the_server_lets_nobody_in_without_credentials(stack):

@@ -108,13 +108,17 @@ def shipped_ensemble(store: str, experiment: str, study: str) -> tuple[list, flo
 
 
 @pytest.mark.slow
-def test_resume_does_not_repeat_finished_trials_and_ships_the_model_of_an_uninterrupted_study(sample_dataset, tmp_path):
+def test_resume_does_not_repeat_finished_trials_and_ships_the_model_of_an_uninterrupted_study(sample_dataset, tmp_path,
+                                                                                             request):
     storage = tmp_path / "ray_results"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     # Tree recipes only, each long enough (5 folds and a fit of 100 iterations) that the interrupt lands while the third runs.
     args = ["--data", sample_dataset, "--n-trials", "4", "--n-jobs", "1", "--trees", "25",
             "--search", "kind=trees", "trees=100", "--storage-path", str(storage), "--experiment-name", "resume-test"]
+    # the same trials uninterrupted, beside it (a local Ray of its own): what the resumed study must ship
+    straight = run_tune([*args, "--run-name", "straight", "--model-name", "CASPAR-straight"], env, start_new_session=True)
+    request.addfinalizer(lambda: straight.poll() is None and os.killpg(straight.pid, signal.SIGKILL))
     first = run_tune([*args, "--run-name", "resumable"], env, start_new_session=True)
     printed, two_finished = [], threading.Event()
 
@@ -137,7 +141,7 @@ def test_resume_does_not_repeat_finished_trials_and_ships_the_model_of_an_uninte
     store = env["MLFLOW_TRACKING_URI"]  # the registry too: an earlier test may have set this process's default
     assert MlflowClient(store, registry_uri=store).search_model_versions("name = 'CASPAR'") == []
     stopped = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("resume-test").experiment_id],
-                                              "tags.`caspar.kind` = 'study'")
+                                              "tags.`caspar.kind` = 'study' and tags.study = 'resumable'")
     assert [r.info.status for r in stopped] == ["KILLED"]  # stopped, not failed; --resume reopens it
     finished_ids = set(FINISHED_LINE.findall(output))
     trials, unfinished = map(int, re.search(r"(\d+) trials \(.*?\) in .* (\d+) unfinished", output).groups())
@@ -161,7 +165,6 @@ def test_resume_does_not_repeat_finished_trials_and_ships_the_model_of_an_uninte
     assert len(studies) == 1 and studies[0].info.status == "FINISHED"
     assert all(r.info.status == "FINISHED" for r in runs)
     # the same trials uninterrupted: the same recipes, the same weights, the same model
-    straight = run_tune([*args, "--run-name", "straight"], env)
     output, _ = straight.communicate(timeout=600)
     assert straight.returncode == 0, output[-3000:]
     resumed = shipped_ensemble(store, "resume-test", "resumable")

@@ -6,7 +6,9 @@ in one line (UnsupportedModel), and the export's other formats still go out.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -188,9 +190,18 @@ def latency(folder: str, classes: str, decisions: str | None = None) -> dict[str
 @contextlib.contextmanager
 def classes():
     """A temporary folder with the Java package compiled into it, or None where there is no JDK."""
-    if not java_available():
-        yield None
-        return
-    with tempfile.TemporaryDirectory(prefix="caspar-java-") as folder:
+    yield compiled_for_this_process() if java_available() else None
+
+
+@functools.cache
+def compiled_for_this_process() -> str:
+    """The Java package compiled once per process (javac takes seconds; a notebook or a test
+    exporting again reuses it), into a temporary folder removed when the process exits."""
+    folder = tempfile.mkdtemp(prefix="caspar-java-")
+    atexit.register(shutil.rmtree, folder, True)
+    try:
         compiled(folder)
-        yield folder
+    except BaseException:
+        shutil.rmtree(folder, True)
+        raise
+    return folder

@@ -275,14 +275,14 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
     nothing."""
     import mlflow
 
-    from caspar.model.callbacks import EpochPrinter, MlflowEpochLogger
-
     check(config)
     started = time.perf_counter()
     uri = tracking.configure()
     prepared = prepared or load_prepared(config.data)
     x_train, y_train = prepared.splits["train"]
     experiment = tracking.experiment_id(config.experiment_name)
+    from caspar.model.callbacks import EpochPrinter, MlflowEpochLogger  # TensorFlow: once every name is checked
+
     say = functools.partial(print, flush=True) if show_progress else None
     if say:
         say(f"train: dataset {prepared.version} ({', '.join(f'{n} {len(y):,}' for n, (_, y) in prepared.splits.items())} "

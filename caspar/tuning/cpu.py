@@ -80,6 +80,10 @@ class CpuMeter:
                   if pid not in worker_pids and pid != os.getpid() and any(tag in name for tag in RAY_PROCESSES))
         busy = self.machine_end[0] - self.machine_start[0]
         parts = {f"trial_{phase}": trial_phases.get(phase, 0.0) for phase in TRIAL_PHASES}
+        # A worker Ray started before the study (a pool kept from earlier work) reports its whole
+        # start-up, but only what it spent after the first sample is this study's.
+        before_study = max(0.0, sum(parts.values()) - workers)
+        parts["trial_worker_start"] = max(0.0, parts["trial_worker_start"] - before_study)
         parts["trial_other"] = max(0.0, workers - sum(parts.values()))  # between reports, last checkpoints, Ray's worker code
         parts |= {"driver": driver, "ray": ray}
         # the rest of what the machine counted busy: other programs, and processes too short-lived to be sampled

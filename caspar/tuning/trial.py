@@ -124,13 +124,10 @@ class Trial(tune.Trainable):
 
     def setup(self, config, data, cpus_per_trial, milestones, report_seconds):
         import ray
-        import tensorflow as tf
 
         self.threads = max(1, int(cpus_per_trial))
-        tf.config.threading.set_intra_op_parallelism_threads(self.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(self.threads)
         self.attach(data, milestones, report_seconds, node=ray.get_runtime_context().get_node_id(),
-                    worker_start_cpu=time.process_time())  # Ray's worker start and TensorFlow's import
+                    worker_start_cpu=time.process_time())  # Ray's worker start and the study's data
         self.start(config)
 
     def attach(self, data: StudyData, milestones, report_seconds: float, node: str, worker_start_cpu: float = 0.0,
@@ -160,6 +157,7 @@ class Trial(tune.Trainable):
         from caspar.model.callbacks import BestEpoch, StopAfterSeconds
         from caspar.training.fit import compiled_network, schedule_callbacks, tf_datasets, validation_loss
 
+        tensorflow_threads(self.threads)
         data, trees = self.data, self.data.trees_of(hp)
         network = compiled_network(hp, data.x_train, trees and trees.layer())
         self.model = network.trainer
@@ -263,6 +261,20 @@ class Trial(tune.Trainable):
     def reset_config(self, new_config):
         self.start(new_config)
         return True
+
+
+def tensorflow_threads(threads: int) -> None:
+    """TensorFlow imported, its thread pools sized to the trial's CPUs: at a process's first network
+    trial (a process that runs only tree recipes never pays TensorFlow's start-up). The pools can
+    be sized only before TensorFlow first runs: later trials of the process keep the first size,
+    which is the same (a study's trials all hold --cpus-per-trial)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already runs in this process
+        pass
 
 
 def trace_training(trainer, batches) -> None:
