@@ -41,8 +41,11 @@ $(COMPOSE_SCHEMA):
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
+# On two workers (pytest-xdist), a test file at a time on each: the suite took 80 % of its time
+# on one (its tests wait on job start-ups and servers); a file's fixtures (a stack, a trained
+# model) are set up once, on its worker.
 test: lint $(COMPOSE_SCHEMA)
-	$(PY) -m pytest -q --durations=12 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=12 tests
 
 # The tests that need no server, Ray node, cluster, real corpus, JDK or whole job: a loop in minutes.
 test-fast: lint $(COMPOSE_SCHEMA)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from caspar.config import check, field_types
 from caspar.errors import UserError
+from caspar.tracking import mlflow_message
 
 # Lines that TensorFlow (absl, C++), Ray and MLflow write straight to the stderr file descriptor,
 # bypassing Python's logging: on a CPU-only machine they look like errors but are not. Native error
@@ -150,16 +151,6 @@ def out_of_resources(error: BaseException) -> str | None:
             return f"out of memory ({detail[:160]}): use smaller sizes (--hidden-layers, --batch-size) or a larger machine"
         pending += [current.__cause__, current.__context__, getattr(current, "cause", None)]
     return None
-
-
-def mlflow_message(error: Exception) -> str:
-    """The cause of an MLflow error in one line: a database's own message where there is one (the
-    first line is often only SQLAlchemy's context)."""
-    text = str(getattr(error, "message", error)).strip()
-    cause = re.search(r"\((?:sqlite3|psycopg2?)\.\w+\) ([^\n\[]+)", text)
-    if cause:
-        return f"tracking store: {cause.group(1).strip()}"
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 @contextlib.contextmanager

@@ -8,12 +8,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from caspar.cli import mlflow_message
 from caspar.errors import UserError
 from caspar.runtime import in_ray_job
 
@@ -23,6 +23,16 @@ HEALTH_TIMEOUT_S = 10  # a server that accepts the connection but does not answe
 
 class TrackingError(UserError):
     """The tracking server cannot be used; the message is one line for the user."""
+
+
+def mlflow_message(error: Exception) -> str:
+    """The cause of an MLflow error in one line: a database's own message where there is one (the
+    first line is often only SQLAlchemy's context)."""
+    text = str(getattr(error, "message", error)).strip()
+    cause = re.search(r"\((?:sqlite3|psycopg2?)\.\w+\) ([^\n\[]+)", text)
+    if cause:
+        return f"tracking store: {cause.group(1).strip()}"
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def configure() -> str:
@@ -104,8 +114,6 @@ def create_sqlite_store(uri: str) -> None:
             client.search_experiments(max_results=1)
             client.search_registered_models(max_results=1)
         except Exception as error:  # SQLAlchemy's or MLflow's: the file is not a store this MLflow can use
-            from caspar.cli import mlflow_message
-
             raise TrackingError(f"MLFLOW_TRACKING_URI {uri}: not an MLflow store this version can use "
                                 f"({mlflow_message(error)})") from None
 

@@ -48,3 +48,12 @@ def test_every_source_file_is_tracked():
     ignored = subprocess.run(["git", "check-ignore", *map(str, (ROOT / "caspar").rglob("*.py")), *map(
         str, (ROOT / "java").rglob("*.java"))], cwd=ROOT, capture_output=True, text=True).stdout.split()
     assert not ignored, ignored
+
+
+def test_the_library_never_imports_the_command_line_shell():
+    """caspar.cli is the jobs' shell (arguments, exit codes, what reaches the terminal): the library
+    below it is used from notebooks too, and must not depend on it."""
+    users = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "caspar").rglob("*.py"))
+             if path.name != "cli.py" and any(name == "caspar.cli" or name.startswith("caspar.cli.")
+                                              for name in imported_modules(path))]
+    assert not users, users

@@ -29,6 +29,20 @@ def trained(mlflow_url, sample_dataset):
         os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """The trained model exported once by its run name; tests that only read an export, or need an
+    earlier one, use (a copy of) it."""
+    return export.export("export-me", str(tmp_path_factory.mktemp("exported")))
+
+
+def earlier_export(exported, output) -> str:
+    """A copy of the shared export in `output`, as an earlier export run would have left it."""
+    import shutil
+
+    return shutil.copytree(exported.folder, os.path.join(output, os.path.basename(exported.folder)), symlinks=True)
+
+
 def check_export(result, output):
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
@@ -49,31 +63,32 @@ def check_export(result, output):
     assert interpreter.get_input_details()[0]["shape"][-1] == result.width == 354
 
 
-def test_export_by_run_name(trained, tmp_path):
-    result = export.export("export-me", str(tmp_path))
+def test_export_by_run_name(trained, exported):
+    result = exported
     assert result.source.run_id == trained.run_id
-    assert result.tflite == str(tmp_path / "export-me" / "export-me.tflite")
-    check_export(result, tmp_path)
+    assert result.tflite == os.path.join(os.path.dirname(result.folder), "export-me", "export-me.tflite")
+    check_export(result, os.path.dirname(result.folder))
     from mlflow.tracking import MlflowClient
     logged = {a.path for a in MlflowClient().list_artifacts(trained.run_id, "export/export-me")}
     assert {"export/export-me/export-me.tflite", "export/export-me/saved_model.pb"} <= logged
 
 
 def test_export_by_run_id_and_registry_uri(trained, tmp_path):
-    by_id = export.export(trained.run_id, str(tmp_path / "id"))
-    check_export(by_id, tmp_path / "id")
+    from caspar.training.registry import find_model
+
     by_uri = export.export(f"models:/CASPAR-export-test/{trained.registered_version}", str(tmp_path / "uri"))
     assert by_uri.source.run_id == trained.run_id
     check_export(by_uri, tmp_path / "uri")
-    from caspar.training.registry import find_model
-
+    # every way of naming the model finds the same run (what follows is the same export)
+    by_id = find_model(trained.run_id)
+    assert (by_id.run_id, by_id.name) == (by_uri.source.run_id, by_uri.source.name)
     assert find_model("models:/CASPAR-export-test@champion").run_id == trained.run_id  # train's --alias
 
 
-def test_saved_model_signature(trained, tmp_path):
+def test_saved_model_signature(exported):
     import tensorflow as tf
 
-    result = export.export("export-me", str(tmp_path))
+    result = exported
     signature = tf.saved_model.load(result.folder).signatures["serving_default"]
     inputs = signature.structured_input_signature[1]
     assert len(inputs) == 1
@@ -93,14 +108,14 @@ def test_unknown_run_is_one_line_and_writes_nothing(trained, mlflow_url, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_failed_verification_keeps_the_earlier_export(trained, tmp_path, monkeypatch):
-    earlier = export.export("export-me", str(tmp_path))
+def test_failed_verification_keeps_the_earlier_export(exported, tmp_path, monkeypatch):
+    earlier = earlier_export(exported, tmp_path)
     files = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # nothing can pass
     with pytest.raises(ExportError, match="verification failed"):
         export.export("export-me", str(tmp_path))
     assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
-    assert sorted(p.name for p in tmp_path.iterdir()) == [os.path.basename(earlier.folder)]  # no staging or lock left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [os.path.basename(earlier)]  # no staging or lock left
 
 
 def test_a_run_left_running_does_not_hide_the_finished_one(trained, tmp_path):
@@ -114,8 +129,9 @@ def test_a_run_left_running_does_not_hide_the_finished_one(trained, tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "min_max_feature_normalization.csv").write_text("feature,min,max\n0,0.0,1.0\n")
     client.log_artifact(killed, str(tmp_path / "in" / "min_max_feature_normalization.csv"))
-    result = export.export("export-me", str(tmp_path / "out"))
-    assert result.source.run_id == trained.run_id
+    from caspar.training.registry import find_model
+
+    assert find_model("export-me").run_id == trained.run_id  # the model export would then write
     client.delete_run(killed)
 
 
@@ -127,7 +143,7 @@ def test_export_never_replaces_a_folder_it_did_not_write(trained, tmp_path):
     assert [p.name for p in (tmp_path / "export-me").iterdir()] == ["notes.txt"]
 
 
-def test_export_keeps_a_users_files_whatever_their_names(trained, tmp_path):
+def test_export_keeps_a_users_files_whatever_their_names(exported, tmp_path):
     """A folder of a README.md and java/NOTES.txt is not an old export; nor is a file a user put into one."""
     (tmp_path / "export-me" / "java").mkdir(parents=True)
     (tmp_path / "export-me" / "README.md").write_text("mine")
@@ -135,28 +151,30 @@ def test_export_keeps_a_users_files_whatever_their_names(trained, tmp_path):
     with pytest.raises(UserError, match=r"is not an export \(it holds README.md, java/NOTES.txt"):
         export.export("export-me", str(tmp_path))
     assert (tmp_path / "export-me" / "java" / "NOTES.txt").read_text() == "mine too"
-    first = export.export("export-me", str(tmp_path / "ours"))
+    first = earlier_export(exported, tmp_path / "ours")
     (tmp_path / "ours" / "export-me" / "java" / "NOTES.txt").write_text("added by the user")
     with pytest.raises(UserError, match=r"\(it holds java/NOTES.txt"):
         export.export("export-me", str(tmp_path / "ours"))
-    assert os.path.exists(os.path.join(first.folder, "java", "NOTES.txt"))
+    assert os.path.exists(os.path.join(first, "java", "NOTES.txt"))
 
 
-def test_a_linked_export_folder_stays_a_link_to_the_new_export(trained, tmp_path):
+def test_a_linked_export_folder_stays_a_link_to_the_new_export(exported, tmp_path):
     """MegaMek's data/ai/brains/NAME may be a link to the export: the link stays, its target is replaced."""
-    first = export.export("export-me", str(tmp_path / "real"))
+    first = earlier_export(exported, tmp_path / "real")
     (tmp_path / "brains").mkdir()
-    (tmp_path / "brains" / "export-me").symlink_to(first.folder)
+    (tmp_path / "brains" / "export-me").symlink_to(first)
     export.export("export-me", str(tmp_path / "brains"))
     assert (tmp_path / "brains" / "export-me").is_symlink()
     assert (tmp_path / "real" / "export-me" / "model.caspar").is_file()
     assert not [p for p in (tmp_path / "brains").iterdir() if p.name != "export-me"]
 
 
-def test_the_model_uri_train_prints_is_exportable(trained, tmp_path):
+def test_the_model_uri_train_prints_is_exportable(trained):
+    from caspar.training.registry import find_model
+
     assert trained.model_uri.startswith("models:/m-")
-    result = export.export(trained.model_uri, str(tmp_path))
-    assert result.source.run_id == trained.run_id and result.folder == str(tmp_path / "export-me")
+    source = find_model(trained.model_uri)  # what export writes, under the run's name
+    assert source.run_id == trained.run_id and source.name == "export-me"
 
 
 def test_export_compares_with_the_outputs_training_recorded(trained, tmp_path, monkeypatch):
