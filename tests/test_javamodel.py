@@ -326,4 +326,8 @@ def test_a_feature_constant_in_training_cannot_move_the_prediction(rows, tmp_pat
     with open(tmp_path / "moved.csv", "rb") as moved_csv:
         result = subprocess.run(["java", "-cp", classes, "caspar.CasparTool", "predict", str(tmp_path)], stdin=moved_csv,
                                 capture_output=True, text=True, timeout=60)
-    assert f"{len(raw)} values of feature 5" in result.stderr
+    assert f"{len(raw)} values of feature f5 (column 5)" in result.stderr  # by the header's name
+    headerless = "".join((tmp_path / "moved.csv").read_text().splitlines(keepends=True)[1:])
+    result = subprocess.run(["java", "-cp", classes, "caspar.CasparTool", "predict", str(tmp_path)], input=headerless,
+                            capture_output=True, text=True, timeout=60)
+    assert f"{len(raw)} values of feature column 5" in result.stderr

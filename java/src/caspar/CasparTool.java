@@ -99,14 +99,22 @@ public final class CasparTool {
         }
     }
 
-    /** Rows of comma-separated raw feature values on standard input (a first line of names is a header). */
+    /**
+     * Rows of comma-separated raw feature values on standard input (a first line of names is a header:
+     * test_inputs.csv's, the schema's feature names, which then name the features in messages).
+     */
     private static void predict(CasparModel model) throws IOException, UsageException {
         BufferedReader reader = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
         BufferedWriter out = new BufferedWriter(new OutputStreamWriter(System.out, StandardCharsets.UTF_8));
         int number = 0;
+        String[] names = new String[0];
         for (String line = reader.readLine(); line != null; line = reader.readLine()) {
             number++;
-            if (line.isBlank() || (number == 1 && isHeader(line))) {
+            if (number == 1 && isHeader(line)) {
+                names = line.split(",", -1);
+                continue;
+            }
+            if (line.isBlank()) {
                 continue;
             }
             String[] cells = line.split(",", -1);
@@ -122,11 +130,14 @@ public final class CasparTool {
             out.write('\n');
         }
         out.flush();
-        reportOutsideTrainingRange(model);
+        reportOutsideTrainingRange(model, names);
     }
 
-    /** One line on standard error when inputs left the training rows' range: the features, most values first. */
-    private static void reportOutsideTrainingRange(CasparModel model) {
+    /**
+     * One line on standard error when inputs left the training rows' range: the features, most values
+     * first, by the input's column names where it had a header (and by their column, from 0).
+     */
+    private static void reportOutsideTrainingRange(CasparModel model, String[] names) {
         long[] counts = model.outsideTrainingRange();
         List<Integer> features = new ArrayList<>();
         for (int i = 0; i < counts.length; i++) {
@@ -140,7 +151,9 @@ public final class CasparTool {
         features.sort((a, b) -> Long.compare(counts[b], counts[a]));
         StringBuilder line = new StringBuilder("CasparTool: inputs outside the training range: ");
         for (int i = 0; i < Math.min(features.size(), 8); i++) {
-            line.append(i == 0 ? "" : ", ").append(counts[features.get(i)]).append(" values of feature ").append(features.get(i));
+            int feature = features.get(i);
+            String name = feature < names.length ? names[feature].trim() + " (column " + feature + ")" : "column " + feature;
+            line.append(i == 0 ? "" : ", ").append(counts[feature]).append(" values of feature ").append(name);
         }
         System.err.println(line.append(features.size() > 8 ? ", ..." : ""));
     }
