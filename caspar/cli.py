@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import logging
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 from caspar.config import check, field_types
 from caspar.errors import UserError
+from caspar.runtime import QUIET_ENVIRONMENT, private_defaults
 from caspar.tracking import mlflow_message
 
 # Lines that TensorFlow (absl, C++), Ray and MLflow write straight to the stderr file descriptor,
@@ -37,22 +39,8 @@ STARTUP_NOISE = re.compile(
     rb"|E\d{4} [\d:.]+ +\d+ util\.cc:\d+\] oneDNN supports DT_BOOL only on platforms with AVX-512"
     rb"|WARNING: All log messages before absl::InitializeLog"
     rb"|To enable the following instructions: .* in other operations, rebuild TensorFlow)")
-QUIET_ENVIRONMENT = {
-    "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "CRITICAL", "RAY_DATA_LOG_LEVEL": "WARNING",
-    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # Ray Data's own progress lines: the jobs say their progress themselves
-    "RAY_AIR_NEW_OUTPUT": "0",  # Tune's classic reporter, silent at RunConfig(verbose=0)
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # two "View run" lines per run (per trial of a study)
-}
-
-
-# Nothing phones home or writes usage state into HOME unless the user asks for it (set these to
-# "false" / "1" to share MLflow's telemetry or Ray's usage statistics). Set when a job starts, so
-# every process it spawns (Ray's workers, MLflow's) inherits them.
-PRIVATE_ENVIRONMENT = {"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
-for _name, _value in PRIVATE_ENVIRONMENT.items():
-    os.environ.setdefault(_name, _value)
+# Set as a job starts, so that every process it spawns (Ray's workers, MLflow's) inherits them.
+private_defaults()
 
 
 class Interrupted(Exception):
@@ -90,12 +78,31 @@ def terminated_as_interrupt():
         signal.signal(signal.SIGINT, interrupt)
 
 
+@contextlib.contextmanager
+def library_lines():
+    """The library's INFO lines (its progress and what it did: loggers caspar.*) printed bare on
+    standard output as they come; outside a job they reach nobody unless the caller asks."""
+    logger = logging.getLogger("caspar")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # printed once, whatever handlers Ray or MLflow put on the root logger
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
 def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
     """Run `work`; print its lines (exit 0), or one `job: error: ...` line (exit 2 for a UserError,
-    1 when MLflow failed); interrupted (Ctrl-C), what it says (exit 130). Without `verbose`, the
-    libraries' own log lines are hidden."""
+    1 when MLflow failed); interrupted (Ctrl-C), what it says (exit 130). The library's progress
+    lines are printed as they come. Without `verbose`, the libraries' own log lines are hidden."""
     quiet = quiet_libraries(STARTUP_NOISE, {}) if verbose else quiet_libraries()
-    with quiet, terminated_as_interrupt():
+    with quiet, terminated_as_interrupt(), library_lines():
         try:
             lines = work()
         except UserError as error:

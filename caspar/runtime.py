@@ -11,6 +11,34 @@ from __future__ import annotations
 import contextlib
 import os
 
+# The libraries' own output that the jobs (and the notebook functions of caspar) do without.
+QUIET_ENVIRONMENT = {
+    "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "CRITICAL", "RAY_DATA_LOG_LEVEL": "WARNING",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # Ray Data's own progress lines: the jobs say their progress themselves
+    "RAY_AIR_NEW_OUTPUT": "0",  # Tune's classic reporter, silent at RunConfig(verbose=0)
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # two "View run" lines per run (per trial of a study)
+}
+
+def quiet_defaults() -> None:
+    """QUIET_ENVIRONMENT in this process and those it starts, where the user set nothing else."""
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
+# Nothing phones home or writes usage state into HOME unless the user asks for it (set these to
+# "false" / "1" to share MLflow's telemetry or Ray's usage statistics).
+PRIVATE_ENVIRONMENT = {"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def private_defaults() -> None:
+    """MLflow's telemetry and Ray's usage statistics off in this process and those it starts,
+    unless the user set them."""
+    for name, value in PRIVATE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
 # OpenMP's threads wait for work without spinning (the libraries read it as they load OpenMP).
 PASSIVE_WAITS = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 

@@ -22,7 +22,7 @@ def train_job(config: TrainConfig) -> list[str]:
     tracking.configure()
     from caspar.training.train import train
 
-    return train(config, prepared, show_progress=True).lines()
+    return train(config, prepared).lines()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ def test_no_module_imports_from_a_later_stage_and_shared_modules_from_none():
     for path in sorted((ROOT / "caspar").rglob("*.py")):
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         own = stage_of(module)
+        if module == "caspar.__init__":  # the public functions (prepare, train, ...): above every stage, as the jobs are
+            continue
         for name in imported_modules(path):
             other = stage_of(name)
             if other is not None and (own is None or other > own):
@@ -57,3 +59,19 @@ def test_the_library_never_imports_the_command_line_shell():
              if path.name != "cli.py" and any(name == "caspar.cli" or name.startswith("caspar.cli.")
                                               for name in imported_modules(path))]
     assert not users, users
+
+
+def test_the_library_prints_nothing_itself():
+    """What the library says goes to its loggers (caspar.*): the jobs' shell prints it, a notebook
+    sees it only if it asks. A module's own command line (`if __name__ == "__main__":`) may print."""
+    found = []
+    for path in sorted((ROOT / "caspar").rglob("*.py")):
+        if path.name == "cli.py":
+            continue
+        tree = ast.parse(path.read_text())
+        mains = [node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+        allowed = {id(inner) for main in mains for inner in ast.walk(main)}
+        found += [f"{path.relative_to(ROOT)}:{node.lineno}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+                  and id(node) not in allowed]
+    assert not found, found

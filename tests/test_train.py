@@ -540,3 +540,25 @@ def test_drift_flags_a_shift_beyond_what_as_many_training_games_show_by_chance()
     assert by_chance["moved"].flagged and not by_chance["uniform"].flagged
     naive = {s.feature: s for s in shifts(profile, new, ["by_game", "uniform", "moved"])}
     assert naive["by_game"].flagged  # without the games' noise it would have been
+
+
+@pytest.mark.slow
+def test_the_readme_notebook_block_runs_and_prints_only_what_it_prints(tmp_path):
+    """README's "From a notebook" block, verbatim, in a fresh process: prepare, train and export as
+    functions; the only lines on standard output are the block's own prints, and none of the
+    library's progress lines reach standard error either."""
+    from caspar.data.samples import write_samples
+
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("### From a notebook"):].split("```python\n", 1)[1].split("```", 1)[0]
+    write_samples(tmp_path / "data" / "demo" / "raw", count=30, seed=11)  # what `make demo` writes there
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = result.stdout.splitlines()
+    assert len(printed) == 2 and printed[0].startswith("test R² ") and printed[1] == "exports/notebook-model", result.stdout
+    assert (tmp_path / "exports" / "notebook-model" / "model.caspar").is_file()
+    progress = ("train:", "trees:", "epoch ", "baselines:", "importance:", "logging the model", "export:")
+    assert not [line for line in result.stderr.splitlines() if line.startswith(progress)], result.stderr[-3000:]

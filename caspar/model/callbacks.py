@@ -1,5 +1,6 @@
 """Keras callbacks of training: the best epoch (the untrained model counted as epoch 0), the
 learning-rate schedules, and the per-epoch lines and MLflow metrics."""
+import logging
 import os
 import time
 
@@ -11,6 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from caspar.progress import Every, since  # noqa: E402
+
+log = logging.getLogger(__name__)  # the jobs' shell prints its INFO lines (caspar.cli)
 
 
 class BestEpoch(keras.callbacks.Callback):
@@ -68,9 +71,9 @@ class StopAfterSeconds(keras.callbacks.Callback):
 
 
 class EpochPrinter(keras.callbacks.Callback):
-    """One line per epoch with the losses and an upper bound of the time the remaining epochs take
-    (early stopping may end them sooner; what follows the epochs is not in it); within an epoch
-    that runs long, a line now and then with the batches done."""
+    """Logs (caspar.model.callbacks, INFO) one line per epoch with the losses and an upper bound of
+    the time the remaining epochs take (early stopping may end them sooner; what follows the epochs
+    is not in it); within an epoch that runs long, a line now and then with the batches done."""
 
     def __init__(self, epochs: int, what: str = "epoch"):
         super().__init__()
@@ -78,7 +81,7 @@ class EpochPrinter(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.began = time.perf_counter()
-        self.every = Every(lambda line: print(line, flush=True))
+        self.every = Every(log.info)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch, self.epoch_began = epoch, time.perf_counter()
@@ -95,8 +98,8 @@ class EpochPrinter(keras.callbacks.Callback):
         losses = f"loss {logs.get('loss', float('nan')):.5f}"
         if "val_loss" in logs:
             losses += f", val_loss {logs['val_loss']:.5f}"
-        print(f"{self.what} {epoch + 1}/{self.epochs}: {losses}, {per_epoch:.1f} s per epoch; "
-              f"the epochs left take at most {_duration(left)}", flush=True)
+        log.info(f"{self.what} {epoch + 1}/{self.epochs}: {losses}, {per_epoch:.1f} s per epoch; "
+                 f"the epochs left take at most {_duration(left)}")
         self.every.reset()
 
 

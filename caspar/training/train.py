@@ -4,8 +4,8 @@ registration. The fitting itself is caspar.training.fit, shared with the study's
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
+import logging
 import os
 import tempfile
 import time
@@ -24,6 +24,8 @@ from caspar.progress import Every, since, ticking
 from caspar.training import evaluate
 from caspar.training.drift import FeatureProfile
 from caspar.training.fit import FIT_ON, Stage, check_trained, fit, fit_stage, rows  # noqa: F401  (fit: tests patch it here)
+
+log = logging.getLogger(__name__)  # the jobs' shell prints its INFO lines (caspar.cli)
 
 TEST_ROWS_KEPT = 256  # test rows logged with the model, for checking an export
 # --- The model that ships: only weights chosen on games they were not fitted on ---------------------
@@ -268,7 +270,7 @@ def run_tags(prepared: Prepared) -> dict[str, str]:
     return tags
 
 
-def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: bool = False) -> Result:
+def train(config: TrainConfig, prepared: Prepared | None = None) -> Result:
     """One training run, tracked in MLflow: the trees cross-fitted on the games --fit-on names, the
     network early-stopped on validation (or none, where it does not beat the trees beyond noise);
     registered only if it beats the mean baseline. A run that fails is marked FAILED and registers
@@ -283,7 +285,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
     experiment = tracking.experiment_id(config.experiment_name)
     from caspar.model.callbacks import EpochPrinter, MlflowEpochLogger  # TensorFlow: once every name is checked
 
-    say = functools.partial(print, flush=True) if show_progress else None
+    say = log.info  # the jobs' shell prints caspar's INFO lines; a notebook sees them only if it asks
     if say:
         say(f"train: dataset {prepared.version} ({', '.join(f'{n} {len(y):,}' for n, (_, y) in prepared.splits.items())} "
             f"rows); run {config.run_name or '(unnamed)'} in experiment {config.experiment_name}")
@@ -295,7 +297,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None, show_progress: 
         stage = fit_stage(config, prepared.splits, prepared.files, config.fit_on, say, config.cpus_per_fit)
         if stage.crossed is not None:
             mlflow.log_metrics(stage.crossed.describe(rows(prepared.splits, stage.splits)[1]))
-        progress = [EpochPrinter(config.epochs)] if show_progress else []
+        progress = [EpochPrinter(config.epochs)]
         network, history = fit(config, stage, prepared.splits, callbacks=[MlflowEpochLogger(), *progress])
         check_trained(history)
         scored, shipped = release(config, prepared.splits, network, history, stage, config.fit_on, say)

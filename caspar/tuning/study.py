@@ -2,6 +2,7 @@
 summary of the study (its figures, the best trial, the plot of every trial's validation loss)."""
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -18,6 +19,8 @@ from caspar.progress import Every, since
 from caspar.training import evaluate
 from caspar.tuning import cpu
 from caspar.tuning.trial import EPOCH_METRICS, PER_EPOCH, PHASES, STEP_METRICS
+
+log = logging.getLogger(__name__)  # the jobs' shell prints its INFO lines (caspar.cli)
 
 # What ASHA ranks trials by at its milestones, what TPE minimises and what chooses the best checkpoint:
 # a trial's best validation loss so far, the loss of the weights it would ship (its last epoch's
@@ -86,13 +89,13 @@ class TrialRuns(tune.Callback):
 
 
 class TrialPrinter(tune.Callback):
-    """One line per finished trial: its kind, its result and the best so far of its kind; between
+    """Logs (caspar.tuning.study, INFO) one line per finished trial: its kind, its result and the best so far of its kind; between
     them, a line now and then with the trials running and how far each is (a trial may take minutes)."""
 
     def __init__(self, config: TuneConfig, folds: int):
         self.trials, self.epochs, self.folds = config.n_trials, config.epochs, folds
         self.finished, self.best = 0, {}
-        self.started, self.every = time.perf_counter(), Every(lambda line: print(line, flush=True))
+        self.started, self.every = time.perf_counter(), Every(log.info)
 
     def on_step_end(self, iteration, trials, **info):
         def line() -> str:
@@ -117,8 +120,8 @@ class TrialPrinter(tune.Callback):
             epochs = result.get("epoch", 0)
             what = (f"network: best val_loss {loss:.5f} in {epochs} epochs"
                     f"{' (stopped by ASHA)' if epochs < self.epochs else ''}")
-        print(f"trial {self.finished}/{self.trials} ({trial.trial_id}), {what}; best {kind} so far "
-              f"{self.best[kind]:.5f}", flush=True)
+        log.info(f"trial {self.finished}/{self.trials} ({trial.trial_id}), {what}; best {kind} so far "
+                 f"{self.best[kind]:.5f}")
 
 
 def progress(result: dict) -> str:

@@ -9,7 +9,6 @@ The trial itself is `caspar.tuning.trial`; what the study records and prints, `c
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import time
@@ -50,6 +49,8 @@ from caspar.tuning.study import (
 )
 from caspar.tuning.trial import StudyData, load_best_model
 
+log = logging.getLogger(__name__)  # the jobs' shell prints its INFO lines (caspar.cli)
+
 
 def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) -> Study:
     """Run the study; without `verbose`, one line per finished trial instead of Ray's tables and the
@@ -70,7 +71,7 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     check_storage(config)
     check_cpus(config)
     quiet_libraries(verbose)
-    say = functools.partial(print, flush=True)
+    say = log.info  # the jobs' shell prints caspar's INFO lines; a notebook sees them only if it asks
     hp = config.trial_hyperparameters()
     threads = max(1, int(config.cpus_per_trial))
     with tracking.run(run_id=previous_run, experiment_id=experiment, run_name=f"{config.run_name}-study",
