@@ -114,15 +114,17 @@ def test_no_credentials_outside_env_files():
 
 
 @contextmanager
-def compose_mlflow(s3_endpoint: str, postgres_port: int):
-    """compose.yaml's own `mlflow` command, with hosts and ports substituted, on local services."""
+def compose_mlflow(s3_endpoint: str, postgres_port: int, **server_env):
+    """compose.yaml's own `mlflow` command, with hosts and ports substituted, on local services
+    (`server_env`: more of the server's environment)."""
     import tempfile
     from pathlib import Path
 
     port = free_port()
     command = compose_mlflow_command(COMPOSE, STACK_ENV, port, postgres_port)
     with tempfile.TemporaryDirectory() as folder:
-        env = {**os.environ, **compose_mlflow_environment(COMPOSE, STACK_ENV, s3_endpoint, postgres_port, Path(folder))}
+        env = {**os.environ, **compose_mlflow_environment(COMPOSE, STACK_ENV, s3_endpoint, postgres_port, Path(folder)),
+               **server_env}
         with running_mlflow(command, port, ROOT / "tests" / ".cache" / "mlflow-stack.log", env) as url:
             yield url
 
@@ -243,7 +245,7 @@ def test_s3_down_while_logging_leaves_no_good_looking_model(stack, sample_datase
     signed_in(monkeypatch)
     # a second server of the stack's database whose S3 is down
     dead_endpoint = f"http://127.0.0.1:{free_port()}"
-    with compose_mlflow(dead_endpoint, stack["postgres_port"]) as url:
+    with compose_mlflow(dead_endpoint, stack["postgres_port"], AWS_MAX_ATTEMPTS="1") as url:  # its S3 calls fail at once
         env = without_s3_credentials(MLFLOW_TRACKING_URI=url, AWS_MAX_ATTEMPTS="1", **SIGNED_IN)  # no retries
         result, _ = job("train", "--data", sample_dataset, "--epochs", "1", "--trees", "20", "--tree-folds", "2",
                         "--run-name", "half",
