@@ -20,6 +20,14 @@ from __future__ import annotations
 __all__ = ["prepare", "train", "tune", "export_model"]
 
 
+def _defaults() -> None:
+    """As a job does: no telemetry, and the libraries' own output quiet, unless the user set otherwise."""
+    from caspar.runtime import private_defaults, quiet_defaults
+
+    private_defaults()
+    quiet_defaults()
+
+
 def prepare(**options):
     """Read game logs and write the feature dataset, as `jobs/prepare.py` does.
 
@@ -31,10 +39,8 @@ def prepare(**options):
     """
     from caspar.config import PrepareConfig
     from caspar.data import dataset
-    from caspar.runtime import private_defaults, quiet_defaults
 
-    private_defaults()
-    quiet_defaults()
+    _defaults()
     return dataset.prepare(PrepareConfig(**options))
 
 
@@ -49,11 +55,9 @@ def train(**options):
         model's URI.
     """
     from caspar.config import TrainConfig
-    from caspar.runtime import private_defaults, quiet_defaults
     from caspar.training.train import train as train_model
 
-    private_defaults()
-    quiet_defaults()
+    _defaults()
     return train_model(TrainConfig(**options))
 
 
@@ -68,11 +72,9 @@ def tune(**options):
     """
     from caspar.config import TuneConfig
     from caspar.data.prepared import load_prepared
-    from caspar.runtime import private_defaults, quiet_defaults
     from caspar.tuning.tune import tune_study
 
-    private_defaults()
-    quiet_defaults()
+    _defaults()
     config = TuneConfig(**options)
     return tune_study(config, load_prepared(config.data))
 
@@ -90,8 +92,6 @@ def export_model(ref: str, output: str = "exports", experiment_name: str | None 
         largest difference from the outputs training recorded.
     """
     from caspar.export import formats
-    from caspar.runtime import private_defaults, quiet_defaults
 
-    private_defaults()
-    quiet_defaults()
+    _defaults()
     return formats.export(ref, output, experiment_name)

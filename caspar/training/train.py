@@ -286,9 +286,8 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> Result:
     from caspar.model.callbacks import EpochPrinter, MlflowEpochLogger  # TensorFlow: once every name is checked
 
     say = log.info  # the jobs' shell prints caspar's INFO lines; a notebook sees them only if it asks
-    if say:
-        say(f"train: dataset {prepared.version} ({', '.join(f'{n} {len(y):,}' for n, (_, y) in prepared.splits.items())} "
-            f"rows); run {config.run_name or '(unnamed)'} in experiment {config.experiment_name}")
+    say(f"train: dataset {prepared.version} ({', '.join(f'{n} {len(y):,}' for n, (_, y) in prepared.splits.items())} "
+        f"rows); run {config.run_name or '(unnamed)'} in experiment {config.experiment_name}")
     with tracking.run(experiment_id=experiment, run_name=config.run_name, tags=run_tags(prepared)) as run:
         # the network's settings are logged once it is known to ship (below)
         mlflow.log_params({k: v for k, v in dataclasses.asdict(config).items() if k not in NETWORK_FIELDS}
@@ -301,8 +300,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> Result:
         network, history = fit(config, stage, prepared.splits, callbacks=[MlflowEpochLogger(), *progress])
         check_trained(history)
         scored, shipped = release(config, prepared.splits, network, history, stage, config.fit_on, say)
-        if say:
-            say(shipping_line(history, stage))
+        say(shipping_line(history, stage))
         log_network_settings(config, network_ships(history, stage))
         description = model_description(history, stage)
         members = {} if stage.crossed is None else stage.crossed.members()
