@@ -21,6 +21,7 @@ QUIET_ENVIRONMENT = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # two "View run" lines per run (per trial of a study)
 }
 
+
 def quiet_defaults() -> None:
     """QUIET_ENVIRONMENT in this process and those it starts, where the user set nothing else."""
     for name, value in QUIET_ENVIRONMENT.items():
