@@ -88,8 +88,14 @@ class CpuMeter:
         parts |= {"driver": driver, "ray": ray}
         # the rest of what the machine counted busy: other programs, and processes too short-lived to be sampled
         parts["other"] = max(0.0, busy - sum(parts.values()))
-        parts["idle"] = self.machine_end[1] - self.machine_start[1]
-        parts["capacity"] = self.wall * (psutil.cpu_count() or 1)
+        capacity = self.wall * (psutil.cpu_count() or 1)
+        # The machine counts busy and idle by sampling at its clock ticks; the processes' own times
+        # are exact. Under load they can disagree by a few percent (work that runs between two ticks
+        # and sleeps before the next is counted idle), so where the processes measured more than the
+        # machine counted busy, that much of its idle was in fact theirs.
+        machine_idle = self.machine_end[1] - self.machine_start[1]
+        parts["idle"] = max(0.0, min(machine_idle, capacity - sum(parts.values())))
+        parts["capacity"] = capacity
         parts["machine_busy"] = busy
         return parts
 
