@@ -203,8 +203,11 @@ def ray_cluster(nodes: int = 2, cpus_per_node: int = 1, token: str | None = None
             raise RuntimeError(f"Ray head: {error}; nodes.log ends: {Path(temp_dir, 'nodes.log').read_text()[-3000:]}") from None
 
         def start_workers():
-            for _ in range(nodes - 1):
-                worker = [ray, "start", *common, f"--address=127.0.0.1:{gcs}", *node_ports()]
+            for number in range(1, nodes):
+                # a temp dir of its own, as on a machine of its own: where it unpacks a job's working dir
+                node_dir = Path(temp_dir, f"node-{number}")
+                node_dir.mkdir(exist_ok=True)
+                worker = [ray, "start", *common, f"--address=127.0.0.1:{gcs}", f"--temp-dir={node_dir}", *node_ports()]
                 processes.append(subprocess.Popen(worker, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                   start_new_session=True))
 

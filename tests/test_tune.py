@@ -15,11 +15,6 @@ from conftest import ROOT
 from services import ray_cluster
 
 FINISHED_LINE = re.compile(r"^trial \d+/\d+ \((\w+)\),", re.MULTILINE)
-# small trees: the study's own (--trees) and the tree trials' recipes (--search trees=…)
-TINY = ["--n-trials", "6", "--epochs", "4", "--grace-period", "1", "--cpus-per-trial", "1", "--trees", "25", "--search",
-        "trees=25,50", "--seed", "2"]
-
-
 def trial_results(study_path) -> dict[str, list[dict]]:
     """Per trial folder: the results it reported (one line per epoch)."""
     results = {}
@@ -29,65 +24,20 @@ def trial_results(study_path) -> dict[str, list[dict]]:
     return results
 
 
-def trial_worker_nodes(address: str) -> dict[str, set[str]]:
-    """{class name: nodes} of the actors Ray placed (its record of every actor, ended ones included)."""
-    from ray.util.state import list_actors
+def trial_worker_nodes(address: str, token: str | None = None) -> dict[str, set[str]]:
+    """{class name: nodes} of the actors Ray placed (its record of every actor, ended ones included),
+    from the dashboard's state API (with the cluster's token, if it has one)."""
+    import urllib.request
 
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"{address}/api/v0/actors?limit=1000&detail=1", headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        actors = json.loads(answer.read())["data"]["result"]["result"]
     placed: dict[str, set[str]] = {}
-    for actor in list_actors(address=address, detail=True, limit=1000, raise_on_missing_output=False):
-        if actor.node_id:
-            placed.setdefault(actor.class_name, set()).add(actor.node_id)
+    for actor in actors:
+        if actor.get("node_id"):
+            placed.setdefault(actor["class_name"], set()).add(actor["node_id"])
     return placed
-
-
-@pytest.mark.cluster
-def test_tune_job_on_a_two_node_cluster(mlflow_url, sample_dataset, tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    storage = tmp_path / "ray_results"
-    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": mlflow_url}})
-    with ray_cluster(nodes=2, cpus_per_node=1) as address:
-        job = subprocess.run(
-            # Two raylets on one host share a session dir, where unpacking an uploaded working dir
-            # collides; local:// makes every node use the checkout in place.
-            [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", address,
-             "--working-dir", f"local://{ROOT}",
-             "--runtime-env-json", runtime_env, "--", "python", "jobs/tune.py", "--data", sample_dataset, *TINY,
-             "--n-jobs", "2", "--storage-path", str(storage), "--experiment-name", "cluster-test",
-             "--run-name", "cluster-study", "--model-name", "CASPAR-cluster"],
-            cwd=ROOT, capture_output=True, text=True, timeout=900)
-        trial_workers = trial_worker_nodes(address)
-    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-    # Each node has one CPU and a trial needs one: two concurrent trials need a worker on each node.
-    # Which trials each worker then runs is Ray's choice (a worker that starts first may run them
-    # all, legitimately), so the spread is proven by where Tune placed its trial workers.
-    assert len(set().union(*(nodes for name, nodes in trial_workers.items() if "Trainable" in name))) == 2, trial_workers
-    assert "stopped early by ASHA" in job.stdout
-    results = trial_results(storage / "cluster-study")
-    assert len(results) == 6
-    kinds = {kind: [rows for rows in results.values() if ("fold" in rows[-1]) == (kind == "trees")] for kind in ("trees", "network")}
-    assert len(kinds["trees"]) == len(kinds["network"]) == 3  # the kinds take turns in TPE's first (random) trials
-    stopped = [rows for rows in kinds["network"] if rows[-1]["epoch"] < 4] + [rows for rows in kinds["trees"]
-                                                                              if rows[-1]["tree_step"] < 6]
-    # ASHA stopped some, at its milestones: a network's epochs, a recipe's game folds
-    assert stopped and all(rows[-1].get("epoch", rows[-1].get("tree_step")) in (1, 3) for rows in stopped)
-    pids = [rows[0]["pid"] for rows in results.values()]
-    assert len(set(pids)) < len(pids)  # later trials ran in an earlier trial's process
-    client = MlflowClient(mlflow_url, registry_uri=mlflow_url)
-    experiment = client.get_experiment_by_name("cluster-test")
-    runs = client.search_runs([experiment.experiment_id], "tags.study = 'cluster-study'")
-    trials = [r for r in runs if "trial_name" in r.data.tags]
-    assert len(trials) == 6
-    for trial in trials:  # a network's losses per epoch; a recipe's out-of-fold error per fold
-        metric = "val_loss" if trial.data.params["kind"] == "network" else "best_val_loss"
-        assert len(client.get_metric_history(trial.info.run_id, metric)) >= 1
-    study = [r for r in runs if r.data.tags.get("caspar.kind") == "study"]
-    assert len(study) == 1 and 0 <= study[0].data.metrics["serial_share"] <= 1
-    # the study's own trees (ten fits at once as Ray tasks) and the trials ran on both one-CPU nodes
-    assert study[0].data.metrics["nodes_trees"] == 2 and study[0].data.metrics["nodes_networks"] >= 1
-    versions = client.search_model_versions("name = 'CASPAR-cluster'")
-    assert len(versions) == 1
-    assert client.get_run(versions[0].run_id).info.run_name == "cluster-study"
 
 
 def run_tune(args, env, **kwargs):
@@ -167,6 +117,14 @@ def test_resume_does_not_repeat_finished_trials_and_ships_the_model_of_an_uninte
     # the same trials uninterrupted: the same recipes, the same weights, the same model
     output, _ = straight.communicate(timeout=600)
     assert straight.returncode == 0, output[-3000:]
+    # ASHA stopped some recipes at its milestones (game folds 1 and 3 of 5, then the fit on every row:
+    # 6 steps), and Tune ran later trials in an earlier trial's process
+    uninterrupted = list(trial_results(storage / "straight").values())
+    stopped = [rows for rows in uninterrupted if rows[-1]["tree_step"] < 6]
+    assert stopped and all(rows[-1]["tree_step"] in (1, 3) for rows in stopped), uninterrupted
+    assert int(re.search(r"(\d+) stopped early by ASHA", output).group(1)) == len(stopped)
+    pids = [rows[0]["pid"] for rows in uninterrupted]
+    assert len(set(pids)) < len(pids)
     resumed = shipped_ensemble(store, "resume-test", "resumable")
     assert resumed == shipped_ensemble(store, "resume-test", "straight") and len(resumed[0]) >= 1
 
@@ -232,10 +190,12 @@ def readme_block(after_heading: str) -> list[str]:
 
 @pytest.mark.cluster
 def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tmp_path):
-    """A fresh local Ray head with token authentication (it refuses jobs without the token), then the README's cluster block verbatim
-    (HEAD_IP and BUCKET filled in, cluster.env filled in as a user would; `ray up` is the head this
-    test starts with cluster.env in its environment, as cluster.yaml's start command does), from a
-    copy of the checkout, and the export on the submitting machine."""
+    """A fresh local Ray cluster of two one-CPU nodes with token authentication (it refuses jobs
+    without the token), then the README's cluster block verbatim (HEAD_IP and BUCKET filled in,
+    cluster.env filled in as a user would; `ray up` is the cluster this test starts with cluster.env
+    in its environment, as cluster.yaml's start commands do), from a copy of the checkout, and the
+    export on the submitting machine. The study's fits and trials ran on both nodes."""
+    from mlflow.tracking import MlflowClient
 
     import shutil
 
@@ -277,15 +237,33 @@ def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tm
     # the keys and the token: readable by their owner alone, as the README's commands leave them
     assert (checkout / "cluster.env").stat().st_mode & 0o777 == 0o600
     assert (home / ".ray" / "auth_token").stat().st_mode & 0o777 == 0o600
-    with ray_cluster(nodes=1, cpus_per_node=2, token=token, env=filled) as address:
+    with ray_cluster(nodes=2, cpus_per_node=1, token=token, env=filled) as address:
         # The head refuses a job without the token or with another one; the README's jobs present it.
         submit = f"ray job submit --address {address} -- python -c 'print(6 * 7)'"
         anonymous = shell(f"RAY_AUTH_MODE=disabled {submit}")
         wrong = shell(f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN=guess {submit}")
         result = shell("set -e\n" + "\n".join(commands[3:]), address)
+        trial_workers = trial_worker_nodes(address, token)
     assert anonymous.returncode != 0 and "Missing authentication token" in anonymous.stdout + anonymous.stderr
     assert wrong.returncode != 0 and "invalid or incorrect" in wrong.stdout + wrong.stderr
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    # Each node has one CPU and a trial needs one: the two trials at once need a worker on each node.
+    # Which trials each worker then runs is Ray's choice, so the spread is proven by where Tune
+    # placed its trial workers.
+    assert len(set().union(*(nodes for name, nodes in trial_workers.items() if "Trainable" in name))) == 2, trial_workers
+    client = MlflowClient(mlflow_url, registry_uri=mlflow_url)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.study = 'cluster-check'")
+    trials = [r for r in runs if "trial_name" in r.data.tags]
+    assert sorted(t.data.params["kind"] for t in trials) == ["network", "trees"]  # the kinds take turns in TPE's first trials
+    for trial in trials:  # a network's losses per epoch; a recipe's out-of-fold error per fold
+        metric = "val_loss" if trial.data.params["kind"] == "network" else "best_val_loss"
+        assert len(client.get_metric_history(trial.info.run_id, metric)) >= 1
+    [study] = [r for r in runs if r.data.tags.get("caspar.kind") == "study"]
+    assert 0 <= study.data.metrics["serial_share"] <= 1
+    # the study's own trees (ten fits at once as Ray tasks) and the trials ran on both one-CPU nodes
+    assert study.data.metrics["nodes_trees"] == 2 and study.data.metrics["nodes_networks"] == 1
+    [version] = client.search_model_versions("name = 'CASPAR-check'")
+    assert client.get_run(version.run_id).info.run_name == "cluster-check"
     trained = re.search(r"the model: run ([0-9a-f]{32})", result.stdout).group(1)  # printed by the job
     exported = re.search(r"exported run ([0-9a-f]{32})", result.stdout).group(1)  # printed by export, here
     assert trained == exported
