@@ -325,7 +325,7 @@ def test_trees_layer_computes_what_scikit_learn_predicts_on_the_real_corpus(corp
     x_train = normalizer.transform(prepared.splits["train"][0])
     x_all = normalizer.transform(np.concatenate([prepared.splits[s][0] for s in ("train", "val", "test")]))
     hp = Hyperparameters()
-    trees = HistGradientBoostingRegressor(max_iter=200, learning_rate=hp.tree_learning_rate, early_stopping=False,
+    trees = HistGradientBoostingRegressor(max_iter=60, learning_rate=hp.tree_learning_rate, early_stopping=False,
                                           min_samples_leaf=hp.tree_min_leaf, random_state=0)
     trees.fit(x_train, prepared.splits["train"][1])
     layer = TreeEnsemble.from_sklearn(trees)
