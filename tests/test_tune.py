@@ -195,10 +195,9 @@ def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tm
     cluster.env filled in as a user would; `ray up` is the cluster this test starts with cluster.env
     in its environment, as cluster.yaml's start commands do), from a copy of the checkout, and the
     export on the submitting machine. The study's fits and trials ran on both nodes."""
-    from mlflow.tracking import MlflowClient
-
     import shutil
 
+    from mlflow.tracking import MlflowClient
     from services import S3_KEY, S3_SECRET, s3_client
 
     from caspar.data.samples import write_samples
