@@ -83,6 +83,86 @@ def test_java_feature_parity_in_every_layout_on_synthetic_games(classes, tmp_pat
     assert all(np.ptp(java[:, i]) > 0 for i in ecm)  # the ECM features were exercised
 
 
+# Fields a rule stands in for when missing (FEATURES.md; the reader takes a non-finite number as missing)
+FALLBACK_STATE_FIELDS = ["MAX_RANGE", "TOTAL_DAMAGE", "HAS_ECM", "ROLE", "MP", *javafeatures.ARCS, "ARMOR_P", "INTERNAL_P"]
+FALLBACK_MOVE_FIELDS = ["TEAM_ID", "HEXES_MOVED", "DISTANCE", "MP_USED", "MAX_MP", "MP_P", "HEAT_P", "ARMOR_P",
+                        "INTERNAL_P", "CHANCE_OF_FAILURE", *javafeatures.ARCS]
+
+
+def damaged(log, seed: int):
+    """The log with about a third of the cells of the fields above missing (NaN; ROLE empty)."""
+    rng = np.random.default_rng(seed)
+
+    def damage(table, fields):
+        for field in fields:
+            if field not in table.column_names:
+                continue
+            lost = rng.random(table.num_rows) < 0.35
+            column = table[field]
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                values = pa.array([None if gone else v for v, gone in zip(column.to_pylist(), lost)], column.type)
+            else:
+                values = pa.array(np.where(lost, np.nan, column.to_numpy(zero_copy_only=False).astype(np.float64)))
+            table = table.set_column(table.column_names.index(field), field, values)
+        return table
+
+    return dataclasses.replace(log, states=damage(log.states, FALLBACK_STATE_FIELDS),
+                               moves=damage(log.moves, FALLBACK_MOVE_FIELDS))
+
+
+def test_damaged_records_fall_back_as_ours_or_are_refused_by_name(classes, tmp_path):
+    """Where a rule stands in for a missing value, Java computes what we compute, on every row, with
+    the missing cells written as NaN, Infinity or -Infinity (a non-finite number is missing, as the
+    log reader takes it); what no rule can stand in for (the board's size, the mover's HEAT, a unit's
+    ARMOR or INTERNAL) is refused in one line naming the decision's line and the field, never NaN."""
+    import subprocess
+
+    logs = [damaged(with_random_ecm(read_game(rewrite(game_log(seed).encode(), "split"), f"damaged-{seed}"), seed), seed)
+            for seed in range(3)]
+    path = tmp_path / "decisions.tsv"
+    expected = javafeatures.write_decisions_file(logs, str(path), POINTS)
+    keys = javafeatures.decision_keys(str(path))
+    assert len(expected) == len(keys) > 30  # every move a row: a fallback, not a skip
+    spellings = iter(["Infinity", "-Infinity", "NaN"] * len(path.read_text()))
+    text = re.sub(r"(?<=\t)NaN(?=\t|\n)", lambda _: next(spellings), path.read_text())
+    assert "\t-Infinity" in text and "\tInfinity" in text
+    path.write_text(text)
+    java = javafeatures.features_in_java(str(path), str(tmp_path / "features.f32"), classes)
+    compared, lines = differences(keys, java, expected)
+    assert compared == len(keys) and not lines, f"{len(lines)} values differ:\n" + "\n".join(lines[:10])
+
+    def first_decision_with(line_kind: str, field: str, value: str, board: str | None = None) -> str:
+        """The file's header and first decision, one field of its `line_kind` record set to `value`."""
+        lines = text.splitlines()
+        fields = {ln.split("\t")[1]: ln.split("\t")[2:] for ln in lines if ln.startswith("fields\t")}
+        head = [ln for ln in lines if not ln.startswith(("decision", "action", "mover", "unit"))]
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("decision"))
+        end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("decision"))
+        record = lines[start:end]
+        if board:
+            cells = record[0].split("\t")
+            record[0] = "\t".join(cells[:3] + board.split("x") + cells[5:])
+        for i, ln in enumerate(record):
+            cells = ln.split("\t")
+            if cells[0] == line_kind and field:
+                cells[1 + fields["action" if line_kind == "action" else "unit"].index(field)] = value
+                record[i] = "\t".join(cells)
+                break
+        return "\n".join(head + record) + "\n", len(head) + 1
+
+    for kind, field, value, board, words in (("mover", "HEAT", "NaN", None, "the mover's record has no finite HEAT"),
+                                             ("unit", "ARMOR", "Infinity", None, "record has no finite ARMOR"),
+                                             ("mover", "INTERNAL", "NaN", None, "the mover's record has no finite INTERNAL"),
+                                             ("action", "", "", "0x0", "the board is 0 x 0 hexes")):
+        content, line = first_decision_with(kind, field, value, board)
+        (tmp_path / "bad.tsv").write_text(content)
+        result = subprocess.run(["java", "-cp", classes, "caspar.CasparTool", "features", str(tmp_path / "bad.tsv"),
+                                 str(tmp_path / "bad.f32")], capture_output=True, text=True, timeout=60)
+        message = result.stderr.strip()
+        assert result.returncode == 2 and "\n" not in message and f"bad.tsv line {line} (" in message, message
+        assert words in message, message
+
+
 def small_model(features: np.ndarray, reward: np.ndarray):
     """A model with trees and a network (TabM-mini, piecewise-linear encoding) fitted on these rows."""
     normalizer = Normalizer.fit(features)
@@ -150,12 +230,12 @@ public class UnitAction extends EntityDataMap<UnitAction.Field> {
 }""",
     "megamek/ai/dataset/UnitState.java": """package megamek.ai.dataset;
 public class UnitState extends EntityDataMap<UnitState.Field> {
-    public enum Field { ID, TEAM_ID, PLAYER_ID, TYPE, ROLE, X, Y, MAX_RANGE, TOTAL_DAMAGE, ARMOR, INTERNAL }
+    public enum Field { ID, TEAM_ID, PLAYER_ID, TYPE, ROLE, X, Y, HEAT, MAX_RANGE, TOTAL_DAMAGE, ARMOR, INTERNAL }
     public UnitState() { super(Field.class); }
     public static UnitState fromEntity(megamek.common.units.Entity entity, megamek.common.game.Game game) {
         UnitState map = new UnitState();
         map.put(Field.ID, entity.id).put(Field.TEAM_ID, entity.id % 2).put(Field.X, entity.id).put(Field.Y, 2)
-           .put(Field.TYPE, "BipedMek").put(Field.MAX_RANGE, 9).put(Field.TOTAL_DAMAGE, 30).put(Field.ARMOR, 100)
+           .put(Field.TYPE, "BipedMek").put(Field.HEAT, 3).put(Field.MAX_RANGE, 9).put(Field.TOTAL_DAMAGE, 30).put(Field.ARMOR, 100)
            .put(Field.INTERNAL, 50);
         return map;
     }

@@ -281,8 +281,9 @@ def test_a_damaged_normalisation_file_is_refused_at_load_in_one_line(rows, tmp_p
 
 @needs_jdk
 def test_the_command_line_reads_every_row_and_names_a_bad_one(rows, tmp_path, classes):
-    """A first row holding NaN is a row, not a header; inf is a number; a row separated by ';' or an
-    empty cell is refused in one line naming its line."""
+    """inf is a number and a first row holding NaN is a row, not a header: both refused, as the model
+    takes finite values only; a row separated by ';' or an empty cell is refused; each in one line
+    naming its line."""
     import subprocess
 
     model, normalizer = trained_model(rows, {"trees": 25}, "relu")
@@ -292,11 +293,13 @@ def test_the_command_line_reads_every_row_and_names_a_bad_one(rows, tmp_path, cl
         return subprocess.run(["java", "-cp", classes, "caspar.CasparTool", "predict", str(tmp_path)], input=text,
                               capture_output=True, text=True, timeout=60)
 
-    values = [",".join(["nan"] + ["1.5"] * (WIDTH - 1)), ",".join(["inf"] + ["2"] * (WIDTH - 1)),
-              ",".join(["-inf"] + ["0"] * (WIDTH - 1))]
+    values = [",".join(["1.5"] * WIDTH), ",".join(["2e3"] + ["0"] * (WIDTH - 1))]
     result = run("\n".join(values) + "\n")
-    assert result.returncode == 0 and len(result.stdout.split()) == 3, result.stderr
-    for bad, words in ((";".join(["1"] * WIDTH), "line 2: 1 comma-separated values"),
+    assert result.returncode == 0 and len(result.stdout.split()) == 2, result.stderr
+    nan_first = run(",".join(["nan"] + ["1.5"] * (WIDTH - 1)) + "\n" + values[1] + "\n")
+    assert nan_first.returncode == 2 and nan_first.stderr.startswith("CasparTool: line 1: column 0 is NaN: the model takes finite")
+    for bad, words in ((",".join(["1"] * (WIDTH - 1) + ["-inf"]), f"line 2: column {WIDTH - 1} is -Infinity"),
+                       (";".join(["1"] * WIDTH), "line 2: 1 comma-separated values"),
                        (",".join([""] + ["1"] * (WIDTH - 1)), "line 2 value 1: '' is not a number")):
         result = run(values[1] + "\n" + bad + "\n")
         message = result.stderr.strip()

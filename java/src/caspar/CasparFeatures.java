@@ -79,23 +79,55 @@ public final class CasparFeatures {
 
     // --- Reading records ------------------------------------------------------------------------------
 
-    /** A field as a number: NaN when missing or not a number; booleans are 1 and 0. */
+    /**
+     * A field as a number: NaN when missing, not a number or not finite (as the log reader takes an
+     * infinite value: missing); booleans are 1 and 0.
+     */
     static double number(Record record, String field) {
         Object value = record.get(field);
+        double number = Double.NaN;
         if (value instanceof Number n) {
-            return n.doubleValue();
-        }
-        if (value instanceof Boolean b) {
-            return b ? 1.0 : 0.0;
-        }
-        if (value instanceof CharSequence text) {
+            number = n.doubleValue();
+        } else if (value instanceof Boolean b) {
+            number = b ? 1.0 : 0.0;
+        } else if (value instanceof CharSequence text) {
             try {
-                return Double.parseDouble(text.toString().trim().replace(',', '.'));
+                number = Double.parseDouble(text.toString().trim().replace(',', '.'));
             } catch (NumberFormatException notANumber) {
                 return Double.NaN;
             }
         }
-        return Double.NaN;
+        return Double.isFinite(number) ? number : Double.NaN;
+    }
+
+    /**
+     * The values no rule can stand in for, checked before any feature is computed: the board's size,
+     * the mover's HEAT, and every unit's hit points (ARMOR and INTERNAL). caspar-trainer estimates
+     * missing hit points from its unit table and the game's history, which one call does not have, and
+     * skips a logged move without the mover's heat; MegaMek's UnitState always has them.
+     */
+    private static void requireInputs(Record mover, List<? extends Record> units, int boardWidth, int boardHeight) {
+        if (boardWidth < 1 || boardHeight < 1) {
+            throw new IllegalArgumentException("the board is " + boardWidth + " x " + boardHeight
+                    + " hexes: the features need its size (BoardData's width and height)");
+        }
+        require(mover, "HEAT", "the mover");
+        requireHitPoints(mover, "the mover");
+        for (Record unit : units) {
+            requireHitPoints(unit, "unit " + integer(unit, "ID", -1));
+        }
+    }
+
+    private static void requireHitPoints(Record unit, String who) {
+        require(unit, "ARMOR", who);
+        require(unit, "INTERNAL", who);
+    }
+
+    private static void require(Record record, String field, String who) {
+        if (Double.isNaN(number(record, field))) {
+            throw new IllegalArgumentException(who + "'s record has no finite " + field + " (" + record.get(field)
+                    + "): the features need it (MegaMek's UnitState has it)");
+        }
     }
 
     /** A field as text: an enum's name, a string as it is, "" when missing. */
@@ -249,10 +281,14 @@ public final class CasparFeatures {
      * @param units  every unit's state record (UnitState of each unit of the game; the mover's is skipped)
      * @param boardWidth  the board's width in hexes
      * @param boardHeight the board's height in hexes
-     * @return a new array of {@link #WIDTH} values in schema order
+     * @return a new array of {@link #WIDTH} values in schema order, every one finite
+     * @throws IllegalArgumentException naming the record and field, if the board's size, the mover's HEAT or a
+     *         unit's ARMOR or INTERNAL is missing or not finite (a value with a rule of its own, such as a
+     *         missing MAX_RANGE, falls back as caspar-trainer's features do)
      */
     public static float[] compute(Record action, Record mover, List<? extends Record> units, int boardWidth,
                                   int boardHeight) {
+        requireInputs(mover, units, boardWidth, boardHeight);
         Unit[] all = new Unit[units.size()];
         for (int k = 0; k < all.length; k++) {
             all[k] = new Unit(units.get(k));
@@ -261,6 +297,9 @@ public final class CasparFeatures {
         float[] out = new float[WIDTH];
         for (int i = 0; i < WIDTH; i++) {
             out[i] = (float) values[i];
+            if (!Float.isFinite(out[i])) {  // never NaN into a model: every rule has a finite value
+                throw new IllegalArgumentException("feature " + i + " is " + out[i] + " for these records");
+            }
         }
         return out;
     }

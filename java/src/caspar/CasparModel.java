@@ -100,10 +100,20 @@ public final class CasparModel {
         return inputWidth;
     }
 
-    /** The predicted reward (0 to 1) of one candidate path, from its raw feature values. */
+    /**
+     * The predicted reward (0 to 1) of one candidate path, from its raw feature values.
+     *
+     * @throws IllegalArgumentException if the row is not {@link #inputWidth()} values or one is NaN or
+     *         infinite (named: a missing value would otherwise pass as a silent 0 or a NaN score)
+     */
     public float predict(float[] rawFeatures) {
         if (rawFeatures.length != inputWidth) {
             throw new IllegalArgumentException("expected " + inputWidth + " features, got " + rawFeatures.length);
+        }
+        for (int i = 0; i < rawFeatures.length; i++) {
+            if (!Float.isFinite(rawFeatures[i])) {
+                throw new IllegalArgumentException("feature " + i + " is " + rawFeatures[i] + ": the model takes finite raw values");
+            }
         }
         float[] x = normalise(rawFeatures);
         float[] values = x;

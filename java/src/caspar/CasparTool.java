@@ -81,7 +81,7 @@ public final class CasparTool {
                 List<Decision> decisions = readDecisions(Path.of(args[1]));
                 float[][] rows = new float[decisions.size()][];
                 for (int i = 0; i < rows.length; i++) {
-                    rows[i] = decisions.get(i).features();
+                    rows[i] = featuresOf(decisions.get(i), args[1]);
                 }
                 writeFloats(Path.of(args[2]), rows);
             }
@@ -90,7 +90,7 @@ public final class CasparTool {
                 List<Decision> decisions = readDecisions(Path.of(args[2]));
                 float[][] scores = new float[decisions.size()][1];
                 for (int i = 0; i < scores.length; i++) {
-                    scores[i][0] = model.predict(decisions.get(i).features());
+                    scores[i][0] = model.predict(featuresOf(decisions.get(i), args[2]));
                 }
                 writeFloats(Path.of(args[3]), scores);
             }
@@ -125,6 +125,10 @@ public final class CasparTool {
             float[] row = new float[model.inputWidth()];
             for (int i = 0; i < row.length; i++) {
                 row[i] = parseValue(cells[i], number, i);
+                if (!Float.isFinite(row[i])) {  // as the model itself refuses it: named here by its column
+                    throw new UsageException("line " + number + ": " + columnName(names, i) + " is " + row[i]
+                            + ": the model takes finite raw values");
+                }
             }
             out.write(Float.toString(model.predict(row)));
             out.write('\n');
@@ -152,10 +156,15 @@ public final class CasparTool {
         StringBuilder line = new StringBuilder("CasparTool: inputs outside the training range: ");
         for (int i = 0; i < Math.min(features.size(), 8); i++) {
             int feature = features.get(i);
-            String name = feature < names.length ? names[feature].trim() + " (column " + feature + ")" : "column " + feature;
-            line.append(i == 0 ? "" : ", ").append(counts[feature]).append(" values of feature ").append(name);
+            line.append(i == 0 ? "" : ", ").append(counts[feature]).append(" values of feature ")
+                    .append(columnName(names, feature));
         }
         System.err.println(line.append(features.size() > 8 ? ", ..." : ""));
+    }
+
+    /** A column by the header's name and its number ("f5 (column 5)"), or by its number alone. */
+    private static String columnName(String[] names, int column) {
+        return column < names.length ? names[column].trim() + " (column " + column + ")" : "column " + column;
     }
 
     /** A header names columns: its first cell is not a number (NaN and Infinity are numbers). */
@@ -184,15 +193,25 @@ public final class CasparTool {
 
     // --- Decisions: the records of real moves --------------------------------------------------------
 
-    /** One move with the records of its game, as the logger wrote them. */
+    /** One move with the records of its game, as the logger wrote them; `line`: its decision line in the file. */
     record Decision(String game, int move, int width, int height, Map<String, Object> action,
-                    Map<String, Object> mover, List<Map<String, Object>> units) {
+                    Map<String, Object> mover, List<Map<String, Object>> units, int line) {
         float[] features() {
             List<CasparFeatures.Record> records = new ArrayList<>(units.size());
             for (Map<String, Object> unit : units) {
                 records.add(unit::get);
             }
             return CasparFeatures.compute(action::get, mover::get, records, width, height);
+        }
+    }
+
+    /** A decision's features; records the features refuse are one line naming the file and the decision's line. */
+    private static float[] featuresOf(Decision decision, String path) throws UsageException {
+        try {
+            return decision.features();
+        } catch (IllegalArgumentException refused) {
+            throw new UsageException(path + " line " + decision.line() + " (" + decision.game() + ", move " + decision.move()
+                    + "): " + refused.getMessage());
         }
     }
 
@@ -222,7 +241,7 @@ public final class CasparTool {
                     case "fields" -> fields.put(cells[1], Arrays.copyOfRange(cells, 2, cells.length));
                     case "decision" -> {
                         current = new Decision(cells[1], Integer.parseInt(cells[2]), Integer.parseInt(cells[3]),
-                                Integer.parseInt(cells[4]), null, null, new ArrayList<>());
+                                Integer.parseInt(cells[4]), null, null, new ArrayList<>(), number);
                         decisions.add(current);
                     }
                     case "action", "mover", "unit" -> {
@@ -236,9 +255,9 @@ public final class CasparTool {
                         } else {
                             current = cells[0].equals("action")
                                     ? new Decision(current.game(), current.move(), current.width(), current.height(), record,
-                                            current.mover(), current.units())
+                                            current.mover(), current.units(), current.line())
                                     : new Decision(current.game(), current.move(), current.width(), current.height(),
-                                            current.action(), record, current.units());
+                                            current.action(), record, current.units(), current.line());
                             decisions.set(decisions.size() - 1, current);
                         }
                     }
