@@ -114,11 +114,13 @@ class TrialPrinter(tune.Callback):
         self.every.reset()
         if kind == "trees":
             folds = result.get("fold", 0)
-            what = (f"{trial.config.get('tree_learners')} recipe: out-of-fold MSE on the validation games {loss:.5f} "
-                    f"after {folds} of {self.folds} folds{' (stopped by ASHA)' if folds < self.folds else ''}")
+            what = (f"{trial.config.get('tree_learners')} recipe: the study's trees with it blended in, MSE on the "
+                    f"validation games {loss:.5f} after {folds} of {self.folds} folds"
+                    f"{' (stopped by ASHA)' if folds < self.folds else ''}")
         else:
             epochs = result.get("epoch", 0)
-            what = (f"network: best val_loss {loss:.5f} in {epochs} epochs"
+            base = "the study's trees with its correction" if trial.config.get("trees") else "alone"
+            what = (f"network ({base}): best val_loss {loss:.5f} in {epochs} epochs"
                     f"{' (stopped by ASHA)' if epochs < self.epochs else ''}")
         log.info(f"trial {self.finished}/{self.trials} ({trial.trial_id}), {what}; best {kind} so far "
                  f"{self.best[kind]:.5f}")

@@ -201,8 +201,25 @@ class Trial(tune.Trainable):
         # ranks every trial by, on the rows a network's loss is measured on (the validation games)
         return {"fold": self.fold, "tree_step": self.fold + (self.fitted is not None),
                 "oof_loss": float(np.mean(error[predicted])),
-                "best_val_loss": float(np.mean(error[on_val])) if on_val.any() else float(np.mean(error[predicted])),
+                "best_val_loss": self.blended_val_loss(on_val) if on_val.any() else float(np.mean(error[predicted])),
                 "done": self.fitted is not None, "should_checkpoint": True}
+
+    def blended_val_loss(self, on_val: np.ndarray) -> float:
+        """The validation games' MSE of the study's trees with this recipe blended in at its best
+        weight w in [0, 1]: what the recipe adds to the trees, as a network trial's loss is the trees
+        with its correction added. TPE ranks both kinds by what they add, so a recipe much like the
+        study's own ranks as the trees alone rather than beside them as a model of its own (which
+        favoured networks, the only kind that started from the trees). on_val: [tree rows] bool."""
+        rows, base = self.data.tree_rows, self.data.base
+        recipe, y = self.out_of_fold[on_val], rows.y[on_val]
+        if base is None:  # a study without trees of its own: the recipe alone
+            return float(np.mean((recipe - y) ** 2))
+        trees = np.full(len(rows.y), np.nan)
+        trees[rows.val] = base.val[:, 0]  # the study's trees' out-of-fold predictions of the validation rows
+        trees = trees[on_val]
+        step, miss = recipe - trees, y - trees
+        weight = float(np.clip(np.dot(step, miss) / max(float(np.dot(step, step)), 1e-12), 0.0, 1.0))
+        return float(np.mean((trees + weight * step - y) ** 2))
 
     def network_step(self) -> dict:
         train, val = self.batches
