@@ -20,7 +20,8 @@ LR_SCHEDULES = ("plateau", "cosine")
 ENSEMBLE_KINDS = ("mini", "full")
 ENSEMBLE_LOSSES = ("average", "members")
 ACTIVATIONS = ("relu", "gelu", "swish", "elu", "tanh", "sigmoid")
-FIT_ON = ("train", "train+val", "all")
+# --fit-on: the splits (their games) the shipped model's trees and normalisation are fitted on
+FIT_ON = {"train": ("train",), "train+val": ("train", "val"), "all": ("train", "val", "test")}
 TREE_LEARNERS = ("sklearn", "lightgbm", "sklearn+lightgbm")
 RESERVED_ALIAS = re.compile(r"^(v\d+|latest)$", re.IGNORECASE)  # MLflow's own names for versions
 ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
@@ -213,7 +214,7 @@ class Tracking:
     alias: str | None = setting(None, "registry alias to point at the new version (export with models:/NAME@ALIAS)")
     fit_on: str = setting("train+val", "the games the shipped model's trees are fitted on: train, train+val (the test "
                           "split scores it), all (every game; the figures are then those of the train+val fit); the "
-                          "network always trains on train and is chosen on validation", choices=FIT_ON)
+                          "network always trains on train and is chosen on validation", choices=tuple(FIT_ON))
 
     def check(self) -> None:
         """Names are checked before any work: a name that fails only once the model is trained loses the run."""

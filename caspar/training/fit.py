@@ -8,14 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from caspar.config import Hyperparameters
+from caspar.config import FIT_ON, Hyperparameters
 from caspar.errors import UserError
 from caspar.model.crossfit import CrossFitted, cross_fit
 from caspar.model.network import Network, Normalizer, build_network, make_optimizer, predict_trees
 from caspar.model.trees import recipes
 
-# The games the shipped model's trees (and normalisation) are fitted on, by --fit-on.
-FIT_ON = {"train": ("train",), "train+val": ("train", "val"), "all": ("train", "val", "test")}
 STEPS_PER_EXECUTION = 32
 PREFETCH_BATCHES = 2
 

@@ -16,14 +16,14 @@ import numpy as np
 
 from caspar import tracking
 from caspar.artifacts import FEATURE_PROFILE_FILE, MANIFEST_FILE, NORMALIZATION_FILE, SCHEMA_FILE, TEST_INPUTS_FILE, write_test_inputs
-from caspar.config import Hyperparameters, TrainConfig, check
+from caspar.config import FIT_ON, Hyperparameters, TrainConfig, check
 from caspar.data.prepared import Prepared, load_prepared
 from caspar.errors import UserError
 from caspar.model.network import Network, Normalizer, build_network, trees_model
 from caspar.progress import Every, since, ticking
 from caspar.training import evaluate
 from caspar.training.drift import FeatureProfile
-from caspar.training.fit import FIT_ON, Stage, check_trained, fit, fit_stage, rows  # noqa: F401  (fit: tests patch it here)
+from caspar.training.fit import Stage, check_trained, fit, fit_stage, rows  # noqa: F401  (fit: tests patch it here)
 
 log = logging.getLogger(__name__)  # the jobs' shell prints its INFO lines (caspar.cli)
 

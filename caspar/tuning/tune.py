@@ -281,9 +281,10 @@ def log_best(ensemble: Ensemble, stage, data: StudyData, prepared: Prepared, con
     `parent`: the study run's info."""
     import mlflow
 
+    from caspar.config import FIT_ON
     from caspar.model.crossfit import fit_on_all, tree_layer
     from caspar.model.network import scale_correction, trees_model
-    from caspar.training.fit import FIT_ON, rows
+    from caspar.training.fit import rows
     from caspar.training.train import Fitted, log_dataset_files, log_model_run, register, run_tags
 
     width = data.x_train.shape[1]
