@@ -8,6 +8,7 @@ its options before TensorFlow or Ray load.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import typing
@@ -274,9 +275,14 @@ class TuneConfig(Tracking):
     report_seconds: float = setting(10.0, "a trial reports at least this often (at an epoch's end), so that little is "
                                           "lost when the study's time is up", above=0)
 
+    @functools.cached_property
+    def space(self) -> dict[str, tuple]:
+        """The study's search space: search_space() with --search applied, parsed once."""
+        return search_space(self.search)
+
     def check(self) -> None:
         super().check()
-        search_space(self.search)  # every change is valid
+        self.space  # noqa: B018  (parsed: every change is valid)
         if self.replace and self.resume:
             raise UserError("--replace and --resume: choose one")
         if "/" in self.run_name or "\\" in self.run_name or self.run_name.strip(".") == "":

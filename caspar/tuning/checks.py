@@ -7,7 +7,7 @@ import dataclasses
 import os
 
 from caspar import storage, tracking
-from caspar.config import TuneConfig, search_space
+from caspar.config import TuneConfig
 from caspar.errors import UserError
 from caspar.runtime import in_ray_job
 
@@ -73,7 +73,7 @@ STUDY_DEFINING = ("data", "n_trials", "epochs", "grace_period", "seed", "cpus_pe
 
 def study_parameters(config: TuneConfig) -> dict:
     return dataclasses.asdict(config) | {f"trial_{k}": v for k, v in dataclasses.asdict(config.trial_hyperparameters()).items()
-                                         if k not in search_space(config.search)}
+                                         if k not in config.space}
 
 
 def find_study_run(config: TuneConfig, experiment: str) -> str:

@@ -8,7 +8,7 @@ import dataclasses
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from caspar import tracking
-from caspar.config import TuneConfig, search_space, trial_kind
+from caspar.config import TuneConfig, trial_kind
 from caspar.errors import UserError
 from caspar.tuning.study import METRIC, MODE
 
@@ -48,7 +48,7 @@ class ConditionalSpace:
     keep the study's values (returned as constants)."""
 
     def __init__(self, config: TuneConfig):
-        self.space = search_space(config.search)
+        self.space = config.space
         self.fixed = dataclasses.asdict(config.trial_hyperparameters())
         self.distributions = {name: distribution(domain) for name, domain in self.space.items()}
 
@@ -109,7 +109,7 @@ def earlier_trials(config: TuneConfig, experiment: str) -> tuple[list[dict], lis
     if not trials:
         raise UserError(f"--warm-start {config.warm_start}: no study of that name with finished trials in experiment "
                         f"{config.experiment_name!r}")
-    space = search_space(config.search)
+    space = config.space
     seeds = []
     for run in sorted(trials, key=lambda r: r.data.metrics["best_val_loss"]):
         kind = run.data.params.get("kind", "network")

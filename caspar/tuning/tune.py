@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from caspar import storage, tracking
-from caspar.config import Tracking, TrainConfig, TuneConfig, check, hyperparameters, search_space
+from caspar.config import Tracking, TrainConfig, TuneConfig, check, hyperparameters
 from caspar.data.prepared import Prepared
 from caspar.errors import UserError
 from caspar.runtime import start_ray
@@ -78,7 +78,7 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
                           tags={"study": config.run_name, "caspar.kind": "study"}) as parent:
         if previous_run is None:  # first of its files: an artefact store that refuses files fails the study now
             with tracking.first_files():
-                mlflow.log_dict({k: list(v) for k, v in search_space(config.search).items()}, "search_space.json")
+                mlflow.log_dict({k: list(v) for k, v in config.space.items()}, "search_space.json")
         with CpuMeter() as meter:  # the trees, the search and the driver's work
             # the study's own trees: its default recipes, cross-fitted as Ray tasks (every network corrects them)
             stage = fit_stage(hp, prepared.splits, prepared.files, config.fit_on, say, cpus_per_fit=threads)
