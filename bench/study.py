@@ -68,7 +68,8 @@ def default_train_r2(fold) -> tuple[float, float]:
     hp = Hyperparameters()
     stage = fit_stage(hp, fold.splits, fold.files, "train+val")
     network, history = fit(hp, stage, fold.splits)
-    scored, _ = release(hp, fold.splits, network, history, stage, "train+val")
+    released = release(hp, fold.splits, network, history, stage, "train+val")
+    scored = released.scored
     x_test, y_test = fold.splits["test"]
     return (float(r2_score(y_test, evaluate.predict(scored.model, stage.normalizer.transform(x_test)))),
             time.perf_counter() - started)

@@ -170,7 +170,8 @@ def cross_validation(prepared, changes: dict, folds: int, with_flaml: bool, base
         fold_files = {"train": games[rest[~stopping]], "val": games[rest[stopping]]}
         stage = fit_stage(hp, fold_splits, fold_files, "train+val")
         network, history = fit(hp, stage, fold_splits)
-        scored, _ = release(hp, fold_splits, network, history, stage, "train+val")
+        released = release(hp, fold_splits, network, history, stage, "train+val")
+        scored, history = released.scored, released.history
         seconds = time.perf_counter() - started
         n_fit, n_test = stage.normalizer.transform(x[rest]), stage.normalizer.transform(x[held_out])
         row = {"model": r2_score(y[held_out], evaluate.predict(scored.model, n_test))}
@@ -179,7 +180,7 @@ def cross_validation(prepared, changes: dict, folds: int, with_flaml: bool, base
             row["own trees alone"] = r2_score(y[held_out], np.clip(np.asarray(trees(n_test)).reshape(-1), 0, 1))
         if stage.layer is not None:  # what the gate kept out, or let in: the network of validation's best epoch
             row["network, ungated"] = (r2_score(y[held_out], evaluate.predict(network.model, n_test))
-                                       if history.get("network_best_epoch", 0) > 0 else row["own trees alone"])
+                                       if (history.network_best_epoch or 0) > 0 else row["own trees alone"])
         for name in baselines:
             kind, parameters = SINGLES[name]
             row[name] = r2_score(y[held_out], single_model(kind, parameters, hp.seed).fit(n_fit, y[rest]).predict(n_test))
@@ -188,7 +189,7 @@ def cross_validation(prepared, changes: dict, folds: int, with_flaml: bool, base
         for name, value in row.items():
             table.setdefault(name, []).append(float(value))
         print(f"fold {fold + 1}/{folds}: {len(np.unique(games[held_out]))} games, {len(held_out)} rows, "
-              f"{seconds:.0f} s, best epoch {history['best_epoch']}: "
+              f"{seconds:.0f} s, best epoch {history.best_epoch}: "
               + ", ".join(f"{name} {value:.4f}" for name, value in row.items()), flush=True)
     label = "configuration" + (f" with {changes}" if changes else " as shipped")
     print(f"{label}, {folds}-fold cross-validation by game over the train and validation splits; R² per model "

@@ -1,4 +1,5 @@
 """Faults and bad values: one clear line, exit 2, and nothing good lost."""
+import dataclasses
 import fcntl
 import json
 import os
@@ -267,7 +268,8 @@ def test_a_diverged_run_is_failed_and_registers_nothing(good, tmp_path, monkeypa
 
     def diverging_fit(hp, *args, **kwargs):
         model, history = real_fit(hp, *args, **kwargs)
-        return model, {**history, "val_loss": history["val_loss"][:-1] + [float("nan")]}
+        losses = {**history.losses, "val_loss": history.losses["val_loss"][:-1] + [float("nan")]}
+        return model, dataclasses.replace(history, losses=losses)
 
     monkeypatch.setattr(training, "fit", diverging_fit)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")

@@ -113,10 +113,11 @@ def test_fit_on_all_ships_the_validated_network_on_trees_fitted_on_every_game(sa
     hp = Hyperparameters(**{**SMALL, "epochs": 2})
     stage = training.fit_stage(hp, prepared.splits, prepared.files, "all")
     network, history = training.fit(hp, stage, prepared.splits)
-    history["best_epoch"] = max(1, history["best_epoch"])
+    history = dataclasses.replace(history, best_epoch=max(1, history.best_epoch))
     gain = {"mean": 1.0 if network_helps else 0.0, "standard_error": 0.1, "games": 3, "beyond_noise": network_helps}
     monkeypatch.setattr(training, "network_gain", lambda *args: gain)
-    scored, shipped = training.release(hp, prepared.splits, network, history, stage, "all")
+    released = training.release(hp, prepared.splits, network, history, stage, "all")
+    scored, shipped = released.scored, released.shipped
     assert scored.splits == ("train", "val") and shipped.splits == ("train", "val", "test")
     x = stage.normalizer.transform(prepared.splits["test"][0])
     scored_trees, shipped_trees = evaluate.own_trees(scored.model), evaluate.own_trees(shipped.model)
@@ -218,7 +219,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(sample_d
             self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
 
     _, history = fit(hp, fit_stage(hp, prepared.splits, prepared.files, "train"), prepared.splits, callbacks=[Rates()])
-    assert len(history["loss"]) == 4 and np.isfinite(history["val_loss"]).all()
+    assert history.epochs == 4 and np.isfinite(history.losses["val_loss"]).all()
     assert Rates.rates[0] > Rates.rates[1] > Rates.rates[2] > Rates.rates[3]
     assert Rates.rates[-1] == pytest.approx(0.0, abs=1e-7)  # no plateau callback changed it
 

@@ -175,11 +175,12 @@ def group_importance(model, x_val: np.ndarray, y_val: np.ndarray, groups: list[t
     return importance
 
 
-def plot_learning_curve(history: dict, path: str) -> None:
+def plot_learning_curve(losses: dict[str, list[float]], path: str) -> None:
+    """The training and validation loss per epoch (`losses`: a History's), as a PNG at `path`."""
     figure, axis = plt.subplots(figsize=(6, 4))
     for key in ("loss", "val_loss"):
-        if key in history:
-            axis.plot(np.arange(1, len(history[key]) + 1), history[key], label=key)
+        if key in losses:
+            axis.plot(np.arange(1, len(losses[key]) + 1), losses[key], label=key)
     axis.set(xlabel="epoch", ylabel="MSE", title="Learning curve", yscale="log")
     axis.legend()
     figure.tight_layout()

@@ -128,10 +128,41 @@ def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=N
     return Stage(normalizer, names, crossed, layer, crossed.prediction[:n_train], val_trees, files["val"])
 
 
-def fit(hp: Hyperparameters, stage: Stage, splits: dict, callbacks=()) -> tuple[Network, dict]:
+@dataclass(frozen=True)
+class History:
+    """A network's training and what validation chose of it.
+
+    Attributes:
+        losses: Keras's per-epoch figures by name ("loss", "val_loss", "learning_rate", ...), one
+            value per epoch trained.
+        best_epoch: the epoch whose weights ship; 0 is the untrained network, i.e. the trees alone.
+        best_val_loss: the validation loss of what ships (None: not measured).
+        untrained_val_loss: the validation loss at epoch 0 (the trees alone), None if not measured.
+        network_best_epoch: the epoch validation chose before its gain was checked against the
+            noise of the validation games (None: not checked).
+        network_gain: that gain, game by game (caspar.training.evaluate.gain_by_game), or None.
+    """
+    losses: dict[str, list[float]]
+    best_epoch: int
+    best_val_loss: float | None = None
+    untrained_val_loss: float | None = None
+    network_best_epoch: int | None = None
+    network_gain: dict | None = None
+
+    @property
+    def epochs(self) -> int:
+        """Epochs trained."""
+        return len(self.losses.get("loss", []))
+
+
+def fit(hp: Hyperparameters, stage: Stage, splits: dict, callbacks=()) -> tuple[Network, History]:
     """Build and train the network on the train split's normalised inputs (correcting the stage's
     trees, from their out-of-fold predictions), keeping the epoch with the best validation loss,
-    the untrained network (the trees alone) counted as epoch 0. history["best_epoch"] says which."""
+    the untrained network (the trees alone) counted as epoch 0.
+
+    Returns:
+        (the network, with the weights of its best epoch; its History, whose best_epoch says which)
+    """
     import keras
 
     from caspar.model.callbacks import BestEpoch
@@ -146,12 +177,12 @@ def fit(hp: Hyperparameters, stage: Stage, splits: dict, callbacks=()) -> tuple[
     history = network.trainer.fit(train, validation_data=val, epochs=hp.epochs, verbose=0, shuffle=False,
                                   callbacks=[*schedule_callbacks(hp), best, keras.callbacks.TerminateOnNaN(),
                                              *callbacks]).history
-    return network, {**history, "best_epoch": best.best_epoch, "best_val_loss": best.best, "untrained_val_loss": untrained}
+    return network, History(history, best.best_epoch, best.best, untrained)
 
 
-def check_trained(history: dict) -> None:
+def check_trained(history: History) -> None:
     """A model whose loss is not a finite number did not train: it must not be logged or registered."""
-    losses = history.get("val_loss") or []
+    losses = history.losses.get("val_loss") or []
     if not losses or not np.all(np.isfinite(losses)):
         raise UserError(f"training diverged (val_loss {losses[-1] if losses else 'never computed'}): "
                         "nothing registered; try a lower --learning-rate")

@@ -23,7 +23,7 @@ from caspar.model.network import Network, Normalizer, build_network, trees_model
 from caspar.progress import Every, since, ticking
 from caspar.training import evaluate
 from caspar.training.drift import FeatureProfile
-from caspar.training.fit import Stage, check_trained, fit, fit_stage, rows  # noqa: F401  (fit: tests patch it here)
+from caspar.training.fit import History, Stage, check_trained, fit, fit_stage, rows  # noqa: F401  (fit: tests patch it here)
 
 log = logging.getLogger(__name__)  # the jobs' shell prints its INFO lines (caspar.cli)
 
@@ -34,32 +34,32 @@ TEST_ROWS_KEPT = 256  # test rows logged with the model, for checking an export
 NETWORK_FIELDS = {f.name for f in dataclasses.fields(Hyperparameters) if f.metadata["trial"] == "network"} | {"epochs", "patience"}
 
 
-def network_ships(history: dict, stage: Stage) -> bool:
-    return stage.layer is None or history["best_epoch"] > 0
+def network_ships(history: History, stage: Stage) -> bool:
+    return stage.layer is None or history.best_epoch > 0
 
 
-def model_description(history: dict, stage: Stage) -> str:
+def model_description(history: History, stage: Stage) -> str:
     """What the model is, in one sentence: its tree recipes and their weights, and the network if one ships."""
     if stage.layer is None:
-        return f"the model: a network alone, its weights of epoch {history['best_epoch']}"
+        return f"the model: a network alone, its weights of epoch {history.best_epoch}"
     weighted = [(r, w) for r, w in zip(stage.crossed.recipes, stage.crossed.weights) if w > 0]
     trees = (f"trees: {', '.join(f'{r.name} {w:.2f}' for r, w in weighted)} ({weighted[0][0].iterations} boosting "
              f"iterations each, weights chosen on their out-of-fold predictions)")
-    if history["best_epoch"] > 0:
-        return f"the model: {trees}, with the network of epoch {history['best_epoch']} correcting them"
+    if history.best_epoch > 0:
+        return f"the model: {trees}, with the network of epoch {history.best_epoch} correcting them"
     return f"the model: {trees}; no network"
 
 
-def shipping_line(history: dict, stage: Stage) -> str:
-    gain = history.get("network_gain")
+def shipping_line(history: History, stage: Stage) -> str:
+    gain = history.network_gain
     games = f"{gain['mean']:+.5f} ± {gain['standard_error']:.5f} MSE per game over {gain['games']} validation games" \
         if gain else ""
     if stage.layer is None:
-        return f"validation chose epoch {history['best_epoch']}"
-    if history["best_epoch"] == 0:
+        return f"validation chose epoch {history.best_epoch}"
+    if history.best_epoch == 0:
         return "the trees alone ship: " + (f"the network's best epoch gains {games}, within noise" if gain
                                              else "no epoch of the network beat them on validation")
-    return f"the trees with the network of epoch {history['best_epoch']} ship: it gains {games}"
+    return f"the trees with the network of epoch {history.best_epoch} ship: it gains {games}"
 
 
 def network_gain(network: Network, stage: Stage, val: tuple) -> dict:
@@ -78,35 +78,49 @@ class Fitted:
     splits: tuple[str, ...]  # the rows its trees were fitted on
 
 
-def release(hp: Hyperparameters, splits: dict, network: Network, history: dict, stage: Stage,
-            fit_on: str, say=None) -> tuple[Fitted, Fitted]:
-    """(scored, shipped): the model the test split scores and the model that ships. The network is
-    never fitted again: its weights are those validation chose (none at all when validation chose
-    epoch 0, the trees alone). fit_on "all" ships the same recipes and weights with the trees
-    fitted on every game, scored by the model whose trees exclude the test games."""
+def judged(history: History, network: Network, stage: Stage, val: tuple) -> History:
+    """The history with validation's choice checked against the noise of the validation games: a
+    network that corrects trees ships only if its gain over them, game by game, is beyond that noise;
+    otherwise best_epoch is 0 (the trees alone) and best_val_loss theirs."""
+    if stage.layer is None or history.best_epoch == 0:
+        return history
+    gain = network_gain(network, stage, val)
+    history = dataclasses.replace(history, network_gain=gain, network_best_epoch=history.best_epoch)
+    if gain["beyond_noise"]:
+        return history
+    return dataclasses.replace(history, best_epoch=0, best_val_loss=history.untrained_val_loss)
+
+
+@dataclass
+class Released:
+    """What a network's training releases: `scored`, the model the test split scores; `shipped`, the
+    model that ships (the same unless --fit-on all refits its trees on every game); `history`, judged."""
+    scored: Fitted
+    shipped: Fitted
+    history: History
+
+
+def release(hp: Hyperparameters, splits: dict, network: Network, history: History, stage: Stage,
+            fit_on: str, say=None) -> Released:
+    """The models to score and to ship, after `judged`. The network is never fitted again: its
+    weights are those validation chose (none at all when validation chose epoch 0, the trees
+    alone). fit_on "all" ships the same recipes and weights with the trees fitted on every game,
+    scored by the model whose trees exclude the test games."""
     width = splits["train"][0].shape[1]
-    if stage.layer is not None and history["best_epoch"] > 0:
-        history["network_gain"] = network_gain(network, stage, splits["val"])
-        history["network_best_epoch"] = history["best_epoch"]  # what validation chose, shipped or not
-        if not history["network_gain"]["beyond_noise"]:
-            history["best_epoch"] = 0  # the network's best epoch is within the noise of the validation games
-            if "untrained_val_loss" in history:  # the loss of what ships: the trees alone
-                history["best_val_loss"] = history["untrained_val_loss"]
-            else:
-                history.pop("best_val_loss", None)
-    model = network.model if history["best_epoch"] > 0 or stage.layer is None else trees_model(stage.layer, width)
+    history = judged(history, network, stage, splits["val"])
+    model = network.model if history.best_epoch > 0 or stage.layer is None else trees_model(stage.layer, width)
     scored = Fitted(model, stage.normalizer, stage.splits)
     if fit_on != "all" or stage.crossed is None:
-        return scored, scored
+        return Released(scored, scored, history)
     if say:
         say("trees: fitting the same recipes on every game (--fit-on all)")
     x, y = rows(splits, FIT_ON["all"])
     layer = stage.crossed.refitted(stage.normalizer.transform(x), y, say, getattr(hp, "cpus_per_fit", 1)).layer()
-    if history["best_epoch"] == 0:
-        return scored, Fitted(trees_model(layer, width), stage.normalizer, FIT_ON["all"])
+    if history.best_epoch == 0:
+        return Released(scored, Fitted(trees_model(layer, width), stage.normalizer, FIT_ON["all"]), history)
     rebuilt = build_network(hp, stage.normalizer.transform(splits["train"][0]), layer)
     rebuilt.trainer.set_weights(network.trainer.get_weights())  # the trainer holds every weight but the trees'
-    return scored, Fitted(rebuilt.model, stage.normalizer, FIT_ON["all"])
+    return Released(scored, Fitted(rebuilt.model, stage.normalizer, FIT_ON["all"]), history)
 
 
 @dataclass
@@ -148,7 +162,7 @@ def log_dataset_files(prepared: Prepared) -> None:
         mlflow.log_dict(prepared.manifest, MANIFEST_FILE)
 
 
-def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: TrainConfig, history: dict,
+def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: TrainConfig, history: History,
                   members: dict, say=None, description: str = "", explainer=None) -> tuple[dict, str, evaluate.Verdict]:
     """Inside an active run: the test split's scorecard of `scored` (the model and every baseline
     fitted on its rows, each of its tree models alone among them: `members`, {name: fitted model}),
@@ -172,12 +186,13 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
         results = evaluate.scorecard(scored.model, scored.normalizer, *rows(prepared.splits, scored.splits), x_test,
                                      y_test, seed=config.seed, members=members)
     verdict = evaluate.verdict(results)
-    gain = history.get("network_gain") or {}
-    mlflow.log_metrics(results | {"best_epoch": history["best_epoch"],
-                                  "network_best_epoch": history.get("network_best_epoch", history["best_epoch"])}
+    gain = history.network_gain or {}
+    mlflow.log_metrics(results | {"best_epoch": history.best_epoch,
+                                  "network_best_epoch": history.network_best_epoch if history.network_best_epoch is not None
+                                  else history.best_epoch}
                        | {f"network_gain_{k}": v for k, v in gain.items() if k in ("mean", "standard_error")})
-    if "best_val_loss" in history:  # the headline figure: the validation loss of what ships, not of the last epoch
-        mlflow.log_metric("best_val_loss", history["best_val_loss"])
+    if history.best_val_loss is not None:  # the headline figure: the validation loss of what ships, not of the last epoch
+        mlflow.log_metric("best_val_loss", history.best_val_loss)
     mlflow.set_tags({"caspar.verdict": verdict.kind, "caspar.verdict_reason": verdict.reason,
                      "mlflow.note.content": described(description, results, config.fit_on),  # the run's description
                      "caspar.fit_on": "+".join(shipped.splits)})
@@ -211,7 +226,7 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
             handle.write(FeatureProfile.fit(rows(prepared.splits, shipped.splits)[0], games, config.seed).to_json())
         with open(path("feature_group_importance.json"), "w") as handle:
             json.dump(importance, handle, indent=1)
-        evaluate.plot_learning_curve(history, path("learning_curve.png"))
+        evaluate.plot_learning_curve(history.losses, path("learning_curve.png"))
         evaluate.plot_predictions(y_test, evaluate.predict(scored.model, scored.normalizer.transform(x_test)),
                                   path("predicted_vs_actual.png"))
         evaluate.plot_importance(importance, path("feature_group_importance.png"))
@@ -299,7 +314,8 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> Result:
         progress = [EpochPrinter(config.epochs)]
         network, history = fit(config, stage, prepared.splits, callbacks=[MlflowEpochLogger(), *progress])
         check_trained(history)
-        scored, shipped = release(config, prepared.splits, network, history, stage, config.fit_on, say)
+        released = release(config, prepared.splits, network, history, stage, config.fit_on, say)
+        scored, shipped, history = released.scored, released.shipped, released.history
         say(shipping_line(history, stage))
         log_network_settings(config, network_ships(history, stage))
         description = model_description(history, stage)
@@ -311,7 +327,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> Result:
     version = register(model_uri, config, results, verdict, description, run.info.run_id)  # the run has ended FINISHED
     if verdict.kind == evaluate.REFUSED:
         raise UserError(f"{verdict.message} (run {run.info.run_id}, tagged caspar.verdict=refused)")
-    return Result(run.info.run_id, model_uri, version, results, len(history["loss"]), time.perf_counter() - started, uri,
+    return Result(run.info.run_id, model_uri, version, results, history.epochs, time.perf_counter() - started, uri,
                   verdict, config.fit_on, config.model_name, shipped.model, experiment, description, config.alias)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from caspar.model.trees import Recipe, ensemble_weights
 from caspar.training import evaluate
+from caspar.training.fit import History
 
 
 @dataclass
@@ -46,7 +47,7 @@ class NetworkCandidate:
     checkpoint: object
     val_prediction: np.ndarray  # [validation rows]
     best_val_loss: float
-    history: dict  # its epochs' losses up to its checkpoint (caspar.tuning.study.best_history)
+    history: History  # its epochs' losses up to its checkpoint (caspar.tuning.study.best_history)
 
 
 @dataclass
@@ -64,18 +65,15 @@ class Ensemble:
         base = np.array([m.base_weight for m in self.members])
         return (1 - self.network_share) * self.tree_weights + self.network_share * base
 
-    def history(self) -> dict:
+    def history(self) -> History:
         """What a train run's history holds of the model that ships: the network's epochs if it
         ships (best_epoch its chosen epoch), else best_epoch 0 (the trees alone)."""
         ships = self.network is not None and self.network_share > 0
-        history = dict(self.network.history) if ships else {"loss": [], "val_loss": [], "best_epoch": 0}
-        if self.network is not None:
-            history["network_best_epoch"] = self.network.history.get("best_epoch", 0)
-        if self.network_gain:
-            history["network_gain"] = self.network_gain
-        if self.val_loss is not None:
-            history["best_val_loss"] = self.val_loss
-        return history
+        history = self.network.history if ships else History({"loss": [], "val_loss": []}, 0)
+        return dataclasses.replace(
+            history, network_gain=self.network_gain or None,
+            network_best_epoch=self.network.history.best_epoch if self.network is not None else None,
+            best_val_loss=self.val_loss if self.val_loss is not None else history.best_val_loss)
 
     def shipped(self) -> list[tuple[Member, float]]:
         return [(m, float(w)) for m, w in zip(self.members, self.weights) if w > 0]

@@ -17,6 +17,7 @@ from caspar import tracking
 from caspar.config import TuneConfig
 from caspar.progress import Every, since
 from caspar.training import evaluate
+from caspar.training.fit import History
 from caspar.tuning import cpu
 from caspar.tuning.trial import EPOCH_METRICS, PER_EPOCH, PHASES, STEP_METRICS
 
@@ -169,16 +170,14 @@ def trial_intervals(results, since: float) -> tuple[list[tuple[float, float]], s
     return intervals, nodes
 
 
-def best_history(result, checkpoint_metrics: dict) -> dict:
-    """The best trial's run up to its checkpoint, as `caspar.training.train.fit` reports one: every epoch's
+def best_history(result, checkpoint_metrics: dict) -> History:
+    """The best trial's run up to its checkpoint, as `caspar.training.fit.fit` reports one: every epoch's
     losses and learning rate, and the epoch of its best validation loss (0: its untrained model,
     the trees alone)."""
     frame = result.metrics_dataframe
     frame = frame[frame["epoch"] <= checkpoint_metrics["epoch"]]
-    history = {k: [v for values in frame[k + PER_EPOCH] for v in values] for k in EPOCH_METRICS if k + PER_EPOCH in frame}
-    history["best_epoch"] = int(checkpoint_metrics["best_epoch"])
-    history["best_val_loss"] = float(checkpoint_metrics["best_val_loss"])
-    return history
+    losses = {k: [v for values in frame[k + PER_EPOCH] for v in values] for k in EPOCH_METRICS if k + PER_EPOCH in frame}
+    return History(losses, int(checkpoint_metrics["best_epoch"]), float(checkpoint_metrics["best_val_loss"]))
 
 
 @dataclass
