@@ -73,6 +73,10 @@ def start_ray(log_to_driver: bool = False) -> None:
     if not os.environ.get("RAY_ADDRESS"):
         if not os.environ.get("RAY_AUTH_MODE") and not os.environ.get("RAY_AUTH_TOKEN"):
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        # Ray lowers its workers' priority by 15 by default: beside any other busy program, the job's
+        # fits (Ray tasks) would wait while its driver did not. They keep the job's own priority
+        # instead (the setting is an increment; `nice python jobs/train.py` lowers all of the job).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         # no dashboard: 3 s of every start; a local Ray lives as long as its job, reached from this machine only
         local = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
     ray.init(logging_level="WARNING", log_to_driver=log_to_driver, **local)

@@ -32,10 +32,12 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One real local Ray node for the session: loopback only, its own temp dir."""
+    """One real local Ray node for the session: loopback only, its own temp dir, its workers at the
+    test process's priority (as caspar.runtime.start_ray starts a job's)."""
     import ray
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_worker_niceness"] = "0"  # noqa: SIM112  (Ray reads its settings by their own case)
     temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
              logging_level="WARNING", log_to_driver=False)
