@@ -3,6 +3,7 @@ import csv
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -131,15 +132,24 @@ def test_fit_on_all_ships_the_validated_network_on_trees_fitted_on_every_game(sa
         np.testing.assert_array_equal(mine, validated)
 
 
+def readme_code(after: str, language: str) -> str:
+    """The first ```language block of the README after the text `after`."""
+    text = (ROOT / "README.md").read_text()
+    return text[text.index(after):].split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
 @pytest.fixture(scope="module")
 def one_epoch_run(mlflow_url, sample_dataset):
-    """A run of one epoch on the sample dataset, logged to the session's MLflow server."""
+    """A run of one epoch on the sample dataset, logged to the session's MLflow server under the
+    names of the README's quick start (`--run-name model-v1 --alias champion`: models:/CASPAR@champion),
+    so that the README's commands after it run as written."""
     import mlflow
 
+    assert "python jobs/train.py --run-name model-v1 --alias champion" in readme_code("Then the real thing", "bash")
     mlflow.set_tracking_uri(mlflow_url)
     try:
         yield train(TrainConfig(**{**SMALL, "epochs": 1}, data=sample_dataset, experiment_name="test-train",
-                                run_name="one-epoch"))
+                                run_name="model-v1", alias="champion"))
     finally:
         mlflow.set_tracking_uri(None)
 
@@ -167,27 +177,27 @@ def test_normalization_csv_is_the_games_transform(tracking_server, one_epoch_run
 
 def test_the_drift_check_flags_what_a_newer_logger_writes(tracking_server, one_epoch_run, tmp_path):
     """New logs as today's MegaMek writes them (CHANCE_OF_FAILURE 1.00 for a path without a roll,
-    per-arc armour): the features that read them are flagged, those that did not change are not,
-    and the check is logged to MLflow."""
+    per-arc armour), through the README's two commands as written (after its quick start): the
+    features that read them are flagged, those that did not change are not, and the check is logged
+    to MLflow."""
     import json
 
     from mlflow.tracking import MlflowClient
 
-    from caspar.config import PrepareConfig
-    from caspar.data import dataset
     from caspar.data.gamelog.writer import rewrite
     from caspar.data.samples import game_log
 
-    logs = tmp_path / "new"
+    logs = tmp_path / "new_logs"
     logs.mkdir()
     for seed in range(40, 70):
         for name, data in rewrite(game_log(seed).encode(), "versioned", timestamp=f"20250601_0000{seed}").items():
             (logs / name).write_bytes(data)
-    dataset.prepare(PrepareConfig(input=str(logs), output=str(tmp_path / "prepared"), test_size=0.3, validation_size=0.3))
-    result = subprocess.run([sys.executable, str(ROOT / "jobs" / "drift.py"), "--run", one_epoch_run.run_id,
-                             "--data", str(tmp_path / "prepared")], capture_output=True, text=True, timeout=120)
+    commands = readme_code("**New logs against a model**", "bash").replace("python jobs/", f"{sys.executable} {ROOT}/jobs/")
+    assert "--run models:/CASPAR@champion --data data/new" in commands
+    result = subprocess.run(["bash", "-c", "set -e\n" + commands], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
     out = result.stdout
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "`chance_of_failure` | 100.0% |" in out and "`hexes_moved`" not in out, out
     runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("caspar-drift").experiment_id])
     logged = runs[0]
@@ -301,7 +311,7 @@ def test_readme_example_on_the_real_corpus_is_at_least_its_own_trees(corpus_data
     import mlflow
 
     # smaller trees than the defaults: the README's network is the subject
-    result = train(TrainConfig(**README_EXAMPLE, epochs=2, trees=200, tree_folds=2, data=corpus_dataset[0],
+    result = train(TrainConfig(**README_EXAMPLE, epochs=2, trees=100, tree_folds=2, data=corpus_dataset[0],
                                experiment_name="test-corpus", model_name="CASPAR-corpus-test"))
     m = result.metrics
     assert m["test_r2"] >= m["baseline_trees_test_r2"] - 0.003, m
@@ -415,18 +425,20 @@ def test_the_registered_model_is_a_complete_mlflow_model(tracking_server, one_ep
     pd.DataFrame(raw, columns=columns).to_csv(tmp_path / "rows.csv", index=False)
     expected = result.model.predict(Normalizer.fit(np.concatenate([prepared.splits["train"][0], prepared.splits["val"][0]]))
                                     .transform(raw), verbose=0).reshape(-1)
+    # the README's lines, as written (models:/CASPAR@champion is the quick start's model, here one_epoch_run's)
+    readme = readme_code("**The model in MLflow**", "python")
+    assert f"models:/{result.model_name}@{result.alias}" in readme
     script = f"""
 import json, sys
 sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]  # the installed project: gone
 sys.path = [p for p in sys.path if p.rstrip("/") != {str(ROOT)!r} and p not in ("", ".")]
-import mlflow, pandas as pd
 try:
     import caspar  # noqa
     sys.exit("the project is still importable")
 except ImportError:
     pass
-model = mlflow.pyfunc.load_model({uri!r})
-print(json.dumps(model.predict(pd.read_csv("rows.csv")).tolist()))
+{readme}
+print(json.dumps(rewards.tolist()))
 """
     loaded = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
@@ -444,9 +456,13 @@ print(json.dumps(model.predict(pd.read_csv("rows.csv")).tolist()))
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = open(tmp_path / "serve.log", "wb")  # a file, not a pipe: a full pipe would stall the server
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                              cwd=tmp_path, env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
+    text = (ROOT / "README.md").read_text()
+    serve = text[text.index("`mlflow models serve -m"):].split("`")[1]  # the README's command, as written
+    assert serve == "mlflow models serve -m models:/CASPAR@champion --env-manager local -p 5001"
+    # on this machine's loopback and a free port; "with the venv activated": its bin first on the PATH
+    server = subprocess.Popen(["bash", "-c", f"exec {serve.replace('-p 5001', f'-h 127.0.0.1 -p {port}')}"],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
+                              env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -480,7 +496,7 @@ print(json.dumps(model.predict(pd.read_csv("rows.csv")).tolist()))
         status, text = invoke(damaged)
         assert status == 400 and f"row 1: {columns[5]} is nan" in text and "Traceback" not in text, text
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn workers
         server.wait(timeout=30)
         log.close()
 
