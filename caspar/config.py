@@ -51,8 +51,9 @@ class PrepareConfig:
     input: str = setting("data/raw", "folder (searched recursively), .zip or s3://bucket/prefix of *.tsv logs; or "
                          "corpus:caspar-2025 (the public corpus) or URL#sha256=HEX, downloaded once into a cache")
     output: str = setting("data/prepared", "dataset folder or s3://bucket/prefix (replaced as a whole)")
-    test_size: float = setting(0.1, "share of games in the test split", above=0, below=1)
-    validation_size: float = setting(0.1, "share of games in the validation split", above=0, below=1)
+    test_size: float = setting(0.1, "share of games in the test split (0 with --validation-size 0: every game in "
+                               "one split, for jobs/drift.py)", minimum=0, below=1)
+    validation_size: float = setting(0.1, "share of games in the validation split", minimum=0, below=1)
     seed: int = setting(42, "seed of the split by game")
     mekfile: str | None = setting(None, "MegaMek unit table (TSV) for units' full armour and internal points")
     include_bots: bool = setting(False, "also the bot's moves (column is_bot)")
@@ -61,6 +62,13 @@ class PrepareConfig:
         if self.test_size + self.validation_size >= 1:
             raise UserError(f"--test-size {self.test_size} and --validation-size {self.validation_size}: "
                             "must add up to less than 1")
+        if (self.test_size == 0) != (self.validation_size == 0):
+            raise UserError(f"--test-size {self.test_size} and --validation-size {self.validation_size}: both 0 (every "
+                            "game in one split: new logs for jobs/drift.py) or both above 0 (a dataset to train on)")
+
+    def splits(self) -> tuple[str, ...]:
+        """The splits this dataset has rows in: all three, or train alone (both sizes 0)."""
+        return ("train", "val", "test") if self.test_size > 0 else ("train",)
 
 
 @dataclass

@@ -44,7 +44,8 @@ def test_parsed_values_reach_the_configuration():
     ("tune", ["--n-jobs", "0"], "--n-jobs 0: must be in [1, inf) or -1"),
     ("tune", ["--cpus-per-trial", "0"], "--cpus-per-trial 0.0: must be in (0, inf)"),
     ("tune", ["--time-budget", "-5"], "--time-budget -5.0: must be in (0, inf)"),
-    ("prepare", ["--test-size", "0"], "--test-size 0.0: must be in (0, 1)"),
+    ("prepare", ["--test-size", "1"], "--test-size 1.0: must be in [0, 1)"),
+    ("prepare", ["--test-size", "0"], "both 0 (every game in one split: new logs for jobs/drift.py) or both above 0"),
     ("prepare", ["--test-size", "0.5", "--validation-size", "0.5"], "must add up to less than 1"),
     ("train", ["--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
 ])

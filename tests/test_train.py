@@ -18,6 +18,7 @@ from caspar.artifacts import NORMALIZATION_FILE
 from caspar.config import OPTIMIZERS, Hyperparameters, TrainConfig
 from caspar.data.features import feature_names
 from caspar.data.prepared import load_prepared
+from caspar.errors import InputError
 from caspar.model.network import Normalizer
 from caspar.training import evaluate
 from caspar.training import train as training
@@ -198,6 +199,8 @@ def test_the_drift_check_flags_what_a_newer_logger_writes(tracking_server, one_e
                             timeout=300)
     out = result.stdout
     assert result.returncode == 0, result.stderr[-3000:]
+    with pytest.raises(InputError, match="prepared for jobs/drift.py"):  # one split: not a dataset to train on
+        load_prepared(str(tmp_path / "data" / "new"))
     assert "`chance_of_failure` | 100.0% |" in out and "`hexes_moved`" not in out, out
     runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("caspar-drift").experiment_id])
     logged = runs[0]

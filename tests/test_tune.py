@@ -1,6 +1,7 @@
 """The tune job on real Ray: a two-node cluster through `ray job submit`, resume, a killed worker."""
 import glob
 import json
+import logging
 import os
 import re
 import signal
@@ -130,7 +131,7 @@ def test_resume_does_not_repeat_finished_trials_and_ships_the_model_of_an_uninte
     assert resumed == shipped_ensemble(store, "resume-test", "straight") and len(resumed[0]) >= 1
 
 
-def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_path, monkeypatch):
+def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_path, monkeypatch, caplog):
     from caspar.config import TuneConfig
     from caspar.data.prepared import load_prepared
     from caspar.tuning.tune import tune_study
@@ -158,12 +159,23 @@ def test_a_trial_whose_worker_dies_is_retried(ray_local, sample_dataset, tmp_pat
 
     killer = threading.Thread(target=kill_one_trial_worker, daemon=True)
     killer.start()
+    caplog.set_level(logging.INFO, logger="caspar")
     study = tune_study(TuneConfig(data=sample_dataset, n_trials=2, n_jobs=1, epochs=30, grace_period=30, trees=25,
                                   search=["kind=network"], storage_path=str(storage), run_name="killed",
                                   experiment_name="kill-test", model_name="CASPAR-kill-test"), load_prepared(sample_dataset))
     killer.join(timeout=5)
     assert killed, "no trial worker was found to kill"
-    assert study.trials == 2 and study.errored == 0
+    assert study.trials == 2 and study.errored == 0 and study.retried == 1
+    said = [r.getMessage() for r in caplog.records if "lost its worker" in r.getMessage()]
+    assert len(said) == 1 and "started again from its last checkpoint (retry 1 of 2)" in said[0], said
+    assert "1 started again after losing their worker" in study.lines()[0]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("kill-test").experiment_id], "tags.study = 'killed'")
+    trial_runs = [r for r in runs if "trial_name" in r.data.tags]
+    assert sorted(r.data.tags.get("trial_retries", "") for r in trial_runs) == ["", "1"]
+    assert all(r.info.status == "FINISHED" for r in trial_runs)
     results = trial_results(storage / "killed")
     assert all(rows[-1]["epoch"] == 30 for rows in results.values())
     shipped = int(any("network trial" in line and "no network" not in line for line in study.ensemble_lines))

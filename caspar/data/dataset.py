@@ -305,7 +305,7 @@ def _write_rows_in_process(inputs: Inputs, recipe: dict, out_fs, staging: str, s
 def _check_usable(manifest: dict, config: PrepareConfig) -> None:
     """A dataset that training cannot use is not written (and the previous one stays)."""
     rows = manifest["rows"]
-    if all(rows[split] > 0 for split in SPLITS):
+    if all(rows[split] > 0 for split in config.splits()):
         return
     counts = ", ".join(f"{split} {rows[split]}" for split in SPLITS)
     if not sum(rows.values()):

@@ -69,7 +69,9 @@ def load_prepared(uri: str, every_split: bool = True) -> Prepared:
     log_files = table["file"].to_numpy(zero_copy_only=False)
     if every_split and any(len(splits[name][1]) == 0 for name in SPLITS):
         sizes = {name: len(splits[name][1]) for name in SPLITS}
-        raise InputError(f"dataset {uri} has an empty split ({sizes}): add logs or change --test-size/--validation-size")
+        hint = ("prepared for jobs/drift.py (--test-size 0 --validation-size 0): prepare it with both above 0 to train"
+                if sizes["val"] == sizes["test"] == 0 else "add logs or change --test-size/--validation-size")
+        raise InputError(f"dataset {uri} has an empty split ({sizes}): {hint}")
     return Prepared(uri, splits, prepared_schema, manifest, {name: log_files[split == name] for name in SPLITS})
 
 

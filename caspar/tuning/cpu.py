@@ -3,10 +3,11 @@
 Over the study, every process on this machine is sampled (psutil; a process that ends keeps its
 last sample) and the machine's own counters are read (/proc/stat). The trials report what they
 spent in each phase (`caspar.tuning.trial`: set-up, training steps, checkpoints, worker start). The
-parts: the trials' phases, the rest of the trial workers' time, the driver (this process: Tune,
-Optuna, MLflow, the trees), Ray's own processes, the rest of what the machine counted busy (other
-programs, and processes too short-lived to be sampled), and idle; they add up to the wall time x
-the machine's CPUs. On a cluster, the machine figures are those of the driver's node.
+parts: the trials' phases, the rest of the trial workers' time, the study's own tree fits (Ray
+tasks in other workers), the driver (this process: Tune, Optuna, MLflow, the ensemble), Ray's
+services, the rest of what the machine counted busy (other programs, and processes too
+short-lived to be sampled), and idle; they add up to the wall time x the machine's CPUs. On a
+cluster, the machine figures are those of the driver's node.
 """
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ import psutil
 
 SAMPLE_SECONDS = 2.0
 TRIAL_PHASES = ("training", "setup", "checkpoint", "worker_start")  # as the trials report them, cpu_<phase>
-RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "ray/dashboard", "ray/_private", "ray/autoscaler", "default_worker.py")
+# Ray's own processes, by their command lines: its services, and its workers (which a task or an
+# actor retitles ray::<function> while it runs; an idle one is ray::IDLE)
+RAY_SERVICES = ("raylet", "gcs_server", "ray/dashboard", "ray/_private", "ray/autoscaler", "ray::DashboardAgent",
+                "ray::RuntimeEnvAgent", "ray::JobSupervisor")
+RAY_WORKERS = ("ray::", "default_worker.py")
 
 
 def machine_seconds() -> tuple[float, float]:
@@ -76,8 +81,11 @@ class CpuMeter:
         this session), `worker_pids`: the processes that ran trials."""
         driver = self.spent(os.getpid())
         workers = sum(self.spent(pid) for pid in worker_pids)
-        ray = sum(self.spent(pid) for pid, name in self.names.items()
-                  if pid not in worker_pids and pid != os.getpid() and any(tag in name for tag in RAY_PROCESSES))
+        others = {pid: name for pid, name in self.names.items() if pid not in worker_pids and pid != os.getpid()}
+        ray = sum(self.spent(pid) for pid, name in others.items() if any(tag in name for tag in RAY_SERVICES))
+        # the other Ray workers: the study's own tree fits and refits (Ray tasks), and idle workers
+        fit_tasks = sum(self.spent(pid) for pid, name in others.items()
+                        if not any(tag in name for tag in RAY_SERVICES) and any(tag in name for tag in RAY_WORKERS))
         busy = self.machine_end[0] - self.machine_start[0]
         parts = {f"trial_{phase}": trial_phases.get(phase, 0.0) for phase in TRIAL_PHASES}
         # A worker Ray started before the study (a pool kept from earlier work) reports its whole
@@ -85,7 +93,7 @@ class CpuMeter:
         before_study = max(0.0, sum(parts.values()) - workers)
         parts["trial_worker_start"] = max(0.0, parts["trial_worker_start"] - before_study)
         parts["trial_other"] = max(0.0, workers - sum(parts.values()))  # between reports, last checkpoints, Ray's worker code
-        parts |= {"driver": driver, "ray": ray}
+        parts |= {"fit_tasks": fit_tasks, "driver": driver, "ray": ray}
         # the rest of what the machine counted busy: other programs, and processes too short-lived to be sampled
         parts["other"] = max(0.0, busy - sum(parts.values()))
         capacity = self.wall * (psutil.cpu_count() or 1)
@@ -111,7 +119,8 @@ def line(parts: dict[str, float]) -> str:
     setup = share["trial_setup"] + share["trial_worker_start"]
     return (f"CPU of this machine ({parts['capacity']:.0f} CPU-s): training steps {share['trial_training']:.2f}, "
             f"trial set-up {setup:.2f}, checkpoints {share['trial_checkpoint']:.2f}, other trial-worker time "
-            f"{share['trial_other']:.2f}, driver {share['driver']:.2f}, Ray {share['ray']:.2f}, other "
+            f"{share['trial_other']:.2f}, the study's tree fits (Ray tasks) {share['fit_tasks']:.2f}, driver "
+            f"{share['driver']:.2f}, Ray's services {share['ray']:.2f}, other "
             f"{share['other']:.2f}, idle {share['idle']:.2f}")
 
 

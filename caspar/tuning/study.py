@@ -31,6 +31,9 @@ METRIC, MODE = "best_val_loss", "min"
 
 # --- While the study runs (Tune callbacks, on the driver) ----------------------------------------------
 
+RETRIES_TAG = "trial_retries"  # on a trial's run: how often its worker was lost and the trial started again
+
+
 class TrialRuns(tune.Callback):
     """One MLflow run per trial, nested under the study's run, also across --resume: a trial that
     already has a run in this study continues it. A result's metrics (every epoch since the last
@@ -75,10 +78,21 @@ class TrialRuns(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.end(trial, "FAILED")
+        error = trial.get_error()
+        last = [line for line in str(error or "").splitlines() if line.strip()][-1:] or ["no error recorded"]
+        log.warning(f"trial {trial.trial_id} failed: {last[0].strip()[:300]} (the whole error: "
+                    f"{trial.error_file or 'in the study folder'})")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A trial whose worker died (its process killed, its node lost) and that Tune starts again
+        from its last checkpoint: said once; its run counts it when it ends (tag trial_retries)."""
+        log.info(f"trial {trial.trial_id} lost its worker (the process or its node ended): started again from its "
+                 f"last checkpoint (retry {trial.num_failures} of {trial.max_failures})")
 
     def end(self, trial, status: str) -> None:
         if trial.trial_id in self.runs and trial.trial_id not in self.__dict__.setdefault("ended", set()):
-            self.client().log_batch(self.runs[trial.trial_id], tags=[RunTag("trial_status", status.lower())])
+            retries = [RunTag(RETRIES_TAG, str(trial.num_failures))] if trial.num_failures else []
+            self.client().log_batch(self.runs[trial.trial_id], tags=[RunTag("trial_status", status.lower()), *retries])
             self.client().set_terminated(self.runs[trial.trial_id], status)
             self.ended.add(trial.trial_id)
 
@@ -87,6 +101,14 @@ class TrialRuns(tune.Callback):
         its node, ends KILLED (FAILED if it errored)."""
         for trial in trials:
             self.end(trial, "FAILED" if trial.status == "ERROR" else "KILLED")
+
+
+def retried_trials(tracking_uri: str, experiment_id: str, study: str) -> int:
+    """How many of the study's trials were started again after losing their worker, from their runs'
+    tags (kept across --resume, where Tune's own callbacks are restored copies)."""
+    runs = mlflow.MlflowClient(tracking_uri).search_runs(
+        [experiment_id], f"tags.study = {tracking.literal(study)} and tags.{RETRIES_TAG} LIKE '%'")
+    return len(runs)
 
 
 class TrialPrinter(tune.Callback):
@@ -292,12 +314,14 @@ class Study:
     capacity: int = 0  # fits the cluster holds at once
     nodes: dict = field(default_factory=dict)  # kind -> nodes its fits ran on
     model_name: str = "CASPAR"
+    retried: int = 0  # trials started again after their worker was lost (a process killed, a node gone)
 
     def lines(self) -> list[str]:
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.kinds.items()))
         lines = [
             f"{self.trials} trials ({kinds}) in {self.search_seconds:.0f} s of search: {self.stopped_early} stopped "
-            f"early by ASHA, {self.unfinished} unfinished (time budget or interrupt), {self.errored} failed; the study's "
+            f"early by ASHA, {self.unfinished} unfinished (time budget or interrupt), {self.errored} failed"
+            f"{f', {self.retried} started again after losing their worker' if self.retried else ''}; the study's "
             f"trees {self.tree_seconds:.0f} s before it; {self.seconds:.0f} s in all",
             cpu.line(self.cpu_parts),
             f"trial start-up {self.mean_startup_seconds:.1f} s, "

@@ -44,6 +44,7 @@ from caspar.tuning.study import (
     best_history,
     log_study,
     prune_checkpoints,
+    retried_trials,
     summarise,
     trial_intervals,
 )
@@ -113,7 +114,9 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
                       errored=len(results.errors), fit_on=config.fit_on, interrupted=interrupted, tracking_uri=uri,
                       experiment_id=experiment, path=study_path(config), cpu_parts=cpu_parts,
                       mean_startup_seconds=summary.mean_trial_startup_seconds, tree_seconds=tree_seconds,
-                      search_seconds=search_seconds, kinds=summary.kinds)
+                      search_seconds=search_seconds, kinds=summary.kinds,
+                      retried=retried_trials(uri, experiment, config.run_name))
+        mlflow.log_metric("trials_retried", study.retried)
         if interrupted and not config.register_partial:
             log_study(results, cpu_parts)
             mlflow.end_run("KILLED")  # stopped, not failed: --resume reopens it
@@ -195,6 +198,8 @@ def quiet_libraries(verbose: bool) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.INFO if verbose else logging.ERROR)
+    # a failed or restarted trial is one line of ours (caspar.tuning.study.TrialRuns), not Tune's traceback
+    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "1" if verbose else "0"
     warnings.filterwarnings("ignore", message="Choices for a categorical distribution")  # hidden_layers are lists
 
 
