@@ -33,9 +33,17 @@ class Busy:
 
 
 def game_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """The fold (0 … folds-1) of every row: whole games to a fold, games shuffled by `seed`, so a
-    fold's rows are games the other folds have never seen. At most one fold per game.
-    groups: [rows] game names -> [rows] int64."""
+    """Whole games to a fold, games shuffled by `seed`, so a fold's rows are games the other folds
+    have never seen.
+
+    Args:
+        groups: [rows] the game of each row.
+        folds: folds wanted (fewer if there are fewer games).
+        seed: the shuffle's seed.
+
+    Returns:
+        [rows] int64, the fold (0 … folds-1) of every row.
+    """
     games = np.unique(groups)
     order = np.random.default_rng(seed).permutation(len(games))
     fold_of_game = np.empty(len(games), np.int64)
@@ -44,8 +52,19 @@ def game_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 
 def fold_prediction(recipe: Recipe, x: np.ndarray, y: np.ndarray, fold: np.ndarray, k: int, threads: int) -> np.ndarray:
-    """The recipe fitted on every row outside fold k with `threads` threads: its predictions of fold
-    k's rows. x: [rows, features]; y, fold: [rows] -> [rows of fold k]."""
+    """The recipe fitted on every row outside fold k, predicting fold k's rows.
+
+    Args:
+        recipe: what to fit.
+        x: [rows, features] normalised inputs.
+        y: [rows] rewards.
+        fold: [rows] each row's fold (game_folds).
+        k: the fold held out.
+        threads: threads of the fit.
+
+    Returns:
+        [rows of fold k] the out-of-fold predictions.
+    """
     held_out = fold == k
     return fit(recipe, x[~held_out], y[~held_out], threads=threads).predict(x[held_out])
 
@@ -73,7 +92,16 @@ IN_PROCESS_WORK = 2_000_000
 
 
 def in_process(rows: int, recipe_list: list[Recipe], fits_per_recipe: int) -> bool:
-    """Whether fits of this size run in this process (small, and no Ray started yet)."""
+    """Whether fits of this size run in this process.
+
+    Args:
+        rows: rows per fit.
+        recipe_list: the recipes fitted.
+        fits_per_recipe: fits of each.
+
+    Returns:
+        True when the work is small (below IN_PROCESS_WORK) and no Ray is running yet.
+    """
     import ray
 
     return not ray.is_initialized() and rows * sum(r.iterations for r in recipe_list) * fits_per_recipe < IN_PROCESS_WORK
@@ -81,11 +109,18 @@ def in_process(rows: int, recipe_list: list[Recipe], fits_per_recipe: int) -> bo
 
 def run_fits(calls: list[tuple[str, object, tuple]], cpus: int, say=None, busy: list | None = None,
              here: bool = False) -> list:
-    """Each (label, function, args) as a Ray task holding `cpus` CPUs (the function fits with that
-    many threads), all at once: Ray runs as many side by side as the cluster's CPUs hold. Returns
-    the values in the order of `calls`; says a line as each ends, and while none does, every
-    PERIOD seconds. `busy` collects each task's Busy interval. `here`: one after another in this
-    process instead (small fits, see in_process)."""
+    """Runs fits as Ray tasks, all at once: Ray runs as many side by side as the cluster's CPUs hold.
+
+    Args:
+        calls: (label, function, args) per fit; the function fits with `cpus` threads.
+        cpus: CPUs each task holds.
+        say: called with a line as each fit ends, and while none does, every PERIOD seconds.
+        busy: collects each task's Busy interval (or None).
+        here: one after another in this process instead (small fits, see in_process).
+
+    Returns:
+        The functions' values, in the order of `calls`.
+    """
     if here:
         values, begun = [], time.perf_counter()
         for label, function, args in calls:
@@ -127,7 +162,19 @@ def _fit_on_all(recipe: Recipe, x, y, threads: int):
 
 def fit_on_all(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, cpus: int = 1, say=None,
                busy: list | None = None) -> list:
-    """Each recipe fitted on every row, as parallel Ray tasks: their models, in order."""
+    """Each recipe fitted on every row, as parallel Ray tasks.
+
+    Args:
+        recipe_list: the recipes.
+        x: [rows, features] normalised inputs.
+        y: [rows] rewards.
+        cpus: CPUs (threads) of each fit.
+        say: progress lines (see run_fits).
+        busy: collects each fit's Busy interval (or None).
+
+    Returns:
+        Their fitted models, in order.
+    """
     here = in_process(len(y), recipe_list, 1)
     x_ref, y_ref = (x, y) if here else _put(x, y)
     return run_fits([(f"{r.name} on all {len(y):,} rows", _fit_on_all, (r, x_ref, y_ref, cpus)) for r in recipe_list],
@@ -160,22 +207,39 @@ class CrossFitted:
         return (self.out_of_fold @ self.weights).astype(np.float32).reshape(-1, 1)
 
     def layer(self):
-        """The weighted ensemble of the models fitted on every row, as one TreeEnsemble layer."""
+        """Returns the weighted ensemble of the models fitted on every row, as one TreeEnsemble layer."""
         return tree_layer([(model, weight) for model, weight in zip(self.models, self.weights) if weight > 0])
 
     def refitted(self, x: np.ndarray, y: np.ndarray, say=None, cpus: int = 1) -> CrossFitted:
-        """The same recipes and weights, the models fitted on other rows (e.g. every game)."""
+        """The same recipes and weights, the models fitted on other rows (e.g. every game).
+
+        Args:
+            x: [rows, features] normalised inputs.
+            y: [rows] rewards.
+            say: progress lines (see run_fits).
+            cpus: CPUs (threads) of each fit.
+
+        Returns:
+            A CrossFitted without out-of-fold predictions.
+        """
         chosen = [r for r, w in zip(self.recipes, self.weights) if w > 0]
         fitted = iter(fit_on_all(chosen, x, y, cpus, say))
         models = [next(fitted) if weight > 0 else None for weight in self.weights]
         return CrossFitted(self.recipes, self.weights, np.zeros((0, len(self.recipes))), models)
 
     def members(self) -> dict[str, object]:
-        """{recipe name: its model fitted on every row}, for the recipes with a weight."""
+        """Returns {recipe name: its model fitted on every row}, for the recipes with a weight."""
         return {recipe.name: model for recipe, model in zip(self.recipes, self.models) if model is not None}
 
     def describe(self, y: np.ndarray) -> dict[str, float]:
-        """Per recipe its weight and its out-of-fold R², and the ensemble's (MLflow metrics)."""
+        """The figures logged as MLflow metrics.
+
+        Args:
+            y: [rows] the rewards of the rows cross-fitted.
+
+        Returns:
+            Per recipe its weight and its out-of-fold R², and the ensemble's out-of-fold R².
+        """
         from sklearn.metrics import r2_score
 
         figures = {"trees_oof_r2": float(r2_score(y, self.prediction.reshape(-1)))}
@@ -186,7 +250,14 @@ class CrossFitted:
 
 
 def tree_layer(weighted: list[tuple[object, float]]):
-    """[(fitted model, weight)] as one TreeEnsemble layer computing the weighted sum of the models."""
+    """Compiles fitted models into one layer.
+
+    Args:
+        weighted: (fitted model, weight) per member.
+
+    Returns:
+        A TreeEnsemble layer computing the weighted sum of the models: [rows, features] -> [rows, 1].
+    """
     from caspar.model.layers import TreeEnsemble
 
     return TreeEnsemble.from_node_tables([(*node_tables(model), weight) for model, weight in weighted])
@@ -196,9 +267,25 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
               say=None, cpus: int = 1) -> CrossFitted:
     """Every recipe fitted `folds` times by game (each fold's rows predicted by a model fitted
     without them), all fits at once as Ray tasks of `cpus` CPUs each (small fits without Ray
-    started: one after another in this process); the ensemble weights chosen
-    on those out-of-fold predictions; then every recipe with a weight fitted on all the rows, again
-    side by side. x: [rows, features], y and groups: [rows]. `say`: a function taking a progress line."""
+    started: one after another in this process); the ensemble weights chosen on those out-of-fold
+    predictions; then every recipe with a weight fitted on all the rows, again side by side.
+
+    Args:
+        recipe_list: the recipes.
+        x: [rows, features] normalised inputs.
+        y: [rows] rewards.
+        groups: [rows] the game of each row.
+        folds: game folds wanted.
+        seed: the folds' shuffle.
+        say: called with progress lines (or None).
+        cpus: CPUs (threads) of each fit.
+
+    Returns:
+        The CrossFitted recipes: weights, out-of-fold predictions [rows, recipes], fitted models.
+
+    Raises:
+        ValueError: the rows hold fewer than 2 games.
+    """
     started = time.perf_counter()
     fold = game_folds(groups, folds, seed)
     count = int(fold.max()) + 1

@@ -19,17 +19,36 @@ class Normalizer:
 
     @classmethod
     def fit(cls, features: np.ndarray) -> Normalizer:
+        """The ranges of the rows a model is fitted on.
+
+        Args:
+            features: [rows, features] raw values.
+
+        Returns:
+            The Normalizer of their per-feature minimum and maximum (float32, [features] each).
+        """
         return cls(features.min(axis=0).astype(np.float32), features.max(axis=0).astype(np.float32))
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """In float64, as the Java model does, then float32 for the network."""
+        """Scales raw values, in float64 as the Java model does, then float32 for the network.
+
+        Args:
+            features: [rows, features] raw values.
+
+        Returns:
+            [rows, features] float32 in [0, 1].
+        """
         low, high = self.minimum.astype(np.float64), self.maximum.astype(np.float64)
         varies = high > low
         scaled = (features.astype(np.float64) - low) / np.where(varies, high - low, 1.0)
         return np.where(varies, np.clip(scaled, 0.0, 1.0), 0.0).astype(np.float32)
 
     def write_csv(self, path: str) -> None:
-        """The file the game reads: header `feature,min,max`, then `index,min,max` per feature."""
+        """Writes the file the game reads: header `feature,min,max`, then `index,min,max` per feature.
+
+        Args:
+            path: the file to write (min_max_feature_normalization.csv in an export).
+        """
         with open(path, "w", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(["feature", "min", "max"])
@@ -38,6 +57,14 @@ class Normalizer:
 
     @classmethod
     def read_csv(cls, path: str) -> Normalizer:
+        """Reads what write_csv wrote.
+
+        Args:
+            path: a min_max_feature_normalization.csv.
+
+        Returns:
+            The Normalizer it holds.
+        """
         with open(path, newline="") as handle:
             rows = list(csv.reader(handle))[1:]
         return cls(np.array([float(r[1]) for r in rows], np.float32), np.array([float(r[2]) for r in rows], np.float32))

@@ -34,11 +34,20 @@ class Recipe:
 
     @property
     def name(self) -> str:
+        """Its name in figures and metrics: its label, else its learner."""
         return self.label or self.learner
 
 
 def recipes(hp) -> list[Recipe]:
-    """One recipe per learner of hp.tree_learners ("sklearn+lightgbm"), with hp's tree settings."""
+    """The default recipes of a train run.
+
+    Args:
+        hp: Hyperparameters (or a config with its tree fields: trees, tree_learners, ...).
+
+    Returns:
+        One Recipe per learner of hp.tree_learners ("sklearn+lightgbm"), with hp's tree settings;
+        none when hp.trees is 0.
+    """
     if not hp.trees:
         return []
     return [Recipe(learner, hp.trees, hp.tree_learning_rate, hp.tree_leaves, hp.tree_min_leaf, hp.tree_l2,
@@ -54,9 +63,18 @@ CHUNK_SECONDS = 6.0
 
 
 def fit(recipe: Recipe, x: np.ndarray, y: np.ndarray, progress=None, threads: int = 1):
-    """The fitted model of a recipe (its own library's object, with `predict`), fitted with exactly
-    `threads` threads (the CPUs its Ray task holds) waiting passively. x: [rows, features], y:
-    [rows]. `progress`: called with the number of iterations fitted so far, now and then."""
+    """Fits a recipe with exactly `threads` threads (the CPUs its Ray task holds), waiting passively.
+
+    Args:
+        recipe: what to fit.
+        x: [rows, features] normalised inputs.
+        y: [rows] rewards.
+        progress: called now and then with the number of iterations fitted so far (or None).
+        threads: OpenMP threads of the fit.
+
+    Returns:
+        The fitted model, its own library's object (with `predict`: [rows, features] -> [rows]).
+    """
     passive_waits()  # before OpenMP loads with the library (a cluster's workers have not inherited it)
     with fit_threads(threads):
         return _fit(recipe, x, y, progress, threads)
@@ -96,9 +114,16 @@ def _fit(recipe: Recipe, x: np.ndarray, y: np.ndarray, progress, threads: int):
 
 
 def node_tables(model) -> tuple[list[dict[str, np.ndarray]], float]:
-    """(trees, constant) of a fitted model: each tree as arrays of its nodes (feature_idx,
-    num_threshold, left, right, is_leaf, value; a row goes left when its value <= the threshold),
-    and the constant the model adds to the sum of the leaves it reaches."""
+    """A fitted model's trees as the arrays the TreeEnsemble layer and the Java model compile.
+
+    Args:
+        model: a model `fit` returned (scikit-learn's histogram GBDT or LightGBM).
+
+    Returns:
+        (trees, constant): each tree as arrays over its nodes, [nodes] each (feature_idx,
+        num_threshold, left, right, is_leaf, value; a row goes left when its value <= the
+        threshold), and the constant the model adds to the sum of the leaves a row reaches.
+    """
     if hasattr(model, "_predictors"):  # scikit-learn's HistGradientBoostingRegressor
         trees = [predictors[0].nodes for predictors in model._predictors]
         return trees, float(np.ravel(model._baseline_prediction)[0])
@@ -128,9 +153,17 @@ def _lightgbm_nodes(root: dict) -> dict[str, np.ndarray]:
 
 def ensemble_weights(predictions: np.ndarray, y: np.ndarray, rounds: int = SELECTION_ROUNDS) -> np.ndarray:
     """Caruana et al.'s ensemble selection: start empty, add (with repetition) the member whose
-    addition gives the average with the lowest squared error, `rounds` times; a member's weight is
-    its share of the picks. predictions: [rows, members] (out of fold) -> weights [members], sum 1.
-    Ties go to the first member, so the result is the same every time."""
+    addition gives the average with the lowest squared error, `rounds` times. Ties go to the first
+    member, so the result is the same every time.
+
+    Args:
+        predictions: [rows, members] out-of-fold predictions.
+        y: [rows] rewards.
+        rounds: picks in all.
+
+    Returns:
+        [members] weights, each member's share of the picks (sum 1).
+    """
     rows, members = predictions.shape
     picks, total = np.zeros(members), np.zeros(rows)
     for round_ in range(rounds):
