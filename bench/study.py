@@ -2,6 +2,9 @@
 same cores, per game fold of a corpus (printed figures, not a test).
 
     python bench/study.py --data data/corpus --seconds 300 [--folds 5] [--autogluon /tmp/ag/bin/python]
+        [--only 4 5] [--contenders train study flaml autogluon]
+
+Each fold prints a JSON line, so folds run apart (--only) can be put together.
 
 Per fold of a 5-fold split by game of the train and validation splits (the test split stays
 untouched): the held-out games score every model; the other games are split into train and
@@ -15,7 +18,9 @@ validation (a ninth of the games, seeded), as a prepared dataset's are. On those
   every CPU of this machine.
 
 AutoGluon is a benchmark-only dependency in a venv of its own (its pins differ from this project's):
-    python3.11 -m venv /tmp/ag && /tmp/ag/bin/pip install "autogluon.tabular[lightgbm,catboost,xgboost]" pyarrow
+    python3.11 -m venv /tmp/ag && /tmp/ag/bin/pip install "autogluon.tabular[lightgbm,catboost,xgboost]" pyarrow \
+        "ray[default]>=2.43,<2.59"
+(with Ray, AutoGluon fits its bagged folds as Ray tasks side by side; without, one after another).
 FLAML: `pip install flaml[automl]` into the project's venv. A tool that is not installed is left out
 and the table says so.
 """
@@ -35,9 +40,9 @@ from autogluon.tabular import TabularPredictor
 from sklearn.metrics import r2_score
 train, test = pd.read_parquet(sys.argv[1]), pd.read_parquet(sys.argv[2])
 seconds, cpus, folder = float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-predictor = TabularPredictor(label="reward", eval_metric="r2", groups="game", path=folder, verbosity=0).fit(
+predictor = TabularPredictor(label="reward", eval_metric="r2", groups="fold", path=folder, verbosity=0).fit(
     train, time_limit=seconds, presets="best_quality", num_cpus=cpus)
-print("R2", r2_score(test["reward"], predictor.predict(test.drop(columns=["reward", "game"]))))
+print("R2", r2_score(test["reward"], predictor.predict(test.drop(columns=["reward", "fold"]))))
 """
 
 
@@ -103,11 +108,15 @@ def flaml_r2(fold, seconds: float, seed: int) -> float:
 def autogluon_r2(python: str, fold, seconds: float, folder: str) -> float:
     import pandas as pd
 
+    from caspar.model.crossfit import game_folds
+
     def frame(names):
         x = np.concatenate([fold.splits[n][0] for n in names])
         table = pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])])
         table["reward"] = np.concatenate([fold.splits[n][1] for n in names])
-        table["game"] = np.concatenate([fold.files[n] for n in names])
+        # AutoGluon bags one model per value of `groups`: 8 folds of whole games (best_quality's 8
+        # bagging folds), not one per game (200 games: 200 models per bagged model, none done in time)
+        table["fold"] = game_folds(np.concatenate([fold.files[n] for n in names]), 8, 0)
         return table
 
     train, test = os.path.join(folder, "ag_train.parquet"), os.path.join(folder, "ag_test.parquet")
@@ -131,6 +140,9 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only", type=int, nargs="*", help="run these folds only (1-based)")
     parser.add_argument("--autogluon", help="the Python of a venv with autogluon.tabular (see the docstring)")
+    parser.add_argument("--contenders", nargs="+", default=["train", "study", "flaml", "autogluon"],
+                        choices=["train", "study", "flaml", "autogluon"],
+                        help="which to run (without the study, the others get --seconds)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     from sklearn.model_selection import GroupKFold
@@ -149,13 +161,17 @@ def main() -> None:
                 continue
             fold = fold_prepared(prepared, x, y, games, rest, held_out, args.seed + k)
             row = {}
-            row["default train"], train_seconds = default_train_r2(fold)
-            row["study"], seconds, shipped = study_r2(fold, k, args.seconds, folder)
+            train_seconds, seconds = 0.0, args.seconds
+            if "train" in args.contenders:
+                row["default train"], train_seconds = default_train_r2(fold)
+            if "study" in args.contenders:
+                row["study"], seconds, shipped = study_r2(fold, k, args.seconds, folder)
             try:
-                row["FLAML, same time"] = flaml_r2(fold, seconds, args.seed)
+                if "flaml" in args.contenders:
+                    row["FLAML, same time"] = flaml_r2(fold, seconds, args.seed)
             except ImportError:
                 print("  FLAML not installed: left out", flush=True)
-            if args.autogluon:
+            if args.autogluon and "autogluon" in args.contenders:
                 try:
                     row["AutoGluon best_quality, same time"] = autogluon_r2(args.autogluon, fold, seconds, folder)
                 except RuntimeError as error:
@@ -166,6 +182,8 @@ def main() -> None:
                   f"default train {train_seconds:.0f} s, study {seconds:.0f} s: "
                   + ", ".join(f"{name} {value:.4f}" for name, value in row.items()), flush=True)
             print(json.dumps({"fold": k + 1, "study_seconds": seconds, "train_seconds": train_seconds, **row}), flush=True)
+    if "study" not in table:
+        return
     study = np.array(table["study"])
     print(f"{len(study)} folds, study budget {args.seconds:.0f} s: R² mean ± sd over folds, and the study's paired "
           "difference with each (mean ± sd; folds where the study is ahead):")
