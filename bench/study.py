@@ -122,8 +122,9 @@ def autogluon_r2(python: str, fold, seconds: float, folder: str) -> float:
     train, test = os.path.join(folder, "ag_train.parquet"), os.path.join(folder, "ag_test.parquet")
     frame(["train", "val"]).to_parquet(train)
     frame(["test"]).to_parquet(test)
+    own_ray = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # not this process's Ray settings
     done = subprocess.run([python, "-c", AUTOGLUON_SCRIPT, train, test, str(seconds), str(os.cpu_count()),
-                           os.path.join(folder, "ag")], capture_output=True, text=True)
+                           os.path.join(folder, "ag")], capture_output=True, text=True, env=own_ray)
     line = [row for row in done.stdout.splitlines() if row.startswith("R2 ")]
     if done.returncode != 0 or not line:
         raise RuntimeError(f"AutoGluon failed: {done.stderr[-2000:]}")
