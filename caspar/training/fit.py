@@ -19,11 +19,22 @@ PREFETCH_BATCHES = 2
 
 
 def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
-    """Batches through tf.data with prefetching: no Python loop per batch. The inputs are arrays,
-    or tuples of arrays (a Network.trainer's inputs). tf.data's autotuning is
+    """Batches through tf.data with prefetching: no Python loop per batch. tf.data's autotuning is
     off: with two training processes on two cores it left each process idle a fifth of the time
     (measured: 0.78 CPU-s per wall-s each, 0.99 without it), and batching arrays in memory has
-    nothing to tune."""
+    nothing to tune.
+
+    Args:
+        x_train: [rows, features], or a tuple of arrays (a Network.trainer's inputs).
+        y_train: [rows] rewards.
+        x_val: the validation rows, as x_train.
+        y_val: [validation rows] rewards.
+        batch_size: training rows per batch (validation: 4,096).
+        seed: the training rows' shuffle, reshuffled every epoch.
+
+    Returns:
+        (train, val) tf.data datasets of (inputs, reward) batches.
+    """
     import tensorflow as tf
 
     options = tf.data.Options()
@@ -36,8 +47,16 @@ def tf_datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int):
 
 
 def compiled_network(hp: Hyperparameters, x_train, trees=None) -> Network:
-    """The network for these hyperparameters, its trainer compiled, with its initial weights
-    seeded; with hp.trees, correcting `trees` (a TreeEnsemble layer)."""
+    """The network for these hyperparameters, its trainer compiled, its initial weights seeded.
+
+    Args:
+        hp: the network's hyperparameters.
+        x_train: [rows, features] normalised training inputs (the piecewise encoding's bins).
+        trees: a TreeEnsemble layer the network corrects (with hp.trees), or None.
+
+    Returns:
+        The Network, its trainer compiled with the optimizer and its variables built.
+    """
     import keras
 
     keras.utils.set_random_seed(hp.seed)
@@ -54,9 +73,17 @@ def compiled_network(hp: Hyperparameters, x_train, trees=None) -> Network:
 
 
 def learning_rate(hp: Hyperparameters, train_rows: int):
-    """The optimizer's learning rate: a number (the plateau schedule changes it from a callback),
-    or with lr_schedule "cosine", a linear warm-up over the first hp.warmup_share of all steps, then
-    a cosine decay to 0 at the last epoch."""
+    """The optimizer's learning rate.
+
+    Args:
+        hp: the schedule's hyperparameters (learning_rate, lr_schedule, warmup_share, batch_size, epochs).
+        train_rows: rows per epoch.
+
+    Returns:
+        A number (the plateau schedule changes it from a callback), or with lr_schedule "cosine" a
+        Keras schedule: a linear warm-up over the first hp.warmup_share of all steps, then a cosine
+        decay to 0 at the last epoch.
+    """
     import keras
 
     if hp.lr_schedule != "cosine":
@@ -68,8 +95,15 @@ def learning_rate(hp: Hyperparameters, train_rows: int):
 
 
 def schedule_callbacks(hp: Hyperparameters) -> list:
-    """The plateau schedule: cut the learning rate when val_loss stalls. The cosine schedule is the
-    optimizer's own: no callback."""
+    """The callbacks of the learning rate's schedule.
+
+    Args:
+        hp: the schedule's hyperparameters.
+
+    Returns:
+        The plateau schedule's callback (cut the rate when val_loss stalls); none for cosine, which
+        is the optimizer's own.
+    """
     from caspar.model.callbacks import Plateau
 
     if hp.lr_schedule == "cosine":
@@ -80,7 +114,15 @@ def schedule_callbacks(hp: Hyperparameters) -> list:
 
 
 def validation_loss(trainer, val) -> float:
-    """The loss of a network's trainer as it is on the validation batches (before training: its trees alone)."""
+    """The loss of a network's trainer as it is on the validation batches.
+
+    Args:
+        trainer: a compiled Keras model.
+        val: the validation dataset (tf_datasets).
+
+    Returns:
+        Its mean squared error there (before training: its trees' alone).
+    """
     return float(trainer.evaluate(val, verbose=0, return_dict=True)["loss"])
 
 
@@ -99,16 +141,36 @@ class Stage:
 
 
 def rows(splits: dict, names) -> tuple[np.ndarray, np.ndarray]:
-    """The (features, rewards) of the named splits of {name: (x, y)}, concatenated."""
+    """The named splits' rows, concatenated.
+
+    Args:
+        splits: {name: (x [rows, features], y [rows])}.
+        names: the splits wanted, in order.
+
+    Returns:
+        (x [rows, features], y [rows]).
+    """
     return np.concatenate([splits[n][0] for n in names]), np.concatenate([splits[n][1] for n in names])
 
 
 def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=None, cpus_per_fit: int = 1) -> Stage:
-    """The normalisation and the trees for the shipped model's games (train, or train + validation
-    with fit_on train+val or all; the test split never): hp's tree recipes cross-fitted by game over
-    those rows, every fit a Ray task of `cpus_per_fit` CPUs (a local Ray is started if none is
-    running; small fits run in this process), weighted by ensemble selection on their out-of-fold
-    predictions."""
+    """The normalisation and the trees for the shipped model's games: hp's tree recipes cross-fitted
+    by game, every fit a Ray task of `cpus_per_fit` CPUs (a local Ray is started if none is running;
+    small fits run in this process), weighted by ensemble selection on their out-of-fold predictions.
+
+    Args:
+        hp: the tree recipes' settings (trees 0: no trees).
+        splits: {name: (x [rows, features] raw, y [rows])}.
+        files: {name: [rows] the game of each row}.
+        fit_on: "train" fits on the train split; "train+val" and "all" on train and validation (the
+            test split never: "all" refits later, see caspar.training.train.release).
+        say: called with progress lines (or None).
+        cpus_per_fit: CPUs (threads) of each fit.
+
+    Returns:
+        The Stage: its normalisation, trees and their out-of-fold predictions of the train and
+        validation rows.
+    """
     names = FIT_ON["train" if fit_on == "train" else "train+val"]
     x, y = rows(splits, names)
     normalizer = Normalizer.fit(x)
@@ -160,6 +222,12 @@ def fit(hp: Hyperparameters, stage: Stage, splits: dict, callbacks=()) -> tuple[
     trees, from their out-of-fold predictions), keeping the epoch with the best validation loss,
     the untrained network (the trees alone) counted as epoch 0.
 
+    Args:
+        hp: the network's hyperparameters.
+        stage: the normalisation and trees (fit_stage).
+        splits: {name: (x [rows, features] raw, y [rows])}; trains on "train", chooses on "val".
+        callbacks: more Keras callbacks (progress, MLflow).
+
     Returns:
         (the network, with the weights of its best epoch; its History, whose best_epoch says which)
     """
@@ -181,7 +249,14 @@ def fit(hp: Hyperparameters, stage: Stage, splits: dict, callbacks=()) -> tuple[
 
 
 def check_trained(history: History) -> None:
-    """A model whose loss is not a finite number did not train: it must not be logged or registered."""
+    """A model whose loss is not a finite number did not train: it must not be logged or registered.
+
+    Args:
+        history: the run's History.
+
+    Raises:
+        UserError: a validation loss is missing or not finite.
+    """
     losses = history.losses.get("val_loss") or []
     if not losses or not np.all(np.isfinite(losses)):
         raise UserError(f"training diverged (val_loss {losses[-1] if losses else 'never computed'}): "
