@@ -52,16 +52,21 @@ def passive_waits() -> None:
 
 
 def in_ray_job() -> bool:
-    """True when this process is the entrypoint of `ray job submit` (it runs on the cluster, in a
-    copy of --working-dir without its git-ignored folders)."""
+    """Returns True when this process is the entrypoint of `ray job submit` (it runs on the cluster,
+    in a copy of --working-dir without its git-ignored folders)."""
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
 
 
 def start_ray(log_to_driver: bool = False) -> None:
     """Connect to the Ray cluster of RAY_ADDRESS (a Ray job's own), or start a local one, without a
     dashboard. A local Ray gets a token of this process's own (Ray's token authentication is on by
-    default, and would otherwise write one into ~/.ray of the user's home). A local Ray's workers
-    inherit passive OpenMP waits; on a cluster, every fit sets them before it loads its library."""
+    default, and would otherwise write one into ~/.ray of the user's home), and its workers keep
+    this process's priority and inherit passive OpenMP waits; on a cluster, every fit sets them
+    before it loads its library. Nothing happens if Ray is already initialised.
+
+    Args:
+        log_to_driver: whether the workers' output reaches this process's.
+    """
     import secrets
 
     import ray
@@ -83,7 +88,7 @@ def start_ray(log_to_driver: bool = False) -> None:
 
 
 def cluster_cpus() -> int:
-    """The CPUs of the Ray cluster this process is connected to (1 at least)."""
+    """Returns the CPUs of the Ray cluster this process is connected to (1 at least)."""
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -91,8 +96,15 @@ def cluster_cpus() -> int:
 
 @contextlib.contextmanager
 def fit_threads(threads: int):
-    """The OpenMP and BLAS libraries loaded in this process use at most `threads` threads inside the
-    block (threadpoolctl, as scikit-learn's own tools do)."""
+    """A context in which the OpenMP and BLAS libraries loaded in this process use at most `threads`
+    threads (threadpoolctl, as scikit-learn's own tools do).
+
+    Args:
+        threads: the most threads a library may use (1 at least).
+
+    Yields:
+        Nothing: the block runs inside the limit.
+    """
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=max(1, int(threads))):
