@@ -26,8 +26,15 @@ class TrackingError(UserError):
 
 
 def mlflow_message(error: Exception) -> str:
-    """The cause of an MLflow error in one line: a database's own message where there is one (the
-    first line is often only SQLAlchemy's context)."""
+    """The cause of an MLflow error in one line.
+
+    Args:
+        error: an MLflow (or SQLAlchemy) exception.
+
+    Returns:
+        A database's own message where there is one (the first line is often only SQLAlchemy's
+        context), else the error's first line.
+    """
     text = str(getattr(error, "message", error)).strip()
     cause = re.search(r"\((?:sqlite3|psycopg2?)\.\w+\) ([^\n\[]+)", text)
     if cause:
@@ -36,7 +43,15 @@ def mlflow_message(error: Exception) -> str:
 
 
 def configure() -> str:
-    """Point MLflow at the tracking store and check that it answers. Returns the URI."""
+    """Point MLflow at the tracking store (MLFLOW_TRACKING_URI, else the project's mlflow.db) and
+    check that it answers.
+
+    Returns:
+        The tracking URI, without credentials (moved to MLFLOW_TRACKING_USERNAME/PASSWORD).
+
+    Raises:
+        TrackingError: the store does not answer, refuses the credentials or cannot be used.
+    """
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -61,8 +76,15 @@ def configure() -> str:
 
 @contextlib.contextmanager
 def first_files():
-    """Around a run's first files, stored as it starts: an artefact store that refuses them (the
-    server's S3 down, say) is one line, before any training, instead of an error after it."""
+    """A context around a run's first files, stored as it starts: an artefact store that refuses
+    them (the server's S3 down, say) is one line, before any training, instead of an error after it.
+
+    Yields:
+        Nothing.
+
+    Raises:
+        TrackingError: MLflow could not store the files.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
@@ -73,9 +95,16 @@ def first_files():
 
 
 def credentials_out_of(uri: str) -> str:
-    """http://USER:PASSWORD@HOST/… as the URI without them, the credentials moved to
-    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (unless those are set): MLflow sends them
-    from there, and the URI can then be printed and logged without a secret."""
+    """Moves the credentials of http://USER:PASSWORD@HOST/… to MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD (unless those are set): MLflow sends them from there, and the URI can
+    then be printed and logged without a secret.
+
+    Args:
+        uri: a tracking URI.
+
+    Returns:
+        The URI without credentials (also set as MLFLOW_TRACKING_URI when it had some).
+    """
     from urllib.parse import unquote, urlsplit, urlunsplit
 
     parts = urlsplit(uri)
@@ -89,7 +118,14 @@ def credentials_out_of(uri: str) -> str:
 
 
 def shown(uri: str) -> str:
-    """A URI as it may be printed: any credentials in it masked."""
+    """A URI as it may be printed.
+
+    Args:
+        uri: any URI.
+
+    Returns:
+        The URI with any credentials in it masked (***@HOST).
+    """
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(uri)
@@ -100,7 +136,14 @@ def shown(uri: str) -> str:
 
 def create_sqlite_store(uri: str) -> None:
     """Creates (or migrates) an SQLite store one job at a time: jobs started together on a new
-    store would otherwise each run MLflow's migrations on it, and leave it half-migrated."""
+    store would otherwise each run MLflow's migrations on it, and leave it half-migrated.
+
+    Args:
+        uri: a sqlite:/// tracking URI.
+
+    Raises:
+        TrackingError: its folder is missing, or the file is not a store this MLflow can use.
+    """
     import mlflow
 
     from caspar.storage import exclusive_lock
@@ -119,13 +162,27 @@ def create_sqlite_store(uri: str) -> None:
 
 
 def sqlite_path(uri: str) -> str:
-    """The database file of a sqlite:/// URI (also in SQLite's URI form, sqlite:///file:PATH?mode=ro)."""
+    """The database file of a SQLite tracking URI.
+
+    Args:
+        uri: sqlite:///PATH, also in SQLite's URI form (sqlite:///file:PATH?mode=ro).
+
+    Returns:
+        PATH.
+    """
     return uri[len("sqlite:///"):].split("?")[0].removeprefix("file:")
 
 
 def check_server(uri: str) -> None:
-    """The server answers, and lets these credentials in (a server with basic auth answers 401
-    to anyone without MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)."""
+    """Checks that the server answers and lets these credentials in (a server with basic auth
+    answers 401 to anyone without MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD).
+
+    Args:
+        uri: the server's http(s) URI, without credentials.
+
+    Raises:
+        TrackingError: it does not answer, or refuses the credentials, in one line.
+    """
     base = uri.rstrip("/")
     try:
         with urllib.request.urlopen(f"{base}/health", timeout=HEALTH_TIMEOUT_S) as response:
@@ -165,7 +222,17 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def experiment_id(name: str) -> str:
-    """The experiment's id, created if new (embedded store: artefacts in the project folder)."""
+    """The experiment's id, created if new (an embedded store keeps its artefacts beside its database).
+
+    Args:
+        name: the experiment's name.
+
+    Returns:
+        Its id.
+
+    Raises:
+        TrackingError: the experiment is deleted.
+    """
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
@@ -184,8 +251,16 @@ def experiment_id(name: str) -> str:
 
 
 def ui_hint(uri: str, experiment_id: str | None = None) -> str:
-    """Where the user sees the runs: the command that opens the UI of an embedded store, or the
-    server's page of the experiment's runs."""
+    """Where the user sees the runs.
+
+    Args:
+        uri: the tracking URI.
+        experiment_id: the experiment to open (None: the UI's start).
+
+    Returns:
+        A line: the command that opens the UI of an embedded store, or the server's page of the
+        experiment's runs.
+    """
     if uri.startswith("sqlite:"):
         return f"open the MLflow UI: mlflow ui --backend-store-uri {uri}, then {runs_page('http://127.0.0.1:5000', experiment_id)}"
     if uri.startswith(("http://", "https://")):
@@ -196,13 +271,22 @@ def ui_hint(uri: str, experiment_id: str | None = None) -> str:
 def runs_page(server: str, experiment_id: str | None) -> str:
     """The UI page of an experiment's training runs. MLflow 3's UI opens an experiment on its GenAI
     overview (traces, token usage) whatever the experiment's kind, unless the link names the runs
-    page and the model-training view (the view's switch is kept in the browser: mlflow/mlflow#24498)."""
+    page and the model-training view (the view's switch is kept in the browser: mlflow/mlflow#24498).
+
+    Args:
+        server: the UI's base URL.
+        experiment_id: the experiment (None: the base URL).
+
+    Returns:
+        The page's URL.
+    """
     if experiment_id is None:
         return server
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def git_commit() -> str | None:
+    """Returns the project's git commit, or None outside a git checkout."""
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
@@ -211,9 +295,18 @@ def git_commit() -> str | None:
 
 
 def literal(text: str) -> str:
-    """`text` as a string in an MLflow filter, e.g. f"attributes.run_name = {literal(name)}". MLflow's
-    filter strings have no escapes: a name with a single quote is double-quoted (names with both
-    kinds are refused up front, caspar.config)."""
+    """A string as a literal of an MLflow filter, e.g. f"attributes.run_name = {literal(name)}".
+    MLflow's filter strings have no escapes: a name with a single quote is double-quoted.
+
+    Args:
+        text: a name.
+
+    Returns:
+        The quoted literal.
+
+    Raises:
+        UserError: the name holds both kinds of quote (refused up front by caspar.config).
+    """
     if "'" not in text:
         return f"'{text}'"
     if '"' not in text:
@@ -224,7 +317,14 @@ def literal(text: str) -> str:
 @contextlib.contextmanager
 def run(**kwargs):
     """mlflow.start_run(**kwargs), ended KILLED (not FAILED) when the job is interrupted (Ctrl-C, or
-    SIGTERM, which the jobs' shell turns into the same interrupt): the run did not fail, it was stopped."""
+    SIGTERM, which the jobs' shell turns into the same interrupt): the run did not fail, it was stopped.
+
+    Args:
+        **kwargs: mlflow.start_run's.
+
+    Yields:
+        The active run.
+    """
     import mlflow
 
     with mlflow.start_run(**kwargs) as active:
