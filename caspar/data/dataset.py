@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ from caspar.data import corpus
 from caspar.data.features import load_unit_points, schema
 from caspar.data.logfiles import Inputs, found_logs
 from caspar.data.prepared import ROWS_FOLDER, SPLITS
-from caspar.data.rows import SYNTHETIC_BOARD, row_schema, rows_of_game
+from caspar.data.rows import ROW_SETTINGS, SYNTHETIC_BOARD, row_schema, rows_of_game
 from caspar.errors import InputError
 from caspar.progress import Every, since, ticking
 from caspar.runtime import start_ray
@@ -59,7 +60,7 @@ def read_log_bytes(filesystem, path: str) -> bytes:
 IN_PROCESS_GAMES = 48  # at most this many local games are prepared without Ray (starting it takes 4-6 s)
 # --- The Ray Data job ------------------------------------------------------------------------
 
-def featurize_game(name: str, paths: list[str], filesystem, recipe: dict) -> tuple[pa.Table, dict]:
+def featurize_game(name: str, paths: list[str], filesystem, settings: PrepareConfig) -> tuple[pa.Table, dict]:
     """The rows and the manifest entry of one game (its file, or the four files of a split game):
     the work of every prepare, in a Ray worker or in this process."""
     cpu = time.process_time()
@@ -69,7 +70,7 @@ def featurize_game(name: str, paths: list[str], filesystem, recipe: dict) -> tup
         table = row_schema().empty_table()
         entry = {"file": name, "rows": 0, "problems": [{"line": 0, "reason": f"unreadable: {error}"}]}
     else:
-        table, entry = rows_of_game(files, name, recipe)
+        table, entry = rows_of_game(files, name, settings)
     entry["path"] = paths[0] if len(paths) == 1 else os.path.join(os.path.dirname(paths[0]), name)
     if len(paths) > 1:
         entry["parts"] = paths
@@ -78,12 +79,12 @@ def featurize_game(name: str, paths: list[str], filesystem, recipe: dict) -> tup
     return table, entry
 
 
-def _featurize_batch(batch: dict, filesystem, recipe: dict, collector) -> pa.Table:
+def _featurize_batch(batch: dict, filesystem, settings: PrepareConfig, collector) -> pa.Table:
     import ray
 
     tables, recorded = [], []
     for name, paths in zip(batch["game"].to_pylist(), batch["paths"].to_pylist()):
-        table, entry = featurize_game(name, paths, filesystem, recipe)
+        table, entry = featurize_game(name, paths, filesystem, settings)
         recorded.append(collector.add.remote(entry))
         tables.append(table)
     # Calls to an actor from different processes have no order: wait until this block's entries
@@ -185,10 +186,8 @@ def prepare(config: PrepareConfig, parallelism: int | None = None, in_process: b
     _check_input_outside_output(config.input, config.output)
     out_fs, out_path = storage.resolve(config.output)
     _check_replaceable(out_fs, out_path, config.output)
-    # the options that shape the rows (the manifest records them as "settings")
-    recipe = {"mekfile": os.path.abspath(config.mekfile) if config.mekfile else None,
-                "include_bots": config.include_bots, "seed": config.seed, "test_size": config.test_size,
-                "validation_size": config.validation_size}
+    # what every game's rows are made with (in a Ray worker too): the mekfile found from anywhere
+    settings = dataclasses.replace(config, mekfile=os.path.abspath(config.mekfile) if config.mekfile else None)
     with found_logs(config.input) as inputs, _staging(out_fs, out_path, config.output) as staging:
         duplicates = drop_duplicate_games(inputs)
         if in_process is None:
@@ -197,12 +196,12 @@ def prepare(config: PrepareConfig, parallelism: int | None = None, in_process: b
             say(f"prepare: {len(inputs.games)} games found; featurising them"
                 f"{' in this process' if in_process else ' on Ray'}")
         if in_process:
-            ray_seconds, entries = 0.0, _write_rows_in_process(inputs, recipe, out_fs, staging, say)
+            ray_seconds, entries = 0.0, _write_rows_in_process(inputs, settings, out_fs, staging, say)
         else:
             ray_seconds = _start_ray()
-            entries = _write_rows(inputs, recipe, out_fs, staging, parallelism, say)
+            entries = _write_rows(inputs, settings, out_fs, staging, parallelism, say)
         entries = [*entries, *duplicates]
-        manifest = _manifest(entries, config.input, recipe, inputs.root, out_fs, staging)
+        manifest = _manifest(entries, config.input, settings, inputs.root, out_fs, staging)
         _check_usable(manifest, config)
         storage.write_bytes(out_fs, storage.join(staging, "schema.json"), json.dumps(schema(), indent=1).encode())
         storage.write_bytes(out_fs, storage.join(staging, "manifest.json"), json.dumps(manifest, indent=1).encode())
@@ -258,7 +257,7 @@ def _start_ray() -> float:
     return time.perf_counter() - started
 
 
-def _write_rows(inputs: Inputs, recipe: dict, out_fs, staging: str, parallelism: int | None, say=None) -> list[dict]:
+def _write_rows(inputs: Inputs, settings: PrepareConfig, out_fs, staging: str, parallelism: int | None, say=None) -> list[dict]:
     """Ray Data: read the logs in blocks of a few files, featurise, write Parquet; returns the
     manifest entry of every input file."""
     import ray
@@ -271,7 +270,7 @@ def _write_rows(inputs: Inputs, recipe: dict, out_fs, staging: str, parallelism:
     dataset = ray.data.from_items(games, override_num_blocks=max(2 * workers, -(-len(games) // FILES_PER_BLOCK)))
     dataset = dataset.map_batches(
         _featurize_batch, batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
-        fn_kwargs={"filesystem": inputs.filesystem, "recipe": recipe, "collector": collector})
+        fn_kwargs={"filesystem": inputs.filesystem, "settings": settings, "collector": collector})
     started = time.perf_counter()
     with ticking(say, lambda: f"prepare: {ray.get(collector.count.remote())}/{len(games)} games featurised "
                               f"({since(started)})"):
@@ -281,14 +280,14 @@ def _write_rows(inputs: Inputs, recipe: dict, out_fs, staging: str, parallelism:
                       for p, why in inputs.skipped.items()]
 
 
-def _write_rows_in_process(inputs: Inputs, recipe: dict, out_fs, staging: str, say=None) -> list[dict]:
+def _write_rows_in_process(inputs: Inputs, settings: PrepareConfig, out_fs, staging: str, say=None) -> list[dict]:
     """_write_rows without Ray: the games one after another, their rows in one Parquet file."""
     import pyarrow.parquet as pq
 
     tables, entries = [], []
     started, every = time.perf_counter(), Every(say)
     for name, paths in inputs.games.items():
-        table, entry = featurize_game(name, paths, inputs.filesystem, recipe)
+        table, entry = featurize_game(name, paths, inputs.filesystem, settings)
         tables.append(table)
         entries.append(entry)
         every(lambda: f"prepare: {len(entries)}/{len(inputs.games)} games featurised ({since(started)})")
@@ -335,7 +334,7 @@ def _staging(filesystem, path: str, uri: str):
             yield staging
 
 
-def _manifest(entries, source, recipe, root, filesystem, staging) -> dict:
+def _manifest(entries, source, settings: PrepareConfig, root, filesystem, staging) -> dict:
     files = []
     for entry in entries:
         entry = dict(entry)
@@ -354,7 +353,7 @@ def _manifest(entries, source, recipe, root, filesystem, staging) -> dict:
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "input": source, "schema_version": schema()["version"],
-        "settings": {k: v for k, v in recipe.items() if k != "mekfile"} | {"mekfile": recipe["mekfile"]},
+        "settings": {name: getattr(settings, name) for name in ROW_SETTINGS},
         "rows": {split: int(counts.get(split, 0)) for split in SPLITS},
         "row_files": row_files,  # readers read these, not whatever else lies in rows/
         "files": files,

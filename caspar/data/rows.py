@@ -9,9 +9,12 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
+from caspar.config import PrepareConfig
 from caspar.data.features import feature_names, featurize, load_unit_points
 from caspar.data.gamelog import read_game
 
+# The options of prepare that shape a game's rows: the manifest records them as its "settings"
+ROW_SETTINGS = ("include_bots", "seed", "test_size", "validation_size", "mekfile")
 SYNTHETIC_BOARD = "Synthetic #"  # the board name of caspar.data.samples' logs (make demo)
 PROBLEMS_KEPT = 20  # per file in the manifest; the rest are counted
 ID_COLUMNS = [
@@ -46,7 +49,7 @@ def _unit_points(mekfile: str | None):
     return load_unit_points(mekfile=mekfile)
 
 
-def rows_of_game(files: dict[str, bytes], name: str, recipe: dict) -> tuple[pa.Table, dict]:
+def rows_of_game(files: dict[str, bytes], name: str, settings: PrepareConfig) -> tuple[pa.Table, dict]:
     """Featurise one game (a log, or the four files of a split game): its rows as an Arrow table,
     and its manifest entry."""
     digest = hashlib.sha256()
@@ -58,7 +61,7 @@ def rows_of_game(files: dict[str, bytes], name: str, recipe: dict) -> tuple[pa.T
         log = read_game(files, name)
         entry["format"] = log.format
         entry["synthetic"] = any(board.name.startswith(SYNTHETIC_BOARD) for board in log.boards)
-        rows = featurize(log, _unit_points(recipe["mekfile"]), recipe["include_bots"])
+        rows = featurize(log, _unit_points(settings.mekfile), settings.include_bots)
     except Exception as error:  # a file that cannot be read at all is reported, not fatal
         entry["problems"].append({"line": 0, "reason": f"unreadable: {type(error).__name__}: {error}"})
         return row_schema().empty_table(), entry
@@ -67,7 +70,7 @@ def rows_of_game(files: dict[str, bytes], name: str, recipe: dict) -> tuple[pa.T
     if len(log.problems) > PROBLEMS_KEPT:
         entry["more_problems"] = len(log.problems) - PROBLEMS_KEPT
     entry.update(rows=len(rows), moves=rows.moves_read, human_moves=rows.human_moves, dropped=rows.dropped)
-    split = split_of(name, rows.segment, recipe["seed"], recipe["test_size"], recipe["validation_size"])
+    split = split_of(name, rows.segment, settings.seed, settings.test_size, settings.validation_size)
     columns = {
         "file": pa.array([name] * len(rows), pa.string()), "segment": rows.segment,
         "round": rows.round, "player_id": rows.player_id, "team_id": rows.team_id,
