@@ -49,13 +49,13 @@ print("R2", r2_score(test["reward"], predictor.predict(test.drop(columns=["rewar
 def fold_prepared(prepared, x, y, games, rest, held_out, seed: int):
     """A Prepared of one fold: the other games split into train and a ninth for validation, the
     held-out games as its test split."""
-    from caspar.data.prepared import Prepared
+    from caspar.data.prepared import Prepared, Split
 
     rng = np.random.default_rng(seed)
     rest_games = np.unique(games[rest])
     stopping = np.isin(games[rest], rng.choice(rest_games, max(2, len(rest_games) // 9), replace=False))
     train, val = rest[~stopping], rest[stopping]
-    splits = {"train": (x[train], y[train]), "val": (x[val], y[val]), "test": (x[held_out], y[held_out])}
+    splits = {"train": Split(x[train], y[train]), "val": Split(x[val], y[val]), "test": Split(x[held_out], y[held_out])}
     files = {"train": games[train], "val": games[val], "test": games[held_out]}
     return Prepared(prepared.uri, splits, prepared.schema, prepared.manifest, files)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -18,15 +19,21 @@ SPLITS = ("train", "val", "test")
 ROWS_FOLDER = "rows"
 
 
+class Split(NamedTuple):
+    """One split's rows (a tuple: `x, y = prepared.splits["train"]` reads it too)."""
+    x: np.ndarray  # [rows, features] float32, the raw feature values
+    y: np.ndarray  # [rows] float32, the rewards
+
+
 @dataclass
 class Prepared:
-    """A prepared dataset in memory: (features [n, F] float32, reward [n] float32) per split, and
-    the log file of each row (to group rows by game)."""
+    """A prepared dataset in memory: the rows of each split (train, val, test), and the log file of
+    each row (to group rows by game)."""
     uri: str
-    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    splits: dict[str, Split]
     schema: dict
     manifest: dict
-    files: dict[str, np.ndarray]
+    files: dict[str, np.ndarray]  # per split: [rows] the log file (game) of each row
 
     @property
     def version(self) -> str:
@@ -65,7 +72,7 @@ def load_prepared(uri: str, every_split: bool = True) -> Prepared:
     features = table["features"].combine_chunks().flatten().to_numpy().reshape(-1, expected["width"])
     reward = table["reward"].to_numpy()
     split = table["split"].to_numpy(zero_copy_only=False)
-    splits = {name: (features[split == name], reward[split == name]) for name in SPLITS}
+    splits = {name: Split(features[split == name], reward[split == name]) for name in SPLITS}
     log_files = table["file"].to_numpy(zero_copy_only=False)
     if every_split and any(len(splits[name][1]) == 0 for name in SPLITS):
         sizes = {name: len(splits[name][1]) for name in SPLITS}
