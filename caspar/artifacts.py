@@ -17,13 +17,27 @@ MODEL_MARKER = NORMALIZATION_FILE
 
 
 def has_model(client, run_id: str) -> bool:
-    """Whether the run logged a model (runs that failed before it did have none)."""
+    """Whether a run logged a model (runs that failed before it did have none).
+
+    Args:
+        client: an MlflowClient.
+        run_id: the run.
+
+    Returns:
+        True if its artefacts hold the model marker.
+    """
     return any(a.path == MODEL_MARKER for a in client.list_artifacts(run_id))
 
 
 def write_test_inputs(path: str, raw_features: np.ndarray, expected: np.ndarray, columns: list[str] | None = None) -> None:
-    """Test rows as the game would see them before normalising, and the model's output. `columns`:
-    the features' names (schema.json's, as the MLflow model takes them); f0, f1, … without."""
+    """Writes test rows as the game sees them before normalising, and the model's output (test_inputs.csv).
+
+    Args:
+        path: the CSV file to write.
+        raw_features: [rows, features] raw values.
+        expected: [rows] the model's outputs, the last column ("expected").
+        columns: the features' names (schema.json's, as the MLflow model takes them); f0, f1, … if None.
+    """
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(list(columns or [f"f{i}" for i in range(raw_features.shape[1])]) + ["expected"])
@@ -32,5 +46,13 @@ def write_test_inputs(path: str, raw_features: np.ndarray, expected: np.ndarray,
 
 
 def read_test_inputs(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reads what write_test_inputs wrote.
+
+    Args:
+        path: a test_inputs.csv.
+
+    Returns:
+        (raw features [rows, features], expected outputs [rows]).
+    """
     rows = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
     return rows[:, :-1], rows[:, -1]

@@ -319,12 +319,6 @@ class DriftConfig:
     drift_experiment: str = setting("caspar-drift", "the experiment the check is logged to")
 
 
-def hyperparameters(config) -> dict:
-    """The Hyperparameters fields of a configuration (a dataclass or a dict), by name."""
-    get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)
-    return {f.name: get(f.name) for f in dataclasses.fields(Hyperparameters)}
-
-
 def field_types(cls) -> dict[str, type]:
     """Each field's type, Optional[T] as T (lists stay lists)."""
     hints = typing.get_type_hints(cls)

@@ -16,8 +16,12 @@ PERIOD = 10.0  # seconds between progress lines at most, on top of the lines a p
 
 
 class Every:
-    """say(line) at most once per `period` seconds; the lines in between are dropped.
-    `say` None: nothing is said."""
+    """Calls say(line) at most once per `period` seconds; the lines in between are dropped.
+
+    Args:
+        say: where a line goes (None: nothing is said).
+        period: seconds between lines at least.
+    """
 
     def __init__(self, say: Callable[[str], None] | None, period: float = PERIOD):
         self.say, self.period = say, period
@@ -36,7 +40,16 @@ class Every:
 
 @contextlib.contextmanager
 def ticking(say: Callable[[str], None] | None, describe: Callable[[], str], period: float = PERIOD) -> Iterator[None]:
-    """While the block runs, say(describe()) every `period` seconds (from a background thread)."""
+    """A context in which say(describe()) is called every `period` seconds, from a background thread.
+
+    Args:
+        say: where a line goes (None: nothing is said).
+        describe: makes the line (a failing one is skipped: a progress line never fails the work).
+        period: seconds between lines.
+
+    Yields:
+        Nothing.
+    """
     if say is None:
         yield
         return
@@ -57,5 +70,12 @@ def ticking(say: Callable[[str], None] | None, describe: Callable[[], str], peri
 
 
 def since(started: float) -> str:
-    """Seconds since `started` (time.perf_counter()), as progress lines give them."""
+    """Seconds since a moment, as progress lines give them.
+
+    Args:
+        started: a time.perf_counter() value.
+
+    Returns:
+        "12 s".
+    """
     return f"{time.perf_counter() - started:.0f} s"

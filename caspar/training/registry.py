@@ -20,6 +20,8 @@ class ExportError(UserError):
 
 @dataclass
 class Source:
+    """The run an export is made from: its id, the export's file stem, the model's URI, and a note
+    for the user (e.g. that a name matched several runs)."""
     run_id: str
     name: str  # file stem of the export
     model_uri: str
@@ -27,7 +29,19 @@ class Source:
 
 
 def find_model(ref: str, experiment_name: str | None = None) -> Source:
-    """The model `ref` names; an ExportError naming what is wrong when there is none to export."""
+    """The model a reference names, if it may be exported.
+
+    Args:
+        ref: a run name, a run id, models:/NAME/VERSION, models:/NAME@ALIAS or a logged model's models:/m-… URI.
+        experiment_name: where to look a run name up (None: every experiment).
+
+    Returns:
+        Its Source.
+
+    Raises:
+        ExportError: nothing to export, naming what is wrong (no such run, a run that did not finish
+            or whose model was refused).
+    """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -128,5 +142,13 @@ def _experiments(client, name: str | None):
 
 
 def safe_name(name: str) -> str:
-    """A file name for the export folder: letters, digits, '.', '_' and '-', at most 100 of them."""
+    """A file name for the export folder.
+
+    Args:
+        name: a run's name.
+
+    Returns:
+        It with letters, digits, '.', '_' and '-' only (others become '_'), at most 100 of them;
+        "model" if nothing is left.
+    """
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:100] or "model"

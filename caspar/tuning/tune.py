@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from caspar import storage, tracking
-from caspar.config import Tracking, TrainConfig, TuneConfig, check, hyperparameters
+from caspar.config import Tracking, TrainConfig, TuneConfig, check
 from caspar.data.prepared import Prepared
 from caspar.errors import UserError
 from caspar.runtime import start_ray
@@ -48,7 +48,7 @@ from caspar.tuning.study import (
     summarise,
     trial_intervals,
 )
-from caspar.tuning.trial import StudyData, load_best_model
+from caspar.tuning.trial import StudyData, hyperparameters_of, load_best_model
 
 log = logging.getLogger(__name__)  # the jobs' shell prints its INFO lines (caspar.cli)
 
@@ -125,7 +125,8 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
             f"{summary.kinds.get('trees', 0)} tree trials and the best of {summary.kinds.get('network', 0)} network trials")
         ensemble = choose_ensemble(stage, results, data, prepared, threads, say, busy)
         capacity = concurrency(config.n_jobs, config.cpus_per_trial)
-        train_config = TrainConfig(**hyperparameters(ensemble.network.config if ensemble.network_share else hp),
+        shipped_hp = hyperparameters_of(ensemble.network.config) if ensemble.network_share else hp
+        train_config = TrainConfig(**dataclasses.asdict(shipped_hp),
                                    data=config.data, experiment_name=config.experiment_name, run_name=config.run_name,
                                    model_name=config.model_name, alias=config.alias, fit_on=config.fit_on,
                                    cpus_per_fit=threads)
