@@ -28,11 +28,26 @@ class StorageError(UserError):
 
 
 def is_s3(uri: str) -> bool:
+    """Whether a location is on S3.
+
+    Args:
+        uri: a local path or a URI.
+
+    Returns:
+        True for an s3:// URI.
+    """
     return str(uri).startswith("s3://")
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or an s3:// URI."""
+    """The filesystem of a location (S3: the endpoint and keys of the environment's AWS_* settings).
+
+    Args:
+        uri: a local path or an s3://BUCKET/PREFIX URI.
+
+    Returns:
+        (pyarrow filesystem, the path inside it).
+    """
     uri = str(uri)
     if not is_s3(uri):
         return pafs.LocalFileSystem(), os.path.abspath(uri)
@@ -53,6 +68,14 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def describe(uri: str) -> str:
+    """A location as messages name it.
+
+    Args:
+        uri: a local path or an s3:// URI.
+
+    Returns:
+        The path, or the URI with its endpoint (or that it is AWS's).
+    """
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
     if not is_s3(uri):
         return str(uri)
@@ -60,7 +83,19 @@ def describe(uri: str) -> str:
 
 
 def info(filesystem: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
-    """File info, with S3 connection failures turned into a one-line StorageError."""
+    """A path's file info.
+
+    Args:
+        filesystem: the pyarrow filesystem (resolve).
+        path: the path inside it.
+        uri: the location as the user gave it, for messages.
+
+    Returns:
+        pyarrow's FileInfo.
+
+    Raises:
+        StorageError: the storage cannot be reached (one line).
+    """
     try:
         return filesystem.get_file_info(path)
     except OSError as error:
@@ -68,6 +103,19 @@ def info(filesystem: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
 
 
 def list_files(filesystem: pafs.FileSystem, path: str, uri: str) -> list[pafs.FileInfo]:
+    """Every file under a folder or prefix.
+
+    Args:
+        filesystem: the pyarrow filesystem (resolve).
+        path: the folder or prefix inside it (missing: no files).
+        uri: the location as the user gave it, for messages.
+
+    Returns:
+        Their FileInfos, by path.
+
+    Raises:
+        StorageError: the storage cannot be listed (one line).
+    """
     try:
         infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     except OSError as error:
@@ -76,20 +124,52 @@ def list_files(filesystem: pafs.FileSystem, path: str, uri: str) -> list[pafs.Fi
 
 
 def write_bytes(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Writes a whole file.
+
+    Args:
+        filesystem: the pyarrow filesystem (resolve).
+        path: the file inside it.
+        data: its content.
+    """
     with filesystem.open_output_stream(path) as stream:
         stream.write(data)
 
 
 def read_bytes(filesystem: pafs.FileSystem, path: str) -> bytes:
+    """Reads a whole file.
+
+    Args:
+        filesystem: the pyarrow filesystem (resolve).
+        path: the file inside it.
+
+    Returns:
+        Its content.
+    """
     with filesystem.open_input_stream(path) as stream:
         return stream.read()
 
 
 def join(*parts: str) -> str:
+    """Joins path parts with '/' (local paths and object keys alike).
+
+    Args:
+        *parts: the parts.
+
+    Returns:
+        The path.
+    """
     return posixpath.join(*parts)
 
 
 def first_line(error: Exception) -> str:
+    """An error's message in one line.
+
+    Args:
+        error: any exception.
+
+    Returns:
+        Its first line, or its type's name when it has no message.
+    """
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
 
@@ -100,11 +180,23 @@ OWNER_MARKER = ".caspar-output"  # written into every output folder a job create
 
 
 def check_owned(filesystem: pafs.FileSystem, path: str, uri: str, what: str, names: set[str], whole: str) -> None:
-    """Refuses (StorageError, one line, nothing touched) to replace `path` unless it is absent, empty,
-    or provably a folder a job of this project wrote: its owner marker lists every file it holds
-    (a marker without a list: written before lists existed, the folder is the job's), or, written
-    before the marker existed, it holds `whole` (the file that completes such an output) and nothing
-    but the top-level `names` the job writes. A symbolic link counts as its target."""
+    """Refuses to replace `path` unless it is absent, empty, or provably a folder a job of this
+    project wrote: its owner marker lists every file it holds (a marker without a list: written
+    before lists existed, the folder is the job's), or, written before the marker existed, it holds
+    `whole` (the file that completes such an output) and nothing but the top-level `names` the job
+    writes. A symbolic link counts as its target.
+
+    Args:
+        filesystem: the pyarrow filesystem (resolve).
+        path: the output inside it.
+        uri: the output as the user gave it, for messages.
+        what: what the output is ("a prepared dataset"), for messages.
+        names: the top-level names such an output holds.
+        whole: the file that completes such an output.
+
+    Raises:
+        StorageError: it is a file, or holds files no job of this project wrote (one line; nothing touched).
+    """
     if isinstance(filesystem, pafs.LocalFileSystem):
         path = os.path.realpath(path)
     found = info(filesystem, path, uri)
@@ -128,13 +220,25 @@ def check_owned(filesystem: pafs.FileSystem, path: str, uri: str, what: str, nam
 
 
 def mark_owned(filesystem: pafs.FileSystem, folder: str, what: str) -> None:
-    """The owner marker of an output folder being written: what it is, then (mark_complete) every file in it."""
+    """Writes the owner marker of an output folder being written (what it is; mark_complete adds its files).
+
+    Args:
+        filesystem: the pyarrow filesystem (resolve).
+        folder: the folder being written.
+        what: what the output is.
+    """
     write_bytes(filesystem, join(folder, OWNER_MARKER), f"{what}, written by caspar-trainer; replaced as a whole\n".encode())
 
 
 def mark_complete(filesystem: pafs.FileSystem, folder: str, uri: str) -> None:
-    """The owner marker lists every file of the finished folder: a later job replaces the folder
-    only if it holds nothing else (a file a user put there is never deleted)."""
+    """Lists every file of the finished folder in its owner marker: a later job replaces the folder
+    only if it holds nothing else (a file a user put there is never deleted).
+
+    Args:
+        filesystem: the pyarrow filesystem (resolve).
+        folder: the finished folder.
+        uri: the folder as the user gave it, for messages.
+    """
     marker = join(folder, OWNER_MARKER)
     with filesystem.open_input_stream(marker) as stream:
         header = stream.read().decode().splitlines()[0]
@@ -146,11 +250,22 @@ def mark_complete(filesystem: pafs.FileSystem, folder: str, uri: str) -> None:
 
 @contextlib.contextmanager
 def replacing_objects(filesystem: pafs.FileSystem, path: str, uri: str, what: str, last: str) -> Iterator[str]:
-    """Yields a staging prefix beside `path`; when the block succeeds, its objects are copied
-    under `path`, `last` (the object that makes the output whole, e.g. its manifest) after every
-    other, and only then are the objects of the previous version that the new one does not have
-    deleted. An object store has no rename: a reader that follows `last` (which names the other
-    objects) sees the old or the new version; a failed copy leaves the old one whole."""
+    """A staging prefix beside `path`; when the block succeeds, its objects are copied under `path`,
+    `last` (the object that makes the output whole, e.g. its manifest) after every other, and only
+    then are the objects of the previous version that the new one does not have deleted. An object
+    store has no rename: a reader that follows `last` (which names the other objects) sees the old
+    or the new version; a failed copy leaves the old one whole.
+
+    Args:
+        filesystem: the pyarrow filesystem (resolve).
+        path: the output's prefix.
+        uri: the output as the user gave it, for messages.
+        what: what the output is (its owner marker says it).
+        last: the object copied last.
+
+    Yields:
+        The staging prefix to write into.
+    """
     staging = f"{path}.staging-{uuid.uuid4().hex[:8]}"
     try:
         filesystem.create_dir(staging)  # and the bucket, if it is missing
@@ -168,7 +283,12 @@ def replacing_objects(filesystem: pafs.FileSystem, path: str, uri: str, what: st
 
 
 def remove(filesystem: pafs.FileSystem, path: str) -> None:
-    """Deletes a folder or prefix if it is there; a failure to delete is not an error."""
+    """Deletes a folder or prefix if it is there; a failure to delete is not an error.
+
+    Args:
+        filesystem: the pyarrow filesystem (resolve).
+        path: the folder or prefix.
+    """
     try:
         if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
             filesystem.delete_dir(path)
@@ -180,11 +300,21 @@ def remove(filesystem: pafs.FileSystem, path: str) -> None:
 
 @contextlib.contextmanager
 def replacing(path: str, what: str) -> Iterator[str]:
-    """Yields an empty staging folder beside `path`; when the block succeeds, the staging folder
-    takes `path`'s place in one atomic step (readers see the old or the new version, never a
-    missing or mixed one). One writer at a time: a second is refused with a StorageError. Staging
-    folders that a killed run left behind are removed by the next run. The new folder holds the
-    owner marker (see check_owned, which the caller runs first)."""
+    """An empty staging folder beside `path`; when the block succeeds, the staging folder takes
+    `path`'s place in one atomic step (readers see the old or the new version, never a missing or
+    mixed one). Staging folders that a killed run left behind are removed by the next run. The new
+    folder holds the owner marker (see check_owned, which the caller runs first).
+
+    Args:
+        path: the local output folder (a symbolic link stays; its target is replaced).
+        what: what the output is (its owner marker says it).
+
+    Yields:
+        The staging folder to write into.
+
+    Raises:
+        StorageError: another job is writing the same output (one writer at a time).
+    """
     path = os.path.realpath(path)  # a symbolic link (e.g. into MegaMek's data/ai/brains/) stays; its target is replaced
     parent, name = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
@@ -207,9 +337,19 @@ def replacing(path: str, what: str) -> Iterator[str]:
 @contextlib.contextmanager
 def exclusive_lock(lock_path: str, busy: str | None = None) -> Iterator[None]:
     """An flock on `lock_path`, removed when done (filelock would leave the file beside every output;
-    removing it while still holding it needs the same-file check below). If another process holds it: a StorageError
-    saying `busy`, or without `busy`, wait for it. A process killed while holding it leaves the
-    file, but not the lock (it ends with the process)."""
+    removing it while still holding it needs the same-file check below). A process killed while
+    holding it leaves the file, but not the lock (it ends with the process).
+
+    Args:
+        lock_path: the lock file.
+        busy: the message when another process holds it (None: wait for it instead).
+
+    Yields:
+        Nothing, while the lock is held.
+
+    Raises:
+        StorageError: another process holds it and `busy` is given.
+    """
     while True:
         lock = open(lock_path, "a")  # noqa: SIM115  (held past this block)
         try:
@@ -240,7 +380,12 @@ _AT_FDCWD = -100
 
 
 def exchange(source: str, target: str) -> None:
-    """Atomically put `source` at `target`; the old `target` (if any) ends up at `source`."""
+    """Atomically puts `source` at `target`; the old `target` (if any) ends up at `source`.
+
+    Args:
+        source: the new folder.
+        target: where it goes.
+    """
     if not os.path.lexists(target):
         os.rename(source, target)
         return
