@@ -14,6 +14,16 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score  #
 
 
 def metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str) -> dict[str, float]:
+    """MSE, MAE and R² of predictions.
+
+    Args:
+        y_true: [rows] rewards.
+        y_pred: [rows] predictions.
+        prefix: the metrics' names' start ("test": test_mse, test_mae, test_r2).
+
+    Returns:
+        {prefix_mse, prefix_mae, prefix_r2}.
+    """
     return {f"{prefix}_mse": float(mean_squared_error(y_true, y_pred)),
             f"{prefix}_mae": float(mean_absolute_error(y_true, y_pred)),
             f"{prefix}_r2": float(r2_score(y_true, y_pred))}
@@ -26,7 +36,7 @@ BASELINE_LIGHTGBM = {"verbose": -1, "deterministic": True, "force_row_wise": Tru
 
 
 def baseline_parameters() -> dict[str, str]:
-    """The baselines' recipe, for a run's MLflow parameters."""
+    """Returns the baselines' recipes and library versions, for a run's MLflow parameters."""
     import lightgbm
     import sklearn
 
@@ -36,7 +46,18 @@ def baseline_parameters() -> dict[str, str]:
 
 
 def baselines(x_train, y_train, x_test, y_test, seed: int = 0) -> dict[str, float]:
-    """Always predicting the train mean, and GBDT and LightGBM with their defaults, on the same features."""
+    """Always predicting the train mean, and GBDT and LightGBM with their defaults, on the same features.
+
+    Args:
+        x_train: [rows, features] the rows the baselines are fitted on (normalised as the model's).
+        y_train: [rows] their rewards.
+        x_test: [test rows, features].
+        y_test: [test rows] rewards.
+        seed: the GBDTs' seed.
+
+    Returns:
+        Their test metrics: baseline_mean_test_*, baseline_gbdt_test_*, baseline_lightgbm_test_*.
+    """
     import lightgbm
 
     mean = np.full(len(y_test), float(np.mean(y_train)))
@@ -47,17 +68,37 @@ def baselines(x_train, y_train, x_test, y_test, seed: int = 0) -> dict[str, floa
 
 
 def own_trees(model):
-    """The model's TreeEnsemble layer, or None for a network without trees."""
+    """The trees of a model.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        Its TreeEnsemble layer, or None for a network without trees.
+    """
     from caspar.model.layers import TreeEnsemble
 
     return next((layer for layer in model.layers if isinstance(layer, TreeEnsemble)), None)
 
 
 def scorecard(model, normalizer, x_fit, y_fit, x_test, y_test, seed: int = 0, members=None) -> dict[str, float]:
-    """Test metrics of the model and of every baseline fitted on the model's own rows (raw
-    `x_fit`, `y_fit`): the train mean, GBDT and LightGBM with defaults, the model's own trees alone
-    (clipped to [0, 1] as the model's output is), and each of its tree models alone (`members`:
-    {name: fitted model}, e.g. baseline_trees_lightgbm_test_r2)."""
+    """Test metrics of the model and of every baseline fitted on the model's own rows.
+
+    Args:
+        model: the Keras model (normalised inputs).
+        normalizer: its Normalizer.
+        x_fit: [rows, features] raw, the rows the model's trees were fitted on.
+        y_fit: [rows] their rewards.
+        x_test: [test rows, features] raw.
+        y_test: [test rows] rewards.
+        seed: the baselines' seed.
+        members: {name: fitted tree model} scored alone too (None: none).
+
+    Returns:
+        test_* of the model; baseline_* of the train mean, GBDT and LightGBM with defaults, the
+        model's own trees alone (clipped to [0, 1] as the model's output is) and each member
+        (e.g. baseline_trees_lightgbm_test_r2).
+    """
     n_fit, n_test = normalizer.transform(x_fit), normalizer.transform(x_test)
     results = {**metrics(y_test, predict(model, n_test), "test"), **baselines(n_fit, y_fit, n_test, y_test, seed)}
     trees = own_trees(model)
@@ -75,6 +116,8 @@ SAME_R2 = 5e-5  # R² this close to a baseline's is the same figure (the trees a
 
 @dataclass
 class Verdict:
+    """What the scores say of a model: refused (not registered, not exported), worse than its own
+    trees (registered with a warning), or good; and why, in words."""
     kind: str  # REFUSED: not registered, not exported; WORSE_THAN_TREES: registered with a warning
     message: str = ""  # the warning or the refusal, if any
     reason: str = ""  # what was measured: the baselines beaten and not beaten (the tag caspar.verdict_reason)
@@ -86,6 +129,15 @@ BASELINE_NAMES = {"baseline_trees_test_r2": "its own trees", "baseline_trees_skl
 
 
 def verdict(results: dict[str, float]) -> Verdict:
+    """Judges a model by its test R² against its baselines.
+
+    Args:
+        results: the scorecard's metrics.
+
+    Returns:
+        REFUSED unless it beats always predicting the train mean; WORSE_THAN_TREES below its own
+        trees alone; else GOOD; with the baselines it beats and does not beat.
+    """
     r2, mean = results["test_r2"], results["baseline_mean_test_r2"]
     compared = [(name, results[key]) for key, name in BASELINE_NAMES.items() if key in results]
     beaten = [f"{name} {value:.4f}" for name, value in compared if r2 > value + SAME_R2]
@@ -105,14 +157,29 @@ def verdict(results: dict[str, float]) -> Verdict:
 
 
 def in_words(verdict: Verdict) -> str:
-    """The verdict's comparison as a sentence: the baselines the model beats on the test games, and those it does not."""
+    """The verdict's comparison as a sentence.
+
+    Args:
+        verdict: a Verdict.
+
+    Returns:
+        The baselines the model beats on the test games, and those it does not.
+    """
     return (verdict.reason.replace("test R²", "on the test games, test R²", 1).replace("; beats ", ": better than ", 1)
             .replace("; equals ", "; the same as ", 1).replace("; does not beat ", "; not better than ", 1)
             + " (each fitted on the same rows)")
 
 
 def summary_line(results: dict[str, float], fit_on: str = "train") -> str:
-    """The model's test R² beside its baselines, all fitted on the same rows."""
+    """The model's test figures beside its baselines', all fitted on the same rows.
+
+    Args:
+        results: the scorecard's metrics.
+        fit_on: the run's --fit-on ("all": the figures are of the same recipes fitted on train + validation).
+
+    Returns:
+        One line.
+    """
     trees = f"own trees alone {results['baseline_trees_test_r2']:.4f}, " if "baseline_trees_test_r2" in results else ""
     light = f"LightGBM {results['baseline_lightgbm_test_r2']:.4f}, " if "baseline_lightgbm_test_r2" in results else ""
     how = " (trees fitted on every game; the figures are the same recipe's fitted on train + validation)" \
@@ -123,10 +190,19 @@ def summary_line(results: dict[str, float], fit_on: str = "train") -> str:
 
 
 def gain_by_game(y: np.ndarray, before: np.ndarray, after: np.ndarray, games: np.ndarray) -> dict:
-    """How much `after` lowers the squared error of `before`, game by game (all [rows]): the mean of
-    the games' differences, its standard error, the games, and whether the mean is more than twice
-    its standard error (beyond_noise). Choosing among many candidates on a few games favours a lucky
-    one; a change counts only when the games agree it helps."""
+    """How much `after` lowers the squared error of `before`, game by game. Choosing among many
+    candidates on a few games favours a lucky one; a change counts only when the games agree it helps.
+
+    Args:
+        y: [rows] rewards.
+        before: [rows] predictions without the change (e.g. the trees alone).
+        after: [rows] predictions with it.
+        games: [rows] the game of each row.
+
+    Returns:
+        {"mean": the mean of the games' differences, "standard_error": its standard error,
+        "games": how many, "beyond_noise": whether the mean is more than twice its standard error}.
+    """
     worse, better = (before - y) ** 2, (after - y) ** 2
     names = np.unique(games)
     gains = np.array([np.mean(worse[games == g] - better[games == g]) for g in names])
@@ -138,18 +214,39 @@ def gain_by_game(y: np.ndarray, before: np.ndarray, after: np.ndarray, games: np
 class WeightedTrees:
     """The trees alone as their own libraries compute them: clip(sum of weight x model.predict(x), 0, 1),
     what the compiled TreeEnsemble layer computes (a test holds them within 1e-5), in C++ instead of
-    TensorFlow's graph: the permutation importance's many predictions in a fraction of the time."""
+    TensorFlow's graph: the permutation importance's many predictions in a fraction of the time.
+
+    Args:
+        weighted: (fitted tree model, weight) per member.
+    """
 
     def __init__(self, weighted: list[tuple[object, float]]):
         self.weighted = weighted
 
     def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
-        """[rows, features] -> [rows, 1], as a Keras model's predict_on_batch (caspar.training.evaluate.predict)."""
+        """As a Keras model's predict_on_batch (caspar.training.evaluate.predict).
+
+    Args:
+        x: [rows, features] normalised.
+
+    Returns:
+        [rows, 1] predictions.
+    """
         total = sum(weight * model.predict(x) for model, weight in self.weighted)
         return np.clip(total, 0.0, 1.0).reshape(-1, 1)
 
 
 def predict(model, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """A model's predictions, a batch at a time.
+
+    Args:
+        model: a Keras model, or anything with predict_on_batch (WeightedTrees).
+        x: [rows, features] normalised.
+        batch_size: rows per call.
+
+    Returns:
+        [rows] predictions.
+    """
     # predict_on_batch reuses the compiled function without predict()'s per-call set-up (~50 ms),
     # which dominated the permutation importance's dozens of calls
     batches = [model.predict_on_batch(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
@@ -159,8 +256,19 @@ def predict(model, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
 def group_importance(model, x_val: np.ndarray, y_val: np.ndarray, groups: list[tuple[str, int]],
                      seed: int = 0, progress=None) -> dict[str, float]:
     """Permutation importance per feature group (one registered feature or block): the rise in
-    validation MSE when the group's columns are shuffled together across rows. `progress`: called
-    with the number of groups done after each."""
+    MSE when the group's columns are shuffled together across rows.
+
+    Args:
+        model: a Keras model, or anything with predict_on_batch.
+        x_val: [rows, features] normalised.
+        y_val: [rows] rewards.
+        groups: (name, width) of each group, in column order.
+        seed: the shuffle's seed.
+        progress: called with the number of groups done after each (or None).
+
+    Returns:
+        {group name: the rise in MSE}.
+    """
     rng = np.random.default_rng(seed)
     base = float(np.mean((predict(model, x_val) - y_val) ** 2))
     order = rng.permutation(len(x_val))
@@ -176,7 +284,12 @@ def group_importance(model, x_val: np.ndarray, y_val: np.ndarray, groups: list[t
 
 
 def plot_learning_curve(losses: dict[str, list[float]], path: str) -> None:
-    """The training and validation loss per epoch (`losses`: a History's), as a PNG at `path`."""
+    """Draws the training and validation loss per epoch.
+
+    Args:
+        losses: a History's losses.
+        path: the PNG to write.
+    """
     figure, axis = plt.subplots(figsize=(6, 4))
     for key in ("loss", "val_loss"):
         if key in losses:
@@ -189,6 +302,13 @@ def plot_learning_curve(losses: dict[str, list[float]], path: str) -> None:
 
 
 def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, path: str) -> None:
+    """Draws predicted against actual rewards.
+
+    Args:
+        y_true: [rows] rewards.
+        y_pred: [rows] predictions.
+        path: the PNG to write.
+    """
     figure, axis = plt.subplots(figsize=(5, 5))
     axis.scatter(y_true, y_pred, s=4, alpha=0.4)
     axis.plot([0, 1], [0, 1], color="grey", linewidth=1)
@@ -200,6 +320,13 @@ def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, path: str) -> None:
 
 
 def plot_importance(importance: dict[str, float], path: str, top: int = 25) -> None:
+    """Draws the largest permutation importances.
+
+    Args:
+        importance: {group: rise in MSE} (group_importance).
+        path: the PNG to write.
+        top: how many groups.
+    """
     ranked = sorted(importance.items(), key=lambda item: item[1], reverse=True)[:top]
     figure, axis = plt.subplots(figsize=(7, 0.3 * len(ranked) + 1.2))
     axis.barh([name for name, _ in ranked][::-1], [value for _, value in ranked][::-1])
