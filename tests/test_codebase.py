@@ -82,7 +82,7 @@ def test_the_library_prints_nothing_itself():
 DOCUMENTED = ["caspar/__init__.py", "caspar/model/trees.py", "caspar/model/crossfit.py", "caspar/model/normalization.py",
               "caspar/training/fit.py", "caspar/runtime.py", "caspar/tracking.py", "caspar/progress.py",
               "caspar/artifacts.py", "caspar/training/registry.py", "caspar/errors.py", "caspar/storage.py",
-              "caspar/training/evaluate.py"]
+              "caspar/training/evaluate.py", "caspar/tuning/ensemble.py"]
 
 
 def test_documented_modules_say_what_every_public_function_takes_and_returns():

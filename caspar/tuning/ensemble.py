@@ -36,6 +36,7 @@ class Member:
 
     @property
     def name(self) -> str:
+        """Its name in figures and metrics (its recipe's)."""
         return self.recipe.name
 
 
@@ -52,6 +53,9 @@ class NetworkCandidate:
 
 @dataclass
 class Ensemble:
+    """What a study ships: its tree recipes weighted by ensemble selection on their out-of-fold
+    predictions, and a share of the best network trial where it beats the trees beyond the noise
+    of the validation games."""
     members: list[Member]
     tree_weights: np.ndarray  # [members], sum 1: the tree recipes' ensemble
     network: NetworkCandidate | None = None
@@ -76,10 +80,11 @@ class Ensemble:
             best_val_loss=self.val_loss if self.val_loss is not None else history.best_val_loss)
 
     def shipped(self) -> list[tuple[Member, float]]:
+        """Returns (member, weight) of each member with a weight."""
         return [(m, float(w)) for m, w in zip(self.members, self.weights) if w > 0]
 
     def description(self) -> dict:
-        """What ships, as logged with the best run (ensemble.json)."""
+        """Returns what ships, as logged with the best run (ensemble.json)."""
         network = None
         if self.network is not None and self.network_share > 0:
             network = {"trial_id": self.network.trial_id, "share": self.network_share,
@@ -90,7 +95,7 @@ class Ensemble:
                 "candidates": {"tree_recipes": len(self.members), "network": self.network is not None}}
 
     def lines(self) -> list[str]:
-        """What ships, in words: the recipes and their weights, the network if one ships."""
+        """Returns what ships, in words: the recipes and their weights, the network if one ships."""
         def recipe(m: Member, w: float) -> str:
             r = m.recipe
             what = "default" if m.trial_id is None else f"trial {m.trial_id}"
@@ -115,10 +120,19 @@ class Ensemble:
 
 
 def members_of(stage, results, folds: int) -> list[Member]:
-    """The study's default recipes (from its cross-fitted trees) and every tree trial that finished:
-    all `folds` folds (its last checkpoint's out-of-fold predictions) and its fit on every row (a
-    trial the time budget cut off before that is left out: fitting it here would hold up the
-    study), in the trials' order."""
+    """The candidates of the study's ensemble.
+
+    Args:
+        stage: the study's Stage (its default recipes, cross-fitted).
+        results: Ray Tune's ResultGrid of the search.
+        folds: the game folds a recipe trial fits.
+
+    Returns:
+        The default recipes, then every tree trial that finished all `folds` folds (its last
+        checkpoint's out-of-fold predictions, [tree rows]) and its fit on every row, in the trials'
+        order (a trial the time budget cut off before that is left out: fitting it here would hold
+        up the study).
+    """
     from caspar.tuning.trial import OUT_OF_FOLD_FILE, recipe_of, saved_model
 
     crossed = stage.crossed
@@ -139,14 +153,32 @@ def members_of(stage, results, folds: int) -> list[Member]:
 
 
 def choose(members: list[Member], y: np.ndarray) -> np.ndarray:
-    """The tree recipes' weights: ensemble selection on their out-of-fold predictions of `y` [tree rows]."""
+    """The tree recipes' weights: ensemble selection on their out-of-fold predictions.
+
+    Args:
+        members: the candidates.
+        y: [tree rows] rewards.
+
+    Returns:
+        [members] weights, sum 1.
+    """
     return ensemble_weights(np.stack([m.out_of_fold for m in members], axis=1), y)
 
 
 def network_share(trees_val: np.ndarray, network: NetworkCandidate, y_val: np.ndarray,
                   val_games: np.ndarray) -> tuple[float, dict]:
-    """(share, gain): ensemble selection between the trees and the network on the validation rows;
-    the share is 0 unless the mix lowers the trees' squared error beyond the validation games' noise."""
+    """Ensemble selection between the trees and the network on the validation rows.
+
+    Args:
+        trees_val: [validation rows] the trees' predictions (out of fold where they were fitted on them).
+        network: the best network trial.
+        y_val: [validation rows] rewards.
+        val_games: [validation rows] the game of each row.
+
+    Returns:
+        (share, gain): the network's share, 0 unless the mix lowers the trees' squared error beyond
+        the validation games' noise; and that gain, game by game (evaluate.gain_by_game).
+    """
     share = float(ensemble_weights(np.stack([trees_val, network.val_prediction], axis=1), y_val)[1])
     mix = (1 - share) * trees_val + share * network.val_prediction
     gain = evaluate.gain_by_game(y_val, trees_val, mix, val_games)
