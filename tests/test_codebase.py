@@ -1,5 +1,6 @@
 """The shape of the code: the stages of the pipeline as packages, no import running back up."""
 import ast
+import re
 
 from conftest import ROOT
 
@@ -82,7 +83,14 @@ def test_the_library_prints_nothing_itself():
 DOCUMENTED = ["caspar/__init__.py", "caspar/model/trees.py", "caspar/model/crossfit.py", "caspar/model/normalization.py",
               "caspar/training/fit.py", "caspar/runtime.py", "caspar/tracking.py", "caspar/progress.py",
               "caspar/artifacts.py", "caspar/training/registry.py", "caspar/errors.py", "caspar/storage.py",
-              "caspar/training/evaluate.py", "caspar/tuning/ensemble.py"]
+              "caspar/training/evaluate.py", "caspar/tuning/ensemble.py",
+              "caspar/tuning/search.py"]
+
+
+# Methods a framework calls (Ray Tune's callbacks, schedulers and Trainable, Keras's layers and
+# callbacks): their contract is the framework's documentation.
+FRAMEWORK_HOOKS = re.compile(r"^(on_\w+|debug_string|set_search_properties|setup|step|save_checkpoint|load_checkpoint|"
+                             r"reset_config|cleanup|call|build|get_config|compute_output_shape)$")
 
 
 def test_documented_modules_say_what_every_public_function_takes_and_returns():
@@ -95,7 +103,7 @@ def test_documented_modules_say_what_every_public_function_takes_and_returns():
         public += [method for node in public if isinstance(node, ast.ClassDef) for method in node.body
                    if isinstance(method, ast.FunctionDef)]  # a module's functions and classes, and their methods
         for node in public:
-            if node.name.startswith("_"):
+            if node.name.startswith("_") or (node not in tree.body and FRAMEWORK_HOOKS.match(node.name)):
                 continue
             doc = ast.get_docstring(node) or ""
             if not doc:

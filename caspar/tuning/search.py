@@ -17,13 +17,26 @@ LIGHTGBM_ONLY = ("tree_row_fraction",)  # scikit-learn's histogram GBDT has no b
 
 
 def layers_text(layers: list[int]) -> str:
-    """Hidden layers as one choice of Optuna's (its choices are numbers and strings): [256, 256] -> "256x256"."""
+    """Hidden layers as one choice of Optuna's (its choices are numbers and strings).
+
+    Args:
+        layers: units per hidden layer, e.g. [256, 256].
+
+    Returns:
+        "256x256".
+    """
     return "x".join(map(str, layers))
 
 
 def distribution(domain: tuple):
-    """An Optuna distribution of a search domain (caspar.config: ("choice", values), ("uniform", low,
-    high) or ("loguniform", low, high))."""
+    """An Optuna distribution of a search domain.
+
+    Args:
+        domain: caspar.config's ("choice", values), ("uniform", low, high) or ("loguniform", low, high).
+
+    Returns:
+        Optuna's CategoricalDistribution or FloatDistribution.
+    """
     import optuna
 
     kind, *args = domain
@@ -33,12 +46,29 @@ def distribution(domain: tuple):
 
 
 def read(name: str, value):
-    """A sampled value as the Hyperparameters field takes it."""
+    """A sampled value as the Hyperparameters field takes it.
+
+    Args:
+        name: the field.
+        value: Optuna's value ("256x256" for hidden_layers).
+
+    Returns:
+        The field's value ([256, 256]).
+    """
     return [int(units) for units in value.split("x")] if name == "hidden_layers" else value
 
 
 def searched_names(space: dict[str, tuple], kind: str, learner: str | None = None) -> list[str]:
-    """The fields a trial of `kind` samples (for a tree recipe of `learner`, the ones it reads)."""
+    """The fields a trial samples.
+
+    Args:
+        space: the study's search space.
+        kind: "trees" or "network".
+        learner: a tree recipe's learner (the ones it reads), or None.
+
+    Returns:
+        The fields' names, in the space's order.
+    """
     return [name for name in space if trial_kind(name) == kind and not (learner != "lightgbm" and name in LIGHTGBM_ONLY)]
 
 
@@ -70,9 +100,17 @@ class ConditionalSpace:
 
 
 def searcher(config: TuneConfig, earlier: tuple[list[dict], list[float]] = ([], [])):
-    """Seeded TPE (Optuna) over the study's conditional space. `earlier`: configurations of an earlier
-    study (their sampled fields, kind included) and their results, which TPE is told before it
-    proposes (--warm-start)."""
+    """Seeded TPE (Optuna) over the study's conditional space; its first trials are random draws in
+    which the kinds take turns.
+
+    Args:
+        config: the study's options (its space, seed).
+        earlier: configurations of an earlier study (their sampled fields, kind included) and their
+            results, which TPE is told before it proposes (--warm-start).
+
+    Returns:
+        Ray Tune's OptunaSearch.
+    """
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -98,8 +136,19 @@ STARTUP_TRIALS = 10
 
 def earlier_trials(config: TuneConfig, experiment: str) -> tuple[list[dict], list[float]]:
     """The best finished trials of the study --warm-start names whose configuration this search
-    space holds: (their kind and sampled fields, their best validation losses). A trial of a study
-    from before trees were trials is a network."""
+    space holds (a trial of a study from before trees were trials is a network).
+
+    Args:
+        config: the study's options (warm_start, its space).
+        experiment: the experiment's id.
+
+    Returns:
+        (their kind and sampled fields, their best validation losses), best first, at most
+        WARM_START_TRIALS.
+
+    Raises:
+        UserError: no study of that name with finished trials.
+    """
     import mlflow
 
     from caspar.config import Hyperparameters, parse_logged
@@ -123,6 +172,15 @@ def earlier_trials(config: TuneConfig, experiment: str) -> tuple[list[dict], lis
 
 
 def in_domain(value, domain: tuple) -> bool:
+    """Whether a value lies in a search domain.
+
+    Args:
+        value: a field's value (None: no).
+        domain: ("choice", values), ("uniform", low, high) or ("loguniform", low, high).
+
+    Returns:
+        True if the domain holds it.
+    """
     kind, *args = domain
     if value is None:
         return False
@@ -133,7 +191,15 @@ def scheduler(config: TuneConfig, folds: int):
     """ASHA for each kind of trial, each on its own clock: a network's epochs, a recipe's game folds.
     A recipe's out-of-fold error after its first folds (over every row predicted so far) ranks it
     as a network's validation loss after its first epochs does; the two kinds are never ranked
-    against each other here (TPE compares them, on the validation games)."""
+    against each other here (TPE compares them, on the validation games).
+
+    Args:
+        config: the study's options (epochs, grace_period, reduction_factor).
+        folds: the game folds a recipe trial fits.
+
+    Returns:
+        A ByKind scheduler.
+    """
     return ByKind({
         "network": ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=config.epochs,
                                  grace_period=min(config.grace_period, config.epochs),
@@ -145,13 +211,25 @@ def scheduler(config: TuneConfig, folds: int):
 
 class ByKind(FIFOScheduler):
     """Hands each trial to the scheduler of its kind (its configuration's "kind"); runs trials in the
-    order the search proposed them."""
+    order the search proposed them.
+
+    Args:
+        schedulers: {kind: its scheduler}.
+    """
 
     def __init__(self, schedulers: dict):
         super().__init__()
         self.schedulers = schedulers
 
     def of(self, trial):
+        """The scheduler of a trial's kind.
+
+        Args:
+            trial: a Tune trial.
+
+        Returns:
+            The scheduler its configuration's "kind" names.
+        """
         return self.schedulers[trial.config.get("kind", "network")]
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
