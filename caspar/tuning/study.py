@@ -37,7 +37,14 @@ RETRIES_TAG = "trial_retries"  # on a trial's run: how often its worker was lost
 class TrialRuns(tune.Callback):
     """One MLflow run per trial, nested under the study's run, also across --resume: a trial that
     already has a run in this study continues it. A result's metrics (every epoch since the last
-    one) go in one synchronous batch, so that the trials waiting on the driver are not held."""
+    one) go in one synchronous batch, so that the trials waiting on the driver are not held.
+
+    Args:
+        tracking_uri: the tracking store.
+        experiment_id: the study's experiment.
+        study: the study's name (--run-name).
+        parent_run_id: the study's run.
+    """
 
     def __init__(self, tracking_uri: str, experiment_id: str, study: str, parent_run_id: str):
         self.tracking_uri, self.experiment_id, self.study, self.parent_run_id = \
@@ -46,6 +53,7 @@ class TrialRuns(tune.Callback):
         self.ended: set[str] = set()  # trials whose run has been ended
 
     def client(self) -> mlflow.MlflowClient:
+        """Returns an MlflowClient of the study's tracking store."""
         return mlflow.MlflowClient(self.tracking_uri)
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -90,6 +98,12 @@ class TrialRuns(tune.Callback):
                  f"last checkpoint (retry {trial.num_failures} of {trial.max_failures})")
 
     def end(self, trial, status: str) -> None:
+        """Ends a trial's run once, tagged with its status and how often it was started again.
+
+        Args:
+            trial: a Tune trial.
+            status: MLflow's run status (FINISHED, FAILED, KILLED).
+        """
         if trial.trial_id in self.runs and trial.trial_id not in self.__dict__.setdefault("ended", set()):
             retries = [RunTag(RETRIES_TAG, str(trial.num_failures))] if trial.num_failures else []
             self.client().log_batch(self.runs[trial.trial_id], tags=[RunTag("trial_status", status.lower()), *retries])
@@ -104,8 +118,17 @@ class TrialRuns(tune.Callback):
 
 
 def retried_trials(tracking_uri: str, experiment_id: str, study: str) -> int:
-    """How many of the study's trials were started again after losing their worker, from their runs'
-    tags (kept across --resume, where Tune's own callbacks are restored copies)."""
+    """How many of a study's trials were started again after losing their worker, from their runs'
+    tags (kept across --resume, where Tune's own callbacks are restored copies).
+
+    Args:
+        tracking_uri: the tracking store.
+        experiment_id: the study's experiment.
+        study: the study's name.
+
+    Returns:
+        The count.
+    """
     runs = mlflow.MlflowClient(tracking_uri).search_runs(
         [experiment_id], f"tags.study = {tracking.literal(study)} and tags.{RETRIES_TAG} LIKE '%'")
     return len(runs)
@@ -113,7 +136,12 @@ def retried_trials(tracking_uri: str, experiment_id: str, study: str) -> int:
 
 class TrialPrinter(tune.Callback):
     """Logs (caspar.tuning.study, INFO) one line per finished trial: its kind, its result and the best so far of its kind; between
-    them, a line now and then with the trials running and how far each is (a trial may take minutes)."""
+    them, a line now and then with the trials running and how far each is (a trial may take minutes).
+
+    Args:
+        config: the study's options (n_trials, epochs).
+        folds: the game folds a recipe trial fits.
+    """
 
     def __init__(self, config: TuneConfig, folds: int):
         self.trials, self.epochs, self.folds = config.n_trials, config.epochs, folds
@@ -150,15 +178,30 @@ class TrialPrinter(tune.Callback):
 
 
 def progress(result: dict) -> str:
-    """How far a running trial is: a network's epochs, a recipe's folds."""
+    """How far a running trial is.
+
+    Args:
+        result: its last result.
+
+    Returns:
+        "fold 3" for a recipe, "epoch 7" for a network.
+    """
     return f"fold {result['fold']}" if "fold" in result else f"epoch {result.get('epoch', 0)}"
 
 
 # --- After the search -------------------------------------------------------------------------------
 
 def prune_checkpoints(results, keep=None) -> int:
-    """Deletes every trial's checkpoints but `keep` (the shipped network's) once a study has ended
-    and its model is logged: a finished trial is never resumed. Returns how many were deleted."""
+    """Deletes every trial's checkpoints but one once a study has ended and its model is logged: a
+    finished trial is never resumed.
+
+    Args:
+        results: Ray Tune's ResultGrid.
+        keep: the checkpoint kept (the shipped network's), or None.
+
+    Returns:
+        How many were deleted.
+    """
     import pyarrow.fs as pafs
 
     deleted = 0
@@ -174,8 +217,16 @@ def prune_checkpoints(results, keep=None) -> int:
 
 
 def trial_intervals(results, since: float) -> tuple[list[tuple[float, float]], set[tuple[str, str]]]:
-    """When each trial of this session ran (time.time() seconds: from its first report less that
-    report's time, to its last report) and the (kind, node) pairs they ran on."""
+    """When each trial of this session ran, and where.
+
+    Args:
+        results: Ray Tune's ResultGrid.
+        since: the session's start (time.time()): earlier reports are a resumed study's.
+
+    Returns:
+        (intervals, nodes): each trial's (start, end) in time.time() seconds (from its first report
+        less that report's time and its set-up, to its last report), and the (kind, node) pairs.
+    """
     intervals, nodes = [], set()
     for result in results:
         frame = result.metrics_dataframe
@@ -193,9 +244,16 @@ def trial_intervals(results, since: float) -> tuple[list[tuple[float, float]], s
 
 
 def best_history(result, checkpoint_metrics: dict) -> History:
-    """The best trial's run up to its checkpoint, as `caspar.training.fit.fit` reports one: every epoch's
-    losses and learning rate, and the epoch of its best validation loss (0: its untrained model,
-    the trees alone)."""
+    """The best network trial's run up to its checkpoint, as `caspar.training.fit.fit` reports one.
+
+    Args:
+        result: the trial's Result.
+        checkpoint_metrics: the metrics its checkpoint was saved with.
+
+    Returns:
+        Its History: every epoch's losses and learning rate, and the epoch of its best validation
+        loss (0: its untrained model, the trees alone).
+    """
     frame = result.metrics_dataframe
     frame = frame[frame["epoch"] <= checkpoint_metrics["epoch"]]
     losses = {k: [v for values in frame[k + PER_EPOCH] for v in values] for k in EPOCH_METRICS if k + PER_EPOCH in frame}
@@ -214,13 +272,22 @@ class SearchSummary:
     kinds: dict[str, int] = field(default_factory=dict)  # trials per kind (network, trees)
 
     def metrics(self) -> dict[str, float]:
+        """Returns the summary as MLflow metrics."""
         return {"trials": self.trials, "stopped_early": self.stopped_early, "unfinished": self.unfinished,
                 "mean_trial_startup_seconds": self.mean_trial_startup_seconds,
                 **{f"trials_{kind}": count for kind, count in self.kinds.items()}}
 
 
 def completed(result, config: TuneConfig) -> bool:
-    """The trial ran to its end: a network all its epochs, a recipe all its folds."""
+    """Whether a trial ran to its end.
+
+    Args:
+        result: the trial's Result.
+        config: the study's options (epochs).
+
+    Returns:
+        True for a network that trained all its epochs, a recipe that fitted all its folds.
+    """
     metrics = result.metrics or {}
     if (result.config or {}).get("kind") == "trees":
         return metrics.get("fold", 0) >= (result.config or {}).get("tree_folds", 0)
@@ -228,6 +295,16 @@ def completed(result, config: TuneConfig) -> bool:
 
 
 def summarise(results, config: TuneConfig, session_started: float) -> SearchSummary:
+    """Figures of this session of the search.
+
+    Args:
+        results: Ray Tune's ResultGrid.
+        config: the study's options.
+        session_started: when this session's search began (time.time()).
+
+    Returns:
+        The SearchSummary: trials, stopped early, unfinished, start-up, CPU per phase, their processes.
+    """
     phases: dict[str, float] = dict.fromkeys(PHASES, 0.0)
     by_process: dict[int, dict] = {}
     startups = []
@@ -255,11 +332,22 @@ def summarise(results, config: TuneConfig, session_started: float) -> SearchSumm
 
 
 def log_study(results, cpu_parts: dict[str, float]) -> None:
+    """Logs to the active (study) run where the CPU went and the trials' losses over time.
+
+    Args:
+        results: Ray Tune's ResultGrid.
+        cpu_parts: CPU seconds per part (caspar.tuning.cpu).
+    """
     mlflow.log_metrics({f"cpu_share_{name}": value for name, value in cpu.shares(cpu_parts).items()})
     log_val_loss_plot(results)
 
 
 def log_val_loss_plot(results) -> None:
+    """Logs a plot of every trial's loss over the study's time to the active run.
+
+    Args:
+        results: Ray Tune's ResultGrid.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,7 +364,7 @@ def log_val_loss_plot(results) -> None:
         tree = (result.config or {}).get("kind") == "trees"
         axis.plot(frame["timestamp"] - start, frame[METRIC], linewidth=1, marker="s" if tree else ".",
                   color="tab:green" if tree else "tab:blue")
-    axis.set(xlabel="seconds since the study started", ylabel="validation loss (recipes: out-of-fold MSE)",
+    axis.set(xlabel="seconds since the study started", ylabel="validation loss (recipes: blended into the trees)",
              yscale="log", title="Trials over time: tree recipes (green), networks (blue)")
     figure.tight_layout()
     with tempfile.TemporaryDirectory() as folder:
@@ -317,6 +405,7 @@ class Study:
     retried: int = 0  # trials started again after their worker was lost (a process killed, a node gone)
 
     def lines(self) -> list[str]:
+        """Returns what the tune job prints at its end: the search's figures, what shipped, its scores."""
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.kinds.items()))
         lines = [
             f"{self.trials} trials ({kinds}) in {self.search_seconds:.0f} s of search: {self.stopped_early} stopped "
@@ -336,6 +425,7 @@ class Study:
                 tracking.ui_hint(self.tracking_uri, self.experiment_id)]
 
     def outcome_lines(self) -> list[str]:
+        """Returns what the study registered (or why nothing), and where it is stored."""
         if self.run_id is None:
             return [f"interrupted after {self.trials} trials: nothing registered; --resume continues the study "
                     "(with --register-partial, an interrupted study registers its best)"]
