@@ -98,7 +98,7 @@ class CpuMeter:
         parts["other"] = max(0.0, busy - sum(parts.values()))
         capacity = self.wall * (psutil.cpu_count() or 1)
         # The machine counts busy and idle by sampling at its clock ticks; the processes' own times
-        # are exact. Under load they can disagree by a few percent (work that runs between two ticks
+        # are exact. Under load they can disagree by a few percent (e.g. work that runs between two ticks
         # and sleeps before the next is counted idle), so where the processes measured more than the
         # machine counted busy, that much of its idle was in fact theirs.
         machine_idle = self.machine_end[1] - self.machine_start[1]
