@@ -84,7 +84,8 @@ DOCUMENTED = ["caspar/__init__.py", "caspar/model/trees.py", "caspar/model/cross
               "caspar/training/fit.py", "caspar/runtime.py", "caspar/tracking.py", "caspar/progress.py",
               "caspar/artifacts.py", "caspar/training/registry.py", "caspar/errors.py", "caspar/storage.py",
               "caspar/training/evaluate.py", "caspar/tuning/ensemble.py",
-              "caspar/tuning/search.py", "caspar/tuning/study.py"]
+              "caspar/tuning/search.py", "caspar/tuning/study.py", "caspar/tuning/trial.py", "caspar/tuning/tune.py",
+              "caspar/tuning/checks.py", "caspar/tuning/cpu.py"]
 
 
 # Methods a framework calls (Ray Tune's callbacks, schedulers and Trainable, Keras's layers and

@@ -283,10 +283,10 @@ def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tm
     assert "cluster-test" in [b["Name"] for b in s3_client(s3_endpoint).list_buckets()["Buckets"]]  # created by prepare
 
 
-def test_tpe_ranks_a_recipe_by_what_it_adds_to_the_studys_trees():
-    """A recipe's loss for TPE is the study's trees with it blended in at its best weight, on the
-    validation rows it has predicted: a copy of the trees adds nothing, the truth makes it 0, and a
-    recipe never makes the trees worse than they are alone."""
+def test_a_recipe_is_ranked_by_what_it_adds_to_the_studys_trees():
+    """A recipe's loss for ASHA (every row predicted so far) and TPE (the validation rows) is the
+    study's trees with it blended in at its best weight: a copy of the trees adds nothing, the truth
+    makes it 0, and a recipe never makes the trees worse than they are alone."""
     from types import SimpleNamespace
 
     from caspar.tuning.trial import Trial
@@ -295,23 +295,24 @@ def test_tpe_ranks_a_recipe_by_what_it_adds_to_the_studys_trees():
     n = 200
     y = rng.random(n)
     val = np.arange(n) >= 120
-    trees_val = y[val] + rng.normal(0, 0.1, val.sum())
+    trees = y + rng.normal(0, 0.1, n)  # the study's trees, out of fold
     trial = Trial.__new__(Trial)
-    trial.data = SimpleNamespace(tree_rows=SimpleNamespace(y=y, val=val), base=SimpleNamespace(val=trees_val[:, None]))
-    on_val = val.copy()
-    on_val[150:160] = False  # rows of a fold not fitted yet
-    trees_alone = float(np.mean((trees_val[on_val[val]] - y[on_val]) ** 2))
-    for recipe, expected in ((np.where(val, np.nan, 0.0), None), (y.copy(), 0.0)):
-        trial.out_of_fold = recipe
-        if expected is None:  # a copy of the trees
-            trial.out_of_fold[val] = trees_val
-            expected = trees_alone
-        assert trial.blended_val_loss(on_val) == pytest.approx(expected, abs=1e-12)
-    for seed in range(5):
-        trial.out_of_fold = y + np.random.default_rng(seed).normal(0, 0.3, n)
-        blended = trial.blended_val_loss(on_val)
-        alone = float(np.mean((trial.out_of_fold[on_val] - y[on_val]) ** 2))
-        assert blended <= min(trees_alone, alone) + 1e-12
+    trial.data = SimpleNamespace(tree_rows=SimpleNamespace(y=y, val=val, trees=trees))
+    predicted = np.ones(n, bool)
+    predicted[150:190] = False  # rows of a fold not fitted yet
+    for on in (predicted, predicted & val):
+        trees_alone = float(np.mean((trees[on] - y[on]) ** 2))
+        for recipe, expected in ((trees.copy(), trees_alone), (y.copy(), 0.0)):
+            trial.out_of_fold = np.where(predicted, recipe, np.nan)
+            assert trial.blended_loss(on) == pytest.approx(expected, abs=1e-12)
+        for seed in range(5):
+            trial.out_of_fold = np.where(predicted, y + np.random.default_rng(seed).normal(0, 0.3, n), np.nan)
+            blended = trial.blended_loss(on)
+            alone = float(np.mean((trial.out_of_fold[on] - y[on]) ** 2))
+            assert blended <= min(trees_alone, alone) + 1e-12
+            assert blended < alone  # a noisy recipe is worth less than its error alone says
+    trial.data = SimpleNamespace(tree_rows=SimpleNamespace(y=y, val=val, trees=None))  # no trees of the study's own
+    assert trial.blended_loss(predicted) == pytest.approx(float(np.mean((trial.out_of_fold[predicted] - y[predicted]) ** 2)))
 
 
 def test_the_summary_tells_trials_stopped_by_asha_from_trials_cut_off():

@@ -13,12 +13,27 @@ from caspar.runtime import in_ray_job
 
 
 def study_path(config: TuneConfig) -> str:
+    """Where a study is stored, as the user reads it.
+
+    Args:
+        config: the study's options (storage_path, run_name).
+
+    Returns:
+        --storage-path (or ./ray_results) joined with --run-name.
+    """
     return os.path.join(config.storage_path or default_storage(), config.run_name)
 
 
 def study_storage(config: TuneConfig):
-    """(filesystem, folder) of the study storage: a local folder, or s3:// through the same
-    filesystem (endpoint, credentials) as the datasets."""
+    """The study storage: a local folder, or s3:// through the same filesystem (endpoint,
+    credentials) as the datasets.
+
+    Args:
+        config: the study's options (storage_path).
+
+    Returns:
+        (filesystem, folder): a pyarrow filesystem and the path in it; (None, folder) for a local folder.
+    """
     if config.storage_path and storage.is_s3(config.storage_path):
         return storage.resolve(config.storage_path)
     return None, config.storage_path or default_storage()
@@ -30,7 +45,14 @@ def default_storage() -> str:
 
 
 def check_cpus(config: TuneConfig) -> None:
-    """A trial needs one node with --cpus-per-trial CPUs: without one, Ray would wait for it forever."""
+    """A trial needs one node with --cpus-per-trial CPUs: without one, Ray would wait for it forever.
+
+    Args:
+        config: the study's options (cpus_per_trial).
+
+    Raises:
+        UserError: no live node has that many CPUs.
+    """
     import ray
 
     largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
@@ -41,7 +63,14 @@ def check_cpus(config: TuneConfig) -> None:
 
 def check_new_study(config: TuneConfig) -> None:
     """A new study does not write into an earlier study's folder (it would replace its state), unless
-    --replace says to remove that study first."""
+    --replace says to remove that study first.
+
+    Args:
+        config: the study's options (storage_path, run_name, replace).
+
+    Raises:
+        UserError: a study of that name is stored and --replace was not given.
+    """
     import pyarrow.fs as pafs
 
     filesystem, folder = study_storage(config)
@@ -57,7 +86,14 @@ def check_new_study(config: TuneConfig) -> None:
 
 
 def check_storage(config: TuneConfig) -> None:
-    """A study on several nodes needs storage that every node reaches: refuse to guess one."""
+    """A study on several nodes needs storage that every node reaches: refuse to guess one.
+
+    Args:
+        config: the study's options (storage_path).
+
+    Raises:
+        UserError: several nodes and no --storage-path.
+    """
     import ray
 
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
@@ -72,12 +108,31 @@ STUDY_DEFINING = ("data", "n_trials", "epochs", "grace_period", "seed", "cpus_pe
 
 
 def study_parameters(config: TuneConfig) -> dict:
+    """What the study run logs as its parameters.
+
+    Args:
+        config: the study's options.
+
+    Returns:
+        Every option, and as trial_<field> each trial setting the search space does not sample.
+    """
     return dataclasses.asdict(config) | {f"trial_{k}": v for k, v in dataclasses.asdict(config.trial_hyperparameters()).items()
                                          if k not in config.space}
 
 
 def find_study_run(config: TuneConfig, experiment: str) -> str:
-    """The MLflow run of the study to resume; a UserError when there is nothing to resume."""
+    """The MLflow run of the study to resume.
+
+    Args:
+        config: the study's options (run_name, storage, its defining options).
+        experiment: the experiment's id.
+
+    Returns:
+        The study run's id.
+
+    Raises:
+        UserError: no such study stored, or one defined by other options (check_same_study).
+    """
     import mlflow
     from ray import tune
 
@@ -93,7 +148,15 @@ def find_study_run(config: TuneConfig, experiment: str) -> str:
 
 
 def check_same_study(config: TuneConfig, logged: dict[str, str]) -> None:
-    """A resumed study keeps the options that define it; another value is refused, not ignored."""
+    """A resumed study keeps the options that define it; another value is refused, not ignored.
+
+    Args:
+        config: the resumed study's options.
+        logged: the study run's logged parameters.
+
+    Raises:
+        UserError: an option of STUDY_DEFINING differs from the logged one.
+    """
     for name in STUDY_DEFINING:
         value = getattr(config, name)
         if name in logged and logged[name] != str(value):

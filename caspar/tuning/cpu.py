@@ -59,10 +59,17 @@ class CpuMeter:
         self.wall, self.machine_end = time.time() - self.started, machine_seconds()
 
     def run(self) -> None:
+        """The sampling thread: a sample every SAMPLE_SECONDS until the study ends."""
         while not self.stopping.wait(SAMPLE_SECONDS):
             self.sample()
 
     def sample(self, first: bool = False) -> None:
+        """Reads every process's CPU seconds.
+
+        Args:
+            first: the study's first sample (a process seen later started during the study: all its
+                time counts).
+        """
         for process in psutil.process_iter(["cmdline", "name", "cpu_times"]):
             times = process.info["cpu_times"]
             if times is None:
@@ -74,11 +81,27 @@ class CpuMeter:
             self.last[pid] = seconds
 
     def spent(self, pid: int) -> float:
+        """CPU seconds a process spent during the study.
+
+        Args:
+            pid: the process.
+
+        Returns:
+            Its last sample less its first (0 for a process never sampled).
+        """
         return max(0.0, self.last.get(pid, 0.0) - self.first.get(pid, 0.0))
 
     def breakdown(self, trial_phases: dict[str, float], worker_pids: set[int]) -> dict[str, float]:
-        """CPU seconds per part; `trial_phases`: what the trials reported (cpu_<phase> summed over
-        this session), `worker_pids`: the processes that ran trials."""
+        """CPU seconds of the machine per part over the study.
+
+        Args:
+            trial_phases: what the trials reported, CPU seconds per phase summed over this session.
+            worker_pids: the processes that ran trials.
+
+        Returns:
+            {part: CPU seconds}: trial_<phase>, trial_other, fit_tasks, driver, ray, other, idle
+            (they add up to capacity), and capacity (wall x CPUs) and machine_busy.
+        """
         driver = self.spent(os.getpid())
         workers = sum(self.spent(pid) for pid in worker_pids)
         others = {pid: name for pid, name in self.names.items() if pid not in worker_pids and pid != os.getpid()}
@@ -109,12 +132,27 @@ class CpuMeter:
 
 
 def shares(parts: dict[str, float]) -> dict[str, float]:
-    """Each part as a share of the capacity (wall time x CPUs)."""
+    """Each part as a share of the capacity (wall time x CPUs).
+
+    Args:
+        parts: CpuMeter.breakdown's figures.
+
+    Returns:
+        {part: share}, capacity and machine_busy left out.
+    """
     capacity = max(parts["capacity"], 1e-9)
     return {name: value / capacity for name, value in parts.items() if name not in ("capacity", "machine_busy")}
 
 
 def line(parts: dict[str, float]) -> str:
+    """Where the CPU went, in one line of the study's summary.
+
+    Args:
+        parts: CpuMeter.breakdown's figures.
+
+    Returns:
+        The line.
+    """
     share = shares(parts)
     setup = share["trial_setup"] + share["trial_worker_start"]
     return (f"CPU of this machine ({parts['capacity']:.0f} CPU-s): training steps {share['trial_training']:.2f}, "
@@ -125,10 +163,18 @@ def line(parts: dict[str, float]) -> str:
 
 
 def serial_share(intervals: list[tuple[float, float]], capacity: int, started: float, ended: float) -> float:
-    """The share of [started, ended] (time.time() seconds) in which fewer fits ran at once than the
-    cluster holds (`capacity`: trials or fit tasks at a time): the driver fitting, selecting,
-    refitting or logging alone, or a search with too few trials left. intervals: each fit's (start,
-    end) — a trial's or a Ray task's."""
+    """The share of a study's wall time in which fewer fits ran at once than the cluster holds: the
+    driver fitting, selecting, refitting or logging alone, or a search with too few trials left.
+
+    Args:
+        intervals: each fit's (start, end) in time.time() seconds, a trial's or a Ray task's.
+        capacity: the trials or fit tasks the cluster runs at a time.
+        started: the study's start (time.time()).
+        ended: its end.
+
+    Returns:
+        The share of [started, ended], 0 … 1.
+    """
     if ended <= started:
         return 0.0
     events = sorted([(max(s, started), 1) for s, e in intervals if e > s] + [(min(e, ended), -1) for s, e in intervals if e > s])

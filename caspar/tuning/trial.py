@@ -38,6 +38,7 @@ class StudyTrees:
     val: np.ndarray  # [validation rows, 1]
 
     def layer(self):
+        """Returns the trees as a TreeEnsemble layer (a new one each call: a trial's model owns it)."""
         from caspar.model.layers import TreeEnsemble
 
         return TreeEnsemble(**self.arrays)
@@ -51,9 +52,11 @@ class TreeRows:
     y: np.ndarray  # [rows]
     fold: np.ndarray  # [rows], 0 … folds-1 (caspar.model.crossfit.game_folds)
     val: np.ndarray  # [rows] bool: a validation row (the rows a network's loss is measured on)
+    trees: np.ndarray | None = None  # [rows] the study's trees' out-of-fold predictions (None: a study without trees)
 
     @property
     def folds(self) -> int:
+        """The game folds the rows are in."""
         return int(self.fold.max()) + 1
 
 
@@ -70,7 +73,18 @@ class StudyData:
 
     @classmethod
     def of(cls, stage, splits: dict, files: dict, folds: int, seed: int) -> StudyData:
-        """From the study's caspar.training.fit.Stage (its normalisation, its trees) and the dataset."""
+        """What the trials of a study train on.
+
+        Args:
+            stage: the study's caspar.training.fit.Stage (its normalisation, its trees).
+            splits: {name: (x [rows, features] raw, y [rows])}.
+            files: {name: [rows] the game of each row}.
+            folds: the game folds tree trials are cross-fitted in.
+            seed: the seed of the games' shuffle into folds.
+
+        Returns:
+            The StudyData: normalised rows, the study's trees, the tree rows with their folds.
+        """
         from caspar.model.crossfit import game_folds
         from caspar.training.fit import rows
 
@@ -81,20 +95,43 @@ class StudyData:
                 if stage.layer is not None else None)
         val = np.concatenate([np.full(len(splits[n][1]), n == "val") for n in stage.splits])
         return cls(norm(splits["train"][0]), splits["train"][1], norm(splits["val"][0]), splits["val"][1], base,
-                   TreeRows(norm(x_fit), y_fit, game_folds(groups, folds, seed), val))
+                   TreeRows(norm(x_fit), y_fit, game_folds(groups, folds, seed), val,
+                            stage.crossed.prediction if stage.crossed is not None else None))
 
     def trees_of(self, hp: Hyperparameters) -> StudyTrees | None:
-        """The trees a network of these hyperparameters corrects (none with hp.trees 0)."""
+        """The trees a network corrects.
+
+        Args:
+            hp: the network's hyperparameters.
+
+        Returns:
+            The study's trees, or None with hp.trees 0 (a network alone).
+        """
         return self.base if hp.trees else None
 
 
 def hyperparameters_of(config: dict) -> Hyperparameters:
-    """A trial's Hyperparameters from its configuration (its kind aside)."""
+    """A trial's settings as the Hyperparameters a train run takes.
+
+    Args:
+        config: the trial's configuration (Tune's).
+
+    Returns:
+        Its Hyperparameters, its "kind" left out.
+    """
     return Hyperparameters(**{k: v for k, v in config.items() if k != "kind"})
 
 
 def recipe_of(config: dict, name: str = ""):
-    """The tree recipe of a tree trial's configuration (tree_learners is one learner), named `name`."""
+    """The tree recipe of a tree trial.
+
+    Args:
+        config: the trial's configuration (tree_learners names one learner).
+        name: the recipe's label in figures and metrics.
+
+    Returns:
+        The Recipe.
+    """
     import dataclasses
 
     from caspar.model.trees import recipes
@@ -104,7 +141,14 @@ def recipe_of(config: dict, name: str = ""):
 
 
 def milestones(config: TuneConfig) -> set[int]:
-    """The epochs after which ASHA may stop a trial (grace period x reduction factor^k), and the last."""
+    """The epochs after which ASHA may stop a network trial.
+
+    Args:
+        config: the study's options (epochs, grace_period, reduction_factor).
+
+    Returns:
+        grace period x reduction factor^k below the last epoch, and the last.
+    """
     rungs, epoch = {config.epochs}, min(config.grace_period, config.epochs)
     while epoch < config.epochs:
         rungs.add(epoch)
@@ -131,14 +175,27 @@ class Trial(tune.Trainable):
         self.start(config)
 
     def attach(self, data: StudyData, milestones, report_seconds: float, node: str, worker_start_cpu: float = 0.0,
-               threads: int = 1):
-        """What the trial keeps across configurations (Tune reuses its process): the study's data, the
-        epochs it reports at, the node it runs on, and its process's CPU seconds per phase."""
+               threads: int = 1) -> None:
+        """What the trial keeps across configurations (Tune reuses its process).
+
+        Args:
+            data: the study's StudyData.
+            milestones: the epochs a network reports at (milestones()).
+            report_seconds: a network reports at least this often.
+            node: the Ray node it runs on.
+            worker_start_cpu: CPU seconds the process spent before the first trial.
+            threads: threads of its fits, if setup() has not set them.
+        """
         self.process_cpu = dict.fromkeys(PHASES, 0.0) | {"worker_start": worker_start_cpu}
         self.data, self.milestones, self.report_seconds, self.node = data, sorted(milestones), report_seconds, node
         self.threads = getattr(self, "threads", threads)
 
-    def start(self, config):
+    def start(self, config) -> None:
+        """Starts a configuration (the first of the process, or one Tune hands it next).
+
+        Args:
+            config: the trial's configuration.
+        """
         self.started, self.cpu_started, self.startup = time.perf_counter(), time.process_time(), None
         setup_started = time.process_time()
         self.kind = config.get("kind", NETWORK)
@@ -153,7 +210,12 @@ class Trial(tune.Trainable):
             self.start_network(hp)
         self.process_cpu["setup"] += time.process_time() - setup_started
 
-    def start_network(self, hp: Hyperparameters):
+    def start_network(self, hp: Hyperparameters) -> None:
+        """Builds and compiles a network trial's model and its batches, traced before training.
+
+        Args:
+            hp: the trial's hyperparameters.
+        """
         from caspar.model.callbacks import BestEpoch, StopAfterSeconds
         from caspar.training.fit import compiled_network, schedule_callbacks, tf_datasets, validation_loss
 
@@ -183,7 +245,12 @@ class Trial(tune.Trainable):
     def tree_step(self) -> dict:
         """One more game fold of the recipe (its rows predicted by a fit without them); after the
         last fold, the recipe fitted on every tree row (what ships if it gets a weight: fitted here,
-        in parallel with the other trials, not by the driver after the search)."""
+        in parallel with the other trials, not by the driver after the search).
+
+        Returns:
+            The result: fold, tree_step (ASHA's clock), oof_loss (ASHA's figure), best_val_loss
+            (TPE's), done.
+        """
         from caspar.model.crossfit import fold_prediction
         from caspar.model.trees import fit
 
@@ -195,33 +262,44 @@ class Trial(tune.Trainable):
         else:
             self.fitted = fit(self.recipe, rows.x, rows.y, threads=self.threads)
         predicted = ~np.isnan(self.out_of_fold)
-        error = (self.out_of_fold - rows.y) ** 2
         on_val = predicted & rows.val
-        # oof_loss: what ASHA ranks recipes by (every row predicted so far); best_val_loss: what TPE
-        # ranks every trial by, on the rows a network's loss is measured on (the validation games)
+        # oof_loss: what ASHA ranks recipes by, over every row predicted so far; best_val_loss: what
+        # TPE ranks every trial by, on the rows a network's loss is measured on (the validation
+        # games). Both are what the recipe adds to the study's trees, blended in at its best weight:
+        # a recipe is worth its place in the ensemble, not its error alone (a recipe worse alone
+        # than the study's but unlike them lowers the ensemble's error; one much like them does not)
         return {"fold": self.fold, "tree_step": self.fold + (self.fitted is not None),
-                "oof_loss": float(np.mean(error[predicted])),
-                "best_val_loss": self.blended_val_loss(on_val) if on_val.any() else float(np.mean(error[predicted])),
+                "oof_loss": self.blended_loss(predicted),
+                "best_val_loss": self.blended_loss(on_val if on_val.any() else predicted),
                 "done": self.fitted is not None, "should_checkpoint": True}
 
-    def blended_val_loss(self, on_val: np.ndarray) -> float:
-        """The validation games' MSE of the study's trees with this recipe blended in at its best
-        weight w in [0, 1]: what the recipe adds to the trees, as a network trial's loss is the trees
-        with its correction added. TPE ranks both kinds by what they add, so a recipe much like the
-        study's own ranks as the trees alone rather than beside them as a model of its own (which
-        favoured networks, the only kind that started from the trees). on_val: [tree rows] bool."""
-        rows, base = self.data.tree_rows, self.data.base
-        recipe, y = self.out_of_fold[on_val], rows.y[on_val]
-        if base is None:  # a study without trees of its own: the recipe alone
+    def blended_loss(self, on: np.ndarray) -> float:
+        """The MSE over the rows `on` of the study's trees with this recipe blended in at its best
+        weight w in [0, 1] (both out of fold), as a network trial's loss is the trees with its
+        correction added; the recipe alone in a study without trees of its own.
+
+        Args:
+            on: [tree rows] bool, rows this recipe has predicted.
+
+        Returns:
+            The blend's mean squared error on those rows.
+        """
+        rows = self.data.tree_rows
+        recipe, y = self.out_of_fold[on], rows.y[on]
+        if rows.trees is None:
             return float(np.mean((recipe - y) ** 2))
-        trees = np.full(len(rows.y), np.nan)
-        trees[rows.val] = base.val[:, 0]  # the study's trees' out-of-fold predictions of the validation rows
-        trees = trees[on_val]
+        trees = rows.trees[on]
         step, miss = recipe - trees, y - trees
         weight = float(np.clip(np.dot(step, miss) / max(float(np.dot(step, step)), 1e-12), 0.0, 1.0))
         return float(np.mean((trees + weight * step - y) ** 2))
 
     def network_step(self) -> dict:
+        """Trains up to the next milestone (or report_seconds).
+
+        Returns:
+            The result: the last epoch's losses, every epoch's since the last result, the best
+            validation loss so far and its epoch, done, and whether to checkpoint.
+        """
         train, val = self.batches
         until = next(m for m in self.milestones if m > self.epoch)
         history = self.model.fit(train, validation_data=val, initial_epoch=self.epoch, epochs=until,
@@ -284,7 +362,11 @@ def tensorflow_threads(threads: int) -> None:
     """TensorFlow imported, its thread pools sized to the trial's CPUs: at a process's first network
     trial (a process that runs only tree recipes never pays TensorFlow's start-up). The pools can
     be sized only before TensorFlow first runs: later trials of the process keep the first size,
-    which is the same (a study's trials all hold --cpus-per-trial)."""
+    which is the same (a study's trials all hold --cpus-per-trial).
+
+    Args:
+        threads: intra- and inter-op threads.
+    """
     import tensorflow as tf
 
     try:
@@ -299,7 +381,12 @@ def trace_training(trainer, batches) -> None:
     on one row of `batches` (batches like the training ones, not those: drawing from them would
     move their shuffling on), then every variable (weights, optimizer, metrics, dropout's random
     state) put back as it was. fit() then runs training steps only, and the trial counts the
-    tracing as set-up."""
+    tracing as set-up.
+
+    Args:
+        trainer: the compiled Keras model.
+        batches: a tf.data.Dataset of batches shaped as the training ones.
+    """
     state = [*trainer.variables, *trainer.optimizer.variables, *trainer.metrics_variables]
     saved = [variable.numpy() for variable in state]
     trainer.make_train_function()
@@ -309,7 +396,14 @@ def trace_training(trainer, batches) -> None:
 
 
 def saved_model(checkpoint_dir: str):
-    """A tree trial's recipe fitted on every tree row, from its checkpoint (None before its last step)."""
+    """A tree trial's recipe fitted on every tree row.
+
+    Args:
+        checkpoint_dir: the trial's checkpoint folder.
+
+    Returns:
+        The fitted model, or None before the trial's last step.
+    """
     path = os.path.join(checkpoint_dir, MODEL_FILE)
     if not os.path.exists(path):
         return None
@@ -318,14 +412,32 @@ def saved_model(checkpoint_dir: str):
 
 
 def saved_arrays(checkpoint_dir: str, name: str) -> list[np.ndarray]:
+    """Weights a checkpoint saved with np.savez.
+
+    Args:
+        checkpoint_dir: the checkpoint folder.
+        name: the file (WEIGHTS_FILE, BEST_WEIGHTS_FILE).
+
+    Returns:
+        The arrays, in the order they were saved.
+    """
     with np.load(os.path.join(checkpoint_dir, name)) as saved:
         return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
 def load_best_model(checkpoint_dir: str, config: dict, data: StudyData, trees=None):
     """The network (its model is what the game runs, trees included) of a trial's checkpoint, with
-    the weights of the trial's best epoch up to then. `config`: the trial's; `trees`: a
-    TreeEnsemble layer in place of the study's (the network's weights are the same)."""
+    the weights of the trial's best epoch up to then.
+
+    Args:
+        checkpoint_dir: the trial's checkpoint folder.
+        config: the trial's configuration.
+        data: the study's StudyData.
+        trees: a TreeEnsemble layer in place of the study's (the network's weights are the same), or None.
+
+    Returns:
+        The caspar.model.network.Network.
+    """
     from caspar.model.network import build_network
 
     hp = hyperparameters_of(config)

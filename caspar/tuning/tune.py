@@ -54,8 +54,21 @@ log = logging.getLogger(__name__)  # the jobs' shell prints its INFO lines (casp
 
 
 def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) -> Study:
-    """Run the study; without `verbose`, one line per finished trial instead of Ray's tables and the
-    trials' own output."""
+    """Runs a study: the study's own trees, the search, the ensemble, its model scored, logged and
+    registered (caspar.tuning.tune's docstring).
+
+    Args:
+        config: the study's options.
+        prepared: the dataset (caspar.data.prepared.load_prepared).
+        verbose: Ray's tables and the trials' own output; without it, one line per finished trial.
+
+    Returns:
+        The Study: its figures, and its model's run, metrics and registered version (None where
+        interrupted without --register-partial).
+
+    Raises:
+        UserError: an option or the storage refused, or the model's verdict refused.
+    """
     import mlflow
 
     check(config)
@@ -154,7 +167,20 @@ FINAL_SHARE = 0.1
 
 def choose_ensemble(stage, results, data: StudyData, prepared: Prepared, threads: int, say, busy: list) -> Ensemble:
     """The study's ensemble from every finished trial (caspar.tuning.ensemble), its weighted tree
-    recipes fitted on every --fit-on row as parallel Ray tasks."""
+    recipes fitted on every --fit-on row as parallel Ray tasks.
+
+    Args:
+        stage: the study's Stage (its default recipes).
+        results: Ray Tune's ResultGrid.
+        data: the study's StudyData.
+        prepared: the dataset.
+        threads: CPUs of each fit.
+        say: called with progress lines.
+        busy: the study's fits' (start, end) intervals, extended with these fits'.
+
+    Returns:
+        The Ensemble.
+    """
     from caspar.model.crossfit import fit_on_all
 
     members = members_of(stage, results, data.tree_rows.folds)
@@ -179,8 +205,16 @@ def choose_ensemble(stage, results, data: StudyData, prepared: Prepared, threads
 
 
 def best_network(results, data: StudyData) -> NetworkCandidate | None:
-    """The network trial with the lowest validation loss any of its checkpoints saved, with its
-    predictions of the validation rows (the study's trees' plus its correction)."""
+    """The network trial with the lowest validation loss any of its checkpoints saved.
+
+    Args:
+        results: Ray Tune's ResultGrid.
+        data: the study's StudyData.
+
+    Returns:
+        Its NetworkCandidate with its predictions of the validation rows (the study's trees plus its
+        correction), or None if no network trial saved a model.
+    """
     saved = [(result, checkpoint, metrics) for result in results if (result.config or {}).get("kind") == "network"
              for checkpoint, metrics in (result.best_checkpoints or []) if "best_val_loss" in metrics]
     if not saved:
@@ -195,6 +229,11 @@ def best_network(results, data: StudyData) -> NetworkCandidate | None:
 
 
 def quiet_libraries(verbose: bool) -> None:
+    """Optuna's and Ray Tune's own lines, and Tune's trial tracebacks, only with --verbose.
+
+    Args:
+        verbose: the job's --verbose.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
@@ -211,9 +250,16 @@ STATE_SAVE_SECONDS = "2"
 
 
 def fit_noting_interrupt(tuner):
-    """(results, interrupted). Tune catches the first Ctrl-C itself: it ends the search, keeping its
+    """Runs the search. Tune catches the first Ctrl-C itself: it ends the search, keeping its
     state for --resume, and puts back the SIGINT handler it found; without an interrupt its own
-    handler stays. So the handler after the search says whether it was interrupted."""
+    handler stays. So the handler after the search says whether it was interrupted.
+
+    Args:
+        tuner: Ray Tune's Tuner.
+
+    Returns:
+        (its ResultGrid, whether Ctrl-C ended it).
+    """
     import signal
     import threading
 
@@ -237,8 +283,19 @@ def keep_secrets_out_of_trials() -> None:
 
 
 def build_tuner(config: TuneConfig, data: StudyData, tracking_uri: str, parent, verbose: bool, earlier=([], [])):
-    """The Tuner of a new study, or of the stored one with --resume. `parent`: the study run's info;
-    `earlier`: trials of an earlier study to seed the search with."""
+    """The Tuner of a new study, or of the stored one with --resume.
+
+    Args:
+        config: the study's options (its time budget already less what the study's trees took).
+        data: the study's StudyData, sent to the trials once.
+        tracking_uri: the tracking store the trials' runs go to.
+        parent: the study run's info.
+        verbose: Ray's own output.
+        earlier: (configurations, results) of an earlier study to seed the search with.
+
+    Returns:
+        Ray Tune's Tuner.
+    """
     from ray import tune
 
     from caspar.tuning.trial import Trial, milestones
@@ -272,6 +329,15 @@ def build_tuner(config: TuneConfig, data: StudyData, tracking_uri: str, parent, 
 
 
 def concurrency(n_jobs: int, cpus_per_trial: float) -> int:
+    """How many trials run at once.
+
+    Args:
+        n_jobs: --n-jobs (-1 or 0: as many as the cluster's CPUs allow).
+        cpus_per_trial: --cpus-per-trial.
+
+    Returns:
+        The number of concurrent trials.
+    """
     import ray
 
     if n_jobs > 0:
@@ -284,7 +350,20 @@ def log_best(ensemble: Ensemble, stage, data: StudyData, prepared: Prepared, con
     """The study's model as a run of its own, named --run-name, with a train run's artefacts: its
     ensemble (ensemble.json, each member's recipe or configuration and its weight), the trees
     fitted on --fit-on's games, scored with every baseline, registered unless the verdict refuses.
-    `parent`: the study run's info."""
+
+    Args:
+        ensemble: what the study ships.
+        stage: the study's Stage (its normalisation).
+        data: the study's StudyData.
+        prepared: the dataset.
+        config: the shipped model's options as a train run's.
+        parent: the study run's info.
+        say: called with progress lines.
+        busy: the study's fits' (start, end) intervals, extended with the refits'.
+
+    Returns:
+        (metrics, run id, registered version or None, verdict).
+    """
     import mlflow
 
     from caspar.config import FIT_ON
