@@ -85,13 +85,14 @@ DOCUMENTED = ["caspar/__init__.py", "caspar/model/trees.py", "caspar/model/cross
               "caspar/artifacts.py", "caspar/training/registry.py", "caspar/errors.py", "caspar/storage.py",
               "caspar/training/evaluate.py", "caspar/tuning/ensemble.py",
               "caspar/tuning/search.py", "caspar/tuning/study.py", "caspar/tuning/trial.py", "caspar/tuning/tune.py",
-              "caspar/tuning/checks.py", "caspar/tuning/cpu.py"]
+              "caspar/tuning/checks.py", "caspar/tuning/cpu.py", "caspar/model/layers.py", "caspar/model/network.py",
+              "caspar/training/train.py", "caspar/training/drift.py", "caspar/training/mlflow_model.py"]
 
 
 # Methods a framework calls (Ray Tune's callbacks, schedulers and Trainable, Keras's layers and
 # callbacks): their contract is the framework's documentation.
 FRAMEWORK_HOOKS = re.compile(r"^(on_\w+|debug_string|set_search_properties|setup|step|save_checkpoint|load_checkpoint|"
-                             r"reset_config|cleanup|call|build|get_config|compute_output_shape)$")
+                             r"reset_config|cleanup|call|build|get_config|from_config|compute_output_shape|load_context|predict)$")
 
 
 def test_documented_modules_say_what_every_public_function_takes_and_returns():

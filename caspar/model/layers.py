@@ -28,6 +28,15 @@ class PiecewiseLinearEncoding(keras.layers.Layer):
 
     @classmethod
     def from_inputs(cls, inputs: np.ndarray, bins: int) -> "PiecewiseLinearEncoding":
+        """The encoding with each input's bins at its quantiles.
+
+        Args:
+            inputs: [rows, features] normalised training inputs.
+            bins: bins per input at most (fewer where an input has fewer distinct quantiles).
+
+        Returns:
+            The layer.
+        """
         lower, width, counts = [], [], []
         for column in inputs.T:
             edges = np.unique(np.quantile(column, np.linspace(0, 1, bins + 1)))
@@ -91,7 +100,14 @@ class TreeEnsemble(keras.layers.Layer):
 
     @classmethod
     def from_sklearn(cls, model) -> "TreeEnsemble":
-        """From a fitted sklearn HistGradientBoostingRegressor (numerical features, squared error)."""
+        """The layer of one fitted scikit-learn model.
+
+        Args:
+            model: a fitted HistGradientBoostingRegressor (numerical features, squared error).
+
+        Returns:
+            The layer, computing exactly the model's prediction.
+        """
         from caspar.model.trees import node_tables
 
         trees, constant = node_tables(model)
@@ -99,9 +115,16 @@ class TreeEnsemble(keras.layers.Layer):
 
     @classmethod
     def from_node_tables(cls, models: list[tuple[list, float, float]]) -> "TreeEnsemble":
-        """The weighted sum of several tree models, each (trees as node tables, its constant, its
-        weight): every tree's leaves scaled by its model's weight, the weighted constants in the
-        first tree's leaves (caspar.model.trees.node_tables gives a model's tables)."""
+        """The weighted sum of several tree models: every tree's leaves scaled by its model's
+        weight, the weighted constants in the first tree's leaves.
+
+        Args:
+            models: each (its trees as node tables, its constant, its weight), as
+                caspar.model.trees.node_tables gives a model's tables and constant.
+
+        Returns:
+            The layer: [rows, features] -> [rows, 1].
+        """
         trees = [(nodes, weight) for tables, _, weight in models for nodes in tables]
         internal = max(1, max(int((~np.asarray(t["is_leaf"]).astype(bool)).sum()) for t, _ in trees))
         leaves = max(int(np.asarray(t["is_leaf"]).sum()) for t, _ in trees)

@@ -25,8 +25,15 @@ class Network:
     trees: object = None  # the TreeEnsemble layer, if any
 
     def inputs(self, features: np.ndarray, tree_predictions: np.ndarray | None = None):
-        """What `trainer` takes for these (normalised) features: the features, and with trees their
-        prediction (computed here unless given)."""
+        """What `trainer` takes for these features.
+
+        Args:
+            features: [rows, features] normalised.
+            tree_predictions: [rows, 1] the trees' predictions of those rows (computed here if None).
+
+        Returns:
+            The features alone (a network without trees), or (features, tree predictions).
+        """
         if self.trees is None:
             return features
         if tree_predictions is None:
@@ -35,8 +42,17 @@ class Network:
 
 
 def predict_trees(trees, features: np.ndarray, batch: int = 1024) -> np.ndarray:
-    """The TreeEnsemble layer's own output for every row, shape [rows, 1], float32: exactly what
-    the model computes inside (in batches: the layer's intermediate arrays grow with trees x nodes)."""
+    """The TreeEnsemble layer's own output for every row: exactly what the model computes inside
+    (in batches: the layer's intermediate arrays grow with trees x nodes).
+
+    Args:
+        trees: a TreeEnsemble layer.
+        features: [rows, features] normalised.
+        batch: rows per call of the layer.
+
+    Returns:
+        [rows, 1] float32.
+    """
     return np.concatenate([np.asarray(trees(features[i:i + batch])) for i in range(0, len(features), batch)]
                           or [np.zeros((0, 1), np.float32)])
 
@@ -49,7 +65,16 @@ def build_network(hp, train_inputs: np.ndarray, trees=None) -> Network:
     -> batch norm -> dropout per hidden layer, then the output. Without trees, one sigmoid unit (rewards lie in
     [0, 1]). With `trees` (a TreeEnsemble layer), the network learns a correction to the trees'
     prediction: its last layer starts at zero, so training starts from the trees' own model, and
-    the sum is clipped to [0, 1] for the game (while training it is not: a gradient everywhere)."""
+    the sum is clipped to [0, 1] for the game (while training it is not: a gradient everywhere).
+
+    Args:
+        hp: Hyperparameters (the network's fields).
+        train_inputs: [rows, features] normalised training inputs.
+        trees: a TreeEnsemble layer, or None for a network alone.
+
+    Returns:
+        The Network: its trainer (what trains) and model (what ships).
+    """
     import keras
 
     from caspar.model.layers import ClipForInference
@@ -70,7 +95,16 @@ def build_network(hp, train_inputs: np.ndarray, trees=None) -> Network:
 
 
 def correction_layers(hp, train_inputs: np.ndarray, zero_start: bool) -> list:
-    """The layers from the features to the network's output before its activation, in order."""
+    """The layers from the features to the network's output before its activation.
+
+    Args:
+        hp: Hyperparameters (the network's fields).
+        train_inputs: [rows, features] normalised training inputs (the encodings' bins).
+        zero_start: the last layer starts at zero (a correction that starts as the trees alone).
+
+    Returns:
+        The Keras layers, in order.
+    """
     import keras
 
     from caspar.model.layers import (
@@ -103,8 +137,17 @@ def correction_layers(hp, train_inputs: np.ndarray, zero_start: bool) -> list:
 
 
 def fit_trees(x_train: np.ndarray, y_train: np.ndarray, hp):
-    """hp's tree recipes (caspar.model.trees) fitted on these rows and averaged with equal weights, as a
-    TreeEnsemble layer, without cross-fitting: for tests and checks of the layer."""
+    """hp's tree recipes fitted on these rows and averaged with equal weights, without
+    cross-fitting: for tests and checks of the layer.
+
+    Args:
+        x_train: [rows, features] normalised.
+        y_train: [rows] rewards.
+        hp: Hyperparameters (the tree fields).
+
+    Returns:
+        A TreeEnsemble layer.
+    """
     from caspar.model import trees
     from caspar.model.layers import TreeEnsemble
 
@@ -113,8 +156,16 @@ def fit_trees(x_train: np.ndarray, y_train: np.ndarray, hp):
 
 
 def trees_model(trees, width: int):
-    """The model of the trees alone (a TreeEnsemble layer), its output clipped to [0, 1]: what ships
-    when validation finds that no epoch of the network's correction beats the trees."""
+    """The model of the trees alone, its output clipped to [0, 1]: what ships when validation finds
+    that no epoch of the network's correction beats the trees.
+
+    Args:
+        trees: a TreeEnsemble layer.
+        width: the number of features.
+
+    Returns:
+        A Keras model: [rows, width] -> [rows, 1].
+    """
     import keras
 
     from caspar.model.layers import ClipForInference
@@ -124,7 +175,16 @@ def trees_model(trees, width: int):
 
 
 def make_optimizer(name: str, learning_rate, weight_decay: float = 0.0):
-    """learning_rate: a number or a Keras schedule."""
+    """A Keras optimizer.
+
+    Args:
+        name: "sgd" (Nesterov momentum 0.9) or "adam" (AdamW with a weight decay).
+        learning_rate: a number or a Keras schedule.
+        weight_decay: decoupled weight decay (0: none).
+
+    Returns:
+        The optimizer.
+    """
     import keras
 
     decay = weight_decay or None  # Keras applies any weight decay decoupled (AdamW's), for every optimizer
@@ -135,11 +195,15 @@ def make_optimizer(name: str, learning_rate, weight_decay: float = 0.0):
     raise ValueError(f"unknown optimizer {name!r} (sgd, adam)")
 
 
-
 def scale_correction(network: Network, factor: float) -> None:
     """Multiplies the network's correction (its output before the trees are added) by `factor`: the
     last layer of the correction is linear (Dense(1), or EnsembleHeads averaging linear heads), so
     scaling its weights and bias scales its output. A network with share w of an ensemble ships as
-    the trees plus w x its correction."""
+    the trees plus w x its correction.
+
+    Args:
+        network: the Network (its model is changed in place).
+        factor: the scale, e.g. the network's share w.
+    """
     head = [layer for layer in network.model.layers if type(layer).__name__ in ("Dense", "EnsembleHeads")][-1]
     head.set_weights([weight * factor for weight in head.get_weights()])

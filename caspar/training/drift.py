@@ -30,6 +30,8 @@ NOISE_QUANTILE = 0.99
 
 @dataclass
 class FeatureProfile:
+    """The training rows' distribution of every feature, as the drift check compares new rows with
+    it (written with the model as feature_profile.json)."""
     minimum: np.ndarray  # [F]
     maximum: np.ndarray  # [F]
     shares: np.ndarray  # [F, BINS + 2]: below the range, BINS bins of it, above (0 for the fitted rows)
@@ -38,8 +40,16 @@ class FeatureProfile:
 
     @classmethod
     def fit(cls, features: np.ndarray, games: np.ndarray | None = None, seed: int = 0) -> FeatureProfile:
-        """features: [N, F] raw rows (the rows the model's normalisation was fitted on); games: [N],
-        the game of each row, for the sampling noise of a few games' rows (none without)."""
+        """The profile of the training rows.
+
+        Args:
+            features: [N, F] raw rows (the rows the model's normalisation was fitted on).
+            games: [N] the game of each row, for the sampling noise of a few games' rows (none without).
+            seed: the seed of the noise's draws.
+
+        Returns:
+            The FeatureProfile.
+        """
         minimum, maximum = features.min(axis=0), features.max(axis=0)
         profile = cls(minimum.astype(np.float64), maximum.astype(np.float64), np.zeros((features.shape[1], BINS + 2)),
                       len(features), {})
@@ -49,8 +59,17 @@ class FeatureProfile:
         return profile
 
     def sampling_noise(self, features: np.ndarray, games: np.ndarray, seed: int) -> dict:
-        """{n: [F]} for n in NOISE_GAMES below the number of games: the NOISE_QUANTILE of the PSI of n
-        training games drawn at random (without replacement) against all the training rows."""
+        """The PSI each feature reaches by chance in a few games' rows.
+
+        Args:
+            features: [N, F] the training rows.
+            games: [N] the game of each row.
+            seed: the seed of the draws.
+
+        Returns:
+            {n: [F]} for n in NOISE_GAMES below the number of games: the NOISE_QUANTILE of the PSI
+            of n training games drawn at random (without replacement) against all the training rows.
+        """
         names, game_of_row = np.unique(games, return_inverse=True)
         counts = np.stack([self.bin_shares(features[game_of_row == g]) * np.sum(game_of_row == g)
                            for g in range(len(names))])  # [games, F, BINS + 2]: rows per bin
@@ -64,13 +83,27 @@ class FeatureProfile:
         return noise
 
     def noise_for(self, games: int) -> np.ndarray | None:
-        """[F]: the chance PSI of `games` new games (that of the largest tabulated count not above it:
-        fewer games, more noise), or None without a table."""
+        """The chance PSI of a number of new games.
+
+        Args:
+            games: how many games the new rows come from.
+
+        Returns:
+            [F]: that of the largest tabulated count not above it (fewer games, more noise), or None
+            without a table.
+        """
         counts = [n for n in sorted(self.noise or {}) if n <= games]
         return self.noise[counts[-1]] if counts else (self.noise[min(self.noise)] if self.noise else None)
 
     def bin_shares(self, features: np.ndarray) -> np.ndarray:
-        """[F, BINS + 2]: the share of rows below the range, in each bin, and above."""
+        """Where rows fall against the profile's range.
+
+        Args:
+            features: [N, F] raw rows.
+
+        Returns:
+            [F, BINS + 2]: the share of rows below the range, in each bin, and above (NaN: above).
+        """
         x = features.astype(np.float64)
         span = np.where(self.maximum > self.minimum, self.maximum - self.minimum, 1.0)
         inner = np.clip(np.floor((x - self.minimum) / span * BINS), 0, BINS - 1).astype(np.int64) + 1
@@ -81,12 +114,24 @@ class FeatureProfile:
         return counts / max(len(x), 1)
 
     def to_json(self) -> str:
+        """Returns the profile as feature_profile.json's text."""
         return json.dumps({"bins": BINS, "rows": self.rows, "minimum": self.minimum.tolist(),
                            "maximum": self.maximum.tolist(), "shares": np.round(self.shares, 6).tolist(),
                            "noise": {str(n): np.round(v, 6).tolist() for n, v in (self.noise or {}).items()}})
 
     @classmethod
     def from_json(cls, text: str) -> FeatureProfile:
+        """A profile from feature_profile.json's text.
+
+        Args:
+            text: the JSON.
+
+        Returns:
+            The FeatureProfile.
+
+        Raises:
+            ValueError: a profile of another number of bins.
+        """
         data = json.loads(text)
         if data.get("bins") != BINS:
             raise ValueError(f"a feature profile of {data.get('bins')} bins; this version reads {BINS}")
@@ -95,13 +140,22 @@ class FeatureProfile:
 
 
 def psi_of(new: np.ndarray, old: np.ndarray) -> np.ndarray:
-    """Population stability index per feature of bin shares [F, bins] against [F, bins] -> [F]."""
+    """The population stability index of each feature.
+
+    Args:
+        new: [F, bins] the new rows' bin shares.
+        old: [F, bins] the training rows'.
+
+    Returns:
+        [F] the PSI (empty bins count as SHARE_FLOOR).
+    """
     new, old = np.maximum(new, SHARE_FLOOR), np.maximum(old, SHARE_FLOOR)
     return ((new - old) * np.log(new / old)).sum(axis=1)
 
 
 @dataclass
 class Shift:
+    """How far one feature of the new rows moved from the training rows."""
     feature: str
     outside: float  # share of the new rows outside the training range
     psi: float  # population stability index against the training rows
@@ -110,11 +164,26 @@ class Shift:
 
     @property
     def flagged(self) -> bool:
+        """Whether it is reported: rows outside the training range, or a PSI above both the usual
+        threshold and chance."""
         return self.outside > OUTSIDE_FLAG or self.psi > max(PSI_FLAG, self.noise)
 
 
 def shifts(profile: FeatureProfile, features: np.ndarray, names: list[str], games: int | None = None) -> list[Shift]:
-    """One Shift per feature of the new rows [N, F] (of `games` games), largest PSI first."""
+    """How every feature of the new rows moved.
+
+    Args:
+        profile: the training rows' FeatureProfile.
+        features: [N, F] the new rows, raw.
+        names: [F] the features' names.
+        games: how many games the new rows come from (None: no sampling noise considered).
+
+    Returns:
+        One Shift per feature, largest PSI first.
+
+    Raises:
+        ValueError: the new rows have another number of features.
+    """
     if features.shape[1] != len(profile.minimum):
         raise ValueError(f"the new rows have {features.shape[1]} features, the model {len(profile.minimum)}")
     shares = profile.bin_shares(features)
@@ -129,7 +198,15 @@ def shifts(profile: FeatureProfile, features: np.ndarray, names: list[str], game
 
 
 def table(found: list[Shift], limit: int = 25) -> str:
-    """The flagged features as a Markdown table (the `limit` largest shifts)."""
+    """The flagged features as a Markdown table.
+
+    Args:
+        found: shifts()'s result.
+        limit: the largest shifts listed at most.
+
+    Returns:
+        The table's text.
+    """
     flagged = [s for s in found if s.flagged]
     lines = ["| feature | outside the training range | PSI | PSI by chance (as many games) | constant in training |",
              "|---|---|---|---|---|"]
@@ -142,7 +219,17 @@ def table(found: list[Shift], limit: int = 25) -> str:
 
 def check(config) -> list[str]:
     """jobs/drift.py: the new rows of `config.data` against the training rows of `config.run`'s
-    model; the table and every feature's figures logged to a run of `config.drift_experiment`."""
+    model; the table and every feature's figures logged to a run of `config.drift_experiment`.
+
+    Args:
+        config: the drift job's options (DriftConfig).
+
+    Returns:
+        The lines the job prints.
+
+    Raises:
+        UserError: no such model, one of another feature set or without a feature profile, or no new rows.
+    """
     import os
     import tempfile
 

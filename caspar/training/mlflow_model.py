@@ -58,7 +58,18 @@ class CasparModel(mlflow.pyfunc.PythonModel):
 
 def log_model(keras_model, normalizer: Normalizer, signature, input_example: pd.DataFrame, pip_requirements: list[str]):
     """Logs the model in the active run as `model` (MLflow checks it answers `input_example`, raw rows
-    by feature name); returns MLflow's ModelInfo."""
+    by feature name).
+
+    Args:
+        keras_model: the model that ships.
+        normalizer: its inputs' normalisation (the MLflow model takes raw rows).
+        signature: MLflow's signature of raw rows by feature name.
+        input_example: two raw rows.
+        pip_requirements: what loading the model needs.
+
+    Returns:
+        MLflow's ModelInfo.
+    """
     with tempfile.TemporaryDirectory() as folder:
         keras_path = os.path.join(folder, KERAS_FILE)
         keras_model.save(keras_path)
@@ -74,7 +85,14 @@ def log_model(keras_model, normalizer: Normalizer, signature, input_example: pd.
 def keras_model_of(model_uri: str):
     """The Keras model inside a logged model, read from its files (never by unpickling the logged
     class, which would tie an export to the module layout of the code that logged it); the Keras
-    flavour of older runs too."""
+    flavour of older runs too.
+
+    Args:
+        model_uri: a logged model (runs:/…, models:/…).
+
+    Returns:
+        The Keras model.
+    """
     import keras
     import mlflow.artifacts
     from mlflow.models import Model

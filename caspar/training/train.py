@@ -35,11 +35,28 @@ NETWORK_FIELDS = {f.name for f in dataclasses.fields(Hyperparameters) if f.metad
 
 
 def network_ships(history: History, stage: Stage) -> bool:
+    """Whether a network ships.
+
+    Args:
+        history: the run's History, judged.
+        stage: its Stage.
+
+    Returns:
+        True for a network alone or a network whose chosen epoch is past 0.
+    """
     return stage.layer is None or history.best_epoch > 0
 
 
 def model_description(history: History, stage: Stage) -> str:
-    """What the model is, in one sentence: its tree recipes and their weights, and the network if one ships."""
+    """What the model is, in one sentence.
+
+    Args:
+        history: the run's History, judged.
+        stage: its Stage (the recipes and their weights).
+
+    Returns:
+        The tree recipes and their weights, and the network if one ships.
+    """
     if stage.layer is None:
         return f"the model: a network alone, its weights of epoch {history.best_epoch}"
     weighted = [(r, w) for r, w in zip(stage.crossed.recipes, stage.crossed.weights) if w > 0]
@@ -51,6 +68,15 @@ def model_description(history: History, stage: Stage) -> str:
 
 
 def shipping_line(history: History, stage: Stage) -> str:
+    """Whether the network ships, and why, in one line.
+
+    Args:
+        history: the run's History, judged.
+        stage: its Stage.
+
+    Returns:
+        The line.
+    """
     gain = history.network_gain
     games = f"{gain['mean']:+.5f} ± {gain['standard_error']:.5f} MSE per game over {gain['games']} validation games" \
         if gain else ""
@@ -64,7 +90,16 @@ def shipping_line(history: History, stage: Stage) -> str:
 
 def network_gain(network: Network, stage: Stage, val: tuple) -> dict:
     """How much the network's correction lowers the squared error of the trees alone on the
-    validation games, game by game (caspar.training.evaluate.gain_by_game)."""
+    validation games, game by game.
+
+    Args:
+        network: the trained Network.
+        stage: its Stage (normalisation, the trees' validation predictions and games).
+        val: (x [rows, features] raw, y [rows]) of the validation split.
+
+    Returns:
+        caspar.training.evaluate.gain_by_game's figures.
+    """
     x_val, y_val = val
     inputs = network.inputs(stage.normalizer.transform(x_val), stage.val_trees)
     with_network = np.asarray(network.trainer.predict_on_batch(inputs)).reshape(-1)
@@ -73,6 +108,7 @@ def network_gain(network: Network, stage: Stage, val: tuple) -> dict:
 
 @dataclass
 class Fitted:
+    """A model, the normalisation its inputs go through, and the splits its trees were fitted on."""
     model: object
     normalizer: Normalizer
     splits: tuple[str, ...]  # the rows its trees were fitted on
@@ -81,7 +117,17 @@ class Fitted:
 def judged(history: History, network: Network, stage: Stage, val: tuple) -> History:
     """The history with validation's choice checked against the noise of the validation games: a
     network that corrects trees ships only if its gain over them, game by game, is beyond that noise;
-    otherwise best_epoch is 0 (the trees alone) and best_val_loss theirs."""
+    otherwise best_epoch is 0 (the trees alone) and best_val_loss theirs.
+
+    Args:
+        history: the network's History.
+        network: the trained Network.
+        stage: its Stage.
+        val: (x, y) of the validation split.
+
+    Returns:
+        The History, with network_gain and network_best_epoch where the gain was checked.
+    """
     if stage.layer is None or history.best_epoch == 0:
         return history
     gain = network_gain(network, stage, val)
@@ -105,7 +151,20 @@ def release(hp: Hyperparameters, splits: dict, network: Network, history: Histor
     """The models to score and to ship, after `judged`. The network is never fitted again: its
     weights are those validation chose (none at all when validation chose epoch 0, the trees
     alone). fit_on "all" ships the same recipes and weights with the trees fitted on every game,
-    scored by the model whose trees exclude the test games."""
+    scored by the model whose trees exclude the test games.
+
+    Args:
+        hp: the run's Hyperparameters (the network's, and cpus_per_fit).
+        splits: {name: (x [rows, features] raw, y [rows])}.
+        network: the trained Network.
+        history: its History.
+        stage: the Stage.
+        fit_on: --fit-on.
+        say: called with progress lines (or None).
+
+    Returns:
+        Released: the model scored, the model shipped, the judged History.
+    """
     width = splits["train"][0].shape[1]
     history = judged(history, network, stage, splits["val"])
     model = network.model if history.best_epoch > 0 or stage.layer is None else trees_model(stage.layer, width)
@@ -125,6 +184,7 @@ def release(hp: Hyperparameters, splits: dict, network: Network, history: Histor
 
 @dataclass
 class Result:
+    """What a train run returns and prints: its run, model, figures and registered version."""
     run_id: str
     model_uri: str
     registered_version: str | None
@@ -141,6 +201,7 @@ class Result:
     alias: str | None = None
 
     def lines(self) -> list[str]:
+        """Returns what the train job prints at its end."""
         lines = [f"trained in {self.seconds:.0f} s ({self.epochs} epochs of the network); run {self.run_id}",
                  self.description, evaluate.summary_line(self.metrics, self.fit_on), evaluate.in_words(self.verdict)]
         if self.registered_version:
@@ -154,7 +215,11 @@ class Result:
 
 def log_dataset_files(prepared: Prepared) -> None:
     """Inside an active run, first of its files: the feature set and the dataset's input files. An
-    artefact store that refuses files then fails the run at once, not after its training."""
+    artefact store that refuses files then fails the run at once, not after its training.
+
+    Args:
+        prepared: the dataset (its schema and manifest).
+    """
     import mlflow
 
     with tracking.first_files():
@@ -169,7 +234,22 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
     the artefacts of `shipped` (normalisation, test inputs with its outputs) and the model itself,
     not yet registered. `description`: what the model is, the first line of the run's description;
     `explainer`: what computes `scored`'s predictions for the permutation importance, if not its
-    Keras model (evaluate.WeightedTrees for the trees alone). Returns (metrics, model URI, verdict)."""
+    Keras model (evaluate.WeightedTrees for the trees alone).
+
+    Args:
+        scored: the model the test split scores.
+        shipped: the model logged.
+        prepared: the dataset.
+        config: the run's options.
+        history: the run's History.
+        members: {name: fitted tree model}, each scored alone among the baselines.
+        say: called with progress lines (or None).
+        description: what the model is.
+        explainer: computes `scored`'s predictions for the permutation importance, or None.
+
+    Returns:
+        (metrics, model URI, verdict).
+    """
     import mlflow
     from mlflow.models import infer_signature
 
@@ -235,7 +315,16 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
 
 
 def described(description: str, metrics: dict, fit_on: str) -> str:
-    """The run's and the registered version's description: what the model is, then its figures."""
+    """The run's and the registered version's description.
+
+    Args:
+        description: what the model is.
+        metrics: the run's test figures.
+        fit_on: --fit-on.
+
+    Returns:
+        What the model is, then its figures.
+    """
     return "\n".join(filter(None, [description, evaluate.summary_line(metrics, fit_on)]))
 
 
@@ -245,7 +334,19 @@ def register(model_uri: str, config: TrainConfig, metrics: dict, verdict: evalua
     `config.alias` to it, unless the verdict refuses it; returns the version. Called after the run
     ended: a job killed at any moment leaves the registry on finished runs only (the version is
     created whole, its description with it; the alias moves last, from one finished version to
-    another). `description`: what the model is."""
+    another).
+
+    Args:
+        model_uri: the logged model.
+        config: the run's options (model_name, alias, fit_on).
+        metrics: its test figures (for the description).
+        verdict: the gate's verdict.
+        description: what the model is.
+        run_id: the finished run.
+
+    Returns:
+        The version, or None where the verdict refused it.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -278,6 +379,14 @@ def _requirements() -> list[str]:
 
 
 def run_tags(prepared: Prepared) -> dict[str, str]:
+    """A run's tags: the dataset's version, its schema's, its URI, and the code's git commit.
+
+    Args:
+        prepared: the dataset.
+
+    Returns:
+        {tag: value}.
+    """
     tags = {"dataset_version": prepared.version, "schema_version": prepared.schema["version"], "data": prepared.uri}
     commit = tracking.git_commit()
     if commit:
@@ -289,7 +398,18 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> Result:
     """One training run, tracked in MLflow: the trees cross-fitted on the games --fit-on names, the
     network early-stopped on validation (or none, where it does not beat the trees beyond noise);
     registered only if it beats the mean baseline. A run that fails is marked FAILED and registers
-    nothing."""
+    nothing.
+
+    Args:
+        config: the run's options.
+        prepared: the dataset (loaded from config.data if None).
+
+    Returns:
+        The Result.
+
+    Raises:
+        UserError: an option refused, the training diverged, or the verdict refused the model.
+    """
     import mlflow
 
     check(config)
@@ -333,7 +453,12 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> Result:
 
 def log_network_settings(config, ships: bool) -> None:
     """The network's settings: as the run's parameters when it ships; otherwise the parameter
-    network says it did not, and the settings tried are a file of the run (network_not_shipped.json)."""
+    network says it did not, and the settings tried are a file of the run (network_not_shipped.json).
+
+    Args:
+        config: the run's options.
+        ships: whether a network ships.
+    """
     import mlflow
 
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k in NETWORK_FIELDS}
