@@ -98,9 +98,18 @@ def library_lines():
 
 
 def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
-    """Run `work`; print its lines (exit 0), or one `job: error: ...` line (exit 2 for a UserError,
-    1 when MLflow failed); interrupted (Ctrl-C), what it says (exit 130). The library's progress
-    lines are printed as they come. Without `verbose`, the libraries' own log lines are hidden."""
+    """Runs a job's work as the shell does: the library's progress lines printed as they come, the
+    work's lines at its end, or one `job: error: ...` line.
+
+    Args:
+        job: the job's name, the prefix of its error lines.
+        work: the job itself, returning the lines it prints at its end.
+        verbose: the libraries' own log lines and tracebacks (hidden without it).
+
+    Returns:
+        The exit code: 0; 2 for a UserError or an output that cannot be written; 1 when MLflow
+        failed or the disk or memory ran out; 130 interrupted (Ctrl-C); 143 SIGTERM.
+    """
     quiet = quiet_libraries(STARTUP_NOISE, {}) if verbose else quiet_libraries()
     with quiet, terminated_as_interrupt(), library_lines():
         try:
@@ -122,7 +131,9 @@ def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
             if verbose:
                 raise
             where = f"{error.filename}: " if error.filename else ""
-            print(f"{job}: error: {where}{error.strerror or error}", file=sys.stderr)
+            # an error that names no file says where it was raised, so that the line names something
+            place = "" if error.filename else f" (raised in {raised_in(error)}; --verbose shows the traceback)"
+            print(f"{job}: error: {where}{error.strerror or error}{place}", file=sys.stderr)
             return 2
         except Exception as error:
             problem = None if verbose else out_of_resources(error)
@@ -139,9 +150,34 @@ def run(job: str, work: Callable[[], list[str]], verbose: bool = False) -> int:
     return 0
 
 
+def raised_in(error: BaseException) -> str:
+    """Where an error was raised.
+
+    Args:
+        error: a raised exception.
+
+    Returns:
+        "file.py:line in function" of its innermost frame, or "an unknown place" without a traceback.
+    """
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "an unknown place"
+    frame = frames[-1]
+    return f"{os.path.basename(frame.filename)}:{frame.lineno} in {frame.name}"
+
+
 def out_of_resources(error: BaseException) -> str | None:
     """One line when the disk or the memory ran out, anywhere in the error's chain (a Ray task's
-    error carries its worker's as `cause`; TensorFlow raises ResourceExhaustedError for both)."""
+    error carries its worker's as `cause`; TensorFlow raises ResourceExhaustedError for both).
+
+    Args:
+        error: what the job raised.
+
+    Returns:
+        The line, or None for any other error.
+    """
     seen: set[int] = set()
     pending = [error]
     while pending:
@@ -162,9 +198,15 @@ def out_of_resources(error: BaseException) -> str | None:
 
 @contextlib.contextmanager
 def quiet_libraries(noise: re.Pattern = NATIVE_NOISE, environment: dict | None = None):
-    """Hide the libraries' own log lines: quieter log levels by `environment` (inherited by Ray's
-    workers; QUIET_ENVIRONMENT by default), and a filter on file descriptor 2 for what C++ code
-    writes there directly (the lines `noise` matches)."""
+    """Hides the libraries' own log lines while the block runs.
+
+    Args:
+        noise: the lines C++ code writes directly to file descriptor 2 that are dropped.
+        environment: quieter log levels set (inherited by Ray's workers; QUIET_ENVIRONMENT if None).
+
+    Yields:
+        None, while the block runs.
+    """
     environment = QUIET_ENVIRONMENT if environment is None else environment
     saved_environment = {k: os.environ.get(k) for k in environment}
     for key, value in environment.items():
@@ -210,11 +252,25 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block
+    def error(self, message) -> None:
+        """One line, not argparse's usage block.
+
+        Args:
+            message: argparse's message.
+        """
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parser_for(cls, description: str) -> argparse.ArgumentParser:
+    """A job's command line from its config's fields.
+
+    Args:
+        cls: the job's config dataclass (each field's metadata: its help and allowed values).
+        description: the job's --help text.
+
+    Returns:
+        The parser: an option per field, and --verbose.
+    """
     job = os.path.splitext(os.path.basename(sys.argv[0]))[0]  # "train": the prefix of every error line of the job
     parser = _Parser(prog=job, description=description, formatter_class=_Formatter)
     types = field_types(cls)
@@ -234,7 +290,17 @@ def parser_for(cls, description: str) -> argparse.ArgumentParser:
 
 
 def parse(cls, description: str, argv=None):
-    """(configuration, verbose) from the command line; every value checked before any work starts."""
+    """A job's options from the command line, every value checked before any work starts (a
+    refused one: one line, exit 2).
+
+    Args:
+        cls: the job's config dataclass.
+        description: the job's --help text.
+        argv: the arguments (sys.argv[1:] if None).
+
+    Returns:
+        (configuration, verbose).
+    """
     parser = parser_for(cls, description)
     args = vars(parser.parse_args(argv))
     verbose = args.pop("verbose")

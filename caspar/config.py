@@ -31,12 +31,26 @@ MODEL_NAME = re.compile(r"^(?=.*\S)[^/:]{1,255}$")  # registry URIs (models:/NAM
 
 def setting(default, help: str, *, choices=None, minimum=None, maximum=None, above=None, below=None,
             also=(), required: bool = False, search=None, trial: str | None = "network"):
-    """A field with its command-line help and allowed values: [minimum, maximum], (above, below),
-    `choices`, plus any values in `also` (e.g. -1 meaning "automatic"). `search`: its domain in
-    the tune search space, as (sampler, *arguments), e.g. ("choice", [0, 8]) or
-    ("loguniform", 1e-4, 1e-2). `trial`, for Hyperparameters: the kind of study trial that reads the
-    field ("network" or "trees"; None: no trial varies it, e.g. the epochs or the folds every trial
-    shares)."""
+    """A field with its command-line help and allowed values.
+
+    Args:
+        default: its value when the option is not given (a list is copied for each instance).
+        help: the option's help.
+        choices: the values allowed, if a list of them.
+        minimum: the smallest allowed, inclusive.
+        maximum: the largest allowed, inclusive.
+        above: values must be above this.
+        below: values must be below this.
+        also: values allowed besides the range (e.g. -1 meaning "automatic").
+        required: the option must be given.
+        search: its domain in the tune search space, as (sampler, *arguments), e.g. ("choice", [0, 8])
+            or ("loguniform", 1e-4, 1e-2).
+        trial: for Hyperparameters, the kind of study trial that reads the field ("network" or
+            "trees"; None: no trial varies it, e.g. the epochs or the folds every trial shares).
+
+    Returns:
+        A dataclasses.field with that metadata.
+    """
     metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "above": above,
                 "below": below, "also": tuple(also), "required": required, "search": search, "trial": trial}
     if isinstance(default, list):
@@ -48,6 +62,7 @@ def setting(default, help: str, *, choices=None, minimum=None, maximum=None, abo
 
 @dataclass
 class PrepareConfig:
+    """jobs/prepare.py's options: where the logs are, where the dataset goes, how games are split."""
     input: str = setting("data/raw", "folder (searched recursively), .zip or s3://bucket/prefix of *.tsv logs; or "
                          "corpus:caspar-2025 (the public corpus) or URL#sha256=HEX, downloaded once into a cache")
     output: str = setting("data/prepared", "dataset folder or s3://bucket/prefix (replaced as a whole)")
@@ -59,6 +74,11 @@ class PrepareConfig:
     include_bots: bool = setting(False, "also the bot's moves (column is_bot)")
 
     def check(self) -> None:
+        """The split sizes agree.
+
+        Raises:
+            UserError: they add up to 1 or more, or one of them alone is 0.
+        """
         if self.test_size + self.validation_size >= 1:
             raise UserError(f"--test-size {self.test_size} and --validation-size {self.validation_size}: "
                             "must add up to less than 1")
@@ -142,13 +162,29 @@ TRIAL_KINDS = ("trees", "network")  # a study's trials: a tree recipe, or a netw
 
 
 def trial_kind(name: str) -> str | None:
-    """The kind of trial that reads the Hyperparameters field `name` (None: no trial varies it)."""
+    """The kind of trial that reads a Hyperparameters field.
+
+    Args:
+        name: the field.
+
+    Returns:
+        "network" or "trees", or None where no trial varies it.
+    """
     return {f.name: f.metadata["trial"] for f in dataclasses.fields(Hyperparameters)}.get(name)
 
 
 def search_space(changes: list[str] = ()) -> dict[str, tuple]:
-    """The searched fields of Hyperparameters: {name: (sampler, *arguments)}, with the `changes` of
-    tune's --search applied (see parse_search), and "kind": the kinds of trial searched."""
+    """The searched fields of Hyperparameters.
+
+    Args:
+        changes: tune's --search values (see parse_search).
+
+    Returns:
+        {name: (sampler, *arguments)} with the changes applied, and "kind": the kinds of trial searched.
+
+    Raises:
+        UserError: a change names no searchable field or gives values the option refuses.
+    """
     space = {f.name: f.metadata["search"] for f in dataclasses.fields(Hyperparameters) if f.metadata["search"]}
     return {"kind": ("choice", list(TRIAL_KINDS))} | space | dict(parse_search(change) for change in changes)
 
@@ -157,7 +193,16 @@ RANGES = ("uniform", "loguniform")
 
 
 def parse_logged(cls, name: str, text: str | None):
-    """A field's value from its MLflow parameter (str() of the value); None if it does not parse."""
+    """A field's value from its MLflow parameter (str() of the value).
+
+    Args:
+        cls: the dataclass (e.g. Hyperparameters).
+        name: the field.
+        text: the logged parameter, or None.
+
+    Returns:
+        The value in the field's type; None if it does not parse.
+    """
     import json
 
     if text is None:
@@ -172,8 +217,18 @@ def parse_logged(cls, name: str, text: str | None):
 
 
 def parse_search(change: str) -> tuple[str, tuple]:
-    """NAME=V1,V2,… (a choice; a list of hidden layers as 256x256), or NAME=uniform:LOW,HIGH or
-    NAME=loguniform:LOW,HIGH: (name, domain), every value checked as the option's own."""
+    """One --search change, every value checked as the option's own.
+
+    Args:
+        change: NAME=V1,V2,… (a choice; a list of hidden layers as 256x256), or
+            NAME=uniform:LOW,HIGH or NAME=loguniform:LOW,HIGH.
+
+    Returns:
+        (name, domain).
+
+    Raises:
+        UserError: an unknown name, a malformed domain or a value the option refuses.
+    """
     name, _, domain = change.partition("=")
     if name == "kind":  # which kinds of trial the study runs, e.g. kind=trees
         kinds = domain.split(",")
@@ -226,7 +281,11 @@ class Tracking:
                           "network always trains on train and is chosen on validation", choices=tuple(FIT_ON))
 
     def check(self) -> None:
-        """Names are checked before any work: a name that fails only once the model is trained loses the run."""
+        """Names are checked before any work: a name that fails only once the model is trained loses the run.
+
+        Raises:
+            UserError: an alias, model name, run name or experiment name MLflow would refuse.
+        """
         if self.alias is not None and RESERVED_ALIAS.match(self.alias):
             raise UserError(f"--alias {self.alias}: MLflow reserves 'latest' and v<number> for versions; choose another name")
         if self.alias is not None and not ALIAS.match(self.alias):
@@ -246,12 +305,14 @@ class Tracking:
 
 @dataclass
 class TrainConfig(Tracking, Hyperparameters):
+    """jobs/train.py's options: where the run is recorded, what it is trained with, and the CPUs of each tree fit."""
     cpus_per_fit: int = setting(1, "CPUs (threads) each tree fit holds; the fits run side by side as Ray tasks on every "
                                 "CPU of this machine (or of the cluster of RAY_ADDRESS)", minimum=1, maximum=256)
 
 
 @dataclass
 class TuneConfig(Tracking):
+    """jobs/tune.py's options: the study's budget, trials, search space, scheduler and storage."""
     experiment_name: str = setting("caspar-tune", "MLflow experiment")
     run_name: str = setting("tuned", "the study's name, and the run name of its best model")
     n_trials: int = setting(100, "trials to run", minimum=1)
@@ -289,6 +350,11 @@ class TuneConfig(Tracking):
         return search_space(self.search)
 
     def check(self) -> None:
+        """The names and the search space are valid, and the options agree.
+
+        Raises:
+            UserError: a name, a --search change or a combination of options refused.
+        """
         super().check()
         self.space  # noqa: B018  (parsed: every change is valid)
         if self.replace and self.resume:
@@ -305,6 +371,7 @@ class TuneConfig(Tracking):
 
 @dataclass
 class ExportConfig:
+    """jobs/export.py's options: which model, and where its formats go."""
     run: str = setting(None, required=True, help="run name, run id, models:/NAME/VERSION, models:/NAME@ALIAS, or the "
                        "models:/m-… URI a train or tune run printed")
     output: str = setting("exports", "folder to write NAME/ into (the model in every format, NAME = the run's name)")
@@ -313,6 +380,7 @@ class ExportConfig:
 
 @dataclass
 class DriftConfig:
+    """jobs/drift.py's options: the model, the new logs' dataset, the experiment the check is logged to."""
     run: str = setting(None, required=True, help="the model: run name, run id, models:/NAME/VERSION, models:/NAME@ALIAS")
     data: str = setting(None, required=True, help="a prepared dataset of the new logs (jobs/prepare.py), every split")
     experiment_name: str | None = setting(None, "look for the run name in this experiment only")
@@ -320,7 +388,14 @@ class DriftConfig:
 
 
 def field_types(cls) -> dict[str, type]:
-    """Each field's type, Optional[T] as T (lists stay lists)."""
+    """Each field's type.
+
+    Args:
+        cls: a dataclass.
+
+    Returns:
+        {field: type}, Optional[T] as T (lists stay lists).
+    """
     hints = typing.get_type_hints(cls)
     resolved = {}
     for name, hint in hints.items():
@@ -329,9 +404,15 @@ def field_types(cls) -> dict[str, type]:
     return resolved
 
 
-
 def check(config) -> None:
-    """Every field inside its allowed values; raises a UserError naming the option, value and range."""
+    """Every field inside its allowed values, then the config's own check().
+
+    Args:
+        config: any of the jobs' configs.
+
+    Raises:
+        UserError: naming the option, its value and what it allows.
+    """
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         for item in value if isinstance(value, list) else [value]:

@@ -86,7 +86,8 @@ DOCUMENTED = ["caspar/__init__.py", "caspar/model/trees.py", "caspar/model/cross
               "caspar/training/evaluate.py", "caspar/tuning/ensemble.py",
               "caspar/tuning/search.py", "caspar/tuning/study.py", "caspar/tuning/trial.py", "caspar/tuning/tune.py",
               "caspar/tuning/checks.py", "caspar/tuning/cpu.py", "caspar/model/layers.py", "caspar/model/network.py",
-              "caspar/training/train.py", "caspar/training/drift.py", "caspar/training/mlflow_model.py"]
+              "caspar/training/train.py", "caspar/training/drift.py", "caspar/training/mlflow_model.py",
+              "caspar/config.py", "caspar/cli.py"]
 
 
 # Methods a framework calls (Ray Tune's callbacks, schedulers and Trainable, Keras's layers and

@@ -552,6 +552,23 @@ def test_a_full_disk_or_memory_is_one_line_wherever_it_happens(raised, words, ca
     assert err.startswith(f"prepare: error: {words}") and "\n" not in err, err
 
 
+def test_a_file_error_that_names_no_file_says_where_it_was_raised(tmp_path, monkeypatch, capsys):
+    """A FileNotFoundError without a filename (e.g. the current folder deleted under the job) is one
+    line that still names something: where it was raised."""
+    import os
+
+    from caspar import cli
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert cli.run("tune", lambda: [os.getcwd()]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tune: error: No such file or directory (raised in ") and "\n" not in err, err
+    assert "test_faults.py" in err or "<lambda>" in err
+
+
 def test_a_log_beyond_the_size_limit_is_a_reported_problem_not_a_memory_blowup(good, tmp_path, monkeypatch):
     """One file of a single endless line beside real logs: not read (its size is checked before, and
     no more than the limit is ever read), reported with its file, and the other games prepared."""
