@@ -27,13 +27,31 @@ DOWNLOAD_TIMEOUT_S = 60
 
 
 def is_remote(source: str) -> bool:
+    """Whether --input names something to download.
+
+    Args:
+        source: --input.
+
+    Returns:
+        True for corpus:NAME and http(s) URLs.
+    """
     return source.startswith((PREFIX, "http://", "https://"))
 
 
 def archive(source: str) -> str:
     """The local path of the archive `source` names (corpus:NAME or URL#sha256=HEX), downloaded
     into the cache unless it is there already (pooch: a download lands under its final name only
-    once its hash is checked)."""
+    once its hash is checked).
+
+    Args:
+        source: corpus:NAME or URL#sha256=HEX.
+
+    Returns:
+        The archive's local path.
+
+    Raises:
+        UserError: the download failed or its hash differs.
+    """
     import pooch
     import requests
 
@@ -50,7 +68,17 @@ def archive(source: str) -> str:
 
 
 def resolve(source: str) -> tuple[str, str]:
-    """(url, sha256) of corpus:NAME or URL#sha256=HEX."""
+    """Where an archive is and what it must hash to.
+
+    Args:
+        source: corpus:NAME or URL#sha256=HEX.
+
+    Returns:
+        (url, sha256).
+
+    Raises:
+        UserError: an unknown corpus, or a URL without its hash.
+    """
     if source.startswith(PREFIX):
         name = source[len(PREFIX):]
         if name not in CORPORA:
@@ -63,6 +91,7 @@ def resolve(source: str) -> tuple[str, str]:
 
 
 def cache_folder() -> Path:
+    """Where downloads are kept: $CASPAR_CACHE, else caspar-trainer in the user's cache folder."""
     if os.environ.get("CASPAR_CACHE"):
         return Path(os.environ["CASPAR_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "caspar-trainer"

@@ -48,7 +48,18 @@ MAX_LOG_BYTES = 64 << 20
 
 
 def read_log_bytes(filesystem, path: str) -> bytes:
-    """A log file's bytes; an InputError above MAX_LOG_BYTES, checked by its size and by reading no further."""
+    """A log file's bytes, checked by its size and by reading no further than the limit.
+
+    Args:
+        filesystem: a pyarrow filesystem.
+        path: the log's path in it.
+
+    Returns:
+        Its bytes.
+
+    Raises:
+        InputError: the file is larger than MAX_LOG_BYTES.
+    """
     size = filesystem.get_file_info(path).size
     if size is not None and size > MAX_LOG_BYTES:
         raise InputError(f"{size / 2**20:.0f} MB, more than the {MAX_LOG_BYTES >> 20} MB a game's log may be; not read")
@@ -62,7 +73,17 @@ IN_PROCESS_GAMES = 48  # at most this many local games are prepared without Ray 
 
 def featurize_game(name: str, paths: list[str], filesystem, settings: PrepareConfig) -> tuple[pa.Table, dict]:
     """The rows and the manifest entry of one game (its file, or the four files of a split game):
-    the work of every prepare, in a Ray worker or in this process."""
+    the work of every prepare, in a Ray worker or in this process.
+
+    Args:
+        name: the game's name (its file, or a split game's timestamp).
+        paths: its files.
+        filesystem: the pyarrow filesystem they are on.
+        settings: the prepare's options (split sizes, seed, unit table, bots).
+
+    Returns:
+        (its rows as an Arrow table, its manifest entry: problems, format, rows, timings).
+    """
     cpu = time.process_time()
     try:
         files = {os.path.basename(path): read_log_bytes(filesystem, path) for path in paths}
@@ -131,6 +152,7 @@ def _manifest_collector():
 
 @dataclass
 class Summary:
+    """What a prepare read and wrote, as jobs/prepare.py prints it."""
     files: int
     files_with_problems: int
     unreadable_files: int
@@ -145,6 +167,7 @@ class Summary:
     duplicates: list = field(default_factory=list)  # (file, the file of the same content that was read)
 
     def lines(self) -> list[str]:
+        """Returns what jobs/prepare.py prints at its end."""
         splits = ", ".join(f"{k} {v:,}" for k, v in self.rows.items())
         formats = ", ".join(f"{count} in format {name}" for name, count in sorted(self.formats.items())) or "none readable"
         dropped = "; ".join(f"{count:,} {reason}" for reason, count in sorted(self.dropped.items(), key=lambda i: -i[1]))
@@ -175,7 +198,19 @@ def prepare(config: PrepareConfig, parallelism: int | None = None, in_process: b
     `config.output`, replacing the previous one only when the new one is complete and usable.
     A few local logs (at most IN_PROCESS_GAMES) are featurised in this process, without starting
     Ray (`in_process` decides otherwise): the same per-game work and the same dataset, seconds sooner.
-    `say`: a function taking a progress line (how many games are done, now and then)."""
+
+    Args:
+        config: the prepare's options.
+        parallelism: Ray Data's blocks at once (every CPU of the cluster if None).
+        in_process: featurise in this process (True) or on Ray (False); None: by the input's size.
+        say: called with progress lines (how many games are done, now and then), or None.
+
+    Returns:
+        The Summary.
+
+    Raises:
+        InputError: bad options or input, or a dataset training could not use (nothing is replaced).
+    """
     started = time.perf_counter()
     check(config)
     if config.mekfile:
@@ -221,7 +256,14 @@ def prepare(config: PrepareConfig, parallelism: int | None = None, in_process: b
 def drop_duplicate_games(inputs) -> list[dict]:
     """A game is its content: a log found twice (copied under another name, in another folder) is one
     game, read once (the first by name), or its rows would count twice and could land in two splits
-    (test rows in training). Removes the copies from inputs.games; returns their manifest entries."""
+    (test rows in training).
+
+    Args:
+        inputs: the logs found (its games lose their copies).
+
+    Returns:
+        The copies' manifest entries, each naming the file it is a copy of.
+    """
     first: dict[str, str] = {}
     entries = []
     for name in sorted(inputs.games):

@@ -26,6 +26,7 @@ ZIP_FOLDER_PREFIX = "caspar-zip-"
 
 @dataclass
 class Inputs:
+    """The logs an input holds: their filesystem and paths, grouped into games, and what was skipped."""
     filesystem: pafs.FileSystem
     paths: list[str]
     root: str
@@ -36,7 +37,14 @@ class Inputs:
 @contextlib.contextmanager
 def found_logs(source: str) -> Iterator[Inputs]:
     """The logs of `source`; a `.zip` (also one downloaded: corpus:NAME, URL#sha256=HEX) is unpacked
-    into a temporary folder for the block's duration."""
+    into a temporary folder for the block's duration.
+
+    Args:
+        source: --input (a folder, a file, a .zip, s3://…, corpus:NAME or URL#sha256=HEX).
+
+    Yields:
+        The Inputs found.
+    """
     if corpus.is_remote(source):
         source = corpus.archive(source)
     if storage.is_s3(source) or not (source.endswith(".zip") and os.path.isfile(source)):
@@ -51,7 +59,17 @@ def found_logs(source: str) -> Iterator[Inputs]:
 
 def unpack(archive_path: str) -> str:
     """The archive unpacked into a new temporary folder, refused above ZIP_LIMIT_BYTES. Folders a
-    killed run left behind are removed first."""
+    killed run left behind are removed first.
+
+    Args:
+        archive_path: a .zip file.
+
+    Returns:
+        The folder it was unpacked into.
+
+    Raises:
+        InputError: not a readable zip, or larger unpacked than ZIP_LIMIT_BYTES.
+    """
     remove_abandoned_unpacks()
     try:
         with zipfile.ZipFile(archive_path) as archive:
@@ -89,7 +107,17 @@ def _process_exists(pid: int) -> bool:
 
 
 def find_logs(source: str) -> Inputs:
-    """All `*.tsv` logs under a folder (recursively) or an s3:// prefix, or one log file."""
+    """All `*.tsv` logs under a folder (recursively) or an s3:// prefix, or one log file.
+
+    Args:
+        source: the folder, prefix or file.
+
+    Returns:
+        The Inputs, grouped into games.
+
+    Raises:
+        InputError: the path does not exist, or holds no log.
+    """
     filesystem, root = storage.resolve(source)
     kind = storage.info(filesystem, root, source).type
     if kind == pafs.FileType.NotFound and not storage.is_s3(source):
@@ -119,7 +147,15 @@ def find_logs(source: str) -> Inputs:
 
 def local_logs(root: str, skipped: dict[str, str]) -> list[str]:
     """The logs under a local folder, following symbolic links but visiting each real folder once
-    (a link loop ends there). A name that is not UTF-8 is skipped, and named in `skipped`."""
+    (a link loop ends there).
+
+    Args:
+        root: the folder.
+        skipped: filled with each path not read and why (a name that is not UTF-8).
+
+    Returns:
+        The logs' paths, sorted.
+    """
     paths, visited = [], set()
     for folder, subfolders, files in os.walk(root, followlinks=True):
         real = os.stat(folder)
@@ -138,7 +174,14 @@ def local_logs(root: str, skipped: dict[str, str]) -> list[str]:
 
 
 def is_mac_metadata(path: str) -> bool:
-    """What macOS adds to an archive beside each file (`__MACOSX/…/._NAME`): not a log."""
+    """What macOS adds to an archive beside each file (`__MACOSX/…/._NAME`): not a log.
+
+    Args:
+        path: a file's path.
+
+    Returns:
+        True for such a file.
+    """
     return os.path.basename(path).startswith("._") or "__MACOSX" in path.split("/")
 
 
@@ -151,13 +194,24 @@ def _is_utf8(path: str) -> bool:
 
 
 def printable(path: str) -> str:
-    """A path whose name is not UTF-8, with its odd bytes as \\x escapes."""
+    """A path whose name is not UTF-8, with its odd bytes as \\x escapes.
+
+    Args:
+        path: a path as os.walk gives it (undecodable bytes as surrogates).
+
+    Returns:
+        A printable text.
+    """
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def group_games(inputs: Inputs) -> None:
     """One game per log file, except the four files of a split game (same timestamp), which are
-    one game; a split game with a file missing is reported and not read."""
+    one game; a split game with a file missing is reported and not read.
+
+    Args:
+        inputs: the logs found; its games and skipped are filled in.
+    """
     split: dict[str, dict[str, str]] = {}
     for path in inputs.paths:
         part = split_part(os.path.basename(path))

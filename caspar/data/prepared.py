@@ -45,7 +45,18 @@ class Prepared:
 
 def load_prepared(uri: str, every_split: bool = True) -> Prepared:
     """Read a dataset written by `prepare`, checked first: a missing, stale or damaged dataset is
-    an InputError naming the file and what is wrong. `every_split`: training needs rows in each."""
+    an InputError naming the file and what is wrong.
+
+    Args:
+        uri: the dataset's folder or s3:// prefix.
+        every_split: rows needed in train, val and test (training); False for a drift check's one split.
+
+    Returns:
+        The Prepared dataset.
+
+    Raises:
+        InputError: missing, of another feature set, damaged, or without rows where they are needed.
+    """
     filesystem, path = storage.resolve(uri)
     manifest_path, schema_path = storage.join(path, "manifest.json"), storage.join(path, "schema.json")
     if storage.info(filesystem, manifest_path, uri).type != pafs.FileType.File:
@@ -112,7 +123,20 @@ def _read_rows(filesystem, path: str, width: int) -> pa.Table:
 
 def row_files(filesystem, path: str, uri: str, manifest: dict) -> list[str]:
     """The Parquet files of the dataset: those its manifest names (a dataset written before the
-    manifest named them: every file in rows/)."""
+    manifest named them: every file in rows/).
+
+    Args:
+        filesystem: a pyarrow filesystem.
+        path: the dataset's path in it.
+        uri: the dataset as the user named it (for messages).
+        manifest: its manifest.
+
+    Returns:
+        The files' paths.
+
+    Raises:
+        InputError: a file the manifest names is missing.
+    """
     if "row_files" in manifest:
         files = [storage.join(path, name) for name in manifest["row_files"]]
         for file in files:

@@ -35,7 +35,18 @@ def row_schema() -> pa.Schema:
 
 def split_of(file: str, segments: np.ndarray, seed: int, test_size: float, validation_size: float) -> np.ndarray:
     """Deterministic split per game (file, segment): a seeded hash, so a game's split does not
-    depend on which other logs are in the input."""
+    depend on which other logs are in the input.
+
+    Args:
+        file: the game's name.
+        segments: [rows] the segment of each row (a log holding two games has two).
+        seed: the split's seed.
+        test_size: the share of games in test.
+        validation_size: the share in val.
+
+    Returns:
+        [rows] "train", "val" or "test".
+    """
     result = np.empty(len(segments), dtype=object)
     for segment in np.unique(segments):
         digest = hashlib.sha256(f"{seed}:{file}:{segment}".encode()).digest()
@@ -51,7 +62,17 @@ def _unit_points(mekfile: str | None):
 
 def rows_of_game(files: dict[str, bytes], name: str, settings: PrepareConfig) -> tuple[pa.Table, dict]:
     """Featurise one game (a log, or the four files of a split game): its rows as an Arrow table,
-    and its manifest entry."""
+    and its manifest entry.
+
+    Args:
+        files: {file name: its bytes}.
+        name: the game's name.
+        settings: the prepare's options (ROW_SETTINGS).
+
+    Returns:
+        (rows, entry): a log that cannot be read at all gives no rows and an entry naming its
+        problem (reported, not raised: the other games go on).
+    """
     digest = hashlib.sha256()
     for file in sorted(files):
         digest.update(files[file])

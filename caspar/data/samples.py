@@ -42,7 +42,21 @@ class _Unit:
 def game_log(seed: int, *, wide: bool = True, crlf: bool = False, decimal_comma: bool = False,
              rounds: int = 4, width: int = 16, height: int = 17, second_game: bool = False) -> str:
     """One synthetic log as text. With `second_game`, the board is logged again (taller) and a
-    second game starts at round 1, as in real logs that hold two games."""
+    second game starts at round 1, as in real logs that hold two games.
+
+    Args:
+        seed: the game's seed.
+        wide: the 27-column unit states (else 24).
+        crlf: Windows line ends.
+        decimal_comma: numbers with a decimal comma.
+        rounds: rounds played.
+        width: the board's width.
+        height: its height.
+        second_game: a second game in the same log.
+
+    Returns:
+        The log's text.
+    """
     rng = random.Random(seed)
     units = []
     for entity in range(1, rng.randint(4, 7) + 1):
@@ -137,7 +151,16 @@ class _SyntheticLog:
 
 
 def write_samples(folder: str | Path, count: int = 24, seed: int = 0) -> list[Path]:
-    """Write `count` synthetic logs, mixing 27/24-column states, LF/CRLF and decimal commas."""
+    """Writes synthetic logs, mixing 27/24-column states, LF/CRLF and decimal commas.
+
+    Args:
+        folder: where (created if missing).
+        count: how many.
+        seed: the first log's seed.
+
+    Returns:
+        The files written.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
