@@ -104,8 +104,9 @@ def test_documented_modules_say_what_every_public_function_takes_and_returns():
     for name in DOCUMENTED:
         tree = ast.parse((ROOT / name).read_text())
         public = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+        # a module's functions and classes, and the methods of its public classes
         public += [method for node in public if isinstance(node, ast.ClassDef) for method in node.body
-                   if isinstance(method, ast.FunctionDef) and not node.name.startswith("_")]  # a module's functions and classes, and their methods
+                   if isinstance(method, ast.FunctionDef) and not node.name.startswith("_")]
         for node in public:
             if node.name.startswith("_") or (node not in tree.body and FRAMEWORK_HOOKS.match(node.name)):
                 continue
