@@ -88,7 +88,8 @@ DOCUMENTED = ["caspar/__init__.py", "caspar/model/trees.py", "caspar/model/cross
               "caspar/tuning/checks.py", "caspar/tuning/cpu.py", "caspar/model/layers.py", "caspar/model/network.py",
               "caspar/training/train.py", "caspar/training/drift.py", "caspar/training/mlflow_model.py",
               "caspar/config.py", "caspar/cli.py", "caspar/data/corpus.py", "caspar/data/dataset.py",
-              "caspar/data/logfiles.py", "caspar/data/prepared.py", "caspar/data/rows.py", "caspar/data/samples.py"]
+              "caspar/data/logfiles.py", "caspar/data/prepared.py", "caspar/data/rows.py", "caspar/data/samples.py",
+              "caspar/export/formats.py", "caspar/export/javafeatures.py", "caspar/export/javamodel.py"]
 
 
 # Methods a framework calls (Ray Tune's callbacks, schedulers and Trainable, Keras's layers and

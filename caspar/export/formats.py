@@ -48,9 +48,18 @@ class JavaModel:
 
     @property
     def status(self) -> str:
+        """"verified", "unverified" (written, no JDK) or "none"."""
         return "verified" if self.verified else "unverified" if self.written else "none"
 
     def line(self, latency: dict[str, float]) -> str:
+        """The export's line on the Java model.
+
+        Args:
+            latency: the export's figures (java_batch1_ms, java_batch256_ms).
+
+        Returns:
+            The line: verified with its difference and speed, or why not.
+        """
         if not self.verified:
             return f"Java model: {self.note}"
         return (f"Java model ({javamodel.MODEL_FILE}, {JAVA_FOLDER}/{javamodel.PACKAGE}/): verified in Java, max |difference| "
@@ -60,6 +69,7 @@ class JavaModel:
 
 @dataclass
 class Exported:
+    """What an export wrote and measured, as jobs/export.py prints it."""
     source: Source
     tflite: str
     folder: str
@@ -70,6 +80,7 @@ class Exported:
     java: JavaModel
 
     def lines(self) -> list[str]:
+        """Returns what jobs/export.py prints at its end."""
         lines = [self.source.note] if self.source.note else []
         sizes = ", ".join(f"{name} {size / 1024:.0f} KiB" for name, size in self.sizes.items())
         ms = self.latency
@@ -90,8 +101,21 @@ class Exported:
 
 
 def export(ref: str, output: str = "exports", experiment_name: str | None = None, say=None) -> Exported:
-    """The model `ref` names, written to output/<run name>/ in every format and verified; `say`: a
-    function taking a line as each step starts."""
+    """The model `ref` names, written to output/<run name>/ in every format and verified.
+
+    Args:
+        ref: a run name, run id, models:/NAME/VERSION, models:/NAME@ALIAS or models:/m-… URI.
+        output: the folder NAME/ is written into (replaced whole, only if it is an earlier export).
+        experiment_name: look for a run name in this experiment only.
+        say: called with a line as each step starts (or None).
+
+    Returns:
+        The Exported.
+
+    Raises:
+        UserError: no such model, a run that failed or is unfinished, an output that is not an
+            export, or a written model whose outputs differ from training's (ExportError).
+    """
     import mlflow
     import pyarrow.fs as pafs
 
@@ -154,7 +178,14 @@ def export(ref: str, output: str = "exports", experiment_name: str | None = None
 
 
 def export_names(name: str) -> set[str]:
-    """What an export folder holds (an older export without the owner marker is recognised by it)."""
+    """What an export folder holds (an older export without the owner marker is recognised by it).
+
+    Args:
+        name: the export's name (its run's).
+
+    Returns:
+        The names of its top-level entries.
+    """
     return {"saved_model.pb", "variables", "assets", "fingerprint.pb", f"{name}.tflite", NORMALIZATION_FILE,
             TEST_INPUTS_FILE, "schema.json", "README.md", javamodel.MODEL_FILE, JAVA_FOLDER,
             "CasparModel.java"}  # (where exports before the Java package kept the Java model)
@@ -164,7 +195,20 @@ def write_java(keras_model, staging: str, feature_set: str, classes: str | None)
     """model.caspar and the Java package beside the other formats, and the Java model run by the JDK
     on test_inputs.csv: an output more than TOLERANCE from what training recorded fails the export.
     A model the Java format cannot express gets no Java files (one line says why); without a JDK
-    the files are written, unverified."""
+    the files are written, unverified.
+
+    Args:
+        keras_model: the model that ships.
+        staging: the export's folder being written.
+        feature_set: the schema's version, written into model.caspar.
+        classes: the compiled Java package (None: no JDK).
+
+    Returns:
+        The JavaModel: written, verified, its largest difference, or why not.
+
+    Raises:
+        ExportError: the Java model's outputs differ from training's by more than TOLERANCE.
+    """
     try:
         javamodel.write(keras_model, os.path.join(staging, javamodel.MODEL_FILE), feature_set)
     except javamodel.UnsupportedModel as error:
@@ -184,7 +228,16 @@ def write_java(keras_model, staging: str, feature_set: str, classes: str | None)
 def measure_latency(saved_model: str, tflite_path: str, width: int) -> dict[str, float]:
     """Median milliseconds per call on one thread: the TFLite model at batch 1 and 256, the
     SavedModel's signature at batch 1, and an empty SavedModel's signature (Python's own cost of
-    calling one, which the model's time includes)."""
+    calling one, which the model's time includes).
+
+    Args:
+        saved_model: the SavedModel's folder.
+        tflite_path: the TFLite file.
+        width: the model's inputs.
+
+    Returns:
+        {figure: milliseconds}: tflite_batch1_ms, tflite_batch256_ms, savedmodel_batch1_ms, empty_signature_ms.
+    """
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
@@ -234,7 +287,20 @@ def _to_tflite(saved_model: str) -> bytes:
 def verify(keras_model, saved_model: str, tflite_path: str, width: int) -> float:
     """Feed the test rows, normalised as the game does, through the Keras model and every written
     model, and compare each with the outputs training recorded for those rows (the last column of
-    test_inputs.csv); return the largest difference. Raises ExportError above TOLERANCE."""
+    test_inputs.csv).
+
+    Args:
+        keras_model: the model loaded from the run.
+        saved_model: the export's folder (SavedModel, test_inputs.csv, normalisation).
+        tflite_path: the TFLite file.
+        width: the model's inputs.
+
+    Returns:
+        The largest difference.
+
+    Raises:
+        ExportError: a difference above TOLERANCE, or test rows of another width.
+    """
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 

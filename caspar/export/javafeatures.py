@@ -63,7 +63,17 @@ def write_decisions(log: GameLog, points: UnitPoints, handle, include_bots: bool
     returns the log's rows as `caspar.data.features.featurize` computes them.
 
     Hit points: a state row without ARMOR and INTERNAL (24-column logs) gets the reader's estimate
-    of its current points (FEATURES.md §7) as ARMOR and 0 as INTERNAL; the game always has both."""
+    of its current points (FEATURES.md §7) as ARMOR and 0 as INTERNAL; the game always has both.
+
+    Args:
+        log: a parsed GameLog.
+        points: the units' full armour and internal points.
+        handle: an open text file.
+        include_bots: the bot's moves too.
+
+    Returns:
+        The log's Rows.
+    """
     game = Game(log, points)
     move_rows, me_rows, _ = select_moves(game, include_bots)
     armor, internal = column_numbers(log.states, "ARMOR"), column_numbers(log.states, "INTERNAL")
@@ -87,12 +97,25 @@ def write_decisions(log: GameLog, points: UnitPoints, handle, include_bots: bool
 
 
 def header() -> str:
+    """Returns a decisions file's first lines: its format and the fields of its records."""
     return "\n".join([FORMAT, "fields\taction\t" + "\t".join(ACTION_FIELDS),
                       "fields\tunit\t" + "\t".join(UNIT_FIELDS)]) + "\n"
 
 
 def features_in_java(decisions: str, output: str, classes: str) -> np.ndarray:
-    """[decisions, 354] float32: CasparFeatures on every decision of the file."""
+    """CasparFeatures (Java) on every decision of a file.
+
+    Args:
+        decisions: the decisions file.
+        output: where CasparTool writes the features (little-endian float32).
+        classes: the compiled Java package.
+
+    Returns:
+        [decisions, 354] float32.
+
+    Raises:
+        UserError: CasparTool failed (its last line).
+    """
     result = subprocess.run(["java", "-cp", classes, "caspar.CasparTool", "features", decisions, output],
                             capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
@@ -101,7 +124,20 @@ def features_in_java(decisions: str, output: str, classes: str) -> np.ndarray:
 
 
 def scores_in_java(export: str, decisions: str, output: str, classes: str) -> np.ndarray:
-    """[decisions]: the export's CasparModel on CasparFeatures of every decision of the file."""
+    """The export's CasparModel on CasparFeatures of every decision of a file.
+
+    Args:
+        export: the export's folder.
+        decisions: the decisions file.
+        output: where CasparTool writes the scores.
+        classes: the compiled Java package.
+
+    Returns:
+        [decisions] float64.
+
+    Raises:
+        UserError: CasparTool failed (its last line).
+    """
     result = subprocess.run(["java", "-cp", classes, "caspar.CasparTool", "score", export, decisions, output],
                             capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
@@ -110,7 +146,16 @@ def scores_in_java(export: str, decisions: str, output: str, classes: str) -> np
 
 
 def write_decisions_file(logs, path: str, points: UnitPoints) -> dict[tuple[str, int], np.ndarray]:
-    """Every decision of `logs` in one file; returns our features by (game, move index)."""
+    """Every decision of some logs in one file.
+
+    Args:
+        logs: parsed GameLogs.
+        path: the file written.
+        points: the units' full armour and internal points.
+
+    Returns:
+        {(game, move index): [354] our features of that decision}.
+    """
     expected = {}
     with open(path, "w") as handle:
         handle.write(header())
@@ -121,6 +166,13 @@ def write_decisions_file(logs, path: str, points: UnitPoints) -> dict[tuple[str,
 
 
 def decision_keys(path: str) -> list[tuple[str, int]]:
-    """(game, move index) of each decision of a file, in order."""
+    """The decisions of a file.
+
+    Args:
+        path: a decisions file.
+
+    Returns:
+        (game, move index) of each decision, in order.
+    """
     with open(path) as handle:
         return [(cells[1], int(cells[2])) for cells in (line.split("\t", 3) for line in handle) if cells[0] == "decision"]

@@ -24,6 +24,7 @@ PACKAGE = "caspar"  # the Java package: CasparModel, CasparFeatures, CasparTool 
 
 
 def source_files() -> list[str]:
+    """Returns the Java package's source files."""
     folder = os.path.join(SOURCES, PACKAGE)
     return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".java"))
 FORMAT = 3  # 2: the piecewise encoding's inputs may have different numbers of bins; 3: the trees alone may ship
@@ -34,7 +35,16 @@ class UnsupportedModel(UserError):
 
 
 def write(model, path: str, feature_set: str) -> None:
-    """model.caspar for a Keras model built by caspar.model.network.build_network."""
+    """Writes model.caspar.
+
+    Args:
+        model: a Keras model built by caspar.model.network (a network, or the trees alone).
+        path: the file written.
+        feature_set: the schema's version.
+
+    Raises:
+        UnsupportedModel: a layer or activation the Java model does not compute.
+    """
     header = [f"caspar-model {FORMAT}", f"feature_set {feature_set}", f"inputs {model.input_shape[-1]}"]
     arrays: list[np.ndarray] = []
     output = None
@@ -119,7 +129,14 @@ def _folded_batch_norm(layer, w) -> list[tuple[str, np.ndarray]]:
 def tree_nodes(w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The TreeEnsemble's matrix form (for each tree: the feature and threshold of each internal
     node, and for each leaf the turns its path takes) back into node arrays to walk: per node its
-    feature, threshold, left and right child (-1 at a leaf) and leaf value; per tree its root."""
+    feature, threshold, left and right child (-1 at a leaf) and leaf value; per tree its root.
+
+    Args:
+        w: the TreeEnsemble's weights by name (features, thresholds, paths, left_turns, values).
+
+    Returns:
+        {"roots": [trees], "feature", "threshold", "left", "right", "value": [nodes]}.
+    """
     nodes: dict[str, list] = {"feature": [], "threshold": [], "left": [], "right": [], "value": []}
     roots = [_add_tree(nodes, *(w[k][t] for k in ("features", "thresholds", "paths", "left_turns", "values")))
              for t in range(len(w["features"]))]
@@ -154,11 +171,19 @@ def _add_tree(nodes: dict[str, list], features, thresholds, paths, left_turns, v
 # --- Running the Java model ----------------------------------------------------------------------------
 
 def java_available() -> bool:
+    """Returns whether javac and java are on the PATH."""
     return shutil.which("javac") is not None and shutil.which("java") is not None
 
 
 def compiled(classes: str) -> None:
-    """Compiles the Java package into `classes` (javac --release 17); a UserError with javac's first line."""
+    """Compiles the Java package (javac --release 17, every warning an error).
+
+    Args:
+        classes: the folder the classes go to.
+
+    Raises:
+        UserError: javac failed (its first line).
+    """
     result = subprocess.run(["javac", "--release", "17", "-Xlint:all", "-Werror", "-d", classes, *source_files()],
                             capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
@@ -167,7 +192,19 @@ def compiled(classes: str) -> None:
 
 def predict(folder: str, rows_csv: str, classes: str) -> np.ndarray:
     """The Java model's predictions for a CSV of raw feature rows (test_inputs.csv: its last column,
-    the expected output, is ignored by the Java model, which reads only the model's inputs)."""
+    the expected output, is ignored by the Java model, which reads only the model's inputs).
+
+    Args:
+        folder: the export's folder.
+        rows_csv: the rows.
+        classes: the compiled Java package.
+
+    Returns:
+        [rows] float64.
+
+    Raises:
+        UserError: the Java model failed (its last line).
+    """
     with open(rows_csv, "rb") as rows:
         result = subprocess.run(["java", "-cp", classes, f"{PACKAGE}.CasparTool", "predict", folder], stdin=rows,
                                 capture_output=True, timeout=300)
@@ -178,7 +215,19 @@ def predict(folder: str, rows_csv: str, classes: str) -> np.ndarray:
 
 def latency(folder: str, classes: str, decisions: str | None = None) -> dict[str, float]:
     """Median milliseconds per call on one thread, at batch 1 and per batch of 256; with a decisions
-    file (caspar.export.javafeatures), also the features alone and the features and the model together."""
+    file (caspar.export.javafeatures), also the features alone and the features and the model together.
+
+    Args:
+        folder: the export's folder.
+        classes: the compiled Java package.
+        decisions: a decisions file, or None.
+
+    Returns:
+        {java_<figure>: milliseconds}.
+
+    Raises:
+        UserError: the benchmark failed (its last line).
+    """
     result = subprocess.run(["java", "-XX:ActiveProcessorCount=1", "-cp", classes, f"{PACKAGE}.CasparTool", "benchmark",
                              folder, *([decisions] if decisions else [])], capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
