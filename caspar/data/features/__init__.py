@@ -43,7 +43,15 @@ class Rows:
 
 def select_moves(game: Game, include_bots: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Move rows that become dataset rows (§3.1), the state row of each mover (`me`, §2.2), and
-    how many moves were left out, by reason."""
+    how many moves were left out, by reason.
+
+    Args:
+        game: the Game of a log.
+        include_bots: the bot's moves too.
+
+    Returns:
+        (move rows [M], the mover's state row of each [M], {reason: moves left out}).
+    """
     moves = game.log.moves
     n_blocks = len(game.block_round)
     is_bot = np.nan_to_num(moves["IS_BOT"].to_numpy(zero_copy_only=False).astype(float)) == 1
@@ -66,7 +74,16 @@ def select_moves(game: Game, include_bots: bool = False) -> tuple[np.ndarray, np
 
 def featurize(log: GameLog, points: UnitPoints, include_bots: bool = False) -> Rows:
     """The rows of one log. A move whose values are not all finite numbers (a value missing where
-    a feature needs it) is skipped and reported in `log.problems` with its line."""
+    a feature needs it) is skipped and reported in `log.problems` with its line.
+
+    Args:
+        log: a parsed GameLog.
+        points: the units' full armour and internal points.
+        include_bots: the bot's moves too.
+
+    Returns:
+        The Rows: identity columns, features [N, width], reward [N].
+    """
     game = Game(log, points)
     move_rows, me_rows, dropped = select_moves(game, include_bots)
     s = Situation(game, move_rows, me_rows)

@@ -8,25 +8,61 @@ import numpy as np
 
 
 def to_cube(x, y):
-    """Offset (x, y) -> cube (q, r, s); parity is x mod 2, so -1 counts as odd."""
+    """A hex's cube coordinates; parity is x mod 2, so -1 counts as odd.
+
+    Args:
+        x: offset column, array or number.
+        y: offset row.
+
+    Returns:
+        (q, r, s), each shaped as x.
+    """
     q = x
     r = y - (x - (x % 2)) // 2
     return q, r, -q - r
 
 
 def distance(x1, y1, x2, y2):
+    """Hex distance between (x1, y1) and (x2, y2), element-wise.
+
+    Args:
+        x1: first hex's column.
+        y1: its row.
+        x2: second hex's column.
+        y2: its row.
+
+    Returns:
+        The distance in hexes, broadcast shape.
+    """
     q1, r1, s1 = to_cube(x1, y1)
     q2, r2, s2 = to_cube(x2, y2)
     return np.maximum(np.maximum(np.abs(q1 - q2), np.abs(r1 - r2)), np.abs(s1 - s2))
 
 
 def round_half_away(v):
+    """Rounds halves away from zero (cube coordinates of a centroid).
+
+    Args:
+        v: values.
+
+    Returns:
+        The rounded values, float.
+    """
     return np.sign(v) * np.floor(np.abs(v) + 0.5)
 
 
 def centroid(x, y, mask):
     """Centroid hex of the units selected by `mask` along the last axis; (x, y) per leading index.
-    Rows with an empty mask give (0, 0); callers handle the empty case themselves."""
+    Rows with an empty mask give (0, 0); callers handle the empty case themselves.
+
+    Args:
+        x: [..., K] columns.
+        y: [..., K] rows.
+        mask: [..., K] bool, the units counted.
+
+    Returns:
+        (x, y) of the centroid hex, [...] each.
+    """
     q, r, s = to_cube(x, y)
     count = np.maximum(mask.sum(-1), 1)
     qm, rm, sm = ((np.where(mask, c, 0).sum(-1)) / count for c in (q, r, s))
@@ -41,13 +77,29 @@ def centroid(x, y, mask):
 
 
 def point(x, y):
-    """A hex as a point (x, y') with y' = y + (x mod 2) / 2, for directions."""
+    """A hex as a point, for directions.
+
+    Args:
+        x: columns (array).
+        y: rows.
+
+    Returns:
+        (x, y') with y' = y + (x mod 2) / 2, float.
+    """
     return x.astype(np.float64), y + (x % 2) / 2.0
 
 
 def direction(ax, ay, bx, by):
     """MegaMek direction (0 = north, clockwise) from point a to point b, both (x, y') points.
-    Returns (direction, defined) where undefined means the points coincide."""
+    Args:
+        ax: a's x.
+        ay: a's y'.
+        bx: b's x.
+        by: b's y'.
+
+    Returns:
+        (direction 0-5, defined): undefined where the points coincide.
+    """
     dx = (bx - ax) * (np.sqrt(3.0) / 2.0)
     dy = by - ay
     theta = np.arctan2(dx, -dy) % (2 * np.pi)
@@ -56,5 +108,14 @@ def direction(ax, ay, bx, by):
 
 
 def facing_difference(a, b):
+    """How far apart two facings are.
+
+    Args:
+        a: facings 0-5.
+        b: facings 0-5.
+
+    Returns:
+        0-3 hex sides.
+    """
     diff = np.abs(a - b)
     return np.minimum(diff, 6 - diff)

@@ -17,6 +17,7 @@ FEATURE_SET = "v1"
 
 @dataclass(frozen=True)
 class Feature:
+    """One registered feature (or block of `width` values): how it is computed and described."""
     name: str
     width: int
     compute: Callable  # Situation -> array [M] (width 1) or [M, width]
@@ -30,7 +31,20 @@ REGISTRY: list[Feature] = []
 
 def feature(name: str, width: int = 1, names: list[str] | None = None, bounds: tuple[float, float] = (0.0, 1.0),
             description: str = ""):
-    """Register `compute(situation)` as the next feature (or block of `width` values)."""
+    """Registers `compute(situation)` as the next feature (or block of `width` values). A registered
+    function's documentation is its `description` (docs/features.md lists it): each takes the
+    Situation of a game's M moves and returns [M] values (width 1) or [M, width].
+
+    Args:
+        name: the feature's name (its column's, or its block's prefix).
+        width: values per move.
+        names: the block's column names (name_0 … name_{width-1} if None).
+        bounds: the range every value lies in (FEATURES.md's).
+        description: one line, for docs/features.md.
+
+    Returns:
+        The decorator, which returns the function unchanged.
+    """
     def register(compute):
         column_names = tuple(names or ([name] if width == 1 else [f"{name}_{i}" for i in range(width)]))
         assert len(column_names) == width, name
@@ -41,6 +55,7 @@ def feature(name: str, width: int = 1, names: list[str] | None = None, bounds: t
 
 
 def feature_names() -> list[str]:
+    """Returns every feature column's name, in schema order."""
     return [n for f in REGISTRY for n in f.names]
 
 
@@ -59,7 +74,14 @@ def schema() -> dict:
 
 
 def compute_all(situation) -> np.ndarray:
-    """[M, width] float64 matrix: every registered feature, in schema order."""
+    """Every registered feature of a game's moves.
+
+    Args:
+        situation: the Situation of M moves.
+
+    Returns:
+        [M, width] float64, the features in schema order.
+    """
     columns = []
     for f in REGISTRY:
         values = np.asarray(f.compute(situation), dtype=np.float64)

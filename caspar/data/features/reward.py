@@ -15,7 +15,15 @@ OTHER_ROLE_MIN_DISTANCE = 3
 
 
 def future_snapshot(s: Situation) -> np.ndarray:
-    """Φ: the first snapshot of the segment with a round above the move's, else the segment's last."""
+    """Φ: the snapshot each move's outcome is read from.
+
+    Args:
+        s: the Situation of M moves.
+
+    Returns:
+        [M] the block of the first snapshot of the segment with a round above the move's, else the
+        segment's last.
+    """
     game = s.game
     last = game.segment_last_block[s.block]
     # Rounds never fall within a segment, so a search over the segment's blocks finds Φ.
@@ -24,6 +32,16 @@ def future_snapshot(s: Situation) -> np.ndarray:
 
 
 def reward(s: Situation) -> np.ndarray:
+    """The target of every move (FEATURES.md's reward): at Φ, 0.5 x its team's share of the battle
+    value alive + 0.3 x the health the mover kept + 0.2 if it survived, times the distance modifier
+    (how near its role's distance from the closest enemy it stayed).
+
+    Args:
+        s: the Situation of M moves.
+
+    Returns:
+        [M] rewards in [0, 1].
+    """
     game = s.game
     phi = future_snapshot(s)
     alive = ~game.destroyed

@@ -34,11 +34,27 @@ ARC_COLUMNS = {"front": "ARMOR_FRONT_P", "right": "ARMOR_RIGHT_P", "left": "ARMO
 
 
 def clamp01(v):
+    """Clips to [0, 1].
+
+    Args:
+        v: values.
+
+    Returns:
+        v clipped to [0, 1].
+    """
     return np.clip(v, 0.0, 1.0)
 
 
 def health(armor_p, internal_p):
-    """Mean of the valid fractions (finite, within [0, 1]); 1 when neither is valid (§2.6)."""
+    """A unit's health (§2.6).
+
+    Args:
+        armor_p: armour fractions.
+        internal_p: internal-structure fractions, shaped as armor_p.
+
+    Returns:
+        The mean of the valid fractions (finite, within [0, 1]); 1 where neither is valid.
+    """
     valid_a = np.isfinite(armor_p) & (armor_p >= 0) & (armor_p <= 1)
     valid_i = np.isfinite(internal_p) & (internal_p >= 0) & (internal_p <= 1)
     count = valid_a.astype(np.int64) + valid_i
@@ -104,7 +120,15 @@ class Game:
         self.default_board = self._board_from_units()
 
     def row_of(self, block: np.ndarray, entity: np.ndarray) -> np.ndarray:
-        """State row of `entity` in snapshot `block`, or -1."""
+        """The state rows of units in snapshots.
+
+        Args:
+            block: [N] snapshots.
+            entity: [N] entity ids.
+
+        Returns:
+            [N] each entity's state row in its snapshot, or -1.
+        """
         if not len(self._keys):
             return np.full(len(block), -1)
         keys = block * (1 << 32) + entity
@@ -113,7 +137,15 @@ class Game:
         return np.where(sorted_keys[pos] == keys, self._key_order[pos], -1)
 
     def latest_row_before(self, block: int, entity: int) -> int:
-        """The entity's row in the latest earlier snapshot of the same segment, or -1."""
+        """A unit's state row before a snapshot.
+
+        Args:
+            block: the snapshot.
+            entity: the entity id.
+
+        Returns:
+            Its row in the latest earlier snapshot of the same segment, or -1.
+        """
         candidates = np.flatnonzero((self.entity == entity) & (self.block < block)
                                     & (self.segment == self.block_segment[block]))
         return int(candidates[-1]) if len(candidates) else -1
@@ -268,6 +300,7 @@ class Situation:
 
     @cached_property
     def d_c(self) -> np.ndarray:
+        """[M] the distance to c, the closest enemy (NO_ENEMY without one)."""
         return _distance_at(self.d, self.closest_enemy)
 
     @cached_property
@@ -277,14 +310,17 @@ class Situation:
 
     @cached_property
     def d_c_star(self) -> np.ndarray:
+        """[M] the distance to c*, the closest enemy with hit points left (NO_ENEMY without one)."""
         return _distance_at(self.d, self.closest_target)
 
     @cached_property
     def threatening(self) -> np.ndarray:
+        """[M, K] the enemies whose maximum range reaches the mover's hex."""
         return self.enemies & (self.d <= self.u_max_range)
 
     @cached_property
     def tau(self) -> np.ndarray:
+        """[M] the move's target-movement modifier, scaled to [0, 1] (hexes moved, jump, prone, still)."""
         h = self.hexes_moved
         bins = np.searchsorted([3, 5, 7, 10, 18, 25], h, side="right")
         t = bins + self.jumping - 2.0 * self.prone - 4.0 * (h == 0)
@@ -292,14 +328,24 @@ class Situation:
 
     @cached_property
     def mates_centroid_distance(self) -> np.ndarray:
+        """[M] the distance from the mover's hex to its team mates' centroid hex."""
         cx, cy = hexgrid.centroid(self.u_x, self.u_y, self.mates)
         return hexgrid.distance(self.px, self.py, cx, cy).astype(np.float64)
 
     def at(self, values: np.ndarray, slot: np.ndarray) -> np.ndarray:
-        """values[m, slot[m]] per move (slot -1 gives values[m, 0]; callers mask it)."""
+        """One snapshot unit's value per move.
+
+        Args:
+            values: [M, K] per move and snapshot unit.
+            slot: [M] the unit's slot (-1 gives slot 0: callers mask it).
+
+        Returns:
+            [M] values[m, slot[m]].
+        """
         return values[np.arange(self.n), np.maximum(slot, 0)]
 
     def has_role(self, *names: str) -> np.ndarray:
+        """Returns [M] whether the mover's role is one of `names`."""
         return np.isin(self.role, [ROLE[n] for n in names])
 
 

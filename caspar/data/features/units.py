@@ -16,17 +16,39 @@ DEFAULT_TABLE = Path(__file__).with_name("unit_points_v1.csv")
 
 @dataclass
 class UnitPoints:
+    """The full armour and internal points of units, by model line, chassis or type."""
     exact: dict[tuple[str, str], tuple[float, float]]
     by_chassis: dict[str, tuple[float, float]]  # chassis whose every line has the same points
     by_type: dict[str, tuple[float, float]]  # per-TYPE medians
 
     def lookup(self, chassis: str, model: str, unit_type: str) -> tuple[float, float]:
-        """(full armour, full internal) by exact line, else chassis, else TYPE median, else (0, 0)."""
+        """A unit's full points.
+
+        Args:
+            chassis: its chassis.
+            model: its model.
+            unit_type: its TYPE.
+
+        Returns:
+            (full armour, full internal) by exact line, else chassis, else TYPE median, else (0, 0).
+        """
         points = self.exact.get((chassis, model)) or self.by_chassis.get(chassis)
         return points or self.by_type.get(unit_type, (0.0, 0.0))
 
 
 def load_unit_points(table: str | Path = DEFAULT_TABLE, mekfile: str | Path | None = None) -> UnitPoints:
+    """The unit table.
+
+    Args:
+        table: unit_points_v1.csv (its per-TYPE medians are always used).
+        mekfile: MegaMek's unit table (TSV), whose lines replace the CSV's if given.
+
+    Returns:
+        The UnitPoints.
+
+    Raises:
+        ValueError: a malformed table, naming its file and line.
+    """
     rows = _read_table(table)
     by_type: dict[str, tuple[float, float]] = {}
     for unit_type in {t for _, _, t, _, _ in rows}:

@@ -86,6 +86,7 @@ class Problem:
 
 @dataclass
 class Board:
+    """A board as the log gives it: its size, and its ROW_ lines (parsed into hexes on demand)."""
     line: int
     name: str
     width: int
@@ -109,7 +110,11 @@ class Board:
         return pd.DataFrame(records, columns=["x", "y", "level", "terrain"])
 
     def orient(self, newer_format: bool) -> None:
-        """Which way the ROW_ lines run: by their count where W != H, else by the log's format."""
+        """Which way the ROW_ lines run: by their count where W != H, else by the log's format.
+
+        Args:
+            newer_format: the log's layout writes one line per board row (versioned, split).
+        """
         if self.width != self.height and len(self.rows) in (self.width, self.height):
             self.rows_are_columns = len(self.rows) == self.width
         else:
@@ -117,7 +122,14 @@ class Board:
 
 
 def parse_hex(cell: str) -> tuple[int, dict[str, int]]:
-    """`Level: 1  Features: Light Woods; foliage_elev(2, 0); ` -> (1, {'woods': 1, 'foliage_elev': 2})."""
+    """One board cell.
+
+    Args:
+        cell: e.g. `Level: 1  Features: Light Woods; foliage_elev(2, 0); `.
+
+    Returns:
+        (level, terrain), e.g. (1, {'woods': 1, 'foliage_elev': 2}).
+    """
     level_text, _, features_text = cell.partition("Features:")
     level = int(level_text.replace("Level:", "").strip() or 0)
     terrain: dict[str, int] = {}
@@ -157,14 +169,37 @@ class GameLog:
 
 
 def has_armor_columns(states: pa.Table) -> bool:
-    """Every state row has BV (27-column rows or newer), so ARMOR, INTERNAL and BV are there."""
+    """Whether the unit states carry their hit points.
+
+    Args:
+        states: the log's state rows.
+
+    Returns:
+        True where every state row has BV (27-column rows or newer), so ARMOR, INTERNAL and BV are there.
+    """
     return states.num_rows > 0 and states["BV"].null_count == 0 and not pc.any(pc.is_nan(states["BV"])).as_py()
 
 
 def column_numbers(table: pa.Table, column: str) -> np.ndarray:
-    """A column as float64 (null -> NaN)."""
+    """A column as numbers.
+
+    Args:
+        table: rows.
+        column: its name.
+
+    Returns:
+        [rows] float64, null as NaN.
+    """
     return table[column].to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def lines(table: pa.Table) -> np.ndarray:
+    """The source lines of a table's rows.
+
+    Args:
+        table: rows with a "line" column.
+
+    Returns:
+        [rows] 1-based lines.
+    """
     return table["line"].to_numpy()

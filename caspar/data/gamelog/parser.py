@@ -64,7 +64,11 @@ class LogParser:
         self.consumed = -1  # index of a value row already taken by a one-row block
 
     def feed(self, data: bytes) -> None:
-        """Every line of `data` into the groups of data rows, boards and problems."""
+        """Every line of a file into the groups of data rows, boards and problems.
+
+        Args:
+            data: the file's bytes.
+        """
         headerish = self.index_lines(self.as_utf8(data))
         self.known_headers = {}
         self.rejected = {k: RowGroup(k, ()) for k in REQUIRED_COLUMNS}
@@ -81,7 +85,14 @@ class LogParser:
 
     def as_utf8(self, data: bytes) -> bytes:
         """`data`, with any byte that is not UTF-8 (a log saved as Windows-1252, say) replaced by
-        U+FFFD and reported on its line: it costs at most that line's text, never the file."""
+        U+FFFD and reported on its line: it costs at most that line's text, never the file.
+
+        Args:
+            data: the file's bytes.
+
+        Returns:
+            Bytes that decode as UTF-8.
+        """
         try:
             data.decode("utf-8")
             return data
@@ -97,8 +108,14 @@ class LogParser:
         return b"\n".join(lines)
 
     def index_lines(self, data: bytes) -> np.ndarray:
-        """Where each line starts and stops, which lines are blank and which hold data; returns the
-        lines that may be headers."""
+        """Where each line starts and stops, which lines are blank and which hold data.
+
+        Args:
+            data: the file's bytes, UTF-8.
+
+        Returns:
+            The 0-based indices of the lines that may be headers.
+        """
         if not data.endswith(b"\n"):
             data += b"\n"
         self.data = data
@@ -118,10 +135,23 @@ class LogParser:
         return np.flatnonzero(~is_data & ~self.empty)
 
     def text(self, i: int) -> str:
+        """A line as text.
+
+        Args:
+            i: the line (0-based).
+
+        Returns:
+            Its text, undecodable bytes replaced.
+        """
         return self.data[self.starts[i]:self.stops[i]].decode(errors="replace")
 
     def data_run(self, first: int, stop: int) -> None:
-        """Data lines first..stop-1 to the block(s) they belong to."""
+        """Data lines to the block(s) they belong to.
+
+        Args:
+            first: the first line (0-based).
+            stop: the line after the last.
+        """
         if first >= stop:
             return
         if not self.versioned:
@@ -134,7 +164,13 @@ class LogParser:
                 self.add_rows(self.latest.get(ROW_KIND_NAMES[self.row_kinds[a]]), a, b)
 
     def add_rows(self, target: RowGroup | None, first: int, stop: int) -> None:
-        """Lines first..stop-1 as one byte range of `target` (line by line if blank lines interrupt them)."""
+        """Lines as one byte range of a group (line by line if blank lines interrupt them).
+
+        Args:
+            target: the group, or None (rows outside any block: reported).
+            first: the first line (0-based).
+            stop: the line after the last.
+        """
         data, starts, ends = self.data, self.starts, self.ends
         if target is None:
             for i in range(first, stop):
@@ -148,7 +184,11 @@ class LogParser:
             target.add(data[starts[first]:ends[stop - 1] + 1], first + 1, stop - first)
 
     def header_line(self, i: int) -> None:
-        """A line that is not data: a header seen before, a comment, a board row, or a new header."""
+        """A line that is not data: a header seen before, a comment, a board row, or a new header.
+
+        Args:
+            i: the line (0-based).
+        """
         raw = self.data[self.starts[i]:self.stops[i]]
         known = self.known_headers.get(raw)
         if known is not None:  # the header of a data block, seen before in this file
@@ -166,6 +206,14 @@ class LogParser:
             self.new_header(i, raw)
 
     def new_header(self, i: int, raw: bytes) -> None:
+        """A header not seen before in this file: a block of data rows starts, or a board's (or the
+        map settings' or planetary conditions') single data line follows; an unknown or incomplete
+        header is reported and its rows skipped.
+
+        Args:
+            i: its line (0-based).
+            raw: its bytes.
+        """
         row = raw.decode(errors="replace")
         header = tuple(ALIASES.get(c, c) for c in row.rstrip("\t").split("\t"))
         names = set(header)
@@ -188,15 +236,30 @@ class LogParser:
             self.start_block(group, i)
 
     def start_block(self, group: RowGroup, i: int) -> None:
+        """The rows after line i belong to a group.
+
+        Args:
+            group: the group.
+            i: the header's line (0-based).
+        """
         self.group = self.latest[group.kind] = group
         if group.kind == "state" and group.columns:
             self.state_header_lines.append(i + 1)
 
     @property
     def format(self) -> str:
+        """The file's layout: "versioned", "2025-05" or "2025-03"."""
         return "versioned" if self.versioned else "2025-05" if self.newer_columns else "2025-03"
 
     def single_value(self, kind: str, header: tuple, row: str, line: int) -> None:
+        """The one data line of a board, the map settings or the planetary conditions.
+
+        Args:
+            kind: "board", "map_settings" or "planetary".
+            header: its header's columns.
+            row: the data line.
+            line: its 1-based line.
+        """
         if kind == "board":
             board = board_from_values(header, row, line, self.name, self.problems)
             if board is not None:
@@ -205,6 +268,15 @@ class LogParser:
             self.singles[kind] = {k: v for k, v in zip(header, row.split("\t")) if k != VERSION_COLUMN}
 
     def tables(self, kinds=tuple(ALL_COLUMNS)) -> dict[str, pa.Table]:
+        """Every group's rows parsed: a row with one tab too many at its end is repaired, a stray
+        attack row joins the attacks, any other misfit is reported.
+
+        Args:
+            kinds: the kinds wanted.
+
+        Returns:
+            {kind: its rows in line order, infinite numbers as missing}.
+        """
         parts = {kind: [] for kind in ALL_COLUMNS}
         stray = RowGroup("attack", self.attack_columns)  # attack rows with no attack header of their own
         for group in [g for g in self.groups.values() if g.chunks]:
@@ -227,11 +299,26 @@ class LogParser:
                 for kind in kinds}
 
     def parse_strict(self, group: RowGroup) -> pa.Table:
+        """Parses a group's rows, every misfit reported.
+
+        Args:
+            group: the rows.
+
+        Returns:
+            The rows read.
+        """
         table, invalid = parse_group(group, self.name, self.problems)
         for line, row in invalid:
             self.row_problem(group, line, row)
         return table
 
     def row_problem(self, group: RowGroup, line: int, row: str) -> None:
+        """Reports a row whose field count does not fit its header.
+
+        Args:
+            group: its group.
+            line: its 1-based line.
+            row: its text.
+        """
         self.problems.append(Problem(
             self.name, line, f"{group.kind} row has {row.count(chr(9)) + 1} fields, header has {group.tabs + 1}"))

@@ -14,7 +14,15 @@ from caspar.data.gamelog.split import SPLIT_PARTS, read_split_game, split_part
 
 
 def read_log(data: bytes, name: str) -> GameLog:
-    """Parse one log. Unreadable lines become `problems`; they never stop the file."""
+    """Parses one log. Unreadable lines become `problems`; they never stop the file.
+
+    Args:
+        data: the file's bytes (a str is encoded).
+        name: its name, in problems.
+
+    Returns:
+        The GameLog.
+    """
     if isinstance(data, str):
         data = data.encode()
     parser = LogParser(name)
@@ -40,7 +48,18 @@ def read_log(data: bytes, name: str) -> GameLog:
 
 
 def read_game(files: dict[str, bytes], name: str | None = None) -> GameLog:
-    """One game from its file(s): a single log (any layout), or the four files of a split game."""
+    """One game from its file(s).
+
+    Args:
+        files: {file name: bytes}: a single log (any layout), or the four files of a split game.
+        name: the game's name (the file's, or the split game's, if None).
+
+    Returns:
+        The GameLog.
+
+    Raises:
+        ValueError: several files that are not the four parts of one split game.
+    """
     if len(files) == 1:
         (file, data), = files.items()
         return read_log(data, name or file)

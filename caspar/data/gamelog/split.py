@@ -16,7 +16,14 @@ SPLIT_PARTS = ("board", "actions", "states", "attacks")
 
 
 def split_part(file_name: str) -> tuple[str, str] | None:
-    """(part, game name) of a split-layout file, e.g. ('states', 'game_actions_20260914_201500'); else None."""
+    """Which part of a split game a file is.
+
+    Args:
+        file_name: a file's name.
+
+    Returns:
+        (part, game name), e.g. ('states', 'game_actions_20260914_201500'); None for another file.
+    """
     match = SPLIT_NAME.match(file_name)
     return (match.group(1), f"game_actions_{match.group(2)}") if match else None
 
@@ -27,7 +34,15 @@ def read_split_game(parts: dict[str, tuple[str, bytes]], name: str) -> GameLog:
     Nothing in them links a move to the snapshot after it, so the reader infers it: a snapshot
     ends where a unit repeats or the round or phase changes, and the moves pair up in order with
     the movement-phase snapshots (each move is followed by one), skipping snapshots where the
-    moving unit's positions fit better. Problems name the part's own file and line."""
+    moving unit's positions fit better. Problems name the part's own file and line.
+
+    Args:
+        parts: {part: (file name, bytes)}, the four parts.
+        name: the game's name.
+
+    Returns:
+        The GameLog.
+    """
     parsers, tables, problems = {}, {}, []
     for part, kind in zip(SPLIT_PARTS, (None, "move", "state", "attack")):
         file, data = parts[part]

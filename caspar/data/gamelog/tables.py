@@ -32,11 +32,19 @@ class RowGroup:
         self.line_counts: list[int] = []
 
     def add(self, chunk: bytes, first_line: int, line_count: int) -> None:
+        """Adds a run of consecutive data lines.
+
+        Args:
+            chunk: the lines' bytes, each ending in a line feed.
+            first_line: the first one's 1-based line.
+            line_count: how many.
+        """
         self.chunks.append(chunk)
         self.first_lines.append(first_line)
         self.line_counts.append(line_count)
 
     def line_numbers(self) -> np.ndarray:
+        """Returns [rows] the 1-based line of every data row, in order."""
         counts = np.asarray(self.line_counts, dtype=np.int64)
         offsets = np.asarray(self.first_lines, dtype=np.int64) - (np.cumsum(counts) - counts)
         return np.repeat(offsets, counts) + np.arange(counts.sum())
@@ -44,7 +52,16 @@ class RowGroup:
 
 def infinite_as_missing(table: pa.Table, name: str, problems: list[Problem]) -> pa.Table:
     """An infinite number is reported and read as missing, like `NaN` (which MegaMek writes for
-    "no value"): a feature never sees it."""
+    "no value"): a feature never sees it.
+
+    Args:
+        table: rows read.
+        name: the file's name, in problems.
+        problems: filled with a Problem per infinite value.
+
+    Returns:
+        The table with infinite numbers null.
+    """
     if not table.num_rows:
         return table
     for index, column in enumerate(table.column_names):
@@ -61,6 +78,18 @@ def infinite_as_missing(table: pa.Table, name: str, problems: list[Problem]) -> 
 
 
 def board_from_values(header, line, number, name, problems) -> Board | None:
+    """A board from its header's data line.
+
+    Args:
+        header: the header's column names.
+        line: the data line.
+        number: its 1-based line.
+        name: the file's name, in problems.
+        problems: filled with a Problem if its size is unreadable.
+
+    Returns:
+        The Board, or None.
+    """
     values = dict(zip(header, line.split("\t")))
     try:
         width, height = int(values["WIDTH"].strip()), int(values["HEIGHT"].strip())
@@ -74,8 +103,16 @@ def board_from_values(header, line, number, name, problems) -> Board | None:
 
 
 def parse_group(group: RowGroup, name: str, problems: list[Problem]) -> tuple[pa.Table, list]:
-    """Parse a group's rows in bulk. Returns the rows read and the (line, text) of rows whose
-    field count does not fit the header; rows with an unreadable number are reported and dropped."""
+    """Parses a group's rows in bulk; rows with an unreadable number are reported and dropped.
+
+    Args:
+        group: the rows.
+        name: the file's name, in problems.
+        problems: filled with a Problem per row dropped.
+
+    Returns:
+        (the rows read, [(line, text)] of rows whose field count does not fit the header).
+    """
     columns = list(group.columns)
     known = [c for c in columns if c in ALL_COLUMNS[group.kind]]
     all_lines = group.line_numbers()
@@ -148,6 +185,15 @@ def _read_numbers_leniently(table: pa.Table, lines: np.ndarray, name: str, probl
 
 
 def concat(tables: list[pa.Table], columns: list[str]) -> pa.Table:
+    """Tables of one kind as one, in line order.
+
+    Args:
+        tables: the groups' tables (their columns may differ).
+        columns: the columns of an empty result.
+
+    Returns:
+        One table.
+    """
     if not tables:
         return pa.schema([("line", pa.int64())] + [
             (c, TEXT_TYPE if c in TEXT_COLUMNS else pa.float64()) for c in columns]).empty_table()

@@ -58,7 +58,20 @@ FORMAT_DEPENDENT_FEATURES = {"unit_health_front", "unit_health_right", "unit_hea
 
 def rewrite(data: bytes, layout: str, *, crlf: bool = False, timestamp: str = "20250403_012744") -> dict[str, bytes]:
     """The game of `data` in `layout`: file name -> bytes (one file, or four for "split").
-    With `crlf`, lines end as a Windows build writes them: LF inside a block, CRLF after it."""
+    With `crlf`, lines end as a Windows build writes them: LF inside a block, CRLF after it.
+
+    Args:
+        data: a log's bytes (any layout).
+        layout: one of LAYOUTS.
+        crlf: Windows line ends.
+        timestamp: the file's creation time (and a split game's file names), YYYYMMDD_HHMMSS.
+
+    Returns:
+        {file name: bytes}.
+
+    Raises:
+        ValueError: an unknown layout.
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r} ({', '.join(LAYOUTS)})")
     log = read_log(data, "input")
