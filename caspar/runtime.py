@@ -9,7 +9,11 @@ that loads OpenMP is imported: `passive_waits`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
+
+log = logging.getLogger(__name__)  # the jobs' shell prints its lines (caspar.cli)
 
 # The libraries' own output that the jobs (and the notebook functions of caspar) do without.
 QUIET_ENVIRONMENT = {
@@ -85,6 +89,39 @@ def start_ray(log_to_driver: bool = False) -> None:
         # no dashboard: 3 s of every start; a local Ray lives as long as its job, reached from this machine only
         local = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
     ray.init(logging_level="WARNING", log_to_driver=log_to_driver, **local)
+    if not log_to_driver:
+        one_line_cluster_errors()
+
+
+# The longest line a cluster error becomes (Ray's messages run to a paragraph before their dumps).
+CLUSTER_ERROR_CHARACTERS = 300
+
+
+def one_line_cluster_errors() -> None:
+    """Ray prints every error a node publishes to the driver straight to its standard output,
+    whatever log_to_driver says: a raylet's death with the last 20 lines of its log (its state
+    dump), a node marked dead, a worker killed for memory. Each becomes its first line instead, a
+    warning of this module's logger (the jobs print it; the node's own logs keep the rest). Ray
+    prints them from a thread of the driver (ray._private.worker.listen_error_messages) through its
+    module function print_to_stdstream, which this wraps once; the workers' own output (with
+    --verbose) goes through Ray's original function, unchanged."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "one_line", False):
+        return
+
+    def print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":  # only the published errors come as the "raylet"'s
+            original(data, ignore_prefix)
+            return
+        for message in data.get("lines", []):
+            first = (str(message).strip().splitlines() or [""])[0]
+            first = re.sub(r"\s*Last \d+ lines of .*$", "", first)  # the dump that followed is left out
+            log.warning(f"ray: {first[:CLUSTER_ERROR_CHARACTERS]}")
+
+    print_to_stdstream.one_line = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def cluster_cpus() -> int:
