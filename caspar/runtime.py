@@ -104,24 +104,47 @@ def one_line_cluster_errors() -> None:
     warning of this module's logger (the jobs print it; the node's own logs keep the rest). Ray
     prints them from a thread of the driver (ray._private.worker.listen_error_messages) through its
     module function print_to_stdstream, which this wraps once; the workers' own output (with
-    --verbose) goes through Ray's original function, unchanged."""
+    --verbose) goes through Ray's original function, unchanged. A message said once is not said again
+    (a dying node's raylet and its agent both publish its death)."""
     import ray._private.worker as ray_worker
 
     original = ray_worker.print_to_stdstream
     if getattr(original, "one_line", False):
         return
 
+    said: set[str] = set()
+
     def print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
         if data.get("pid") != "raylet":  # only the published errors come as the "raylet"'s
             original(data, ignore_prefix)
             return
         for message in data.get("lines", []):
-            first = (str(message).strip().splitlines() or [""])[0]
-            first = re.sub(r"\s*Last \d+ lines of .*$", "", first)  # the dump that followed is left out
-            log.warning(f"ray: {first[:CLUSTER_ERROR_CHARACTERS]}")
+            line = first_sentences(str(message))
+            if line not in said:
+                said.add(line)
+                log.warning(f"ray: {line}")
 
     print_to_stdstream.one_line = True
     ray_worker.print_to_stdstream = print_to_stdstream
+
+
+def first_sentences(message: str, at_least: int = 40) -> str:
+    """The start of a cluster error, as one line.
+
+    Args:
+        message: Ray's message (a paragraph, often followed by a log's last lines).
+        at_least: sentences are taken until the text is this long.
+
+    Returns:
+        Its first sentences of its first line, at most CLUSTER_ERROR_CHARACTERS long.
+    """
+    first = (message.strip().splitlines() or [""])[0]
+    text = ""
+    for sentence in re.split(r"(?<=\.)\s+", first):
+        text = f"{text} {sentence}".strip()
+        if len(text) >= at_least:
+            break
+    return text[:CLUSTER_ERROR_CHARACTERS]
 
 
 def cluster_cpus() -> int:

@@ -54,7 +54,8 @@ dump = ("Raylet is terminated. Termination is unexpected. Possible reasons inclu
         "OOM killer, (3) Other termination signals. Last 20 lines of the Raylet logs:\\n"
         "    [state-dump] NodeManager: ...\\n    [state-dump] DebugString() time ms: 0\\n")
 publish_error_to_driver(ray_constants.RAYLET_DIED_ERROR, dump, gcs_client=ray._private.worker.global_worker.gcs_client)
-print("published", flush=True)
+publish_error_to_driver(ray_constants.RAYLET_DIED_ERROR, dump, gcs_client=ray._private.worker.global_worker.gcs_client)
+print("published twice", flush=True)
 print("seen" if seen.wait(60) else "not seen", flush=True)
 """
 
@@ -64,7 +65,8 @@ def test_a_node_that_dies_is_one_line_not_rays_state_dump():
     """Ray prints every error a node publishes to the driver (a raylet's death, with the last 20
     lines of its log) on the job's output whatever log_to_driver says; a job without --verbose
     prints its first line instead. The error goes through Ray's real path: published to the GCS,
-    printed by the driver's listening thread."""
+    printed by the driver's listening thread. Said once, though published twice (as a dying node's
+    raylet and its agent both do)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     result = subprocess.run([sys.executable, "-c", NODE_DIES], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -73,6 +75,5 @@ def test_a_node_that_dies_is_one_line_not_rays_state_dump():
     lines = result.stdout.splitlines()
     assert lines[-1] == "seen", result.stdout
     said = [line for line in lines if "Raylet is terminated" in line]
-    assert said == ["ray: Raylet is terminated. Termination is unexpected. Possible reasons include: (1) SIGKILL by the "
-                    "user or system OOM killer, (3) Other termination signals."], result.stdout
+    assert said == ["ray: Raylet is terminated. Termination is unexpected."], result.stdout  # once
     assert "state-dump" not in result.stdout + result.stderr
