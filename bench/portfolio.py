@@ -147,9 +147,9 @@ def main() -> None:
                 oof[name][fold == inner] = np.load(os.path.join(args.cache, f"{name}-{k}-{inner}.npy"))
             test[name] = np.load(os.path.join(args.cache, f"{name}-{k}-{INNER_FOLDS}.npy"))
 
-        def ensemble(members: list[str]) -> tuple[float, dict[str, float]]:
-            weights = ensemble_weights(np.stack([oof[m] for m in members], axis=1), y[rest])
-            return r2(sum(w * test[m] for w, m in zip(weights, members)), y[held_out]), dict(zip(members, weights))
+        def ensemble(members: list[str], oof=oof, test=test, y_fit=y[rest], y_held=y[held_out]):
+            weights = ensemble_weights(np.stack([oof[m] for m in members], axis=1), y_fit)
+            return r2(sum(w * test[m] for w, m in zip(weights, members)), y_held), dict(zip(members, weights))
 
         base, _ = ensemble(list(DEFAULTS))
         print(f"fold {k + 1}: the default pair {base:.4f} on the held-out games; alone: "
