@@ -272,7 +272,7 @@ def test_the_readme_cluster_commands_work_as_written(mlflow_url, s3_endpoint, tm
         assert len(client.get_metric_history(trial.info.run_id, metric)) >= 1
     [study] = [r for r in runs if r.data.tags.get("caspar.kind") == "study"]
     assert 0 <= study.data.metrics["serial_share"] <= 1
-    # the study's own trees (ten fits at once as Ray tasks) and the trials ran on both one-CPU nodes
+    # the study's own trees (twelve fits at once as Ray tasks) and the trials ran on both one-CPU nodes
     assert study.data.metrics["nodes_trees"] == 2 and study.data.metrics["nodes_networks"] == 1
     [version] = client.search_model_versions("name = 'CASPAR-check'")
     assert client.get_run(version.run_id).info.run_name == "cluster-check"

@@ -197,7 +197,7 @@ class CrossFitted:
     recipes: list[Recipe]
     weights: np.ndarray  # [recipes], sum 1 (ensemble selection on the out-of-fold predictions)
     out_of_fold: np.ndarray  # [rows, recipes]: each row predicted by the recipe fitted without its game
-    models: list  # per recipe with a weight above 0, fitted on every row; None where the weight is 0
+    models: list  # per recipe, fitted on every row (None where it was not: a refit fits those with a weight only)
     busy: list[Busy] = field(default_factory=list)  # when each fit held CPUs
 
     @property
@@ -229,7 +229,8 @@ class CrossFitted:
 
     def members(self) -> dict[str, object]:
         """Returns {recipe name: its model fitted on every row}, for the recipes with a weight."""
-        return {recipe.name: model for recipe, model in zip(self.recipes, self.models) if model is not None}
+        return {recipe.name: model for recipe, model, weight in zip(self.recipes, self.models, self.weights)
+                if model is not None and weight > 0}
 
     def describe(self, y: np.ndarray) -> dict[str, float]:
         """The figures logged as MLflow metrics.
@@ -266,9 +267,12 @@ def tree_layer(weighted: list[tuple[object, float]]):
 def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int,
               say=None, cpus: int = 1) -> CrossFitted:
     """Every recipe fitted `folds` times by game (each fold's rows predicted by a model fitted
-    without them), all fits at once as Ray tasks of `cpus` CPUs each (small fits without Ray
-    started: one after another in this process); the ensemble weights chosen on those out-of-fold
-    predictions; then every recipe with a weight fitted on all the rows, again side by side.
+    without them) and once on all the rows, all these fits at once as Ray tasks of `cpus` CPUs
+    each (small fits without Ray started: one after another in this process); the ensemble weights
+    chosen on the out-of-fold predictions. A recipe's
+    fit on all the rows starts with its folds, not after the weights are known: no barrier in the
+    middle leaves CPUs idle (on a cluster of enough CPUs every fit runs at once: one round of fits
+    instead of two), and the rare recipe without a weight costs one fit.
 
     Args:
         recipe_list: the recipes.
@@ -294,17 +298,18 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
     here = in_process(len(y), recipe_list, count + 1)
     x_ref, y_ref = (x, y) if here else _put(x, y)
     busy: list[Busy] = []
-    calls = [(f"{recipe.name} fold {k + 1}/{count}", fold_prediction, (recipe, x_ref, y_ref, fold, k, cpus))
-             for recipe in recipe_list for k in range(count)]
-    predictions = iter(run_fits(calls, cpus, say, busy, here))
+    # the fits on all the rows first: the longest, so that none is left running alone at the end
+    calls = [(f"{recipe.name} on all {len(y):,} rows", _fit_on_all, (recipe, x_ref, y_ref, cpus)) for recipe in recipe_list]
+    calls += [(f"{recipe.name} fold {k + 1}/{count}", fold_prediction, (recipe, x_ref, y_ref, fold, k, cpus))
+              for recipe in recipe_list for k in range(count)]
+    values = run_fits(calls, cpus, say, busy, here)
+    on_all, predictions = values[:len(recipe_list)], iter(values[len(recipe_list):])
     out_of_fold = np.zeros((len(y), len(recipe_list)))
     for r in range(len(recipe_list)):
         for k in range(count):
             out_of_fold[fold == k, r] = next(predictions)
     weights = ensemble_weights(out_of_fold, y)
-    chosen = [r for r, w in zip(recipe_list, weights) if w > 0]
-    fitted = iter(fit_on_all(chosen, x, y, cpus, say, busy))
-    models = [next(fitted) if weight > 0 else None for weight in weights]
+    models = list(on_all)  # a study may weigh a recipe the defaults' own selection left out
     if say:
         shares = ", ".join(f"{r.name} {w:.2f}" for r, w in zip(recipe_list, weights) if w > 0)
         say(f"trees: weights {shares}; fitted on all {len(y):,} rows ({since(started)})")

@@ -180,8 +180,8 @@ def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=N
     defaults = recipes(hp)
     if say:
         say(f"trees: {len(defaults)} recipes x {hp.tree_folds} folds by game on the {len(y):,} rows of "
-            f"{len(np.unique(groups)):,} games ({'+'.join(names)}), {cpus_per_fit} CPU each, then each weighted recipe "
-            "on all of them")
+            f"{len(np.unique(groups)):,} games ({'+'.join(names)}), {cpus_per_fit} CPU each, and each on all of them "
+            "(kept where ensemble selection gives it a weight)")
     crossed = cross_fit(defaults, normalizer.transform(x), y, groups, hp.tree_folds, hp.seed, say, cpus_per_fit)
     layer = crossed.layer()
     n_train = len(splits["train"][1])
