@@ -54,6 +54,10 @@ class TreeRows:
     val: np.ndarray  # [rows] bool: a validation row (the rows a network's loss is measured on)
     trees: np.ndarray | None = None  # [rows] the study's trees' out-of-fold predictions (None: a study without trees)
 
+    def __post_init__(self):
+        if self.trees is not None and self.trees.shape != self.y.shape:  # a [rows, 1] column would broadcast silently
+            raise ValueError(f"TreeRows.trees has shape {self.trees.shape}, the rows {self.y.shape}")
+
     @property
     def folds(self) -> int:
         """The game folds the rows are in."""
@@ -96,7 +100,7 @@ class StudyData:
         val = np.concatenate([np.full(len(splits[n][1]), n == "val") for n in stage.splits])
         return cls(norm(splits["train"][0]), splits["train"][1], norm(splits["val"][0]), splits["val"][1], base,
                    TreeRows(norm(x_fit), y_fit, game_folds(groups, folds, seed), val,
-                            stage.crossed.prediction if stage.crossed is not None else None))
+                            stage.crossed.prediction.reshape(-1) if stage.crossed is not None else None))
 
     def trees_of(self, hp: Hyperparameters) -> StudyTrees | None:
         """The trees a network corrects.
