@@ -21,6 +21,7 @@ import numpy as np
 
 from caspar.model.trees import Recipe, ensemble_weights, fit, node_tables
 from caspar.progress import PERIOD, Every, since
+from caspar.runtime import fit_threads
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ def fold_prediction(recipe: Recipe, x: np.ndarray, y: np.ndarray, fold: np.ndarr
         [rows of fold k] the out-of-fold predictions.
     """
     held_out = fold == k
-    return fit(recipe, x[~held_out], y[~held_out], threads=threads).predict(x[held_out])
+    model = fit(recipe, x[~held_out], y[~held_out], threads=threads)
+    with fit_threads(threads):  # scikit-learn predicts tree by tree, each a parallel region of every CPU otherwise
+        return model.predict(x[held_out])
 
 
 def _timed(function, cpus: float, *args):

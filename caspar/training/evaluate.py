@@ -224,15 +224,22 @@ class WeightedTrees:
         self.weighted = weighted
 
     def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
-        """As a Keras model's predict_on_batch (caspar.training.evaluate.predict).
+        """As a Keras model's predict_on_batch (caspar.training.evaluate.predict), on one thread:
+        scikit-learn predicts tree by tree, each tree a parallel region over the rows; with a few
+        hundred rows the threads gain nothing, and beside other busy programs every region waited
+        for a thread the machine had descheduled (the permutation importance's 56 x 600 regions
+        took minutes beside two CPU-bound processes).
 
-    Args:
-        x: [rows, features] normalised.
+        Args:
+            x: [rows, features] normalised.
 
-    Returns:
-        [rows, 1] predictions.
-    """
-        total = sum(weight * model.predict(x) for model, weight in self.weighted)
+        Returns:
+            [rows, 1] predictions.
+        """
+        from caspar.runtime import fit_threads
+
+        with fit_threads(1):
+            total = sum(weight * model.predict(x) for model, weight in self.weighted)
         return np.clip(total, 0.0, 1.0).reshape(-1, 1)
 
 
