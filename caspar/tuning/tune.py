@@ -74,7 +74,6 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
     check(config)
     started, wall_started = time.perf_counter(), time.time()
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_SAVE_SECONDS)
-    os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", TRIAL_CLEANUP_SECONDS)
     uri = tracking.configure()
     experiment = tracking.experiment_id(config.experiment_name)
     previous_run = find_study_run(config, experiment) if config.resume else None
@@ -244,13 +243,6 @@ def quiet_libraries(verbose: bool) -> None:
     # a failed or restarted trial is one line of ours (caspar.tuning.study.TrialRuns), not Tune's traceback
     os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "1" if verbose else "0"
     warnings.filterwarnings("ignore", message="Choices for a categorical distribution")  # hidden_layers are lists
-
-
-# How long Tune lets a trial the study's end cut off finish its step before it kills it (Tune's
-# default: 600 s). A trial cut off by the time budget or an interrupt is not continued in this
-# session (--resume continues it from its last checkpoint, which a step boundary saved), so waiting
-# for its fold or its epochs to end would only hold the study.
-TRIAL_CLEANUP_SECONDS = "2"
 
 
 # How often Tune saves the study's state (its default: every 10 s or more). A trial finished longer
