@@ -272,10 +272,10 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
     """Every recipe fitted `folds` times by game (each fold's rows predicted by a model fitted
     without them) and once on all the rows, all these fits at once as Ray tasks of `cpus` CPUs
     each (small fits without Ray started: one after another in this process); the ensemble weights
-    chosen on the out-of-fold predictions. A recipe's
-    fit on all the rows starts with its folds, not after the weights are known: no barrier in the
-    middle leaves CPUs idle (on a cluster of enough CPUs every fit runs at once: one round of fits
-    instead of two), and the rare recipe without a weight costs one fit.
+    chosen on the out-of-fold predictions. A recipe's fit on all the rows starts with its folds,
+    not after the weights are known: no barrier in the middle leaves CPUs idle (on a cluster of
+    enough CPUs every fit runs at once: one round of fits instead of two), and the rare recipe
+    without a weight costs one fit.
 
     Args:
         recipe_list: the recipes.
