@@ -13,6 +13,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 S3_KEY, S3_SECRET = "caspar-test", "caspar-test-secret"
 
@@ -167,12 +168,19 @@ def _stop_group(process: subprocess.Popen, timeout: float = 10, stop_signal: int
             process.wait(5)
 
 
+class RayCluster(NamedTuple):
+    """Where a test cluster answers, and where its nodes keep their files."""
+
+    dashboard: str  # job submission and the state API: http://127.0.0.1:PORT
+    gcs: str  # what a driver's RAY_ADDRESS names: 127.0.0.1:PORT
+    temp_dir: str  # the head's; node N's is temp_dir/node-N, in every command line of its processes
+
+
 @contextmanager
 def ray_cluster(nodes: int = 2, cpus_per_node: int = 1, token: str | None = None, env: dict | None = None):
     """A real Ray cluster on this host: a head and `nodes - 1` more raylets, all on 127.0.0.1 with
     their own ports and temp dir; with `token`, Ray's token authentication; `env`: more variables
-    of the nodes' environment (as cluster.yaml's start commands set). Yields the dashboard (job
-    submission) address."""
+    of the nodes' environment (as cluster.yaml's start commands set). Yields a RayCluster."""
     ray = str(Path(sys.executable).with_name("ray"))
     temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token} if token else {"RAY_AUTH_MODE": "disabled"}
@@ -224,7 +232,7 @@ def ray_cluster(nodes: int = 2, cpus_per_node: int = 1, token: str | None = None
             except TimeoutError as error:
                 log.flush()
                 raise TimeoutError(f"{error}; nodes.log ends: {Path(temp_dir, 'nodes.log').read_text()[-3000:]}") from None
-        yield address
+        yield RayCluster(address, f"127.0.0.1:{gcs}", temp_dir)
     finally:
         # Every node at once, then whatever lingers killed: a head's GCS stays 30 s after SIGTERM, and
         # a test cluster's state is thrown away with its temp dir.

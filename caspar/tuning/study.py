@@ -93,9 +93,11 @@ class TrialRuns(tune.Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A trial whose worker died (its process killed, its node lost) and that Tune starts again
-        from its last checkpoint: said once; its run counts it when it ends (tag trial_retries)."""
-        log.info(f"trial {trial.trial_id} lost its worker (the process or its node ended): started again from its "
-                 f"last checkpoint (retry {trial.num_failures} of {trial.max_failures})")
+        from its last checkpoint (or from the beginning, before its first): said once; its run counts
+        it when it ends (tag trial_retries)."""
+        where = "from its last checkpoint" if trial.checkpoint else "from the beginning (no checkpoint yet)"
+        log.info(f"trial {trial.trial_id} lost its worker (the process or its node ended): started again {where} "
+                 f"(retry {trial.num_failures} of {trial.max_failures})")
 
     def end(self, trial, status: str) -> None:
         """Ends a trial's run once, tagged with its status and how often it was started again.
