@@ -135,3 +135,30 @@ def test_the_trees_own_libraries_compute_what_the_compiled_model_does(rows):
     weighted = [(trees.fit(recipe(learner), x, y), weight) for learner, weight in zip(trees.LEARNERS, (0.3, 0.7))]
     compiled = evaluate.predict(trees_model(tree_layer(weighted), x.shape[1]), x)
     np.testing.assert_allclose(evaluate.predict(evaluate.WeightedTrees(weighted), x), compiled, atol=1e-5, rtol=0)
+
+
+def test_the_baselines_are_fitted_with_the_trees_and_are_their_libraries_defaults(rows, ray_local):
+    """A run's GBDT and LightGBM baselines are two more fits of the trees' Ray tasks, on the same
+    rows, and score exactly as the libraries' own default models (what the run's parameters say)."""
+    import lightgbm
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from caspar.training import evaluate
+
+    x, y, games = rows
+    fit_rows, test_rows = games < "g15", games >= "g15"
+    crossed = crossfit.cross_fit([recipe("lightgbm")], x[fit_rows], y[fit_rows], games[fit_rows], folds=3, seed=1,
+                                 on_all_only=evaluate.baseline_recipes(seed=5))
+    assert len(crossed.busy) == 3 + 1 + 2  # the folds, the fit on all the rows, the two baselines: Ray tasks
+    assert sorted(crossed.on_all_only) == sorted([evaluate.GBDT_BASELINE, evaluate.LIGHTGBM_BASELINE])
+    with_the_trees = evaluate.baselines(x[fit_rows], y[fit_rows], x[test_rows], y[test_rows], seed=5,
+                                        fitted=crossed.on_all_only)
+    gbdt = HistGradientBoostingRegressor(early_stopping=False, random_state=5).fit(x[fit_rows], y[fit_rows])
+    light = lightgbm.LGBMRegressor(random_state=5, deterministic=True, force_row_wise=True, verbose=-1)
+    light.fit(x[fit_rows], y[fit_rows])
+    defaults = {**evaluate.metrics(y[test_rows], gbdt.predict(x[test_rows]), "baseline_gbdt_test"),
+                **evaluate.metrics(y[test_rows], light.predict(x[test_rows]), "baseline_lightgbm_test")}
+    for name, value in defaults.items():
+        assert with_the_trees[name] == pytest.approx(value, rel=1e-6), name
+    alone = evaluate.baselines(x[fit_rows], y[fit_rows], x[test_rows], y[test_rows], seed=5)  # fitted here
+    assert alone == pytest.approx(with_the_trees, rel=1e-6)

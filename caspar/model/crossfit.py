@@ -202,6 +202,7 @@ class CrossFitted:
     out_of_fold: np.ndarray  # [rows, recipes]: each row predicted by the recipe fitted without its game
     models: list  # per recipe, fitted on every row (None where it was not: a refit fits those with a weight only)
     busy: list[Busy] = field(default_factory=list)  # when each fit held CPUs
+    on_all_only: dict[str, object] = field(default_factory=dict)  # {name: model} of recipes fitted on every row only
 
     @property
     def prediction(self) -> np.ndarray:
@@ -268,7 +269,7 @@ def tree_layer(weighted: list[tuple[object, float]]):
 
 
 def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int,
-              say=None, cpus: int = 1) -> CrossFitted:
+              say=None, cpus: int = 1, on_all_only: list[Recipe] = ()) -> CrossFitted:
     """Every recipe fitted `folds` times by game (each fold's rows predicted by a model fitted
     without them) and once on all the rows, all these fits at once as Ray tasks of `cpus` CPUs
     each (small fits without Ray started: one after another in this process); the ensemble weights
@@ -286,9 +287,13 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
         seed: the folds' shuffle.
         say: called with progress lines (or None).
         cpus: CPUs (threads) of each fit.
+        on_all_only: recipes fitted on all the rows only, not cross-fitted nor weighed (a run's
+            baselines): queued last, these short fits fill the CPUs the longer ones leave idle
+            at the end, instead of running one after another in the driver later.
 
     Returns:
-        The CrossFitted recipes: weights, out-of-fold predictions [rows, recipes], fitted models.
+        The CrossFitted recipes: weights, out-of-fold predictions [rows, recipes], fitted models
+        (and the on_all_only models by name).
 
     Raises:
         ValueError: the rows hold fewer than 2 games.
@@ -298,15 +303,18 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
     count = int(fold.max()) + 1
     if count < 2:
         raise ValueError(f"cross-fitting the trees needs at least 2 games; these rows have {len(np.unique(groups))}")
-    here = in_process(len(y), recipe_list, count + 1)
+    here = in_process(len(y), [*recipe_list, *on_all_only], count + 1)
     x_ref, y_ref = (x, y) if here else _put(x, y)
     busy: list[Busy] = []
     # the fits on all the rows first: the longest, so that none is left running alone at the end
     calls = [(f"{recipe.name} on all {len(y):,} rows", _fit_on_all, (recipe, x_ref, y_ref, cpus)) for recipe in recipe_list]
     calls += [(f"{recipe.name} fold {k + 1}/{count}", fold_prediction, (recipe, x_ref, y_ref, fold, k, cpus))
               for recipe in recipe_list for k in range(count)]
+    calls += [(f"{recipe.name} on all {len(y):,} rows", _fit_on_all, (recipe, x_ref, y_ref, cpus)) for recipe in on_all_only]
     values = run_fits(calls, cpus, say, busy, here)
-    on_all, predictions = values[:len(recipe_list)], iter(values[len(recipe_list):])
+    on_all = values[:len(recipe_list)]
+    predictions = iter(values[len(recipe_list):len(values) - len(on_all_only)])
+    only = dict(zip([r.name for r in on_all_only], values[len(values) - len(on_all_only):]))
     out_of_fold = np.zeros((len(y), len(recipe_list)))
     for r in range(len(recipe_list)):
         for k in range(count):
@@ -316,4 +324,4 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
     if say:
         shares = ", ".join(f"{r.name} {w:.2f}" for r, w in zip(recipe_list, weights) if w > 0)
         say(f"trees: weights {shares}; fitted on all {len(y):,} rows ({since(started)})")
-    return CrossFitted(recipe_list, weights, out_of_fold, models, busy)
+    return CrossFitted(recipe_list, weights, out_of_fold, models, busy, only)

@@ -9,7 +9,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.ensemble import HistGradientBoostingRegressor  # noqa: E402
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score  # noqa: E402
 
 
@@ -29,10 +28,28 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str) -> dict[str, fl
             f"{prefix}_r2": float(r2_score(y_true, y_pred))}
 
 
-# The outside baselines: scikit-learn's histogram GBDT and LightGBM with their defaults (early
-# stopping off: above 10,000 rows scikit-learn would hold out random rows, which leaks within games).
-BASELINE_GBDT = {"early_stopping": False}
-BASELINE_LIGHTGBM = {"verbose": -1, "deterministic": True, "force_row_wise": True}
+# The outside baselines: scikit-learn's histogram GBDT and LightGBM with their defaults (100
+# iterations, learning rate 0.1, 31 leaves of at least 20 rows, no L2, every feature and row), as
+# tree recipes: the job fits them with the model's trees, as Ray tasks on the same rows (early
+# stopping off, as in every recipe: above 10,000 rows scikit-learn would hold out random rows, which
+# leaks within games; LightGBM deterministic and row-wise, as every recipe).
+GBDT_BASELINE, LIGHTGBM_BASELINE = "GBDT baseline", "LightGBM baseline"
+
+
+def baseline_recipes(seed: int = 0) -> list:
+    """The outside baselines as tree recipes (caspar.model.trees.Recipe), named GBDT_BASELINE and
+    LIGHTGBM_BASELINE.
+
+    Args:
+        seed: their seed.
+
+    Returns:
+        [scikit-learn's histogram GBDT, LightGBM], each with its library's defaults.
+    """
+    from caspar.model.trees import Recipe
+
+    return [Recipe("sklearn", 100, 0.1, 31, 20, 0.0, 1.0, 1.0, seed, label=GBDT_BASELINE),
+            Recipe("lightgbm", 100, 0.1, 31, 20, 0.0, 1.0, 1.0, seed, label=LIGHTGBM_BASELINE)]
 
 
 def baseline_parameters() -> dict[str, str]:
@@ -40,12 +57,13 @@ def baseline_parameters() -> dict[str, str]:
     import lightgbm
     import sklearn
 
-    recipe = ", ".join(f"{k}={v}" for k, v in BASELINE_GBDT.items())
-    return {"baseline_gbdt": f"HistGradientBoostingRegressor({recipe}), one thread, scikit-learn {sklearn.__version__}",
-            "baseline_lightgbm": f"LGBMRegressor() with its defaults, one thread, LightGBM {lightgbm.__version__}"}
+    return {"baseline_gbdt": f"HistGradientBoostingRegressor() with its defaults (early_stopping=False), "
+                             f"scikit-learn {sklearn.__version__}",
+            "baseline_lightgbm": f"LGBMRegressor() with its defaults (deterministic, row-wise), "
+                                 f"LightGBM {lightgbm.__version__}"}
 
 
-def baselines(x_train, y_train, x_test, y_test, seed: int = 0) -> dict[str, float]:
+def baselines(x_train, y_train, x_test, y_test, seed: int = 0, fitted: dict | None = None) -> dict[str, float]:
     """Always predicting the train mean, and GBDT and LightGBM with their defaults, on the same features.
 
     Args:
@@ -54,23 +72,22 @@ def baselines(x_train, y_train, x_test, y_test, seed: int = 0) -> dict[str, floa
         x_test: [test rows, features].
         y_test: [test rows] rewards.
         seed: the GBDTs' seed.
+        fitted: {name: model} of baseline_recipes(seed) already fitted on these rows (the job's
+            tree fits did, as Ray tasks); None: fitted here, one after another, on one thread.
 
     Returns:
         Their test metrics: baseline_mean_test_*, baseline_gbdt_test_*, baseline_lightgbm_test_*.
     """
-    import lightgbm
+    from caspar.model.trees import fit
+    from caspar.runtime import fit_threads
 
-    from caspar.runtime import fit_threads, passive_waits
-
-    passive_waits()
+    if fitted is None:
+        fitted = {recipe.name: fit(recipe, x_train, y_train, threads=1) for recipe in baseline_recipes(seed)}
     mean = np.full(len(y_test), float(np.mean(y_train)))
-    # one thread each, as every fit of the job holds its threads: 100 small iterations gain little from
-    # more, and beside other busy programs OpenMP's many short parallel regions wait on descheduled threads
-    with fit_threads(1):
-        gbdt = HistGradientBoostingRegressor(**BASELINE_GBDT, random_state=seed).fit(x_train, y_train)
-        light = lightgbm.LGBMRegressor(**BASELINE_LIGHTGBM, random_state=seed, n_jobs=1).fit(x_train, y_train)
-    return {**metrics(y_test, mean, "baseline_mean_test"), **metrics(y_test, gbdt.predict(x_test), "baseline_gbdt_test"),
-            **metrics(y_test, light.predict(x_test), "baseline_lightgbm_test")}
+    with fit_threads(1):  # scikit-learn predicts tree by tree, each a parallel region of every CPU otherwise
+        gbdt, light = fitted[GBDT_BASELINE].predict(x_test), fitted[LIGHTGBM_BASELINE].predict(x_test)
+    return {**metrics(y_test, mean, "baseline_mean_test"), **metrics(y_test, gbdt, "baseline_gbdt_test"),
+            **metrics(y_test, light, "baseline_lightgbm_test")}
 
 
 def own_trees(model):
@@ -87,7 +104,8 @@ def own_trees(model):
     return next((layer for layer in model.layers if isinstance(layer, TreeEnsemble)), None)
 
 
-def scorecard(model, normalizer, x_fit, y_fit, x_test, y_test, seed: int = 0, members=None) -> dict[str, float]:
+def scorecard(model, normalizer, x_fit, y_fit, x_test, y_test, seed: int = 0, members=None,
+              fitted_baselines: dict | None = None) -> dict[str, float]:
     """Test metrics of the model and of every baseline fitted on the model's own rows.
 
     Args:
@@ -99,6 +117,7 @@ def scorecard(model, normalizer, x_fit, y_fit, x_test, y_test, seed: int = 0, me
         y_test: [test rows] rewards.
         seed: the baselines' seed.
         members: {name: fitted tree model} scored alone too (None: none).
+        fitted_baselines: the baselines already fitted on x_fit (see baselines), or None.
 
     Returns:
         test_* of the model; baseline_* of the train mean, GBDT and LightGBM with defaults, the
@@ -106,7 +125,8 @@ def scorecard(model, normalizer, x_fit, y_fit, x_test, y_test, seed: int = 0, me
         (e.g. baseline_trees_lightgbm_test_r2).
     """
     n_fit, n_test = normalizer.transform(x_fit), normalizer.transform(x_test)
-    results = {**metrics(y_test, predict(model, n_test), "test"), **baselines(n_fit, y_fit, n_test, y_test, seed)}
+    results = {**metrics(y_test, predict(model, n_test), "test"), **baselines(n_fit, y_fit, n_test, y_test, seed,
+                                                                             fitted_baselines)}
     trees = own_trees(model)
     if trees is not None:
         alone = np.clip(np.asarray(trees(n_test)).reshape(-1), 0.0, 1.0)

@@ -171,6 +171,8 @@ def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=N
         The Stage: its normalisation, trees and their out-of-fold predictions of the train and
         validation rows.
     """
+    from caspar.training.evaluate import baseline_recipes  # here: a trial imports this module, not matplotlib
+
     names = FIT_ON["train" if fit_on == "train" else "train+val"]
     x, y = rows(splits, names)
     normalizer = Normalizer.fit(x)
@@ -181,8 +183,11 @@ def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=N
     if say:
         say(f"trees: {len(defaults)} recipes x {hp.tree_folds} folds by game on the {len(y):,} rows of "
             f"{len(np.unique(groups)):,} games ({'+'.join(names)}), {cpus_per_fit} CPU each, and each on all of them "
-            "(kept where ensemble selection gives it a weight)")
-    crossed = cross_fit(defaults, normalizer.transform(x), y, groups, hp.tree_folds, hp.seed, say, cpus_per_fit)
+            "(kept where ensemble selection gives it a weight); the GBDT and LightGBM baselines on all of them too")
+    # the baselines the run is scored against, fitted on the same rows with the trees: the last of
+    # the fits, they fill the CPUs the longer ones leave idle, not the driver's time after training
+    crossed = cross_fit(defaults, normalizer.transform(x), y, groups, hp.tree_folds, hp.seed, say, cpus_per_fit,
+                        on_all_only=baseline_recipes(hp.seed))
     layer = crossed.layer()
     n_train = len(splits["train"][1])
     val_trees = (crossed.prediction[n_train:] if "val" in names

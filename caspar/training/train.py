@@ -228,7 +228,8 @@ def log_dataset_files(prepared: Prepared) -> None:
 
 
 def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: TrainConfig, history: History,
-                  members: dict, say=None, description: str = "", explainer=None) -> tuple[dict, str, evaluate.Verdict]:
+                  members: dict, say=None, description: str = "", explainer=None,
+                  fitted_baselines: dict | None = None) -> tuple[dict, str, evaluate.Verdict]:
     """Inside an active run: the test split's scorecard of `scored` (the model and every baseline
     fitted on its rows, each of its tree models alone among them: `members`, {name: fitted model}),
     the artefacts of `shipped` (normalisation, test inputs with its outputs) and the model itself,
@@ -246,6 +247,8 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
         say: called with progress lines (or None).
         description: what the model is.
         explainer: computes `scored`'s predictions for the permutation importance, or None.
+        fitted_baselines: the GBDT and LightGBM baselines, fitted on `scored`'s rows with its trees
+            (CrossFitted.on_all_only), or None: fitted here.
 
     Returns:
         (metrics, model URI, verdict).
@@ -262,9 +265,10 @@ def log_model_run(scored: Fitted, shipped: Fitted, prepared: Prepared, config: T
     x_test, y_test = prepared.splits["test"]
     say("baselines: the train mean, GBDT and LightGBM with their defaults, the model's own trees, on the test games")
     started = time.perf_counter()
-    with ticking(say, lambda: f"baselines: fitting and scoring ({since(started)})"):
+    doing = "scoring" if fitted_baselines else "fitting and scoring"
+    with ticking(say, lambda: f"baselines: {doing} ({since(started)})"):
         results = evaluate.scorecard(scored.model, scored.normalizer, *rows(prepared.splits, scored.splits), x_test,
-                                     y_test, seed=config.seed, members=members)
+                                     y_test, seed=config.seed, members=members, fitted_baselines=fitted_baselines)
     verdict = evaluate.verdict(results)
     gain = history.network_gain or {}
     mlflow.log_metrics(results | {"best_epoch": history.best_epoch,
@@ -443,7 +447,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> Result:
         explainer = (evaluate.WeightedTrees([(m, w) for m, w in zip(stage.crossed.models, stage.crossed.weights) if w > 0])
                      if not network_ships(history, stage) else None)
         results, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, members, say, description,
-                                                    explainer)
+                                                    explainer, stage.crossed.on_all_only if stage.crossed else None)
     version = register(model_uri, config, results, verdict, description, run.info.run_id)  # the run has ended FINISHED
     if verdict.kind == evaluate.REFUSED:
         raise UserError(f"{verdict.message} (run {run.info.run_id}, tagged caspar.verdict=refused)")

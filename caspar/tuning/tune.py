@@ -412,6 +412,6 @@ def log_best(ensemble: Ensemble, stage, data: StudyData, prepared: Prepared, con
         description = "\n".join(ensemble.lines())
         explainer = None if network else evaluate.WeightedTrees([(m.model, w) for m, w in shipped_members])
         metrics, model_uri, verdict = log_model_run(scored, shipped, prepared, config, history, members, say, description,
-                                                    explainer)
+                                                    explainer, stage.crossed.on_all_only if stage.crossed else None)
     version = register(model_uri, config, metrics, verdict, description, run.info.run_id)  # the run has ended FINISHED
     return metrics, run.info.run_id, version, verdict
