@@ -509,3 +509,33 @@ def test_a_study_starts_from_the_best_trials_of_an_earlier_one(ray_local, sample
     assert study.trials == 1 and study.errored == 0
     [run] = client.search_runs([experiment], "tags.study = 'second' and tags.`caspar.kind` = 'study'")
     assert run.data.tags["caspar.warm_start"] == "first" and run.data.metrics["warm_start_trials"] == 2
+
+
+def test_a_trial_holds_its_cpus_from_its_start_to_its_end_reported_or_not():
+    """The serial share counts a trial as running while Tune ran it: from its set-up to the end of
+    its MLflow run, also after its last report (a step the time budget cut off) and without any
+    report at all (a trial cut off in its first step); a resumed study's earlier reports do not count."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from caspar.tuning.cpu import serial_share
+    from caspar.tuning.study import trial_intervals
+
+    def result(trial_id, times, startup=2.0, step=5.0):
+        frame = pd.DataFrame({"timestamp": times, "time_this_iter_s": step, "startup_seconds": startup,
+                              "trial_id": trial_id, "node_id": "n1"})
+        return SimpleNamespace(metrics_dataframe=frame, config={"kind": "trees"})
+
+    since = 1000.0
+    results = [result("a", [1010.0, 1020.0, 1030.0]),  # ran 1003-1030, then its last step cut off at 1060
+               result("b", [990.0, 1040.0]),  # reported in an earlier session too
+               SimpleNamespace(metrics_dataframe=None, config={})]  # "c": no report at all
+    held = {"a": (1004.0, 1060.0), "c": (1031.0, 1061.0), "old": (900.0, 950.0)}
+    intervals, nodes = trial_intervals(results, since, held)
+    assert sorted(intervals) == [(1003.0, 1060.0), (1031.0, 1061.0), (1033.0, 1040.0)]
+    assert nodes == {("trees", "n1")}
+    assert serial_share(intervals, 2, since, 1061.0) == pytest.approx((3 + 28 + 1) / 61)  # fewer than 2 before 1031 and after 1060
+    # by its reports alone, "a" and "c" would seem to stop at 1030 and never run
+    reported, _ = trial_intervals(results, since)
+    assert sorted(reported) == [(1003.0, 1030.0), (1033.0, 1040.0)]

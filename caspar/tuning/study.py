@@ -218,18 +218,23 @@ def prune_checkpoints(results, keep=None) -> int:
     return deleted
 
 
-def trial_intervals(results, since: float) -> tuple[list[tuple[float, float]], set[tuple[str, str]]]:
-    """When each trial of this session ran, and where.
+def trial_intervals(results, since: float, held: dict[str, tuple[float, float]] | None = None,
+                    ) -> tuple[list[tuple[float, float]], set[tuple[str, str]]]:
+    """When each trial of this session held its CPUs, and where.
 
     Args:
         results: Ray Tune's ResultGrid.
         since: the session's start (time.time()): earlier reports are a resumed study's.
+        held: {trial id: (start, end)} of its MLflow run (trial_run_times): from its start on the
+            driver to its end, which for a trial the time budget cut off mid-step is after its
+            last report, and for one cut off before its first report the only record it ran.
 
     Returns:
         (intervals, nodes): each trial's (start, end) in time.time() seconds (from its first report
-        less that report's time and its set-up, to its last report), and the (kind, node) pairs.
+        less that report's time and its set-up, or its run's start if earlier, to its last report
+        or its run's end if later), and the (kind, node) pairs.
     """
-    intervals, nodes = [], set()
+    spans, nodes = dict(held or {}), set()
     for result in results:
         frame = result.metrics_dataframe
         if frame is None or "timestamp" not in frame or frame.empty:
@@ -238,11 +243,33 @@ def trial_intervals(results, since: float) -> tuple[list[tuple[float, float]], s
         if frame.empty:
             continue
         first = frame.iloc[0]  # its first report, less that step's time and the trial's set-up before it
-        intervals.append((float(first["timestamp"]) - float(first.get("time_this_iter_s", 0.0))
-                          - float(first.get("startup_seconds", 0.0) or 0.0), float(frame["timestamp"].iloc[-1])))
+        start = float(first["timestamp"]) - float(first.get("time_this_iter_s", 0.0)) - float(first.get("startup_seconds", 0.0) or 0.0)
+        end = float(frame["timestamp"].iloc[-1])
+        trial = str(frame["trial_id"].iloc[-1]) if "trial_id" in frame else str(id(result))
+        run_start, run_end = spans.get(trial, (start, end))
+        spans[trial] = (min(start, run_start), max(end, run_end))
         if "node_id" in frame:
             nodes |= {((result.config or {}).get("kind", "network"), node) for node in frame["node_id"].dropna()}
+    intervals = [(max(start, since), end) for start, end in spans.values() if end > since]
     return intervals, nodes
+
+
+def trial_run_times(tracking_uri: str, experiment_id: str, study: str) -> dict[str, tuple[float, float]]:
+    """{trial id: (start, end)} in time.time() seconds of each ended trial run of a study (TrialRuns
+    starts a trial's run as Tune starts the trial and ends it as Tune ends it).
+
+    Args:
+        tracking_uri: the tracking store.
+        experiment_id: the study's experiment.
+        study: the study's name.
+
+    Returns:
+        The runs' times by trial id (the end of its Tune trial name, Trial_<id>).
+    """
+    runs = mlflow.MlflowClient(tracking_uri).search_runs(
+        [experiment_id], f"tags.study = {tracking.literal(study)} and tags.trial_name LIKE '%'", max_results=50000)
+    return {run.data.tags["trial_name"].rsplit("_", 1)[-1]: (run.info.start_time / 1000, run.info.end_time / 1000)
+            for run in runs if run.info.end_time}
 
 
 def best_history(result, checkpoint_metrics: dict) -> History:

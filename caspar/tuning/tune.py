@@ -47,6 +47,7 @@ from caspar.tuning.study import (
     retried_trials,
     summarise,
     trial_intervals,
+    trial_run_times,
 )
 from caspar.tuning.trial import StudyData, hyperparameters_of, load_best_model
 
@@ -118,7 +119,8 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
             search_seconds = time.time() - search_started
             why = "interrupted" if interrupted else "the time budget" if config.time_budget else "every trial run"
             say(f"search: ended after {search_seconds:.0f} s ({why}), {len(results)} trials; gathering their results")
-            intervals, trial_nodes = trial_intervals(results, search_started)
+            intervals, trial_nodes = trial_intervals(results, search_started,
+                                                     trial_run_times(uri, experiment, config.run_name))
             busy += intervals
             nodes |= trial_nodes
         summary = summarise(results, config, search_started)
