@@ -539,3 +539,6 @@ def test_a_trial_holds_its_cpus_from_its_start_to_its_end_reported_or_not():
     # by its reports alone, "a" and "c" would seem to stop at 1030 and never run
     reported, _ = trial_intervals(results, since)
     assert sorted(reported) == [(1003.0, 1030.0), (1033.0, 1040.0)]
+    # after the time budget's end, Tune stopping the trials is not search
+    capped, _ = trial_intervals(results, since, held, until=1050.0)
+    assert sorted(capped) == [(1003.0, 1050.0), (1031.0, 1050.0), (1033.0, 1040.0)]

@@ -3,6 +3,7 @@ summary of the study (its figures, the best trial, the plot of every trial's val
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -219,7 +220,7 @@ def prune_checkpoints(results, keep=None) -> int:
 
 
 def trial_intervals(results, since: float, held: dict[str, tuple[float, float]] | None = None,
-                    ) -> tuple[list[tuple[float, float]], set[tuple[str, str]]]:
+                    until: float | None = None) -> tuple[list[tuple[float, float]], set[tuple[str, str]]]:
     """When each trial of this session held its CPUs, and where.
 
     Args:
@@ -228,6 +229,8 @@ def trial_intervals(results, since: float, held: dict[str, tuple[float, float]] 
         held: {trial id: (start, end)} of its MLflow run (trial_run_times): from its start on the
             driver to its end, which for a trial the time budget cut off mid-step is after its
             last report, and for one cut off before its first report the only record it ran.
+        until: the time budget's end, if any: what trials do after it (Tune stopping them) is not
+            search.
 
     Returns:
         (intervals, nodes): each trial's (start, end) in time.time() seconds (from its first report
@@ -250,7 +253,8 @@ def trial_intervals(results, since: float, held: dict[str, tuple[float, float]] 
         spans[trial] = (min(start, run_start), max(end, run_end))
         if "node_id" in frame:
             nodes |= {((result.config or {}).get("kind", "network"), node) for node in frame["node_id"].dropna()}
-    intervals = [(max(start, since), end) for start, end in spans.values() if end > since]
+    until = math.inf if until is None else until
+    intervals = [(max(start, since), min(end, until)) for start, end in spans.values() if min(end, until) > max(start, since)]
     return intervals, nodes
 
 

@@ -119,8 +119,9 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
             search_seconds = time.time() - search_started
             why = "interrupted" if interrupted else "the time budget" if config.time_budget else "every trial run"
             say(f"search: ended after {search_seconds:.0f} s ({why}), {len(results)} trials; gathering their results")
+            deadline = search_started + searching.time_budget if config.time_budget else None
             intervals, trial_nodes = trial_intervals(results, search_started,
-                                                     trial_run_times(uri, experiment, config.run_name))
+                                                     trial_run_times(uri, experiment, config.run_name), deadline)
             busy += intervals
             nodes |= trial_nodes
         summary = summarise(results, config, search_started)
