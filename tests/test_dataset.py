@@ -107,11 +107,12 @@ def test_rerun_replaces_the_dataset(ray_local, sample_logs, tmp_path):
 
 def test_zip_input_and_bot_moves(ray_local, sample_logs, tmp_path):
     archive = tmp_path / "logs.zip"
-    with zipfile.ZipFile(archive, "w") as z:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:  # compressed: no log text readable as is
         for path in (sample_logs / "nested").glob("*.tsv"):
             z.write(path, f"games/{path.name}")
     humans = dataset.prepare(PrepareConfig(input=str(archive), output=str(tmp_path / "humans"), seed=6))
-    everyone = dataset.prepare(PrepareConfig(input=str(archive), output=str(tmp_path / "all"), include_bots=True, seed=6))
+    shouted = archive.rename(tmp_path / "LOGS.ZIP")  # an archive by its content, whatever its name's case
+    everyone = dataset.prepare(PrepareConfig(input=str(shouted), output=str(tmp_path / "all"), include_bots=True, seed=6))
     table = read_rows(tmp_path / "all")
     assert sum(everyone.rows.values()) > sum(humans.rows.values())
     assert table.filter(table["is_bot"]).num_rows == sum(everyone.rows.values()) - sum(humans.rows.values())

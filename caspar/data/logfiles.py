@@ -47,7 +47,8 @@ def found_logs(source: str) -> Iterator[Inputs]:
     """
     if corpus.is_remote(source):
         source = corpus.archive(source)
-    if storage.is_s3(source) or not (source.endswith(".zip") and os.path.isfile(source)):
+    # an archive is known by its content, not its name (X.ZIP, a download without an extension)
+    if storage.is_s3(source) or not (os.path.isfile(source) and zipfile.is_zipfile(source)):
         yield find_logs(source)
         return
     folder = unpack(source)
