@@ -146,6 +146,19 @@ def test_nan_and_negative_zero():
     assert column(log.states, "MP") == [0.0]
 
 
+def test_a_role_megamek_does_not_write_is_reported_and_read_as_unknown():
+    """MegaMek writes its UnitRole names in upper case; another spelling is one problem naming the
+    file and line, and the role reads as unknown (the features' one-hot is all zeros, as in Java)."""
+    from caspar.data.features.situation import ROLES, UNKNOWN_ROLE, _role_codes
+
+    log = read_log(text(board(5, 5) + [STATE27, unit(1, 1, 1, 1, role="brawler"), unit(1, 2, 3, 3, role="SNIPER")]),
+                   "roles.tsv")
+    line = len(board(5, 5)) + 2  # the board's lines, the header, then the row
+    assert [str(p) for p in log.problems] == [
+        f"roles.tsv:{line}: ROLE 'brawler' is not a role MegaMek writes (its UnitRole names, upper case); read as an unknown role"]
+    assert list(_role_codes(np.array(column(log.states, "ROLE")))) == [UNKNOWN_ROLE, ROLES.index("SNIPER")]
+
+
 def test_hex_terrain_parsing():
     level, terrain = parse_hex("Level: 1  Features: Heavy Woods; foliage_elev(2, 0); Water, depth: 3; road(1, 0); ")
     assert level == 1 and terrain == {"woods": 2, "foliage_elev": 2, "water": 3, "road": 1}

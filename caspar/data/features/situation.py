@@ -16,13 +16,10 @@ import pyarrow as pa
 from caspar.data.features import hexgrid
 from caspar.data.features.units import UnitPoints
 from caspar.data.gamelog import GameLog
+from caspar.data.gamelog.log import UNIT_ROLES
 from caspar.data.gamelog.log import column_numbers as _numbers
 
-ROLES = [
-    "UNDETERMINED", "NONE", "AMBUSHER", "BRAWLER", "JUGGERNAUT", "MISSILE_BOAT", "SCOUT",
-    "SKIRMISHER", "SNIPER", "STRIKER", "ATTACK_FIGHTER", "DOGFIGHTER", "FAST_DOGFIGHTER",
-    "FIRE_SUPPORT", "INTERCEPTOR", "TRANSPORT",
-]
+ROLES = list(UNIT_ROLES)
 ROLE = {name: code for code, name in enumerate(ROLES)}
 UNKNOWN_ROLE = -1
 EXCLUDED_TYPES = {

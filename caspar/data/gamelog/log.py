@@ -69,6 +69,14 @@ FORMATS = {
     "split": "the four files board/actions/states/attacks of one game",
 }
 TEXT_TYPE = pa.string()
+# What MegaMek writes as a role (ROLE, TARGET_ROLE): its UnitRole names, upper case, in the order
+# of the features' one-hot columns.
+UNIT_ROLES = (
+    "UNDETERMINED", "NONE", "AMBUSHER", "BRAWLER", "JUGGERNAUT", "MISSILE_BOAT", "SCOUT",
+    "SKIRMISHER", "SNIPER", "STRIKER", "ATTACK_FIGHTER", "DOGFIGHTER", "FAST_DOGFIGHTER",
+    "FIRE_SUPPORT", "INTERCEPTOR", "TRANSPORT",
+)
+ROLE_COLUMNS = ("ROLE", "TARGET_ROLE")
 NUMBER_PATTERN = r"^\s*[-+]?(\d+([.,]\d*)?|[.,]\d+)([eE][-+]?\d+)?\s*$|^\s*[-+]?(NaN|nan|Infinity|inf)\s*$"
 
 

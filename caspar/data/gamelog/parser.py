@@ -18,7 +18,14 @@ from caspar.data.gamelog.log import (
     Board,
     Problem,
 )
-from caspar.data.gamelog.tables import RowGroup, board_from_values, concat, infinite_as_missing, parse_group
+from caspar.data.gamelog.tables import (
+    RowGroup,
+    board_from_values,
+    concat,
+    infinite_as_missing,
+    parse_group,
+    unknown_roles_reported,
+)
 
 DATA_FIRST_BYTES = np.zeros(256, dtype=bool)
 DATA_FIRST_BYTES[list(b"0123456789-")] = True  # data rows start with a number; headers with a name
@@ -295,7 +302,8 @@ class LogParser:
                 parts[group.kind].append(self.parse_strict(repaired))
         if stray.chunks:
             parts["attack"].append(self.parse_strict(stray))
-        return {kind: infinite_as_missing(concat(parts[kind], ALL_COLUMNS[kind]), self.name, self.problems)
+        return {kind: unknown_roles_reported(infinite_as_missing(concat(parts[kind], ALL_COLUMNS[kind]), self.name,
+                                                                 self.problems), self.name, self.problems)
                 for kind in kinds}
 
     def parse_strict(self, group: RowGroup) -> pa.Table:

@@ -15,8 +15,10 @@ from caspar.data.gamelog.log import (
     ALL_COLUMNS,
     INTEGER_COLUMNS,
     NUMBER_PATTERN,
+    ROLE_COLUMNS,
     TEXT_COLUMNS,
     TEXT_TYPE,
+    UNIT_ROLES,
     Board,
     Problem,
 )
@@ -74,6 +76,29 @@ def infinite_as_missing(table: pa.Table, name: str, problems: list[Problem]) -> 
         for line in pc.filter(table["line"], infinite).to_pylist():
             problems.append(Problem(name, int(line), f"{column} is not a finite number; read as missing"))
         table = table.set_column(index, column, pc.if_else(infinite, pa.scalar(None, values.type), values))
+    return table
+
+
+def unknown_roles_reported(table: pa.Table, name: str, problems: list[Problem]) -> pa.Table:
+    """A role MegaMek does not write ('brawler', 'Sniper': it writes its UnitRole names, upper
+    case) is reported; it reads as an unknown role, as the Java features read it (no role column set).
+
+    Args:
+        table: rows read.
+        name: the file's name, in problems.
+        problems: filled with a Problem per unknown role.
+
+    Returns:
+        The table, unchanged.
+    """
+    for column in [c for c in ROLE_COLUMNS if c in table.column_names and table.num_rows]:
+        values = table[column]
+        unknown = pc.fill_null(pc.invert(pc.or_(pc.is_in(values, value_set=pa.array(UNIT_ROLES)), pc.equal(values, ""))),
+                               False)
+        if pc.any(unknown).as_py():
+            for line, value in zip(pc.filter(table["line"], unknown).to_pylist(), pc.filter(values, unknown).to_pylist()):
+                problems.append(Problem(name, int(line), f"{column} {value!r} is not a role MegaMek writes (its UnitRole "
+                                                         "names, upper case); read as an unknown role"))
     return table
 
 
