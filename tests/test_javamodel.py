@@ -300,10 +300,12 @@ def test_the_command_line_reads_every_row_and_names_a_bad_one(rows, tmp_path, cl
     assert nan_first.returncode == 2 and nan_first.stderr.startswith("CasparTool: line 1: column 0 is NaN: the model takes finite")
     for bad, words in ((",".join(["1"] * (WIDTH - 1) + ["-inf"]), f"line 2: column {WIDTH - 1} is -Infinity"),
                        (";".join(["1"] * WIDTH), "line 2: 1 comma-separated values"),
+                       (",".join(["1"] * (WIDTH + 2)), f"line 2: {WIDTH + 2} comma-separated values, the model takes {WIDTH}"),
                        (",".join([""] + ["1"] * (WIDTH - 1)), "line 2 value 1: '' is not a number")):
         result = run(values[1] + "\n" + bad + "\n")
         message = result.stderr.strip()
         assert result.returncode == 2 and message.startswith(f"CasparTool: {words}") and "\n" not in message, message
+        assert len(result.stdout.split()) == 1  # the good row before it keeps its prediction
 
 
 # --- The era guard: what never varied in training cannot move a prediction --------------------------------

@@ -108,32 +108,36 @@ public final class CasparTool {
         BufferedWriter out = new BufferedWriter(new OutputStreamWriter(System.out, StandardCharsets.UTF_8));
         int number = 0;
         String[] names = new String[0];
-        for (String line = reader.readLine(); line != null; line = reader.readLine()) {
-            number++;
-            if (number == 1 && isHeader(line)) {
-                names = line.split(",", -1);
-                continue;
-            }
-            if (line.isBlank()) {
-                continue;
-            }
-            String[] cells = line.split(",", -1);
-            if (cells.length < model.inputWidth()) {
-                throw new UsageException("line " + number + ": " + cells.length + " comma-separated values, the model takes "
-                        + model.inputWidth());
-            }
-            float[] row = new float[model.inputWidth()];
-            for (int i = 0; i < row.length; i++) {
-                row[i] = parseValue(cells[i], number, i);
-                if (!Float.isFinite(row[i])) {  // as the model itself refuses it: named here by its column
-                    throw new UsageException("line " + number + ": " + columnName(names, i) + " is " + row[i]
-                            + ": the model takes finite raw values");
+        try {  // the rows before a bad one keep their predictions: written out before the one line on it
+            for (String line = reader.readLine(); line != null; line = reader.readLine()) {
+                number++;
+                if (number == 1 && isHeader(line)) {
+                    names = line.split(",", -1);
+                    continue;
                 }
+                if (line.isBlank()) {
+                    continue;
+                }
+                String[] cells = line.split(",", -1);
+                // the features, and at most one more value: test_inputs.csv's expected output, read past
+                if (cells.length < model.inputWidth() || cells.length > model.inputWidth() + 1) {
+                    throw new UsageException("line " + number + ": " + cells.length + " comma-separated values, the model takes "
+                            + model.inputWidth() + " (and test_inputs.csv's expected output after them)");
+                }
+                float[] row = new float[model.inputWidth()];
+                for (int i = 0; i < row.length; i++) {
+                    row[i] = parseValue(cells[i], number, i);
+                    if (!Float.isFinite(row[i])) {  // as the model itself refuses it: named here by its column
+                        throw new UsageException("line " + number + ": " + columnName(names, i) + " is " + row[i]
+                                + ": the model takes finite raw values");
+                    }
+                }
+                out.write(Float.toString(model.predict(row)));
+                out.write('\n');
             }
-            out.write(Float.toString(model.predict(row)));
-            out.write('\n');
+        } finally {
+            out.flush();
         }
-        out.flush();
         reportOutsideTrainingRange(model, names);
     }
 
