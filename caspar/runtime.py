@@ -86,6 +86,9 @@ def start_ray(log_to_driver: bool = False) -> None:
         # fits (Ray tasks) would wait while its driver did not. They keep the job's own priority
         # instead (the setting is an increment; `nice python jobs/train.py` lowers all of the job).
         os.environ.setdefault("RAY_worker_niceness", "0")
+        # no metrics: a local Ray has no dashboard to show them, and Ray's metrics port answers
+        # anyone on the network without a token
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
         # no dashboard: 3 s of every start; a local Ray lives as long as its job, reached from this machine only
         local = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
     ray.init(logging_level="WARNING", log_to_driver=log_to_driver, **local)

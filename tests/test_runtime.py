@@ -16,7 +16,12 @@ start_ray()
 def niceness():
     return os.nice(0)
 
+@ray.remote
+def metrics_collection():
+    return os.environ.get("RAY_enable_metrics_collection")
+
 print(os.nice(0), *sorted(set(ray.get([niceness.remote() for _ in range(4)]))))
+print("metrics", ray.get(metrics_collection.remote()))
 """
 
 
@@ -30,8 +35,11 @@ def test_a_jobs_ray_tasks_run_at_the_jobs_own_priority():
     result = subprocess.run(["nice", "-n", "3", sys.executable, "-c", TASK_PRIORITY], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    driver, *tasks = result.stdout.split()
+    priorities, metrics = result.stdout.splitlines()[-2:]
+    driver, *tasks = priorities.split()
     assert int(driver) == os.nice(0) + 3 and tasks == [driver], result.stdout
+    # and no metrics: its port would answer anyone on the network without a token
+    assert metrics == "metrics 0", result.stdout
 
 
 NODE_DIES = """
