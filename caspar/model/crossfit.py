@@ -310,7 +310,8 @@ def cross_fit(recipe_list: list[Recipe], x: np.ndarray, y: np.ndarray, groups: n
     calls = [(f"{recipe.name} on all {len(y):,} rows", _fit_on_all, (recipe, x_ref, y_ref, cpus)) for recipe in recipe_list]
     calls += [(f"{recipe.name} fold {k + 1}/{count}", fold_prediction, (recipe, x_ref, y_ref, fold, k, cpus))
               for recipe in recipe_list for k in range(count)]
-    calls += [(f"{recipe.name} on all {len(y):,} rows", _fit_on_all, (recipe, x_ref, y_ref, cpus)) for recipe in on_all_only]
+    calls += [(f"{recipe.name} on all {len(y):,} rows", _fit_on_all, (recipe, x_ref, y_ref, cpus))
+              for recipe in on_all_only]
     values = run_fits(calls, cpus, say, busy, here)
     on_all = values[:len(recipe_list)]
     predictions = iter(values[len(recipe_list):len(values) - len(on_all_only)])

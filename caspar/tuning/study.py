@@ -246,7 +246,8 @@ def trial_intervals(results, since: float, held: dict[str, tuple[float, float]] 
         if frame.empty:
             continue
         first = frame.iloc[0]  # its first report, less that step's time and the trial's set-up before it
-        start = float(first["timestamp"]) - float(first.get("time_this_iter_s", 0.0)) - float(first.get("startup_seconds", 0.0) or 0.0)
+        set_up = float(first.get("startup_seconds", 0.0) or 0.0)
+        start = float(first["timestamp"]) - float(first.get("time_this_iter_s", 0.0)) - set_up
         end = float(frame["timestamp"].iloc[-1])
         trial = str(frame["trial_id"].iloc[-1]) if "trial_id" in frame else str(id(result))
         run_start, run_end = spans.get(trial, (start, end))
@@ -254,7 +255,8 @@ def trial_intervals(results, since: float, held: dict[str, tuple[float, float]] 
         if "node_id" in frame:
             nodes |= {((result.config or {}).get("kind", "network"), node) for node in frame["node_id"].dropna()}
     until = math.inf if until is None else until
-    intervals = [(max(start, since), min(end, until)) for start, end in spans.values() if min(end, until) > max(start, since)]
+    clipped = [(max(start, since), min(end, until)) for start, end in spans.values()]
+    intervals = [(start, end) for start, end in clipped if end > start]
     return intervals, nodes
 
 
