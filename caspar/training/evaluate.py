@@ -73,7 +73,7 @@ def baselines(x_train, y_train, x_test, y_test, seed: int = 0, fitted: dict | No
         y_test: [test rows] rewards.
         seed: the GBDTs' seed.
         fitted: {name: model} of baseline_recipes(seed) already fitted on these rows (the job's
-            tree fits did, as Ray tasks); None: fitted here, one after another, on one thread.
+            tree fits did, as Ray tasks); None or empty: fitted here, one after another, on one thread.
 
     Returns:
         Their test metrics: baseline_mean_test_*, baseline_gbdt_test_*, baseline_lightgbm_test_*.
@@ -81,7 +81,7 @@ def baselines(x_train, y_train, x_test, y_test, seed: int = 0, fitted: dict | No
     from caspar.model.trees import fit
     from caspar.runtime import fit_threads
 
-    if fitted is None:
+    if not fitted:
         fitted = {recipe.name: fit(recipe, x_train, y_train, threads=1) for recipe in baseline_recipes(seed)}
     mean = np.full(len(y_test), float(np.mean(y_train)))
     with fit_threads(1):  # scikit-learn predicts tree by tree, each a parallel region of every CPU otherwise

@@ -153,7 +153,8 @@ def rows(splits: dict, names) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([splits[n][0] for n in names]), np.concatenate([splits[n][1] for n in names])
 
 
-def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=None, cpus_per_fit: int = 1) -> Stage:
+def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=None, cpus_per_fit: int = 1,
+              baselines: bool = False) -> Stage:
     """The normalisation and the trees for the shipped model's games: hp's tree recipes cross-fitted
     by game, every fit a Ray task of `cpus_per_fit` CPUs (a local Ray is started if none is running;
     small fits run in this process), weighted by ensemble selection on their out-of-fold predictions.
@@ -166,6 +167,8 @@ def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=N
             test split never: "all" refits later, see caspar.training.train.release).
         say: called with progress lines (or None).
         cpus_per_fit: CPUs (threads) of each fit.
+        baselines: also fit the GBDT and LightGBM baselines a run is scored against, with the
+            trees (crossed.on_all_only); benchmarks that do not score them leave them out.
 
     Returns:
         The Stage: its normalisation, trees and their out-of-fold predictions of the train and
@@ -183,11 +186,12 @@ def fit_stage(hp: Hyperparameters, splits: dict, files: dict, fit_on: str, say=N
     if say:
         say(f"trees: {len(defaults)} recipes x {hp.tree_folds} folds by game on the {len(y):,} rows of "
             f"{len(np.unique(groups)):,} games ({'+'.join(names)}), {cpus_per_fit} CPU each, and each on all of them "
-            "(kept where ensemble selection gives it a weight); the GBDT and LightGBM baselines on all of them too")
+            "(kept where ensemble selection gives it a weight)"
+            + ("; the GBDT and LightGBM baselines on all of them too" if baselines else ""))
     # the baselines the run is scored against, fitted on the same rows with the trees: the last of
     # the fits, they fill the CPUs the longer ones leave idle, not the driver's time after training
     crossed = cross_fit(defaults, normalizer.transform(x), y, groups, hp.tree_folds, hp.seed, say, cpus_per_fit,
-                        on_all_only=baseline_recipes(hp.seed))
+                        on_all_only=baseline_recipes(hp.seed) if baselines else ())
     layer = crossed.layer()
     n_train = len(splits["train"][1])
     val_trees = (crossed.prediction[n_train:] if "val" in names

@@ -432,7 +432,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> Result:
         mlflow.log_params({k: v for k, v in dataclasses.asdict(config).items() if k not in NETWORK_FIELDS}
                           | evaluate.baseline_parameters() | {"rows_train": len(y_train), "n_features": x_train.shape[1]})
         log_dataset_files(prepared)
-        stage = fit_stage(config, prepared.splits, prepared.files, config.fit_on, say, config.cpus_per_fit)
+        stage = fit_stage(config, prepared.splits, prepared.files, config.fit_on, say, config.cpus_per_fit, baselines=True)
         if stage.crossed is not None:
             mlflow.log_metrics(stage.crossed.describe(rows(prepared.splits, stage.splits)[1]))
         progress = [EpochPrinter(config.epochs)]

@@ -96,7 +96,8 @@ def tune_study(config: TuneConfig, prepared: Prepared, verbose: bool = False) ->
                 mlflow.log_dict({k: list(v) for k, v in config.space.items()}, "search_space.json")
         with CpuMeter() as meter:  # the trees, the search and the driver's work
             # the study's own trees: its default recipes, cross-fitted as Ray tasks (every network corrects them)
-            stage = fit_stage(hp, prepared.splits, prepared.files, config.fit_on, say, cpus_per_fit=threads)
+            stage = fit_stage(hp, prepared.splits, prepared.files, config.fit_on, say, cpus_per_fit=threads,
+                              baselines=True)
             busy = [(b.started, b.ended) for b in stage.crossed.busy]
             nodes = {("trees", b.node) for b in stage.crossed.busy}
             tree_seconds = time.perf_counter() - started
